@@ -34,6 +34,19 @@ def run_worker(
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def add_ppo_arguments(parser: Any) -> None:
+    """Flags that override `PPOSettings` fields of every run (default: the SB3 defaults)."""
+    parser.add_argument("--num-envs", type=int, default=None, help="parallel envs per run")
+    parser.add_argument("--num-steps", type=int, default=None, help="steps per env per iteration")
+    parser.add_argument("--minibatch-size", type=int, default=None, help="samples per gradient step")
+
+
+def ppo_overrides(args: Any) -> dict[str, int]:
+    """The `PPOSettings` overrides given on the command line (only those set)."""
+    names = ("num_envs", "num_steps", "minibatch_size")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
 def summarise(rows: list[dict[str, Any]], group: str, fields: list[str]) -> list[dict[str, Any]]:
     """Median and [min, max] of each field over the rows of each group (in first-seen order)."""
     out = []

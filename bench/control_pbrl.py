@@ -24,24 +24,37 @@ import io
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from control_common import markdown, run_worker, save, summarise  # noqa: E402
+from control_common import (  # noqa: E402
+    add_ppo_arguments,
+    markdown,
+    ppo_overrides,
+    run_worker,
+    save,
+    summarise,
+)
 
 
 def worker(spec: dict) -> dict:
     from alignloop.control.pbrl import PbrlConfig, train
     from alignloop.control.ppo import PPOSettings, train_policy
 
-    settings = PPOSettings(checkpoint_every=0, cost_window=100, cost_limit=25.0)
+    settings = PPOSettings(checkpoint_every=0, cost_window=100, cost_limit=25.0, **spec.get("ppo", {}))
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if spec["rule"] == "ppo-true-reward":
             lag = spec["env"].startswith("Safe")
             stats = train_policy(
                 Path(tmp) / "r", spec["env"], None, lag, spec["steps"], spec["seed"], settings, progress=False
             )
-            return {"return": stats["episode/return"], "cost": stats["episode/cost"]}
+            return {
+                "return": stats["episode/return"],
+                "cost": stats["episode/cost"],
+                "seconds": time.perf_counter() - start,
+            }
         cfg = PbrlConfig(
             env=spec["env"],
             feedback=spec["feedback"],
@@ -64,6 +77,7 @@ def worker(spec: dict) -> dict:
             "return": report["episode/return"],
             "cost": report["episode/cost"],
             "queries": report["queries"],
+            "seconds": time.perf_counter() - start,
         }
 
 
@@ -77,6 +91,20 @@ def main() -> None:
     parser.add_argument("--feedback", type=int, default=1000)
     parser.add_argument("--rules", nargs="+", default=["uniform", "disagreement", "entropy"])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the PPO-on-true-reward run of each seed",
+    )
+    parser.add_argument(
+        "--reference-from",
+        type=Path,
+        default=None,
+        help="take PPO's return per seed from the 'ppo' runs of this control_ppo_lag.py result "
+        "(same reward, settings and seeds) instead of running it here",
+    )
+    add_ppo_arguments(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -84,22 +112,32 @@ def main() -> None:
         print(json.dumps({**spec, **worker(spec)}))
         return
     env = "SafeHalfCheetahVelocity-v5" if args.safe else "HalfCheetah-v5"
-    rules = ["ppo-true-reward", *args.rules]
+    rules = ["ppo-true-reward", *args.rules] if args.reference else list(args.rules)
+    out = args.out or Path(f"bench/results/control_pbrl{'_safe' if args.safe else ''}.json")
     rows = []
     for seed in args.seeds:
         for rule in rules:
-            spec = {"rule": rule, "env": env, "steps": args.steps, "seed": seed, "feedback": args.feedback}
+            spec = {
+                "rule": rule,
+                "env": env,
+                "steps": args.steps,
+                "seed": seed,
+                "feedback": args.feedback,
+                "ppo": ppo_overrides(args),
+            }
             row = run_worker(__file__, spec)
             print(json.dumps(row), flush=True)
             rows.append(row)
+            save(out, rows, [])  # every finished run is kept, even if a later one fails
     reference = {r["seed"]: r["return"] for r in rows if r["rule"] == "ppo-true-reward"}
+    if args.reference_from:
+        runs = json.loads(args.reference_from.read_text())["runs"]
+        reference.update({r["seed"]: r["return"] for r in runs if r["algo"] == "ppo"})
     for row in rows:
-        row["fraction_of_ppo"] = (
-            row["return"] / reference[row["seed"]] if reference[row["seed"]] else float("nan")
-        )
-    fields = ["return", "cost", "fraction_of_ppo"]
+        ref = reference.get(row["seed"])
+        row["fraction_of_ppo"] = row["return"] / ref if ref else float("nan")
+    fields = ["return", "cost", "fraction_of_ppo", "seconds"]
     summary = summarise(rows, "rule", fields)
-    out = args.out or Path(f"bench/results/control_pbrl{'_safe' if args.safe else ''}.json")
     save(out, rows, summary)
     print(markdown(summary, "rule", fields))
 

@@ -20,13 +20,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from control_common import markdown, run_worker, save, summarise  # noqa: E402
+from control_common import (  # noqa: E402
+    add_ppo_arguments,
+    markdown,
+    ppo_overrides,
+    run_worker,
+    save,
+    summarise,
+)
 
 
 def worker(spec: dict) -> dict:
     from alignloop.control.ppo import PPOSettings, train_policy
 
-    settings = PPOSettings(checkpoint_every=0, cost_window=100, cost_limit=spec["cost_limit"])
+    settings = PPOSettings(
+        checkpoint_every=0, cost_window=100, cost_limit=spec["cost_limit"], **spec.get("ppo", {})
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         stats = train_policy(
@@ -45,6 +54,7 @@ def worker(spec: dict) -> dict:
         "cost": stats["episode/cost"],
         "lambda": stats["train/lambda"],
         "steps_per_second": stats["global_step"] / seconds,
+        "seconds": seconds,
     }
 
 
@@ -57,6 +67,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cost-limit", type=float, default=25.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/control_ppo_lag.json"))
+    add_ppo_arguments(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -72,11 +83,13 @@ def main() -> None:
                 "steps": args.steps,
                 "seed": seed,
                 "cost_limit": args.cost_limit,
+                "ppo": ppo_overrides(args),
             }
             row = run_worker(__file__, spec)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    fields = ["return", "cost", "lambda"]
+            save(args.out, rows, [])  # every finished run is kept, even if a later one fails
+    fields = ["return", "cost", "lambda", "seconds"]
     summary = summarise(rows, "algo", fields)
     save(args.out, rows, summary)
     print(markdown(summary, "algo", fields))
