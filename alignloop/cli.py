@@ -123,6 +123,11 @@ COMMANDS: Tree = {
         "alignloop.loop.rounds:run",
         "Online rounds: collect judgements on the platform, learn, align, evaluate.",
     ),
+    "annotate": Command(
+        "alignloop.loop.annotate:AnnotateConfig",
+        "alignloop.loop.annotate:run",
+        "A scripted annotator: label a platform project over HTTP with a scripted teacher.",
+    ),
     "eval": Command(
         "alignloop.eval.commands:EvalConfig",
         "alignloop.eval.commands:run",

@@ -1,0 +1,200 @@
+"""`alignloop annotate`: a scripted annotator that labels a platform project over HTTP.
+
+It logs in like a person would, asks for its next assignment, judges it and submits, exactly
+through the API the web page uses, so the loop on the other side cannot tell it from a person.
+Two teachers:
+
+- ``toyworld``: the toy world's ground-truth judges (helpfulness, harm) behind a Bradley-Terry
+  teacher with the toy world's noise: the annotator the toy-world loop is measured against;
+- ``oracle``: judges two trajectory clips from the per-step true rewards and costs that the
+  control loop writes to ``run_dir/oracle.jsonl`` for each item key (the platform never sees
+  them): `alignloop.feedback.teachers.SegmentTeacher`, playing a person watching the clips.
+
+    alignloop annotate --url http://127.0.0.1:8000 --project loop --user ann-1 \\
+        --password-file ann-1.txt --teacher toyworld
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from alignloop.platform.client import PlatformClient, PlatformError, labels_from_comparison
+
+TOKEN_ENV = "ALIGNLOOP_TOKEN"
+Teacher = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class AnnotateConfig:
+    """A scripted annotator: labels a project's items through the platform's HTTP API."""
+
+    url: str = "http://127.0.0.1:8000"
+    """The platform's address."""
+    project: str = "alignloop-loop"
+    """Name of the project to label."""
+    user: str | None = None
+    """Annotator account name (with --password-file); without it, a token from $ALIGNLOOP_TOKEN."""
+    password_file: Path | None = None
+    """File whose first line is the account's password."""
+    teacher: Literal["toyworld", "oracle"] = "toyworld"
+    """toyworld: the toy world's judges; oracle: per-step true rewards/costs in --oracle."""
+    oracle: Path | None = None
+    """The control loop's oracle.jsonl (teacher oracle)."""
+    world_seed: int = 0
+    """Toy world seed (must match the loop's)."""
+    seed: int = 0
+    """Seed of the teacher's own noise (give each annotator its own)."""
+    mistake_rate: float = 0.0
+    """oracle: probability of flipping a choice (the toy world has its own noise)."""
+    idle_exit: float = 0.0
+    """Exit after this many seconds with nothing to label (0 = keep waiting until stopped)."""
+    poll: float = 1.0
+    """Seconds between asks when there is nothing to label."""
+    limit: int = 0
+    """Stop after this many judgements (0 = no limit)."""
+
+
+def toyworld_teacher(world_seed: int, seed: int) -> Teacher:
+    from alignloop.lm.toyworld import ToyWorld
+
+    teacher = ToyWorld(seed=world_seed).teacher(seed)
+
+    def judge(item: dict[str, Any]) -> dict[str, Any]:
+        return labels_from_comparison(teacher.compare(item["prompt"], item["response_a"], item["response_b"]))
+
+    return judge
+
+
+class OracleTeacher:
+    """Judges clip pairs from the true per-step values the control loop recorded for their key."""
+
+    def __init__(self, path: Path, seed: int, mistake_rate: float = 0.0):
+        import numpy as np
+
+        from alignloop.feedback.teachers import SegmentTeacher, TeacherNoise
+
+        self.path, self.values, self.read_bytes = path, {}, 0
+        self.teacher = SegmentTeacher(TeacherNoise(mistake_rate=mistake_rate), seed=seed)
+        self.np = np
+
+    def _refresh(self) -> None:
+        """Read the lines appended to the oracle file since the last read."""
+        if not self.path.is_file():
+            return
+        with self.path.open("rb") as f:
+            f.seek(self.read_bytes)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        for line in complete.decode("utf-8").splitlines():
+            row = json.loads(line)
+            self.values[row["key"]] = row
+        self.read_bytes += len(complete)
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        key = item.get("key")
+        if key not in self.values:
+            self._refresh()
+        if key not in self.values:
+            return {"skipped": True, "skip_reason": f"no oracle values for item key {key!r}"}
+        row, np = self.values[key], self.np
+        rewards = np.asarray([[row["rewards_a"], row["rewards_b"]]], dtype=float)  # (1, 2, H)
+        costs = np.asarray([[row["costs_a"], row["costs_b"]]], dtype=float)
+        judged = self.teacher.judge(rewards, costs)
+        side = {0: "A", 1: "B", -1: "tie"}
+        safe = judged.is_safe
+        assert safe is not None  # costs were given
+        return {
+            "better": side[int(judged.better[0])],
+            "safer": side[int(judged.safer[0])],
+            "safe_a": bool(safe[0, 0]),
+            "safe_b": bool(safe[0, 1]),
+        }
+
+
+def make_teacher(cfg: AnnotateConfig) -> Teacher:
+    if cfg.teacher == "toyworld":
+        return toyworld_teacher(cfg.world_seed, cfg.seed)
+    if cfg.oracle is None:
+        raise ValueError("--teacher oracle needs --oracle PATH (the control loop's oracle.jsonl)")
+    return OracleTeacher(cfg.oracle, cfg.seed, cfg.mistake_rate)
+
+
+def connect(url: str, user: str | None, password_file: Path | None) -> PlatformClient:
+    """A client logged in with a name and password file, or with the token in $ALIGNLOOP_TOKEN."""
+    if user is not None:
+        if password_file is None or not password_file.is_file():
+            raise ValueError(f"--user {user} needs --password-file with the password (got {password_file})")
+        lines = password_file.read_text(encoding="utf-8").splitlines()
+        return PlatformClient.login(url, user, lines[0] if lines else "")
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        raise ValueError(f"give --user and --password-file, or set ${TOKEN_ENV} to an API token")
+    return PlatformClient(url, token)
+
+
+def project_id(client: PlatformClient, name: str, wait: float) -> int:
+    """The id of the project called `name`, waiting up to `wait` seconds for it to appear."""
+    deadline = time.monotonic() + wait
+    while True:
+        project = client.find_project(name)
+        if project is not None:
+            return int(project["id"])
+        if time.monotonic() >= deadline:
+            raise ValueError(f"no project named {name!r} on the platform")
+        time.sleep(1.0)
+
+
+def label(client: PlatformClient, project: int, teacher: Teacher, limit: int) -> int:
+    """Judge assignments until none is left (or `limit`); returns how many were submitted."""
+    done = 0
+    assignment = client.next_assignment(project)
+    while assignment is not None:
+        labels = teacher(assignment["item"])
+        if limit and done + 1 >= limit:
+            client.submit(assignment["id"], labels)
+            return done + 1
+        _, assignment = client.submit_and_next(assignment["id"], labels)
+        done += 1
+    return done
+
+
+def run(cfg: AnnotateConfig) -> int:
+    if cfg.idle_exit < 0 or cfg.poll <= 0 or cfg.limit < 0:
+        raise ValueError("--idle-exit and --limit must be >= 0 and --poll > 0")
+    teacher = make_teacher(cfg)
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    with connect(cfg.url, cfg.user, cfg.password_file) as client:
+        project = project_id(client, cfg.project, wait=cfg.idle_exit or math.inf)
+        total, idle_since = 0, time.monotonic()
+        while not stop:
+            try:
+                n = label(client, project, teacher, cfg.limit - total if cfg.limit else 0)
+            except PlatformError as exc:
+                if exc.status == 409:  # the assignment expired or was taken: ask again
+                    continue
+                raise
+            total += n
+            if cfg.limit and total >= cfg.limit:
+                break
+            if n:
+                idle_since = time.monotonic()
+            elif cfg.idle_exit and time.monotonic() - idle_since > cfg.idle_exit:
+                break
+            else:
+                time.sleep(cfg.poll)
+    print(f"{cfg.user or 'annotator'}: {total} judgements")
+    return 0

@@ -1,0 +1,182 @@
+"""`alignloop loop --demo toyworld|cheetah`: the whole loop on one machine, with a real server.
+
+Starts `alignloop serve` on an SQLite file in the run directory, creates an admin and scripted
+annotator accounts (passwords in run_dir/accounts/, readable by the owner only), starts one
+`alignloop annotate` process per annotator, and runs the rounds against the server over HTTP.
+Stopped at any point (Ctrl-C, a kill) and started again with the same command, it reuses the
+database, the accounts and the loop's state and goes on from where it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from alignloop.loop.rounds import LoopConfig, drive, make_domain
+from alignloop.platform.client import PlatformClient, PlatformError
+from alignloop.platform.pgcluster import free_port
+
+DEMOS: dict[str, dict[str, Any]] = {
+    "toyworld": {"domain": "toyworld", "preset": "demo", "teacher": "toyworld", "annotators": 3},
+    "cheetah": {
+        "domain": "control",
+        "preset": "cheetah",
+        "env": "SafeHalfCheetahVelocity-v5",
+        "teacher": "oracle",
+        "annotators": 2,
+        "pairs": 40,
+    },
+}
+DEFAULT = LoopConfig()
+
+
+def demo_config(cfg: LoopConfig) -> LoopConfig:
+    """The demo's options: its preset's, except where the command line changed a default."""
+    assert cfg.demo is not None
+    preset = {k: v for k, v in DEMOS[cfg.demo].items() if k in {f.name for f in dataclasses.fields(cfg)}}
+    chosen = {k: v for k, v in preset.items() if getattr(cfg, k) == getattr(DEFAULT, k)}
+    run_dir = Path(f"runs/loop-{cfg.demo}") if cfg.run_dir == DEFAULT.run_dir else cfg.run_dir
+    return dataclasses.replace(cfg, **chosen, run_dir=run_dir, project=f"loop-{cfg.demo}")
+
+
+def password(accounts: Path, name: str) -> Path:
+    """The account's password file, made once (owner-only) and reused on a restart."""
+    accounts.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = accounts / f"{name}.txt"
+    if not path.is_file():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(18) + "\n")
+    return path
+
+
+class LocalPlatform:
+    """`alignloop serve` on a free loopback port, as a subprocess."""
+
+    def __init__(self, run_dir: Path, admin_password: Path):
+        self.run_dir, self.admin_password = run_dir, admin_password
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        log = (self.run_dir / "logs").resolve()
+        log.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "alignloop.cli",
+            "serve",
+            "--db",
+            f"sqlite:///{(self.run_dir / 'platform.db').resolve()}",
+            "--port",
+            self.url.rsplit(":", 1)[1],
+            "--media-dir",
+            str((self.run_dir / "media").resolve()),
+            "--create-admin",
+            "admin",
+            "--password-file",
+            str(self.admin_password.resolve()),
+            "--log-level",
+            "warning",
+        ]
+        with (log / "server.log").open("ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the platform server exited; see {log / 'server.log'}")
+            try:
+                if httpx.get(f"{self.url}/login", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the platform server did not start within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_annotators(
+    cfg: LoopConfig, url: str, client: PlatformClient, teacher: str, n: int
+) -> list[subprocess.Popen[bytes]]:
+    """Create the scripted annotators' accounts (once) and start one process each."""
+    run_dir, processes = Path(cfg.run_dir), []
+    for i in range(1, n + 1):
+        name = f"annotator-{i}"
+        secret = password(run_dir / "accounts", name)
+        try:
+            client.create_user(name, secret.read_text().splitlines()[0], role="annotator")
+        except PlatformError as exc:
+            if exc.status != 409:  # 409: the account exists from an earlier start
+                raise
+        command = [
+            sys.executable,
+            "-m",
+            "alignloop.cli",
+            "annotate",
+            "--url",
+            url,
+            "--project",
+            cfg.project,
+            "--user",
+            name,
+            "--password-file",
+            str(secret),
+            "--teacher",
+            teacher,
+            "--world-seed",
+            str(cfg.seed),
+            "--seed",
+            str(1000 * cfg.seed + i),
+            "--poll",
+            "0.5",
+        ]
+        if teacher == "oracle":
+            command += ["--oracle", str(run_dir / "oracle.jsonl")]
+        with (run_dir / "logs" / f"{name}.log").open("ab") as out:
+            processes.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT))
+    return processes
+
+
+def run_demo(cfg: LoopConfig) -> int:
+    assert cfg.demo is not None
+    spec = DEMOS[cfg.demo]
+    cfg = demo_config(cfg)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    domain = make_domain(cfg)  # bad options fail here, before any process starts
+    admin_password = password(run_dir / "accounts", "admin")
+    platform = LocalPlatform(run_dir, admin_password)
+    annotators: list[subprocess.Popen[bytes]] = []
+    try:
+        platform.start()
+        print(f"platform: {platform.url} (database {run_dir / 'platform.db'})")
+        admin = PlatformClient.login(platform.url, "admin", admin_password.read_text().splitlines()[0])
+        with admin:
+            annotators = start_annotators(cfg, platform.url, admin, spec["teacher"], spec["annotators"])
+            print(f"{len(annotators)} scripted annotators label through the API ({run_dir / 'logs'})")
+            return drive(cfg, admin, domain)
+    finally:
+        for process in annotators:
+            stop_process(process)
+        platform.stop()

@@ -1,0 +1,349 @@
+"""`alignloop loop`: rounds of collect, learn, align, evaluate, with people on the platform.
+
+Each round:
+
+1. propose   the domain samples prompts (or rolls out episodes), generates candidates with the
+             current policy and picks the pairs to ask about (ensemble disagreement or uniform);
+             the list is saved before anything leaves the machine;
+2. push      clips are uploaded and the pairs pushed to the platform project with their keys and
+             priorities (a re-push after a crash returns the stored items: nobody is asked twice);
+3. collect   the loop waits, showing how many judgements are in, until the round's quota is met
+             (or the timeout: it then exits and a restart keeps waiting); judgements are pulled
+             as they arrive into run_dir/judgements.jsonl;
+4. learn     reward and cost models, warm-started, on the judgements of every round so far;
+5. align     the policy (PPO-Lagrangian by default, or DPO);
+6. evaluate  the round's figures, added to report.json / report.md / rounds.png.
+
+The judgements may come from people in the browser or from `alignloop annotate` (scripted
+teachers over the same HTTP API); the loop cannot tell. Killed at any point and started again
+with the same options, it goes on from the last phase it finished (`alignloop.loop.state`).
+
+    alignloop loop --config loop.yaml          # a platform you run, people you invited
+    alignloop loop --demo toyworld             # three rounds with scripted annotators
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from alignloop.loop.domain import Candidate, Domain, Judged, Selection
+from alignloop.loop.state import (
+    JudgementStore,
+    LoopState,
+    load_candidates,
+    round_dir,
+    save_candidates,
+    write_atomic,
+)
+from alignloop.platform.client import PlatformClient
+
+EXIT_TIMEOUT = 3
+"""Exit code when a round's quota was not met in time (the state is kept; run again to wait on)."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Online rounds: collect judgements on the platform, learn reward and cost models, align, evaluate."""
+
+    demo: Literal["toyworld", "cheetah"] | None = None
+    """Run a demo: start a local server (SQLite in the run directory) and scripted annotators,
+    then the rounds. toyworld: the toy-world language model; cheetah: safe preference-based RL
+    on HalfCheetah with clips. The demo presets replace the options below unless given."""
+    run_dir: Path = Path("runs/loop")
+    """Run directory: loop.json (state), judgements.jsonl, round-NNN/, report.md, rounds.png."""
+    domain: Literal["toyworld", "control"] = "toyworld"
+    """The policy: the toy-world language model, or a MuJoCo controller (--env)."""
+    preset: str = "demo"
+    """Sizes of the domain's models and training: toyworld demo|smoke, control cheetah|smoke."""
+    env: str = "SafeHalfCheetahVelocity-v5"
+    """control: the task (a Safe...Velocity task judges safety too)."""
+    rounds: int = 3
+    """Rounds to run (a finished run can be extended by raising this)."""
+    pairs: int = 600
+    """Pairs put before annotators each round."""
+    select: Selection = "disagreement"
+    """Which pairs to ask: highest reward/cost ensemble disagreement, or uniform."""
+    policy_update: Literal["ppo-lag", "dpo"] = "ppo-lag"
+    """How the policy learns from the models/judgements (toyworld; control always PPO-Lagrangian)."""
+    url: str = "http://127.0.0.1:8000"
+    """The platform's address."""
+    user: str | None = None
+    """Account that pushes items and reads judgements (admin or trainer), with --password-file;
+    without it, an API token from $ALIGNLOOP_TOKEN."""
+    password_file: Path | None = None
+    """File whose first line is the account's password."""
+    project: str = "alignloop-loop"
+    """Platform project of the loop's items (created when the account may, else it must exist)."""
+    overlap: int = 1
+    """Judgements wanted per item (set when the loop creates the project)."""
+    quota: float = 1.0
+    """Share of a round's items that need --overlap judgements before the round goes on."""
+    timeout: float = 3600.0
+    """Seconds to wait for a round's quota; then exit with code 3 (run again to keep waiting)."""
+    poll: float = 1.0
+    """Seconds between checks for new judgements."""
+    seed: int = 0
+    """Seed of the domain (prompts, models, policy)."""
+    threads: int = 1
+    """torch CPU threads."""
+    progress: bool = True
+    """Show progress bars and the live judgement count."""
+
+
+def identity(cfg: LoopConfig) -> dict[str, Any]:
+    """Options a restart must share with the run it continues."""
+    return {
+        "domain": cfg.domain,
+        "preset": cfg.preset,
+        "env": cfg.env if cfg.domain == "control" else None,
+        "seed": cfg.seed,
+        "select": cfg.select,
+        "policy_update": cfg.policy_update,
+        "pairs": cfg.pairs,
+        "project": cfg.project,
+    }
+
+
+def check_config(cfg: LoopConfig) -> None:
+    """Every option checked before anything is built or sent."""
+    if cfg.rounds < 1 or cfg.pairs < 1 or cfg.overlap < 1:
+        raise ValueError(
+            f"--rounds, --pairs and --overlap must be >= 1 (got {cfg.rounds}, {cfg.pairs}, {cfg.overlap})"
+        )
+    if not 0 < cfg.quota <= 1:
+        raise ValueError(f"--quota must be in (0, 1], got {cfg.quota}")
+    if cfg.timeout <= 0 or cfg.poll <= 0:
+        raise ValueError("--timeout and --poll must be > 0")
+
+
+def make_domain(cfg: LoopConfig) -> Domain:
+    if cfg.domain == "toyworld":
+        from alignloop.loop import toyworld
+
+        if cfg.preset not in toyworld.PRESETS:
+            raise ValueError(f"--preset {cfg.preset!r}: toyworld has {sorted(toyworld.PRESETS)}")
+        return toyworld.ToyWorldDomain(
+            **toyworld.PRESETS[cfg.preset],
+            seed=cfg.seed,
+            policy_update=cfg.policy_update,
+            threads=cfg.threads,
+            progress=cfg.progress,
+        )
+    from alignloop.loop import control
+
+    if cfg.preset not in control.PRESETS:
+        raise ValueError(f"--preset {cfg.preset!r}: control has {sorted(control.PRESETS)}")
+    return control.ControlDomain(
+        **{**control.PRESETS[cfg.preset], "env": cfg.env},
+        seed=cfg.seed,
+        threads=cfg.threads,
+        progress=cfg.progress,
+    )
+
+
+# ------------------------------------------------------------------------------ platform side
+def push(
+    client: PlatformClient, project_id: int, run_dir: Path, candidates: list[Candidate]
+) -> dict[str, int]:
+    """Upload the clips and push the pairs with their keys; key -> item id."""
+    items = []
+    for c in candidates:
+        item: dict[str, Any] = {
+            "key": c.key,
+            "prompt": c.prompt,
+            "response_a": c.response_a,
+            "response_b": c.response_b,
+            "model_a": c.model_a,
+            "model_b": c.model_b,
+            "priority": c.priority if math.isfinite(c.priority) else 0.0,
+        }
+        for side in ("a", "b"):
+            clip = getattr(c, f"media_{side}")
+            if clip is not None:
+                item[f"media_{side}"] = client.upload_media(run_dir / clip)
+        items.append(item)
+    ids = client.push_items(project_id, items)
+    return {c.key: i for c, i in zip(candidates, ids, strict=True)}
+
+
+def pull(
+    client: PlatformClient,
+    project_id: int,
+    state: LoopState,
+    store: JudgementStore,
+    run_dir: Path,
+    known: dict[int, tuple[int, Candidate]],
+) -> int:
+    """Pull judgements newer than the cursor into the store; item id -> (round, candidate) in `known`."""
+    rows = client.judgements(project_id, after_id=state.after_id)
+    if not rows:
+        return 0
+    fresh = []
+    for row in rows:
+        if row["skipped"] or row["item_id"] not in known:
+            continue
+        r, candidate = known[row["item_id"]]
+        fresh.append(
+            Judged(
+                judgement_id=row["id"],
+                annotator_id=row["annotator_id"],
+                round=r,
+                candidate=candidate,
+                better=row["better"],
+                safer=row["safer"],
+                safe_a=row["safe_a"],
+                safe_b=row["safe_b"],
+                harm_a=list(row["harm_a"]),
+                harm_b=list(row["harm_b"]),
+                severity_a=row["severity_a"],
+                severity_b=row["severity_b"],
+            )
+        )
+    added = store.append(fresh)  # fsynced before the cursor moves past these ids
+    state.after_id = max(row["id"] for row in rows)
+    state.save(run_dir)
+    return added
+
+
+def round_progress(judged: list[Judged], item_ids: dict[str, int], overlap: int) -> tuple[int, int]:
+    """(judgements counted toward the round, items that have all they need)."""
+    counts = {key: 0 for key in item_ids}
+    for j in judged:
+        if j.candidate.key in counts:
+            counts[j.candidate.key] += 1
+    return sum(min(n, overlap) for n in counts.values()), sum(n >= overlap for n in counts.values())
+
+
+def collect(
+    client: PlatformClient,
+    project_id: int,
+    state: LoopState,
+    store: JudgementStore,
+    run_dir: Path,
+    r: int,
+    known: dict[int, tuple[int, Candidate]],
+    item_ids: dict[str, int],
+    cfg: LoopConfig,
+) -> bool:
+    """Wait (with a live count) until the round's quota is met; False on timeout."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    need_items = math.ceil(cfg.quota * len(item_ids))
+    total = len(item_ids) * cfg.overlap
+    deadline = time.monotonic() + cfg.timeout
+    columns = [
+        TextColumn(f"round {r}: judgements in"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[items]}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, disable=not cfg.progress) as bar:
+        task = bar.add_task("collect", total=total, items="")
+        while True:
+            pull(client, project_id, state, store, run_dir, known)
+            counted, complete = round_progress(store.load(), item_ids, cfg.overlap)
+            bar.update(
+                task, completed=counted, items=f"items done {complete}/{len(item_ids)} (need {need_items})"
+            )
+            if complete >= need_items:
+                return True
+            if time.monotonic() >= deadline:
+                print(
+                    f"round {r}: timed out after {cfg.timeout:.0f} s with {complete} of {need_items} "
+                    f"items judged ({counted}/{total} judgements); run again to keep waiting"
+                )
+                return False
+            time.sleep(cfg.poll)
+
+
+# ------------------------------------------------------------------------------------ driver
+def drive(cfg: LoopConfig, client: PlatformClient, domain: Domain) -> int:
+    """Run (or continue) the rounds against a platform; returns the exit code."""
+    from alignloop.loop.report import write_report
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = LoopState.open(run_dir, identity(cfg))
+    if state.project_id is None:
+        project = client.ensure_project(cfg.project, overlap=cfg.overlap)
+        state.project_id = int(project["id"])
+        state.save(run_dir)
+    project_id = state.project_id
+    store = JudgementStore(run_dir)
+    if state.setup_metrics is None:
+        print(f"[{domain.name}] setting up the starting policy")
+        state.setup_metrics = domain.setup(run_dir)
+        state.save(run_dir)
+        write_report(run_dir, state, domain.name)
+
+    # item id -> (round, candidate) of every round pushed so far, to join pulled judgements
+    known: dict[int, tuple[int, Candidate]] = {}
+    for earlier in range(1, cfg.rounds + 1):
+        if state.done(earlier, "pushed"):
+            rd = round_dir(run_dir, earlier)
+            by_key = {c.key: c for c in load_candidates(rd / "candidates.jsonl")}
+            known.update({i: (earlier, by_key[k]) for k, i in _read_ids(rd).items()})
+
+    while (r := state.next_round(cfg.rounds)) is not None:
+        rd = round_dir(run_dir, r)
+        print(f"[{domain.name}] round {r}/{cfg.rounds}: {state.phases.get(str(r), 'starting')}")
+        if not state.done(r, "proposed"):
+            candidates = domain.propose(rd, r, cfg.pairs, cfg.select)
+            if not candidates:
+                raise RuntimeError(f"round {r}: the domain proposed no pairs")
+            save_candidates(rd / "candidates.jsonl", candidates)
+            state.finish(run_dir, r, "proposed", {"pairs": float(len(candidates))})
+        candidates = load_candidates(rd / "candidates.jsonl")
+        if not state.done(r, "pushed"):
+            ids = push(client, project_id, run_dir, candidates)
+            write_atomic(rd / "items.json", _dumps(ids))
+            state.finish(run_dir, r, "pushed")
+        ids = _read_ids(rd)
+        by_key = {c.key: c for c in candidates}
+        known.update({i: (r, by_key[k]) for k, i in ids.items()})
+        if not state.done(r, "collected"):
+            if not collect(client, project_id, state, store, run_dir, r, known, ids, cfg):
+                return EXIT_TIMEOUT
+            state.finish(run_dir, r, "collected")
+        if not state.done(r, "learned"):
+            pull(client, project_id, state, store, run_dir, known)  # late judgements of earlier rounds too
+            judged = store.load()
+            metrics = domain.learn(rd, r, judged)
+            state.finish(run_dir, r, "learned", {"judgements": float(len(judged)), **metrics})
+        if not state.done(r, "aligned"):
+            state.finish(run_dir, r, "aligned", domain.align(rd, r))
+        if not state.done(r, "evaluated"):
+            state.finish(run_dir, r, "evaluated", domain.evaluate(rd, r))
+            write_report(run_dir, state, domain.name)
+            figures = {k: round(v, 4) for k, v in state.metrics[str(r)].items()}
+            print(f"[{domain.name}] round {r} done: {figures}")
+    write_report(run_dir, state, domain.name)
+    print(f"report: {run_dir / 'report.md'}")
+    return 0
+
+
+def _dumps(ids: dict[str, int]) -> str:
+    return json.dumps(ids, indent=0) + "\n"
+
+
+def _read_ids(rd: Path) -> dict[str, int]:
+    return {str(k): int(v) for k, v in json.loads((rd / "items.json").read_text()).items()}
+
+
+def run(cfg: LoopConfig) -> int:
+    check_config(cfg)
+    if cfg.demo is not None:
+        from alignloop.loop.demo import run_demo
+
+        return run_demo(cfg)
+    from alignloop.loop.annotate import connect
+
+    domain = make_domain(cfg)
+    with connect(cfg.url, cfg.user, cfg.password_file) as client:
+        return drive(cfg, client, domain)
