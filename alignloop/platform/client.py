@@ -5,7 +5,7 @@ teachers) fetch their next assignment and submit labels. Submissions carry an id
 and are retried on connection errors and 5xx answers, so a retry never stores a judgement twice.
 
     trainer = PlatformClient.login("http://127.0.0.1:8000", "trainer", password)
-    ids = trainer.push_items(project_id, [{"prompt": ..., "response_a": ..., "response_b": ...}])
+    ids = trainer.push_items(project_id, [{"key": "r1-0001", "prompt": ..., "response_a": ..., "response_b": ...}])
     trainer.set_priorities(project_id, {ids[0]: 2.5})
     judgements = trainer.wait_for_judgements(project_id, ids, per_item=3)
 
@@ -129,6 +129,27 @@ class PlatformClient:
         body = {"name": name, "overlap": overlap, "gold_rate": gold_rate, **fields}
         return dict(self._request("POST", "/api/projects", json=body))
 
+    def find_project(self, name: str) -> dict[str, Any] | None:
+        """The project called `name`, or None."""
+        projects = self._request("GET", "/api/projects", retry=True)
+        return next((dict(p) for p in projects if p["name"] == name), None)
+
+    def ensure_project(self, name: str, **fields: Any) -> dict[str, Any]:
+        """The project called `name`, created with `fields` (as `create_project`) unless it exists.
+
+        An existing project is returned as it is, even where its settings differ from `fields`.
+        """
+        found = self.find_project(name)
+        if found is not None:
+            return found
+        try:
+            return self.create_project(name, **fields)
+        except PlatformError as exc:
+            found = self.find_project(name) if exc.status == 409 else None
+            if found is None:
+                raise
+            return found  # created by someone else a moment ago
+
     def stats(self, project_id: int) -> dict[str, Any]:
         return dict(self._request("GET", f"/api/projects/{project_id}/stats"))
 
@@ -150,11 +171,22 @@ class PlatformClient:
     def push_items(
         self, project_id: int, items: Iterable[Mapping[str, Any]], *, batch: int = 500
     ) -> list[int]:
+        """Push items; returns their ids in order.
+
+        Give each item a `key` (unique in the project, e.g. "r3-0017") and pushing is idempotent:
+        an item whose key is already there is not added again and its id is answered. Keyed pushes
+        are therefore retried on connection errors and 502-504, and a run that pushes the same
+        keyed items again after a crash gets the same ids. Unkeyed items are added each time.
+        """
         ids: list[int] = []
         pending = [dict(item) for item in items]
         for start in range(0, len(pending), batch):
             chunk = pending[start : start + batch]
-            ids += self._request("POST", f"/api/projects/{project_id}/items", json={"items": chunk})["ids"]
+            keyed = all(item.get("key") is not None for item in chunk)
+            answer = self._request(
+                "POST", f"/api/projects/{project_id}/items", json={"items": chunk}, retry=keyed
+            )
+            ids += answer["ids"]
         return ids
 
     def set_priorities(self, project_id: int, priorities: Mapping[int, float]) -> int:

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 from sqlalchemy import and_, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from alignloop.platform import auth
@@ -109,11 +110,40 @@ def get_project(session: Session, *, project_id: int) -> Project:
     return project
 
 
+KEYED_PUSH_ATTEMPTS = 5
+"""Rounds of read-then-insert a keyed push gets while concurrent pushes store the same keys."""
+
+
+def _duplicate_keys(items: Sequence[ItemIn]) -> None:
+    first: dict[str, int] = {}
+    for i, spec in enumerate(items):
+        if spec.key is None:
+            continue
+        if spec.key in first:
+            raise Invalid(f"items[{i}].key: {spec.key!r} is also the key of items[{first[spec.key]}]")
+        first[spec.key] = i
+
+
+def item_ids_by_key(session: Session, *, project_id: int, keys: Sequence[str]) -> dict[str, int]:
+    """The ids of the project's items that have one of `keys`."""
+    if not keys:
+        return {}
+    rows = session.execute(select(Item.key, Item.id).where(Item.project_id == project_id, Item.key.in_(keys)))
+    return {key: item_id for key, item_id in rows if key is not None}
+
+
 def add_items(
     session: Session, *, project: Project, items: Sequence[ItemIn], media_names: set[str]
 ) -> list[int]:
-    """Add items; media names must be files already uploaded to the platform."""
-    rows = []
+    """Add items and return their ids in order; media names must be files already uploaded.
+
+    An item whose key is already in the project is not added again: its stored row is kept as it
+    is and its id answered. A concurrent push that stores the same key between our look-up and
+    our insert makes the insert fail on the unique index; the insert is undone (a savepoint) and
+    the keys are looked up again, so the same key never gives two rows and no push fails for it.
+    """
+    _duplicate_keys(items)
+    specs: list[dict[str, object]] = []
     for i, spec in enumerate(items):
         for side in ("media_a", "media_b"):
             name = getattr(spec, side)
@@ -122,10 +152,29 @@ def add_items(
         values = spec.model_dump()
         for key in ("gold_better", "gold_safer"):
             values[key] = getattr(spec, key).value if getattr(spec, key) is not None else None
-        rows.append(Item(project_id=project.id, taken=0, done=0, is_full=False, **values))
-    session.add_all(rows)
-    session.flush()
-    return [row.id for row in rows]
+        specs.append(values)
+    keys = [spec.key for spec in items if spec.key is not None]
+    for _ in range(KEYED_PUSH_ATTEMPTS):
+        known = item_ids_by_key(session, project_id=project.id, keys=keys)
+        rows = [
+            None
+            if values["key"] in known
+            else Item(project_id=project.id, taken=0, done=0, is_full=False, **values)
+            for values in specs
+        ]
+        try:
+            with session.begin_nested():
+                session.add_all(row for row in rows if row is not None)
+                session.flush()
+        except IntegrityError:
+            if not keys:
+                raise
+            continue  # another push stored some of these keys a moment ago: look them up again
+        return [
+            known[str(values["key"])] if row is None else row.id
+            for row, values in zip(rows, specs, strict=True)
+        ]
+    raise Conflict("items: concurrent pushes kept storing the same keys; retry the push")
 
 
 def set_priorities(session: Session, *, project: Project, priorities: dict[int, float]) -> int:

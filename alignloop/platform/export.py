@@ -61,6 +61,7 @@ def aggregate(item: Item, judgements: Sequence[Judgement]) -> Comparison:
     meta = {str(k): str(v) for k, v in item.meta.items()}
     meta.update(
         item_id=str(item.id),
+        **({} if item.key is None else {"key": item.key}),
         model_0=item.model_a,
         model_1=item.model_b,
         n_judgements=str(len(judgements)),

@@ -72,7 +72,7 @@ WITH current_one AS (
     UNION ALL
     SELECT id, item_id, expires_at FROM made
 )
-SELECT chosen.id AS assignment_id, chosen.expires_at, i.id, i.project_id, i.prompt, i.response_a,
+SELECT chosen.id AS assignment_id, chosen.expires_at, i.id, i.project_id, i.key, i.prompt, i.response_a,
        i.response_b, i.media_a, i.media_b, i.model_a, i.model_b, i.priority, i.meta
 FROM chosen JOIN items i ON i.id = chosen.item_id
 """
@@ -81,6 +81,7 @@ FROM chosen JOIN items i ON i.id = chosen.item_id
 _ITEM_FIELDS = (
     "id",
     "project_id",
+    "key",
     "prompt",
     "response_a",
     "response_b",

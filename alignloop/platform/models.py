@@ -74,10 +74,14 @@ class Item(Base):
     __tablename__ = "items"
     __table_args__ = (
         Index("ix_items_queue", "project_id", "is_gold", "is_full", text("priority DESC"), "id"),
+        # NULL keys are distinct from each other in both databases: only keyed items are unique
+        Index("uq_items_project_key", "project_id", "key", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    # The pusher's name for the item (e.g. "r3-0017"): pushing the same key again returns this row
+    key: Mapped[str | None] = mapped_column(String(128), nullable=True)
     prompt: Mapped[str] = mapped_column(Text)
     response_a: Mapped[str] = mapped_column(Text, default="")
     response_b: Mapped[str] = mapped_column(Text, default="")

@@ -103,6 +103,13 @@ class ProjectOut(BaseModel):
 
 
 class ItemIn(Strict):
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The pusher's name for the item, unique in the project: an item whose key is "
+        "already there is not added again (its id is answered), so a push can be retried.",
+    )
     prompt: str = Field(min_length=1, max_length=100_000)
     response_a: str = Field(default="", max_length=100_000)
     response_b: str = Field(default="", max_length=100_000)
@@ -133,6 +140,7 @@ class ItemOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
     project_id: int
+    key: str | None
     prompt: str
     response_a: str
     response_b: str
@@ -145,7 +153,9 @@ class ItemOut(BaseModel):
 
 
 class ItemsOut(BaseModel):
-    ids: list[int]
+    ids: list[int] = Field(
+        description="One id per pushed item, in order; an existing key answers its item's id."
+    )
 
 
 class PriorityIn(Strict):
