@@ -1,0 +1,131 @@
+"""Render trajectory segments offscreen into short looping GIF clips for the labelling page.
+
+A segment is a sequence of MuJoCo states (``qpos`` and ``qvel`` per step), recorded while the
+policy ran (`segment_states` copies them out of an env). `render_clip` puts each state into
+one offscreen env (``env.unwrapped.set_state``), renders a frame and writes an animated GIF
+that loops forever, so the browser plays it without controls and without ffmpeg. Rendering
+does not step the physics: the same states always give the same bytes.
+
+    qpos, qvel = zip(*(segment_states(env) for _ in steps))   # while rolling out
+    render_clip("SafeHalfCheetahVelocity-v5", np.stack(qpos), np.stack(qvel), Path("r1-0003-a.gif"))
+
+MuJoCo renders with EGL (no display needed); ``MUJOCO_GL=egl`` is set when unset, before
+MuJoCo is first imported. One env per (task, width, height) is kept for the process, so
+rendering a round's clips builds it once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ClipError", "render_clip", "segment_states"]
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+_ENVS: dict[tuple[str, int, int], Any] = {}
+
+
+class ClipError(ValueError):
+    """A clip that cannot be rendered: unknown task, a task without MuJoCo state, wrong shapes."""
+
+
+def segment_states(env: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the current (qpos, qvel) of a MuJoCo env (any wrapper around one)."""
+    data = env.unwrapped.data
+    return np.array(data.qpos, dtype=np.float64), np.array(data.qvel, dtype=np.float64)
+
+
+def _env(env_id: str, width: int, height: int) -> Any:
+    """The process's offscreen rgb_array env for the task (alignloop's Safe* ids name their robot)."""
+    import gymnasium as gym
+
+    from alignloop.control.envs import EnvSpecError, resolve_env
+
+    try:
+        base_id, _, _ = resolve_env(env_id)
+    except EnvSpecError as exc:
+        raise ClipError(str(exc)) from exc
+    cached = (base_id, width, height)
+    if cached not in _ENVS:
+        try:
+            env = gym.make(base_id, render_mode="rgb_array", width=width, height=height)
+        except TypeError as exc:  # a task without MuJoCo's width/height options
+            raise ClipError(f"env {env_id!r} ({base_id}) is not a MuJoCo task; clips need one") from exc
+        if not hasattr(env.unwrapped, "set_state"):
+            env.close()
+            raise ClipError(f"env {env_id!r} ({base_id}) has no MuJoCo state to set; clips need one")
+        env.reset(seed=0)
+        _ENVS[cached] = env
+    return _ENVS[cached]
+
+
+def _check_shapes(env_id: str, model: Any, qpos: np.ndarray, qvel: np.ndarray) -> None:
+    nq, nv = int(model.nq), int(model.nv)
+    if qpos.ndim != 2 or qpos.shape[1] != nq:
+        raise ClipError(f"qpos: {env_id} needs shape (T, {nq}), got {qpos.shape}")
+    if qvel.ndim != 2 or qvel.shape[1] != nv:
+        raise ClipError(f"qvel: {env_id} needs shape (T, {nv}), got {qvel.shape}")
+    if len(qpos) != len(qvel):
+        raise ClipError(f"qpos has {len(qpos)} steps but qvel has {len(qvel)}; they must match")
+    if len(qpos) == 0:
+        raise ClipError("qpos: a clip needs at least one step")
+    if not (np.isfinite(qpos).all() and np.isfinite(qvel).all()):
+        raise ClipError("qpos/qvel: states must be finite")
+
+
+def _stamp(frame: Any, label: str) -> None:
+    """Draw `label` in a dark box at the frame's top-left corner (in place, a PIL image)."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(10, frame.height // 10))
+    draw = ImageDraw.Draw(frame)
+    _, _, right, bottom = draw.textbbox((4, 2), label, font=font)
+    draw.rectangle((0, 0, right + 4, bottom + 4), fill=(20, 24, 32))
+    draw.text((4, 2), label, fill=(255, 255, 255), font=font)
+
+
+def render_clip(
+    env_id: str,
+    qpos: np.ndarray,
+    qvel: np.ndarray,
+    path: Path,
+    *,
+    fps: int = 25,
+    width: int = 256,
+    height: int = 192,
+    label: str | None = None,
+) -> Path:
+    """Render the states qpos (T, nq) and qvel (T, nv) of task `env_id` to a looping GIF at `path`.
+
+    `label` (e.g. "A") is drawn in a corner of every frame. Returns `path`.
+    """
+    if fps < 1 or width < 16 or height < 16:
+        raise ClipError(f"fps must be >= 1 and width, height >= 16; got fps={fps}, {width}x{height}")
+    from PIL import Image
+
+    qpos, qvel = np.asarray(qpos, dtype=np.float64), np.asarray(qvel, dtype=np.float64)
+    env = _env(env_id, width, height)
+    _check_shapes(env_id, env.unwrapped.model, qpos, qvel)
+    frames = []
+    for qpos_t, qvel_t in zip(qpos, qvel, strict=True):
+        env.unwrapped.set_state(qpos_t, qvel_t)
+        frame = Image.fromarray(np.asarray(env.render(), dtype=np.uint8))  # (H, W, 3)
+        if label:
+            _stamp(frame, label)
+        frames.append(frame)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(
+        path,
+        format="GIF",
+        save_all=True,
+        append_images=frames[1:],
+        duration=round(1000 / fps),
+        loop=0,  # forever
+        optimize=False,
+    )
+    return path
