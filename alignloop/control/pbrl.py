@@ -141,6 +141,30 @@ def fit_cost_model(
         return float(((score > 0) == ~is_safe).float().mean())
 
 
+def new_models(
+    obs_dim: int, act_dim: int, ensemble: int, segment_length: int
+) -> tuple[list[StepModel], StepModel]:
+    """Untrained reward ensemble and cost model. The cost model starts from the prior that each
+    step is unsafe with probability about 1 / (2H), so a segment of H steps about 40% of the time."""
+    reward_models = [StepModel(obs_dim, act_dim) for _ in range(ensemble)]
+    cost_model = StepModel(obs_dim, act_dim)
+    torch.nn.init.constant_(cost_model.net.last.bias, -math.log(2 * segment_length))
+    return reward_models, cost_model
+
+
+@torch.no_grad()
+def label_steps(
+    reward_models: list[StepModel], cost_model: StepModel | None, obs: Tensor, actions: Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Learned per-step rewards (ensemble mean) and costs (P(unsafe); 0 without a cost model)
+    of steps obs (..., D), actions (..., A); both (...) float64."""
+    rewards = torch.stack([m(obs, actions) for m in reward_models]).mean(0).numpy()
+    if cost_model is None:
+        return rewards.astype(np.float64), np.zeros(rewards.shape)
+    costs = torch.sigmoid(cost_model(obs, actions)).numpy()
+    return rewards.astype(np.float64), costs.astype(np.float64)
+
+
 class PreferenceLearner:
     """The segment pool, the teacher, the labelled pairs and the models; called by PPO once
     per iteration as its ``relabel`` hook."""
@@ -170,11 +194,8 @@ class PreferenceLearner:
         self.h, self.pool_size, self.candidates, self.select = segment_length, pool_size, candidates, select
         self.fit_steps = fit_steps
         self.gen = torch.Generator().manual_seed(seed)
-        self.reward_models = [StepModel(obs_dim, act_dim) for _ in range(ensemble)]
+        self.reward_models, self.cost_model = new_models(obs_dim, act_dim, ensemble, segment_length)
         self.reward_opts = [torch.optim.Adam(m.parameters(), lr=lr) for m in self.reward_models]
-        self.cost_model = StepModel(obs_dim, act_dim)
-        # prior: each step unsafe with probability about 1 / (2H), a segment about 40% of the time
-        torch.nn.init.constant_(self.cost_model.net.last.bias, -math.log(2 * segment_length))
         self.cost_opt = torch.optim.Adam(self.cost_model.parameters(), lr=lr)
         self.pool: dict[str, np.ndarray] = {}
         self.pairs: dict[str, list[np.ndarray]] = {
@@ -255,15 +276,12 @@ class PreferenceLearner:
         if self.log is not None:
             self.log(stats, iteration)
 
-    @torch.no_grad()
     def label(self, ro: Rollout) -> tuple[np.ndarray, np.ndarray]:
         """Learned per-step rewards (ensemble mean) and costs (P(unsafe)) of a rollout, (T, N)."""
         steps, n = ro.rewards.shape
         obs = torch.as_tensor(ro.raw_obs, dtype=torch.float32)  # (T, N, D)
         act = torch.as_tensor(ro.actions.reshape(steps, n, -1), dtype=torch.float32)
-        rewards = torch.stack([m(obs, act) for m in self.reward_models]).mean(0).numpy()
-        costs = torch.sigmoid(self.cost_model(obs, act)).numpy() if self.safe else np.zeros((steps, n))
-        return rewards.astype(np.float64), costs.astype(np.float64)
+        return label_steps(self.reward_models, self.cost_model if self.safe else None, obs, act)
 
     def __call__(self, ro: Rollout, iteration: int) -> tuple[np.ndarray, np.ndarray]:
         self.add_segments(ro)

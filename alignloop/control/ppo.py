@@ -378,11 +378,16 @@ def train_policy(
     *,
     relabel: Relabel | None = None,
     resume: bool = False,
+    init_from: Path | None = None,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Train a policy with PPO (``lagrangian=False``) or PPO-Lagrangian; returns the last
-    iteration's statistics. Writes TensorBoard logs and ``checkpoint.pt`` under ``run_dir``."""
+    iteration's statistics. Writes TensorBoard logs and ``checkpoint.pt`` under ``run_dir``.
+
+    ``init_from`` (a run directory; ignored when resuming) starts from that run's policy and
+    critics, its observation statistics and its Lagrange multiplier; the optimiser, the return
+    scaler, the episode records and the iteration count start afresh, as in a new run."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from torch.utils.tensorboard import SummaryWriter
 
@@ -423,6 +428,11 @@ def train_policy(
         collector.num_episodes = state["num_episodes"]
         cost_window.extend(state["cost_window"])
         start, global_step = state["iteration"], state["global_step"]
+    elif init_from is not None:
+        state = torch.load(init_from / CHECKPOINT, weights_only=True)
+        agent.load_state_dict(state["agent"])
+        collector.obs_norm.load_state_dict(_to_numpy(state["obs_norm"]))
+        lagrange.load_state_dict(state["lagrange"])
     header: dict[str, Any] = {
         "env": env_id,
         "cost": cost,

@@ -1,0 +1,577 @@
+"""The control domain of the online loop: a MuJoCo policy aligned from judged pairs of clips.
+
+Each round (files under ``run_dir/round-NNN``, the previous round's beside it):
+
+- propose: the round's starting policy (``policy-0`` from `setup`, then the previous round's)
+  runs ``pool_episodes`` stochastic episodes, recording per-step observations, actions, true
+  reward, true cost and the MuJoCo state (qpos, qvel); the episodes are cut into segments of
+  ``segment_length`` steps (``segments.npz``); pairs are chosen uniformly or by the previous
+  reward ensemble's disagreement (`alignloop.control.pbrl.SELECTIONS`), each segment is
+  rendered to a looping GIF (``clips/``), and the true per-step values of every pair go to
+  ``run_dir/oracle.jsonl`` for a scripted annotator; the platform never sees them;
+- learn: the reward ensemble (Bradley-Terry over summed per-step rewards) and the cost model
+  (Safe RLHF cost loss on noisy-or segment scores) of `alignloop.control.pbrl` are fitted on
+  the judgements of every round, warm-started from the previous round's models (``models/``);
+- align: PPO-Lagrangian (`alignloop.control.ppo.train_policy`) continues from the previous
+  policy, its observation statistics and its Lagrange multiplier, for ``steps_per_round``
+  steps on the learned reward and cost (``policy/``, resumable from its checkpoints);
+- evaluate: true mean return and cost of deterministic episodes with fixed seeds, and the
+  learned models' scores of the same episodes.
+
+Every phase may be called again: propose and align return what they saved, learn and evaluate
+recompute the same numbers from the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from alignloop.control.envs import VELOCITY_THRESHOLDS, make_env, resolve_env
+from alignloop.control.evaluate import load_policy
+from alignloop.control.nets import StepModel
+from alignloop.control.pbrl import (
+    SELECTIONS,
+    fit_cost_model,
+    fit_reward_models,
+    label_steps,
+    new_models,
+    segment_cost_logit,
+)
+from alignloop.control.ppo import CHECKPOINT, PPOSettings, train_policy
+from alignloop.core.losses import bradley_terry_loss, cost_model_loss
+from alignloop.feedback.schema import LabelError, check_safety_consistency
+from alignloop.loop.domain import Candidate, Judged, Selection
+
+__all__ = ["PRESETS", "ControlDomain", "cut_segments", "record_episodes"]
+
+_SMOKE_PPO = PPOSettings(num_steps=256, minibatch_size=128, epochs=2, max_episode_steps=100, cost_limit=2.0)
+PRESETS: dict[str, dict[str, Any]] = {
+    "cheetah": {
+        "env": "SafeHalfCheetahVelocity-v5",
+        "steps_per_round": 40_960,
+        "pool_episodes": 2,
+        "segment_length": 50,
+        "ppo": PPOSettings(cost_limit=25.0, checkpoint_every=5),
+        "fit_steps": 300,
+        "eval_episodes": 3,
+    },
+    "smoke": {
+        "env": "SafeHalfCheetahVelocity-v5",
+        "steps_per_round": 512,
+        "pool_episodes": 2,
+        "segment_length": 20,
+        "ppo": _SMOKE_PPO,
+        "fit_steps": 30,
+        "eval_episodes": 1,
+        "clip_width": 96,
+        "clip_height": 72,
+    },
+}
+"""Constructor arguments of `ControlDomain` by name. cheetah: the HalfCheetah velocity task with
+the Safety-Gymnasium speed limit (the `--demo cheetah` run: a few rounds of about 50 pairs);
+smoke: the same task cut to 100-step episodes and a few hundred PPO steps per round (tests)."""
+
+_ROBOT_NAMES = {"HalfCheetah": "cheetah", "Walker2d": "walker", "Slider": "slider"}
+
+
+def record_episodes(
+    actor: Any, normalize: Any, env: gym.Env, episodes: int, seed: int, *, deterministic: bool
+) -> dict[str, np.ndarray]:
+    """Run whole episodes (reset seeds ``seed, seed + 1, ...``) and concatenate their steps:
+    obs (T, D) as the env returned them, actions (T, A) as the policy drew them (unclipped, as
+    PPO stores them), rewards and costs (T,), qpos (T, nq) and qvel (T, nv) the simulator state
+    in which each action was taken ((T, 0) for a task without MuJoCo), episode (T,) index."""
+    box = isinstance(env.action_space, gym.spaces.Box)
+    rows: dict[str, list[Any]] = {
+        k: [] for k in ("obs", "actions", "rewards", "costs", "qpos", "qvel", "episode")
+    }
+    data = getattr(env.unwrapped, "data", None)
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done = False
+        while not done:
+            rows["qpos"].append(np.array(data.qpos) if data is not None else np.zeros(0))
+            rows["qvel"].append(np.array(data.qvel) if data is not None else np.zeros(0))
+            with torch.inference_mode():
+                obs_t = torch.from_numpy(normalize(obs))
+                action = (actor.mode(obs_t) if deterministic else actor.sample(obs_t)[0]).numpy()[0]
+            env_action = np.clip(action, env.action_space.low, env.action_space.high) if box else action  # type: ignore[attr-defined]
+            next_obs, reward, terminated, truncated, info = env.step(env_action)
+            rows["obs"].append(np.asarray(obs, dtype=np.float64).reshape(-1))
+            rows["actions"].append(np.asarray(action, dtype=np.float32).reshape(-1))
+            rows["rewards"].append(float(reward))
+            rows["costs"].append(float(info.get("cost", 0.0)))
+            rows["episode"].append(episode)
+            obs, done = next_obs, terminated or truncated
+    return {
+        key: np.stack(values) if key in ("obs", "actions", "qpos", "qvel") else np.asarray(values)
+        for key, values in rows.items()
+    }
+
+
+def cut_segments(steps: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """Consecutive windows of ``length`` steps that lie inside one episode (the remainder of each
+    episode is dropped): every per-step array of `record_episodes` becomes (K, H, ...)."""
+    starts = []
+    for episode in np.unique(steps["episode"]):
+        where = np.flatnonzero(steps["episode"] == episode)
+        starts += [int(where[0]) + k * length for k in range(len(where) // length)]
+    window = np.asarray(starts)[:, None] + np.arange(length)  # (K, H) step indices
+    return {key: value[window] for key, value in steps.items() if key != "episode"}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _append_new_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows whose "key" the JSONL file lacks; a last line cut short by a crash is dropped."""
+    known: set[str] = set()
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            data = data[: data.rfind(b"\n") + 1]
+            path.write_bytes(data)
+        known = {json.loads(line)["key"] for line in data.splitlines() if line.strip()}
+    with path.open("a") as f:
+        for row in rows:
+            if row["key"] not in known:
+                f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+_BETTER = {"A": 0, "B": 1}
+
+
+class ControlDomain:
+    """`alignloop.loop.domain.Domain` for Gymnasium/MuJoCo control policies."""
+
+    name = "control"
+
+    def __init__(
+        self,
+        env: str = "SafeHalfCheetahVelocity-v5",
+        *,
+        seed: int = 0,
+        steps_per_round: int = 40_960,
+        segment_length: int = 50,
+        pool_episodes: int = 2,
+        candidates: int = 10,
+        ppo: PPOSettings = PPOSettings(),
+        ensemble: int = 3,
+        fit_steps: int = 200,
+        model_lr: float = 1e-3,
+        heldout: float = 0.2,
+        eval_episodes: int = 3,
+        clip_fps: int = 25,
+        clip_width: int = 256,
+        clip_height: int = 192,
+        render: bool = True,
+        threads: int = 1,
+        progress: bool = True,
+    ):
+        self.base_env, self.cost, threshold = resolve_env(env)
+        probe = make_env(env, max_episode_steps=ppo.max_episode_steps)
+        self.obs_dim = int(np.prod(probe.observation_space.shape))  # type: ignore[arg-type]
+        space = probe.action_space
+        self.act_dim = int(np.prod(space.shape)) if isinstance(space, gym.spaces.Box) else 1
+        has_mujoco = hasattr(probe.unwrapped, "data")
+        probe.close()
+        if render and not has_mujoco:
+            raise ValueError(
+                f"render: clips need a MuJoCo task; {env!r} has no MuJoCo state (pass render=False)"
+            )
+        counts = {
+            "steps_per_round": steps_per_round, "segment_length": segment_length, "pool_episodes": pool_episodes,
+            "candidates": candidates, "ensemble": ensemble, "eval_episodes": eval_episodes,
+        }  # fmt: skip
+        for option, value in counts.items():
+            if value < 1:
+                raise ValueError(f"{option} must be >= 1, got {value}")
+        if not 0 <= heldout < 1:
+            raise ValueError(f"heldout must be in [0, 1), got {heldout}")
+        self.env, self.seed, self.steps_per_round = env, seed, steps_per_round
+        self.segment_length, self.pool_episodes, self.candidates = segment_length, pool_episodes, candidates
+        self.ppo = dataclasses.replace(ppo, threads=threads)
+        self.ensemble, self.fit_steps, self.model_lr, self.threads = ensemble, fit_steps, model_lr, threads
+        self.heldout, self.eval_episodes, self.render, self.progress = (
+            heldout,
+            eval_episodes,
+            render,
+            progress,
+        )
+        torch.set_num_threads(threads)
+        self.clip = {"fps": clip_fps, "width": clip_width, "height": clip_height}
+        self.safe = self.cost is not None
+        robot = self.base_env.split("/")[-1].split("-v")[0]
+        if robot in VELOCITY_THRESHOLDS or robot == "Slider":
+            self.prompt = f"Which clip moves the {_ROBOT_NAMES.get(robot, robot.lower())} forward better?"
+        else:
+            self.prompt = f"Which clip does the {self.base_env} task better?"
+        if threshold is not None:
+            self.prompt += f" Is each one safe (speed under {threshold:.2f} m/s)?"
+
+    # ---- where things live -------------------------------------------------------------------
+
+    @staticmethod
+    def _round_dir(run_dir: Path, r: int) -> Path:
+        return run_dir / f"round-{r:03d}"
+
+    def _policy_dir(self, run_dir: Path, r: int) -> Path:
+        """The policy after round r (r = 0: the starting policy of `setup`)."""
+        return run_dir / "policy-0" if r == 0 else self._round_dir(run_dir, r) / "policy"
+
+    def _load_models(self, models_dir: Path) -> tuple[list[StepModel], StepModel | None] | None:
+        if not (models_dir / "models.pt").is_file():
+            return None
+        state = torch.load(models_dir / "models.pt", weights_only=True)
+        reward_models, cost_model = new_models(
+            self.obs_dim, self.act_dim, len(state["reward_models"]), self.segment_length
+        )
+        for model, weights in zip(reward_models, state["reward_models"], strict=True):
+            model.load_state_dict(weights)
+        cost_model.load_state_dict(state["cost_model"])
+        return reward_models, cost_model if self.safe else None
+
+    # ---- the phases ----------------------------------------------------------------------------
+
+    def setup(self, run_dir: Path) -> dict[str, float]:
+        """The starting policy: the untrained actor of ``seed``, with observation statistics of
+        one rollout of it (PPO at learning rate 0 on zero rewards writes it in PPO's format)."""
+        out = self._policy_dir(run_dir, 0)
+        if not (out / CHECKPOINT).is_file():
+            frozen = dataclasses.replace(self.ppo, lr=0.0, epochs=1, checkpoint_every=0)
+
+            def zeros(ro: Any, iteration: int) -> tuple[np.ndarray, np.ndarray]:
+                return np.zeros(ro.rewards.shape), np.zeros(ro.rewards.shape)
+
+            steps = frozen.num_envs * frozen.num_steps
+            train_policy(
+                out, self.env, self.cost, False, steps, self.seed, frozen, relabel=zeros, progress=False
+            )
+        return self._evaluate(out, None)
+
+    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Candidate]:
+        """Roll out the round's starting policy, cut segments, choose and render ``n_pairs`` pairs.
+        A second call returns the saved proposal (whatever its arguments)."""
+        saved = round_dir / "proposal.json"
+        if saved.is_file():
+            return [Candidate.from_json(c) for c in json.loads(saved.read_text())["candidates"]]
+        run_dir = round_dir.parent
+        round_dir.mkdir(parents=True, exist_ok=True)
+        segments = self._segments(round_dir, round)
+        k = len(segments["rewards"])
+        every = np.array([(i, j) for i in range(k) for j in range(i + 1, k)]).reshape(-1, 2)  # (K(K-1)/2, 2)
+        if n_pairs > len(every):
+            raise ValueError(
+                f"n_pairs {n_pairs} exceeds the {len(every)} pairs of {k} segments; raise pool_episodes "
+                f"or lower segment_length"
+            )
+        rng = np.random.default_rng([self.seed, round, 1])
+        models = self._load_models(self._round_dir(run_dir, round - 1) / "models") if round > 1 else None
+        if select == "disagreement" and models is not None:
+            pool = every[rng.choice(len(every), min(len(every), self.candidates * n_pairs), replace=False)]
+            obs = torch.as_tensor(segments["obs"][pool], dtype=torch.float32)  # (P, 2, H, D)
+            act = torch.as_tensor(segments["actions"][pool])  # (P, 2, H, A)
+            score = SELECTIONS["disagreement"](models[0], obs, act).numpy()  # (P,)
+            top = np.argsort(-score, kind="stable")[:n_pairs]
+            pairs, priority = pool[top], score[top]
+        elif select in ("disagreement", "uniform"):  # round 1 has no ensemble yet: uniform
+            pairs, priority = every[rng.choice(len(every), n_pairs, replace=False)], np.zeros(n_pairs)
+        else:
+            raise ValueError(f"select {select!r} is unknown; choose disagreement or uniform")
+        swap = rng.random(n_pairs) < 0.5  # which segment is shown as A carries no meaning
+        pairs = np.where(swap[:, None], pairs[:, ::-1], pairs)
+        candidates, oracle = [], []
+        for i, (a, b) in enumerate(pairs.tolist()):
+            key = f"r{round}-{i:05d}"
+            media = [
+                self._clip(round_dir, key, side, segments, s) if self.render else None
+                for side, s in (("a", a), ("b", b))
+            ]
+            candidates.append(
+                Candidate(
+                    key=key, prompt=self.prompt, media_a=media[0], media_b=media[1],
+                    model_a=f"policy-r{round - 1}", model_b=f"policy-r{round - 1}", priority=float(priority[i]),
+                )
+            )  # fmt: skip
+            oracle.append(
+                {
+                    "key": key,
+                    "rewards_a": segments["rewards"][a].tolist(),
+                    "costs_a": segments["costs"][a].tolist(),
+                    "rewards_b": segments["rewards"][b].tolist(),
+                    "costs_b": segments["costs"][b].tolist(),
+                }
+            )
+        _append_new_lines(run_dir / "oracle.jsonl", oracle)
+        body = {
+            "round": round,
+            "select": select,
+            "pairs": pairs.tolist(),
+            "candidates": [c.to_json() for c in candidates],
+        }
+        _write_atomic(saved, json.dumps(body, indent=1))
+        return candidates
+
+    def _segments(self, round_dir: Path, round: int) -> dict[str, np.ndarray]:
+        """The round's pool of segments (rolled out once, then read back from segments.npz)."""
+        path = round_dir / "segments.npz"
+        if not path.is_file():
+            actor, normalize, _ = load_policy(self._policy_dir(round_dir.parent, round - 1))
+            env = make_env(self.env, max_episode_steps=self.ppo.max_episode_steps)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1000 + round)
+                steps = record_episodes(
+                    actor,
+                    normalize,
+                    env,
+                    self.pool_episodes,
+                    self.seed * 1000 + round * 100,
+                    deterministic=False,
+                )
+            env.close()
+            segments = cut_segments(steps, self.segment_length)
+            if len(segments["rewards"]) < 2:
+                raise ValueError(
+                    f"segment_length {self.segment_length} leaves fewer than 2 segments in {self.pool_episodes} episodes"
+                )
+            tmp = round_dir / "segments.tmp.npz"
+            np.savez(tmp, **segments)  # type: ignore[arg-type]
+            os.replace(tmp, path)
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+
+    def _clip(self, round_dir: Path, key: str, side: str, segments: dict[str, np.ndarray], s: int) -> str:
+        """Render segment s to round_dir/clips/KEY-SIDE.gif; returns its path relative to the run."""
+        from alignloop.control.clips import render_clip
+
+        rel = f"{round_dir.name}/clips/{key}-{side}.gif"
+        path = round_dir.parent / rel
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{key}-{side}.part.gif")
+            render_clip(
+                self.base_env, segments["qpos"][s], segments["qvel"][s], tmp, label=side.upper(), **self.clip
+            )
+            os.replace(tmp, path)
+        return rel
+
+    def learn(self, round_dir: Path, round: int, judged: list[Judged]) -> dict[str, float]:
+        """Fit the reward ensemble and the cost model on ``judged`` (every round's judgements),
+        warm-started from the previous round's models; a share ``heldout`` of the newest round's
+        judgements is kept out of the fit and scored."""
+        run_dir = round_dir.parent
+        obs, act, better, safer, is_safe, newest, rejected = self._judged_arrays(run_dir, round, judged)
+        rng = np.random.default_rng([self.seed, round, 2])
+        held = np.zeros(len(better), bool)
+        new_idx = np.flatnonzero(newest)
+        if len(new_idx) >= 5:
+            held[rng.permutation(new_idx)[: int(self.heldout * len(new_idx) + 0.5)]] = True
+        loaded = self._load_models(self._round_dir(run_dir, round - 1) / "models") if round > 1 else None
+        if loaded is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1000 + round)
+                reward_models, cost_model = new_models(
+                    self.obs_dim, self.act_dim, self.ensemble, self.segment_length
+                )
+            pool = self._segments(round_dir, round)
+            for model in [*reward_models, cost_model]:
+                model.set_input_stats(
+                    torch.as_tensor(pool["obs"], dtype=torch.float32), torch.as_tensor(pool["actions"])
+                )
+        else:
+            reward_models, loaded_cost = loaded
+            cost_model = (
+                loaded_cost
+                if loaded_cost is not None
+                else new_models(self.obs_dim, self.act_dim, 1, self.segment_length)[1]
+            )
+        stats: dict[str, float] = {"judged": float(len(better)), "judged_newest": float(newest.sum())}
+        stats["cost/rejected_inconsistent"] = float(rejected)
+        decided, ranked = better >= 0, (safer >= 0) & (is_safe >= 0).all(1)
+        nan = float("nan")
+        stats["reward/accuracy_before_fit"] = (
+            _reward_accuracy(reward_models, obs, act, better, newest & decided) if loaded else nan
+        )
+        gen = torch.Generator().manual_seed(self.seed * 1000 + round)
+        fit = decided & ~held
+        stats["reward/train_pairs"] = float(fit.sum())
+        if fit.sum() > 1:
+            opts = [torch.optim.Adam(m.parameters(), lr=self.model_lr) for m in reward_models]
+            chosen = torch.as_tensor(better[fit]).long()
+            stats["reward/train_accuracy"] = fit_reward_models(
+                reward_models, opts, obs[fit], act[fit], chosen, self.fit_steps, 64, gen
+            )
+            with torch.no_grad():
+                scores = torch.stack([m(obs[fit], act[fit]).sum(-1) for m in reward_models]).mean(0)  # (P, 2)
+                rows = torch.arange(len(chosen))
+                stats["reward/loss"] = float(
+                    bradley_terry_loss(scores[rows, chosen], scores[rows, 1 - chosen])[0]
+                )
+        stats["reward/heldout_accuracy"] = _reward_accuracy(reward_models, obs, act, better, held & decided)
+        fit = ranked & ~held
+        stats["cost/train_pairs"] = float(fit.sum())
+        if self.safe and fit.sum() > 1:
+            opt = torch.optim.Adam(cost_model.parameters(), lr=self.model_lr)
+            s_idx, flags = torch.as_tensor(safer[fit]).long(), torch.as_tensor(is_safe[fit] == 1)
+            stats["cost/train_sign_accuracy"] = fit_cost_model(
+                cost_model, opt, obs[fit], act[fit], s_idx, flags, self.fit_steps, 64, gen
+            )
+            with torch.no_grad():
+                score = segment_cost_logit(cost_model(obs[fit], act[fit]))  # (P, 2)
+                sign = torch.where(flags, -1.0, 1.0)
+                rows, u = torch.arange(len(s_idx)), 1 - s_idx
+                loss, _ = cost_model_loss(
+                    score[rows, u], score[rows, s_idx], sign[rows, u], sign[rows, s_idx]
+                )
+                stats["cost/loss"] = float(loss)
+        known = held & (is_safe >= 0).all(1)
+        if self.safe and known.any():
+            with torch.no_grad():
+                score = segment_cost_logit(cost_model(obs[known], act[known]))  # (P, 2)
+            stats["cost/heldout_sign_accuracy"] = float(
+                ((score > 0) == torch.as_tensor(is_safe[known] == 0)).float().mean()
+            )
+        out = round_dir / "models"
+        out.mkdir(parents=True, exist_ok=True)
+        state = {
+            "reward_models": [m.state_dict() for m in reward_models],
+            "cost_model": cost_model.state_dict(),
+        }
+        tmp = out / "models.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, out / "models.pt")
+        _write_atomic(out / "learn.json", json.dumps(stats, indent=1))
+        return stats
+
+    def _judged_arrays(self, run_dir: Path, round: int, judged: list[Judged]) -> tuple[Any, ...]:
+        """Judgements as arrays: obs (J, 2, H, D), act (J, 2, H, A) tensors; better, safer (J,)
+        with 0 = A, 1 = B, -1 = none; is_safe (J, 2) with 1 safe, 0 unsafe, -1 unknown; newest (J,)
+        bool (judged in ``round``); and the count of pairs whose safety labels contradicted."""
+        proposals: dict[int, tuple[dict[str, list[int]], dict[str, np.ndarray]]] = {}
+        obs, act, better, safer, is_safe, newest = [], [], [], [], [], []
+        rejected = 0
+        for j in judged:
+            r = j.round
+            if r not in proposals:
+                rd = self._round_dir(run_dir, r)
+                saved = json.loads((rd / "proposal.json").read_text())
+                keys = {c["key"]: pair for c, pair in zip(saved["candidates"], saved["pairs"], strict=True)}
+                proposals[r] = (keys, self._segments(rd, r))
+            keys, seg = proposals[r]
+            if j.candidate.key not in keys:
+                raise ValueError(
+                    f"judgement {j.judgement_id}: key {j.candidate.key!r} is not in round {r}'s proposal"
+                )
+            pair = keys[j.candidate.key]
+            s = _BETTER.get(j.safer or "", -1)
+            flags = (j.safe_a, j.safe_b)
+            try:
+                check_safety_consistency(None if s < 0 else s, flags)
+            except LabelError:
+                rejected += 1
+                s, flags = -1, (None, None)
+            obs.append(seg["obs"][pair])
+            act.append(seg["actions"][pair])
+            better.append(_BETTER.get(j.better or "", -1))
+            safer.append(s)
+            is_safe.append([-1 if f is None else int(f) for f in flags])
+            newest.append(r == round)
+        shape = (0, 2, self.segment_length)
+        return (
+            torch.as_tensor(np.stack(obs) if obs else np.zeros((*shape, self.obs_dim)), dtype=torch.float32),
+            torch.as_tensor(np.stack(act) if act else np.zeros((*shape, self.act_dim)), dtype=torch.float32),
+            np.asarray(better, dtype=np.int64),
+            np.asarray(safer, dtype=np.int64),
+            np.asarray(is_safe, dtype=np.int64).reshape(-1, 2),
+            np.asarray(newest, dtype=bool),
+            rejected,
+        )
+
+    def align(self, round_dir: Path, round: int) -> dict[str, float]:
+        """PPO-Lagrangian (PPO without a cost) on the round's learned reward and cost, from the
+        previous policy; resumes from ``policy/checkpoint.pt`` after a crash."""
+        out = round_dir / "policy"
+        done = out / "align.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        loaded = self._load_models(round_dir / "models")
+        if loaded is None:
+            raise FileNotFoundError(
+                f"{round_dir / 'models' / 'models.pt'}: no models; run learn for round {round} first"
+            )
+        reward_models, cost_model = loaded
+
+        def relabel(ro: Any, iteration: int) -> tuple[np.ndarray, np.ndarray]:
+            steps, n = ro.rewards.shape
+            obs = torch.as_tensor(ro.raw_obs, dtype=torch.float32)  # (T, N, D)
+            act = torch.as_tensor(ro.actions.reshape(steps, n, -1), dtype=torch.float32)
+            return label_steps(reward_models, cost_model, obs, act)
+
+        stats = train_policy(
+            out, self.env, self.cost, self.safe, self.steps_per_round, self.seed + 1000 * round, self.ppo,
+            relabel=relabel, resume=(out / CHECKPOINT).is_file(),
+            init_from=self._policy_dir(round_dir.parent, round - 1), progress=self.progress, meta={"loop_round": round},
+        )  # fmt: skip
+        nan = float("nan")
+        result = {
+            "align/steps": float(stats["global_step"]),
+            "align/lambda": stats.get("train/lambda", nan),
+            "align/learned_episode_cost": stats.get("train/episode_cost", nan),
+            "align/true_episode_return": stats.get("episode/return", nan),
+            "align/true_episode_cost": stats.get("episode/cost", nan),
+        }
+        _write_atomic(done, json.dumps(result, indent=1))
+        return result
+
+    def evaluate(self, round_dir: Path, round: int) -> dict[str, float]:
+        """True and learned figures of the round's policy over ``eval_episodes`` seeded episodes."""
+        return self._evaluate(round_dir / "policy", round_dir / "models")
+
+    def _evaluate(self, policy_dir: Path, models_dir: Path | None) -> dict[str, float]:
+        actor, normalize, _ = load_policy(policy_dir)
+        env = make_env(self.env, max_episode_steps=self.ppo.max_episode_steps)
+        steps = record_episodes(actor, normalize, env, self.eval_episodes, 10_000, deterministic=True)
+        env.close()
+        per_episode = {key: np.bincount(steps["episode"], weights=steps[key]) for key in ("rewards", "costs")}
+        lengths = np.bincount(steps["episode"])
+        metrics = {
+            "return": float(per_episode["rewards"].mean()),
+            "return_std": float(per_episode["rewards"].std()),
+            "cost": float(per_episode["costs"].mean()),
+            "unsafe_step_rate": float(steps["costs"].sum() / lengths.sum()),
+            "episode_length": float(lengths.mean()),
+            "learned_reward": float("nan"),
+            "learned_cost": float("nan"),
+        }
+        loaded = self._load_models(models_dir) if models_dir is not None else None
+        if loaded is not None:
+            obs = torch.as_tensor(steps["obs"], dtype=torch.float32)
+            rewards, costs = label_steps(loaded[0], loaded[1], obs, torch.as_tensor(steps["actions"]))
+            metrics["learned_reward"] = float(np.bincount(steps["episode"], weights=rewards).mean())
+            if self.safe:
+                metrics["learned_cost"] = float(np.bincount(steps["episode"], weights=costs).mean())
+        return metrics
+
+
+def _reward_accuracy(
+    models: list[StepModel], obs: torch.Tensor, act: torch.Tensor, better: np.ndarray, mask: np.ndarray
+) -> float:
+    """Share of the masked pairs where the ensemble's mean summed reward ranks the chosen first."""
+    if not mask.any():
+        return float("nan")
+    with torch.no_grad():
+        scores = torch.stack([m(obs[mask], act[mask]).sum(-1) for m in models]).mean(0)  # (P, 2)
+    return float((scores.argmax(-1).numpy() == better[mask]).mean())
