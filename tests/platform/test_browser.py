@@ -6,29 +6,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+from browser_helpers import ARGS, ARTIFACTS, CHROMIUM, log_in, require_chromium
 from liveserver import LiveServer, seed
 from sqlalchemy import select
 
 from alignloop.platform.db import make_engine, make_sessionmaker, migrate
 from alignloop.platform.models import Judgement, User
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 
 @pytest.mark.browser
 @pytest.mark.slow
 def test_annotator_labels_three_items_with_the_keyboard(tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make setup` (scripts/setup_system.sh installs chromium)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     db_url = f"sqlite:///{tmp_path}/browser.db"
@@ -40,14 +29,7 @@ def test_annotator_labels_three_items_with_the_keyboard(tmp_path: Path) -> None:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{server.url}/login")
-            # the browser applies `autofocus` after load, on a later frame: type only once it has
-            page.wait_for_function("document.activeElement && document.activeElement.name === 'name'")
-            page.keyboard.type("a0")
-            page.keyboard.press("Tab")
-            page.keyboard.type("a long password")
-            page.keyboard.press("Enter")
-            page.wait_for_url(f"{server.url}/projects")
+            log_in(page, server.url, "a0", "a long password")
             page.goto(f"{server.url}/projects/{project_id}/label")
             assert page.locator("#mine").inner_text() == "0"
             # item 1: B better, B safer, A unsafe (a twice: safe -> unsafe), B safe
