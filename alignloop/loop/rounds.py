@@ -147,6 +147,11 @@ def make_domain(cfg: LoopConfig) -> Domain:
 
 
 # ------------------------------------------------------------------------------ platform side
+def showable(c: Candidate) -> bool:
+    """Whether both candidates have something to show (the platform refuses an empty one)."""
+    return bool(c.response_a.strip() or c.media_a) and bool(c.response_b.strip() or c.media_b)
+
+
 def push(
     client: PlatformClient, project_id: int, run_dir: Path, candidates: list[Candidate]
 ) -> dict[str, int]:
@@ -294,9 +299,12 @@ def drive(cfg: LoopConfig, client: PlatformClient, domain: Domain) -> int:
         rd = round_dir(run_dir, r)
         print(f"[{domain.name}] round {r}/{cfg.rounds}: {state.phases.get(str(r), 'starting')}")
         if not state.done(r, "proposed"):
-            candidates = domain.propose(rd, r, cfg.pairs, cfg.select)
+            proposed = domain.propose(rd, r, cfg.pairs, cfg.select)
+            candidates = [c for c in proposed if showable(c)]
+            if len(candidates) < len(proposed):
+                print(f"round {r}: left out {len(proposed) - len(candidates)} pairs with an empty candidate")
             if not candidates:
-                raise RuntimeError(f"round {r}: the domain proposed no pairs")
+                raise RuntimeError(f"round {r}: the domain proposed no pairs to show")
             save_candidates(rd / "candidates.jsonl", candidates)
             state.finish(run_dir, r, "proposed", {"pairs": float(len(candidates))})
         candidates = load_candidates(rd / "candidates.jsonl")
