@@ -163,10 +163,14 @@ class PlatformClient:
     # --- trainers ----------------------------------------------------------------------------
 
     def upload_media(self, path: str | Path) -> str:
-        """Upload a clip (video, GIF, image); returns the name to use as an item's media_a/media_b."""
+        """Upload a clip (video, GIF, image); returns the name to use as an item's media_a/media_b.
+
+        The name is the content's hash, so an upload is idempotent and retried like a keyed push.
+        """
         path = Path(path)
         data = path.read_bytes()
-        return str(self._request("POST", "/api/media", params={"filename": path.name}, content=data)["name"])
+        answer = self._request("POST", "/api/media", params={"filename": path.name}, content=data, retry=True)
+        return str(answer["name"])
 
     def push_items(
         self, project_id: int, items: Iterable[Mapping[str, Any]], *, batch: int = 500
