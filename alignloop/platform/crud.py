@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 
 from sqlalchemy import and_, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from alignloop.platform import auth
@@ -124,6 +124,11 @@ def _duplicate_keys(items: Sequence[ItemIn]) -> None:
         first[spec.key] = i
 
 
+def _lost_a_key_race(exc: DBAPIError) -> bool:
+    """A unique-key violation, or a deadlock of two pushes that insert shared keys in other orders."""
+    return isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) == "40P01"
+
+
 def item_ids_by_key(session: Session, *, project_id: int, keys: Sequence[str]) -> dict[str, int]:
     """The ids of the project's items that have one of `keys`."""
     if not keys:
@@ -139,8 +144,9 @@ def add_items(
 
     An item whose key is already in the project is not added again: its stored row is kept as it
     is and its id answered. A concurrent push that stores the same key between our look-up and
-    our insert makes the insert fail on the unique index; the insert is undone (a savepoint) and
-    the keys are looked up again, so the same key never gives two rows and no push fails for it.
+    our insert makes the insert fail on the unique index (or, on PostgreSQL, deadlock with it when
+    the two list shared keys in other orders); the insert is undone (a savepoint) and the keys are
+    looked up again, so the same key never gives two rows and no push fails for it.
     """
     _duplicate_keys(items)
     specs: list[dict[str, object]] = []
@@ -166,8 +172,8 @@ def add_items(
             with session.begin_nested():
                 session.add_all(row for row in rows if row is not None)
                 session.flush()
-        except IntegrityError:
-            if not keys:
+        except DBAPIError as exc:
+            if not keys or not _lost_a_key_race(exc):
                 raise
             continue  # another push stored some of these keys a moment ago: look them up again
         return [

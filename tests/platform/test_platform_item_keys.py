@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from liveserver import LiveServer, seed
 from platform_helpers import World
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from alignloop.platform import crud
 from alignloop.platform.client import PlatformClient
+from alignloop.platform.db import make_engine, make_sessionmaker
 from alignloop.platform.models import Item
 from alignloop.platform.schemas import ItemIn
 
@@ -94,10 +97,10 @@ def test_export_keeps_the_key(world: World) -> None:
     assert r.status_code == 200 and '"key": "r3-1"' in r.text
 
 
-def _race(app: FastAPI, project_id: int, keys: list[str], threads: int) -> list[list[int]]:
-    """`threads` sessions push the same keyed items at once (each as the route does: add, commit)."""
-    start = threading.Barrier(threads)
-    answers: list[list[int]] = [[] for _ in range(threads)]
+def _race(app: FastAPI, project_id: int, orders: list[list[str]]) -> list[dict[str, int]]:
+    """One session per order pushes those keyed items at once (as the route does: add, commit)."""
+    start = threading.Barrier(len(orders))
+    answers: list[dict[str, int]] = [{} for _ in orders]
     errors: list[BaseException] = []
 
     def push(n: int) -> None:
@@ -105,13 +108,14 @@ def _race(app: FastAPI, project_id: int, keys: list[str], threads: int) -> list[
             start.wait(timeout=30)
             with app.state.sessionmaker() as session:
                 project = crud.get_project(session, project_id=project_id)
-                specs = [ItemIn(key=k, prompt=f"p {k}", response_a="a", response_b="b") for k in keys]
-                answers[n] = crud.add_items(session, project=project, items=specs, media_names=set())
+                specs = [ItemIn(key=k, prompt=f"p {k}", response_a="a", response_b="b") for k in orders[n]]
+                ids = crud.add_items(session, project=project, items=specs, media_names=set())
                 session.commit()
+            answers[n] = dict(zip(orders[n], ids, strict=True))
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
-    workers = [threading.Thread(target=push, args=(n,)) for n in range(threads)]
+    workers = [threading.Thread(target=push, args=(n,)) for n in range(len(orders))]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -120,45 +124,102 @@ def _race(app: FastAPI, project_id: int, keys: list[str], threads: int) -> list[
     return answers
 
 
-@pytest.fixture
-def lookups_meet(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+class LookupsMeet:
     """On PostgreSQL, every racer's first key look-up waits for the others' before anyone inserts.
 
     That forces the losing inserts onto the unique index (the path under test). SQLite takes its
     write lock at the start of each transaction, so there the racers are serialised instead.
-    Yields the number of look-ups made, to show that the losers looked again.
+    `calls` counts the look-ups, to show that the losers looked again.
     """
-    calls: list[int] = []
-    if app.state.engine.dialect.name != "postgresql":
-        yield calls
-        return
-    meet = threading.Barrier(4)
-    original = crud.item_ids_by_key
-    first_of: set[int] = set()
 
-    def looked_up(session, **kwargs):  # type: ignore[no-untyped-def]
-        found = original(session, **kwargs)
-        calls.append(threading.get_ident())
-        if threading.get_ident() not in first_of:
-            first_of.add(threading.get_ident())
-            meet.wait(timeout=30)
-        return found
+    def __init__(self, app: FastAPI, monkeypatch: pytest.MonkeyPatch):
+        self.app, self.monkeypatch, self.calls = app, monkeypatch, 0
+        self.postgres = app.state.engine.dialect.name == "postgresql"
 
-    monkeypatch.setattr(crud, "item_ids_by_key", looked_up)
-    yield calls
+    def install(self, racers: int) -> None:
+        if not self.postgres:
+            return
+        meet, original, first_of = threading.Barrier(racers), crud.item_ids_by_key, set()
+
+        def looked_up(session, **kwargs):  # type: ignore[no-untyped-def]
+            found = original(session, **kwargs)
+            self.calls += 1
+            if threading.get_ident() not in first_of:
+                first_of.add(threading.get_ident())
+                meet.wait(timeout=30)
+            return found
+
+        self.monkeypatch.setattr(crud, "item_ids_by_key", looked_up)
+
+
+@pytest.fixture
+def lookups_meet(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> LookupsMeet:
+    return LookupsMeet(app, monkeypatch)
 
 
 def test_racing_pushes_of_the_same_keys_store_each_once(
-    app: FastAPI, world: World, lookups_meet: list[int]
+    app: FastAPI, world: World, lookups_meet: LookupsMeet
 ) -> None:
     keys = [f"race-{i}" for i in range(20)]
-    answers = _race(app, world.project_id, keys, threads=4)
+    lookups_meet.install(4)
+    answers = _race(app, world.project_id, [keys] * 4)
     assert all(ids == answers[0] for ids in answers), answers
-    assert len(set(answers[0])) == 20
-    rows = _rows(app)
-    assert sorted(r[0] for r in rows) == sorted(answers[0])
-    if app.state.engine.dialect.name == "postgresql":
-        assert len(lookups_meet) >= 4 + 3  # three racers lost the insert and looked again
+    assert len(set(answers[0].values())) == 20
+    assert sorted(r[0] for r in _rows(app)) == sorted(answers[0].values())
+    if lookups_meet.postgres:
+        assert lookups_meet.calls >= 4 + 3  # three racers lost the insert and looked again
+
+
+def test_racing_pushes_in_opposite_orders(app: FastAPI, world: World, lookups_meet: LookupsMeet) -> None:
+    """Racers that list shared keys in opposite orders get the same ids for them."""
+    keys = [f"both-{i}" for i in range(10)]
+    lookups_meet.install(2)
+    forward, backward = _race(app, world.project_id, [keys, keys[::-1]])
+    assert forward == backward
+    assert sorted(r[0] for r in _rows(app)) == sorted(forward.values())
+
+
+def test_a_push_that_deadlocks_looks_again(app: FastAPI, world: World) -> None:
+    """PostgreSQL: another writer holds k1 and then wants k0, which the push holds: a deadlock.
+
+    The push waits on k1 first, so its deadlock check fires first and PostgreSQL aborts its insert;
+    it must undo it, let the other writer finish and answer the other writer's ids.
+    """
+    engine = app.state.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers: two transactions never hold rows the other wants")
+    insert = text(
+        "INSERT INTO items (project_id, key, prompt, response_a, response_b, model_a, model_b, priority,"
+        " is_gold, meta, taken, done, is_full, created_at)"
+        " VALUES (:project, :key, 'other', 'a', 'b', '', '', 0, false, '{}', 0, 0, false, now()) RETURNING id"
+    )
+    answers: list[dict[str, int]] = []
+    errors: list[BaseException] = []
+
+    def push() -> None:
+        try:
+            answers.extend(_race(app, world.project_id, [["k0", "k1"]]))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    with engine.connect() as other, engine.connect() as watcher:
+        other_ids = {"k1": other.execute(insert, {"project": world.project_id, "key": "k1"}).scalar_one()}
+        pusher = threading.Thread(target=push)
+        pusher.start()
+        waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        for _ in range(300):  # until the push waits on k1
+            if watcher.execute(waiting).scalar_one():
+                break
+            watcher.rollback()
+            time.sleep(0.02)
+        else:
+            pytest.fail("the push never waited on the other writer's key")
+        other_ids["k0"] = other.execute(insert, {"project": world.project_id, "key": "k0"}).scalar_one()
+        other.commit()
+        pusher.join(timeout=60)
+    assert not errors, errors
+    assert answers == [other_ids]
+    assert sorted(r[0] for r in _rows(app)) == sorted(other_ids.values())
 
 
 class AppTransport(httpx.BaseTransport):
@@ -198,3 +259,44 @@ def test_client_find_and_ensure_project(client: TestClient, world: World) -> Non
         assert again == made
         assert admin.find_project("loop") == made
         assert admin.find_project("p") is not None  # the world's project
+
+
+@pytest.mark.slow
+def test_racing_http_pushes_through_two_server_processes(db_url: str, tmp_path: Path) -> None:
+    """Four clients push overlapping keyed batches at once to a server with two worker processes."""
+    project_id, tokens = seed(db_url, annotators=0, items=0, overlap=1)
+    server = LiveServer(db_url, tmp_path, workers=2)
+    server.start()
+    clients, rounds = 4, 3
+    answers: dict[tuple[int, int], list[int]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(clients)
+
+    def push(n: int) -> None:
+        try:
+            with PlatformClient(server.url, tokens["admin"], timeout=30) as trainer:
+                for r in range(rounds):
+                    keys = [f"k{i}" for i in range(15 * r, 15 * r + 30)]  # half of them pushed last round
+                    start.wait(timeout=60)
+                    answers[(n, r)] = trainer.push_items(project_id, [_item(k) for k in keys])
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=push, args=(n,)) for n in range(clients)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        server.stop()
+    assert not errors, errors
+    for r in range(rounds):
+        assert all(answers[(n, r)] == answers[(0, r)] for n in range(clients)), r
+        if r:
+            assert answers[(0, r)][:15] == answers[(0, r - 1)][15:]  # the overlap kept its ids
+    engine = make_engine(db_url, pool_size=1)
+    with make_sessionmaker(engine)() as session:
+        keys = session.scalars(select(Item.key)).all()
+    engine.dispose()
+    assert sorted(keys) == sorted(f"k{i}" for i in range(15 * rounds + 15))
