@@ -9,8 +9,8 @@ does not step the physics: the same states always give the same bytes.
     qpos, qvel = zip(*(segment_states(env) for _ in steps))   # while rolling out
     render_clip("SafeHalfCheetahVelocity-v5", np.stack(qpos), np.stack(qvel), Path("r1-0003-a.gif"))
 
-MuJoCo renders with EGL (no display needed); ``MUJOCO_GL=egl`` is set when unset, before
-MuJoCo is first imported. One env per (task, width, height) is kept for the process, so
+MuJoCo renders with EGL (no display needed): ``MUJOCO_GL=egl`` is set when unset, which
+Gymnasium reads when it makes the offscreen renderer. One env per (task, width, height) is kept for the process, so
 rendering a round's clips builds it once.
 """
 
@@ -51,6 +51,7 @@ def _env(env_id: str, width: int, height: int) -> Any:
         raise ClipError(str(exc)) from exc
     cached = (base_id, width, height)
     if cached not in _ENVS:
+        os.environ.setdefault("MUJOCO_GL", "egl")
         try:
             env = gym.make(base_id, render_mode="rgb_array", width=width, height=height)
         except TypeError as exc:  # a task without MuJoCo's width/height options
