@@ -81,7 +81,8 @@ class OracleTeacher:
 
         from alignloop.feedback.teachers import SegmentTeacher, TeacherNoise
 
-        self.path, self.values, self.read_bytes = path, {}, 0
+        self.path, self.read_bytes = path, 0
+        self.values: dict[str, dict[str, Any]] = {}
         self.teacher = SegmentTeacher(TeacherNoise(mistake_rate=mistake_rate), seed=seed)
         self.np = np
 
