@@ -56,12 +56,14 @@ _SMOKE_PPO = PPOSettings(num_steps=256, minibatch_size=128, epochs=2, max_episod
 PRESETS: dict[str, dict[str, Any]] = {
     "cheetah": {
         "env": "SafeHalfCheetahVelocity-v5",
-        "steps_per_round": 40_960,
-        "pool_episodes": 2,
+        "steps_per_round": 30_720,
+        "pool_episodes": 1,
         "segment_length": 50,
         "ppo": PPOSettings(cost_limit=25.0, checkpoint_every=5),
         "fit_steps": 300,
         "eval_episodes": 3,
+        "clip_stride": 2,
+        "clip_fps": 10,
     },
     "smoke": {
         "env": "SafeHalfCheetahVelocity-v5",
@@ -71,13 +73,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ppo": _SMOKE_PPO,
         "fit_steps": 30,
         "eval_episodes": 1,
+        "clip_stride": 5,
         "clip_width": 96,
         "clip_height": 72,
     },
 }
 """Constructor arguments of `ControlDomain` by name. cheetah: the HalfCheetah velocity task with
-the Safety-Gymnasium speed limit (the `--demo cheetah` run: a few rounds of about 50 pairs);
-smoke: the same task cut to 100-step episodes and a few hundred PPO steps per round (tests)."""
+the Safety-Gymnasium speed limit, about 30k PPO-Lagrangian steps a round, clips of 50 steps
+shown at real speed (every 2nd state at 10 fps; the task steps at 20 Hz); the `--demo cheetah`
+run, a few rounds of about 40 pairs. smoke: the same task cut to 100-step episodes, a few
+hundred PPO steps a round and 4-frame clips (tests)."""
 
 _ROBOT_NAMES = {"HalfCheetah": "cheetah", "Walker2d": "walker", "Slider": "slider"}
 
@@ -155,7 +160,24 @@ _BETTER = {"A": 0, "B": 1}
 
 
 class ControlDomain:
-    """`alignloop.loop.domain.Domain` for Gymnasium/MuJoCo control policies."""
+    """`alignloop.loop.domain.Domain` for Gymnasium/MuJoCo control policies.
+
+    Args:
+        env: a Gymnasium id, or a Safe...Velocity task (then safety is judged and constrained).
+        seed: seeds the starting policy, the rollouts, the pair choice, the models and PPO.
+        steps_per_round: PPO(-Lagrangian) environment steps in each round's align.
+        segment_length: steps per segment (clip) shown to annotators.
+        pool_episodes: stochastic episodes rolled out per round to cut segments from.
+        candidates: disagreement scores this many candidate pairs per pair asked.
+        ppo: PPO settings (``cost_limit`` is the limit on the learned episode cost).
+        ensemble, fit_steps, model_lr: reward ensemble size, gradient steps per model and
+            round, Adam learning rate (cost model too).
+        heldout: share of the newest round's judgements kept out of the fit and scored.
+        eval_episodes: deterministic episodes (seeds 10000, 10001, ...) per evaluation.
+        clip_fps, clip_width, clip_height, clip_stride: the GIFs (every ``clip_stride``-th state).
+        render: render clips (needs a MuJoCo task); without, candidates carry no media.
+        threads: torch threads; progress: progress bars.
+    """
 
     name = "control"
 
@@ -177,10 +199,13 @@ class ControlDomain:
         clip_fps: int = 25,
         clip_width: int = 256,
         clip_height: int = 192,
+        clip_stride: int = 1,
         render: bool = True,
         threads: int = 1,
         progress: bool = True,
     ):
+        if render:  # offscreen rendering: EGL unless set, before MuJoCo is first imported
+            os.environ.setdefault("MUJOCO_GL", "egl")
         self.base_env, self.cost, threshold = resolve_env(env)
         probe = make_env(env, max_episode_steps=ppo.max_episode_steps)
         self.obs_dim = int(np.prod(probe.observation_space.shape))  # type: ignore[arg-type]
@@ -195,6 +220,7 @@ class ControlDomain:
         counts = {
             "steps_per_round": steps_per_round, "segment_length": segment_length, "pool_episodes": pool_episodes,
             "candidates": candidates, "ensemble": ensemble, "eval_episodes": eval_episodes,
+            "clip_stride": clip_stride,
         }  # fmt: skip
         for option, value in counts.items():
             if value < 1:
@@ -205,14 +231,11 @@ class ControlDomain:
         self.segment_length, self.pool_episodes, self.candidates = segment_length, pool_episodes, candidates
         self.ppo = dataclasses.replace(ppo, threads=threads)
         self.ensemble, self.fit_steps, self.model_lr, self.threads = ensemble, fit_steps, model_lr, threads
-        self.heldout, self.eval_episodes, self.render, self.progress = (
-            heldout,
-            eval_episodes,
-            render,
-            progress,
-        )
+        self.heldout, self.eval_episodes = heldout, eval_episodes
+        self.render, self.progress = render, progress
         torch.set_num_threads(threads)
-        self.clip = {"fps": clip_fps, "width": clip_width, "height": clip_height}
+        self.clip_stride = clip_stride
+        self.clip_fps, self.clip_size = clip_fps, (clip_width, clip_height)
         self.safe = self.cost is not None
         robot = self.base_env.split("/")[-1].split("-v")[0]
         if robot in VELOCITY_THRESHOLDS or robot == "Slider":
@@ -293,16 +316,13 @@ class ControlDomain:
             raise ValueError(f"select {select!r} is unknown; choose disagreement or uniform")
         swap = rng.random(n_pairs) < 0.5  # which segment is shown as A carries no meaning
         pairs = np.where(swap[:, None], pairs[:, ::-1], pairs)
+        clips = self._clips(round_dir, segments, np.unique(pairs).tolist()) if self.render else {}
         candidates, oracle = [], []
         for i, (a, b) in enumerate(pairs.tolist()):
             key = f"r{round}-{i:05d}"
-            media = [
-                self._clip(round_dir, key, side, segments, s) if self.render else None
-                for side, s in (("a", a), ("b", b))
-            ]
             candidates.append(
                 Candidate(
-                    key=key, prompt=self.prompt, media_a=media[0], media_b=media[1],
+                    key=key, prompt=self.prompt, media_a=clips.get(a), media_b=clips.get(b),
                     model_a=f"policy-r{round - 1}", model_b=f"policy-r{round - 1}", priority=float(priority[i]),
                 )
             )  # fmt: skip
@@ -353,20 +373,29 @@ class ControlDomain:
         with np.load(path) as data:
             return {key: data[key] for key in data.files}
 
-    def _clip(self, round_dir: Path, key: str, side: str, segments: dict[str, np.ndarray], s: int) -> str:
-        """Render segment s to round_dir/clips/KEY-SIDE.gif; returns its path relative to the run."""
+    def _clips(self, round_dir: Path, segments: dict[str, np.ndarray], chosen: list[int]) -> dict[int, str]:
+        """Render each chosen segment once to round_dir/clips/sNNNN.gif (every ``clip_stride``-th
+        state); segment -> path relative to the run directory. Finished clips are kept."""
+        from rich.progress import Progress
+
         from alignloop.control.clips import render_clip
 
-        rel = f"{round_dir.name}/clips/{key}-{side}.gif"
-        path = round_dir.parent / rel
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{key}-{side}.part.gif")
-            render_clip(
-                self.base_env, segments["qpos"][s], segments["qvel"][s], tmp, label=side.upper(), **self.clip
-            )
-            os.replace(tmp, path)
-        return rel
+        out: dict[int, str] = {}
+        with Progress(disable=not self.progress, transient=True) as bar:
+            for s in bar.track(chosen, description=f"rendering {len(chosen)} clips"):
+                rel = f"{round_dir.name}/clips/s{s:04d}.gif"
+                path = round_dir.parent / rel
+                if not path.is_file():
+                    tmp = path.with_name(f"s{s:04d}.part.gif")
+                    qpos, qvel = (
+                        segments["qpos"][s][:: self.clip_stride],
+                        segments["qvel"][s][:: self.clip_stride],
+                    )
+                    width, height = self.clip_size
+                    render_clip(self.base_env, qpos, qvel, tmp, fps=self.clip_fps, width=width, height=height)
+                    os.replace(tmp, path)
+                out[s] = rel
+        return out
 
     def learn(self, round_dir: Path, round: int, judged: list[Judged]) -> dict[str, float]:
         """Fit the reward ensemble and the cost model on ``judged`` (every round's judgements),

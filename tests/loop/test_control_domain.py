@@ -1,0 +1,262 @@
+"""The control domain of the loop without a server: two smoke rounds judged from oracle.jsonl by a
+scripted segment teacher; keys, oracle lines, clips, determinism, re-called phases, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import alignloop.loop.control as control
+from alignloop.control.evaluate import load_policy
+from alignloop.control.pbrl import label_steps
+from alignloop.feedback.teachers import TIE, SegmentTeacher
+from alignloop.loop.control import PRESETS, ControlDomain, cut_segments, record_episodes
+from alignloop.loop.domain import Candidate, Judged
+
+PAIRS = 8
+_SIDE = {0: "A", 1: "B", TIE: "tie"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _domain(**overrides) -> ControlDomain:
+    return ControlDomain(**{**PRESETS["smoke"], "progress": False, **overrides})
+
+
+def _oracle(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "oracle.jsonl").read_text().splitlines()]
+
+
+def judge(
+    run_dir: Path, round: int, candidates: list[Candidate], teacher: SegmentTeacher, first_id: int
+) -> list[Judged]:
+    """A scripted annotator: judges each candidate from its oracle line (the true per-step values)."""
+    rows = {row["key"]: row for row in _oracle(run_dir)}
+    lines = [rows[c.key] for c in candidates]
+    rewards = np.array([[row["rewards_a"], row["rewards_b"]] for row in lines])  # (N, 2, H)
+    costs = np.array([[row["costs_a"], row["costs_b"]] for row in lines])
+    verdict = teacher.judge(rewards, costs)
+    assert verdict.is_safe is not None
+    return [
+        Judged(
+            judgement_id=first_id + i,
+            annotator_id=1,
+            round=round,
+            candidate=c,
+            better=_SIDE[int(verdict.better[i])],
+            safer=_SIDE[int(verdict.safer[i])],
+            safe_a=bool(verdict.is_safe[i, 0]),
+            safe_b=bool(verdict.is_safe[i, 1]),
+        )  # fmt: skip
+        for i, c in enumerate(candidates)
+        if not verdict.skipped[i]
+    ]
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory: pytest.TempPathFactory):
+    """Setup and two full rounds (round 2 chosen by disagreement) with clips rendered."""
+    run_dir = tmp_path_factory.mktemp("control-loop")
+    domain = _domain()
+    teacher = SegmentTeacher(seed=0)
+    out: dict = {"run_dir": run_dir, "domain": domain, "setup": domain.setup(run_dir), "judged": []}
+    for r in (1, 2):
+        rd = run_dir / f"round-{r:03d}"
+        candidates = domain.propose(rd, r, PAIRS, "disagreement")
+        out[f"candidates{r}"] = candidates
+        out["judged"] += judge(run_dir, r, candidates, teacher, len(out["judged"]) + 1)
+        out[f"learn{r}"] = domain.learn(rd, r, out["judged"])
+        out[f"align{r}"] = domain.align(rd, r)
+        out[f"eval{r}"] = domain.evaluate(rd, r)
+    return out
+
+
+def test_keys_prompts_oracle_lines_and_clips(two_rounds) -> None:
+    run_dir = two_rounds["run_dir"]
+    oracle = _oracle(run_dir)
+    assert [row["key"] for row in oracle] == [f"r{r}-{i:05d}" for r in (1, 2) for i in range(PAIRS)]
+    for r in (1, 2):
+        candidates = two_rounds[f"candidates{r}"]
+        assert [c.key for c in candidates] == [f"r{r}-{i:05d}" for i in range(PAIRS)]
+        assert all("cheetah" in c.prompt and "3.21 m/s" in c.prompt for c in candidates)
+        assert {c.model_a for c in candidates} == {f"policy-r{r - 1}"}
+        proposal = json.loads((run_dir / f"round-{r:03d}" / "proposal.json").read_text())
+        with np.load(run_dir / f"round-{r:03d}" / "segments.npz") as seg:
+            for c, (a, b), row in zip(candidates, proposal["pairs"], oracle[(r - 1) * PAIRS :], strict=False):
+                assert a != b
+                np.testing.assert_array_equal(row["rewards_a"], seg["rewards"][a])  # 20 true rewards of A
+                np.testing.assert_array_equal(row["costs_b"], seg["costs"][b])
+                assert len(row["rewards_b"]) == 20 and len(row["costs_a"]) == 20
+                for media in (c.media_a, c.media_b):  # relative to the run directory
+                    assert media is not None and media.startswith(f"round-{r:03d}/clips/")
+                    assert (run_dir / media).read_bytes()[:4] == b"GIF8"
+    assert all(c.priority == 0.0 for c in two_rounds["candidates1"])  # round 1: uniform
+    priorities = [c.priority for c in two_rounds["candidates2"]]  # round 2: ensemble disagreement
+    assert priorities == sorted(priorities, reverse=True) and priorities[0] > 0
+
+
+def test_models_are_refitted_and_relabel_the_rollouts(two_rounds) -> None:
+    run_dir, domain = two_rounds["run_dir"], two_rounds["domain"]
+    with np.load(run_dir / "round-002" / "segments.npz") as seg:
+        obs = torch.as_tensor(seg["obs"], dtype=torch.float32)
+        act = torch.as_tensor(seg["actions"])
+    labels = []
+    for r in (1, 2):
+        models = domain._load_models(run_dir / f"round-{r:03d}" / "models")
+        assert models is not None and models[1] is not None
+        labels.append(label_steps(models[0], models[1], obs, act))
+    assert not np.allclose(labels[0][0], labels[1][0])  # learned rewards moved with round 2's judgements
+    assert not np.allclose(labels[0][1], labels[1][1])  # and learned costs
+    learn = two_rounds["learn2"]
+    assert learn["judged"] == len(two_rounds["judged"]) and learn["judged_newest"] <= PAIRS
+    assert math.isnan(two_rounds["learn1"]["reward/accuracy_before_fit"])
+    assert 0 <= learn["reward/accuracy_before_fit"] <= 1
+    assert two_rounds["align1"]["align/steps"] == 512 == two_rounds["align2"]["align/steps"]
+    actors = [load_policy(run_dir / name)[0] for name in ("policy-0", "round-001/policy", "round-002/policy")]
+    for before, after in zip(actors, actors[1:], strict=False):
+        assert not torch.equal(before.net.last.weight, after.net.last.weight)
+    for key in ("return", "cost", "unsafe_step_rate", "episode_length", "learned_reward", "learned_cost"):
+        assert math.isfinite(two_rounds["eval2"][key]), key
+    assert math.isnan(two_rounds["setup"]["learned_reward"])  # no models before round 1
+
+
+def test_calling_a_finished_phase_again_changes_nothing(two_rounds) -> None:
+    run_dir, domain = two_rounds["run_dir"], two_rounds["domain"]
+    rd = run_dir / "round-002"
+    lines = (run_dir / "oracle.jsonl").read_text()
+    assert domain.propose(rd, 2, PAIRS, "disagreement") == two_rounds["candidates2"]
+    assert (run_dir / "oracle.jsonl").read_text() == lines
+    again = domain.learn(rd, 2, two_rounds["judged"])
+    first = two_rounds["learn2"]
+    assert again.keys() == first.keys()
+    assert all(
+        a == b or (math.isnan(a) and math.isnan(b))
+        for a, b in zip(again.values(), first.values(), strict=True)
+    )
+    assert domain.align(rd, 2) == two_rounds["align2"]
+    assert domain.evaluate(rd, 2) == two_rounds["eval2"]
+
+
+def test_propose_is_deterministic_and_survives_a_crash_mid_write(two_rounds, tmp_path: Path) -> None:
+    domain = _domain(render=False)
+    domain.setup(tmp_path)
+    rd = tmp_path / "round-001"
+    candidates = domain.propose(rd, 1, PAIRS, "disagreement")
+    reference = two_rounds["candidates1"]
+    assert [(c.key, c.prompt, c.priority) for c in candidates] == [
+        (c.key, c.prompt, c.priority) for c in reference
+    ]
+    assert all(c.media_a is None for c in candidates)
+    assert _oracle(tmp_path) == _oracle(two_rounds["run_dir"])[:PAIRS]
+    # a crash after 5 oracle lines and half of the 6th, before proposal.json was written
+    lines = (tmp_path / "oracle.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "oracle.jsonl").write_text("".join(lines[:5]) + lines[5][:40])
+    (rd / "proposal.json").unlink()
+    assert domain.propose(rd, 1, PAIRS, "disagreement") == candidates
+    assert (tmp_path / "oracle.jsonl").read_text() == "".join(lines)
+
+
+def test_judgements_map_to_labels(two_rounds) -> None:
+    run_dir, domain = two_rounds["run_dir"], two_rounds["domain"]
+    c = two_rounds["candidates1"]
+    judged = [
+        Judged(1, 1, 1, c[0], "A", "B", True, True),
+        Judged(2, 1, 1, c[1], "B", "A", False, False),
+        Judged(3, 2, 1, c[2], "tie", "tie", True, False),
+        Judged(4, 2, 1, c[3], "both_bad", None, None, None),
+        Judged(5, 2, 1, c[4], None, "A", False, True),  # "safer" A is unsafe, B safe: contradictory
+    ]
+    obs, act, better, safer, is_safe, newest, rejected = domain._judged_arrays(run_dir, 2, judged)
+    assert better.tolist() == [0, 1, TIE, TIE, TIE]
+    assert safer.tolist() == [1, 0, TIE, TIE, TIE]
+    assert is_safe.tolist() == [[1, 1], [0, 0], [1, 0], [-1, -1], [-1, -1]]  # -1: unknown or rejected
+    assert rejected == 1 and not newest.any()
+    pairs = json.loads((run_dir / "round-001" / "proposal.json").read_text())["pairs"]
+    with np.load(run_dir / "round-001" / "segments.npz") as seg:
+        np.testing.assert_array_equal(obs[2].numpy(), seg["obs"][pairs[2]].astype(np.float32))
+        assert act.shape == (5, 2, 20, seg["actions"].shape[-1])
+    with pytest.raises(ValueError, match="not in round 1's proposal"):
+        domain._judged_arrays(
+            run_dir, 2, [Judged(6, 1, 1, Candidate(key="r1-99999", prompt=""), "A", None, None, None)]
+        )
+
+
+def test_align_resumed_after_a_crash_equals_an_uninterrupted_one(two_rounds, tmp_path, monkeypatch) -> None:
+    src = two_rounds["run_dir"]
+    domain = _domain(render=False, ppo=dataclasses.replace(PRESETS["smoke"]["ppo"], checkpoint_every=1))
+    runs = []
+    for name in ("whole", "crashed"):
+        run = tmp_path / name
+        shutil.copytree(src / "policy-0", run / "policy-0")
+        shutil.copytree(src / "round-001" / "models", run / "round-001" / "models")
+        runs.append(run)
+    whole = domain.align(runs[0] / "round-001", 1)
+    calls = {"n": 0}
+
+    def crash_on_second_rollout(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return label_steps(*args, **kwargs)
+
+    monkeypatch.setattr(control, "label_steps", crash_on_second_rollout)
+    with pytest.raises(KeyboardInterrupt):
+        domain.align(runs[1] / "round-001", 1)
+    assert not (runs[1] / "round-001" / "policy" / "align.json").exists()
+    monkeypatch.setattr(control, "label_steps", label_steps)
+    assert domain.align(runs[1] / "round-001", 1) == whole
+    states = [torch.load(run / "round-001" / "policy" / "checkpoint.pt", weights_only=True) for run in runs]
+    for key, value in states[0]["agent"].items():
+        assert torch.equal(value, states[1]["agent"][key]), key
+    assert states[0]["lagrange"] == states[1]["lagrange"]
+
+
+def test_segments_stay_inside_episodes() -> None:
+    steps = {
+        "episode": np.array([0] * 7 + [1] * 5),
+        "rewards": np.arange(12.0),
+        "qpos": np.arange(24.0).reshape(12, 2),
+    }
+    seg = cut_segments(steps, 3)
+    # episode 0 (steps 0-6) gives windows 0-2 and 3-5 (step 6 is left over); episode 1 (7-11): 7-9
+    np.testing.assert_array_equal(seg["rewards"], [[0, 1, 2], [3, 4, 5], [7, 8, 9]])
+    assert seg["qpos"].shape == (3, 3, 2) and "episode" not in seg
+
+
+def test_record_episodes_keeps_the_state_each_action_was_taken_in(two_rounds) -> None:
+    from alignloop.control.envs import make_env
+
+    actor, normalize, _ = load_policy(two_rounds["run_dir"] / "policy-0")
+    env = make_env("SafeHalfCheetahVelocity-v5", max_episode_steps=10)
+    steps = record_episodes(actor, normalize, env, 2, 7, deterministic=True)
+    assert (
+        steps["obs"].shape == (20, 17)
+        and steps["qpos"].shape == (20, 9)
+        and steps["actions"].shape == (20, 6)
+    )
+    assert steps["episode"].tolist() == [0] * 10 + [1] * 10
+    # HalfCheetah's observation is qpos without the x position, then qvel
+    np.testing.assert_allclose(steps["obs"], np.concatenate([steps["qpos"][:, 1:], steps["qvel"]], axis=1))
+    env.close()
+
+
+def test_bad_options_say_what_is_allowed() -> None:
+    with pytest.raises(ValueError, match="segment_length must be >= 1"):
+        _domain(segment_length=0)
+    with pytest.raises(ValueError, match="clips need a MuJoCo task"):
+        ControlDomain("SafeSliderVelocity-v0", render=True, progress=False)
+    with pytest.raises(ValueError, match="heldout"):
+        _domain(heldout=1.0)
