@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import alignloop.loop.control as control
+from alignloop.control.envs import make_env
 from alignloop.control.evaluate import load_policy
 from alignloop.control.pbrl import label_steps
 from alignloop.feedback.teachers import TIE, SegmentTeacher
@@ -224,6 +225,32 @@ def test_align_resumed_after_a_crash_equals_an_uninterrupted_one(two_rounds, tmp
     assert states[0]["lagrange"] == states[1]["lagrange"]
 
 
+@pytest.mark.slow
+def test_reward_ensemble_ranks_unseen_segments(tmp_path: Path) -> None:
+    """60 pairs of 20-step HalfCheetah segments judged by a perfect teacher: the learned summed
+    reward must order the true segment returns of fresh episodes (other seeds) on >= 75% of the
+    pairs (measured 0.88; an untrained or sign-flipped model sits near or below 0.5)."""
+    domain = _domain(render=False, pool_episodes=8, fit_steps=200)
+    domain.setup(tmp_path)
+    rd = tmp_path / "round-001"
+    candidates = domain.propose(rd, 1, 60, "uniform")
+    metrics = domain.learn(rd, 1, judge(tmp_path, 1, candidates, SegmentTeacher(seed=0), 1))
+    assert metrics["reward/train_pairs"] == 48  # 12 of the 60 held out
+    models = domain._load_models(rd / "models")
+    assert models is not None
+    actor, normalize, _ = load_policy(tmp_path / "policy-0")
+    env = make_env("SafeHalfCheetahVelocity-v5", max_episode_steps=100)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        seg = cut_segments(record_episodes(actor, normalize, env, 6, 500, deterministic=False), 20)
+    env.close()
+    obs, act = torch.as_tensor(seg["obs"], dtype=torch.float32), torch.as_tensor(seg["actions"])
+    learned, true = label_steps(models[0], None, obs, act)[0].sum(-1), seg["rewards"].sum(-1)  # (K,)
+    i, k = np.triu_indices(len(true), 1)
+    agreement = np.mean(np.sign(learned[i] - learned[k]) == np.sign(true[i] - true[k]))
+    assert agreement >= 0.75, agreement
+
+
 def test_segments_stay_inside_episodes() -> None:
     steps = {
         "episode": np.array([0] * 7 + [1] * 5),
@@ -237,8 +264,6 @@ def test_segments_stay_inside_episodes() -> None:
 
 
 def test_record_episodes_keeps_the_state_each_action_was_taken_in(two_rounds) -> None:
-    from alignloop.control.envs import make_env
-
     actor, normalize, _ = load_policy(two_rounds["run_dir"] / "policy-0")
     env = make_env("SafeHalfCheetahVelocity-v5", max_episode_steps=10)
     steps = record_episodes(actor, normalize, env, 2, 7, deterministic=True)
