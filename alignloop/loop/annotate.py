@@ -20,6 +20,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,8 +170,14 @@ def label(client: PlatformClient, project: int, teacher: Teacher, limit: int) ->
 
 def run(cfg: AnnotateConfig) -> int:
     if cfg.idle_exit < 0 or cfg.poll <= 0 or cfg.limit < 0:
-        raise ValueError("--idle-exit and --limit must be >= 0 and --poll > 0")
-    teacher = make_teacher(cfg)
+        print("alignloop annotate: --idle-exit and --limit must be >= 0 and --poll > 0", file=sys.stderr)
+        return 2
+    try:
+        teacher = make_teacher(cfg)
+        client = connect(cfg.url, cfg.user, cfg.password_file)
+    except (ValueError, PlatformError) as exc:
+        print(f"alignloop annotate: {exc}", file=sys.stderr)
+        return 2
     stop = False
 
     def on_term(*_: object) -> None:
@@ -178,7 +185,7 @@ def run(cfg: AnnotateConfig) -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    with connect(cfg.url, cfg.user, cfg.password_file) as client:
+    with client:
         project = project_id(client, cfg.project, wait=cfg.idle_exit or math.inf)
         total, idle_since = 0, time.monotonic()
         while not stop:

@@ -345,13 +345,23 @@ def _read_ids(rd: Path) -> dict[str, int]:
 
 
 def run(cfg: LoopConfig) -> int:
-    check_config(cfg)
-    if cfg.demo is not None:
-        from alignloop.loop.demo import run_demo
+    import sys
 
-        return run_demo(cfg)
     from alignloop.loop.annotate import connect
+    from alignloop.platform.client import PlatformError
 
-    domain = make_domain(cfg)
-    with connect(cfg.url, cfg.user, cfg.password_file) as client:
+    try:  # every option, the run directory and the account are checked before any work starts
+        check_config(cfg)
+        if cfg.demo is not None:
+            from alignloop.loop.demo import demo_config, run_demo
+
+            LoopState.check(Path(demo_config(cfg).run_dir), identity(demo_config(cfg)))
+            return run_demo(cfg)
+        LoopState.check(Path(cfg.run_dir), identity(cfg))
+        domain = make_domain(cfg)
+        client = connect(cfg.url, cfg.user, cfg.password_file)
+    except (ValueError, PlatformError) as exc:
+        print(f"alignloop loop: {exc}", file=sys.stderr)
+        return 2
+    with client:
         return drive(cfg, client, domain)

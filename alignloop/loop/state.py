@@ -88,6 +88,12 @@ class LoopState:
             )
         return state
 
+    @classmethod
+    def check(cls, run_dir: Path, identity: dict[str, Any]) -> None:
+        """Raise the error `open` would, without creating anything."""
+        if cls.path(run_dir).is_file():
+            cls.open(run_dir, identity)
+
     def save(self, run_dir: Path) -> None:
         write_atomic(self.path(run_dir), json.dumps(asdict(self), indent=2) + "\n")
 
