@@ -247,7 +247,6 @@ def calibrated_cost_limit(cost_model_dir: Path, seed: int, n_pairs: int, unsafe_
     the means taken over fresh training-split pairs labelled by the scripted teacher (no
     ground truth). With the limit at 0, the boundary, the many benign prompts keep the mean
     cost far below it whatever the policy does on risky ones, and lambda decays to 0."""
-    from alignloop.lm.evaluate import score_texts
     from alignloop.lm.models import ScoreModel, load_tokenizer
     from alignloop.lm.toyworld import ToyWorld
 
@@ -262,6 +261,16 @@ def calibrated_cost_limit(cost_model_dir: Path, seed: int, n_pairs: int, unsafe_
                 labelled[bool(c.is_safe[i])].append((c.prompt, c.response(i)))
     if not labelled[True] or not labelled[False]:
         raise ValueError("too few labelled responses to calibrate the cost limit on; pass --cost-limit")
+    return cost_limit_from_labels(cost_model, tokenizer, labelled, unsafe_share)
+
+
+def cost_limit_from_labels(
+    cost_model: Any, tokenizer: Any, labelled: dict[bool, list[tuple[str, str]]], unsafe_share: float
+) -> float:
+    """``(1 - unsafe_share) * mean cost(labelled safe) + unsafe_share * mean cost(labelled unsafe)``
+    over (prompt, response) pairs keyed by their safety label (True = safe); both lists non-empty."""
+    from alignloop.lm.evaluate import score_texts
+
     means = {
         safe: float(score_texts(cost_model, tokenizer, [p for p, _ in rows], [r for _, r in rows]).mean())
         for safe, rows in labelled.items()

@@ -1,0 +1,541 @@
+"""The toy-world language model as a kind of policy the online loop aligns.
+
+Files under the run directory (``round_dir`` is ``run_dir / "round-003"`` and so on):
+
+    sft/final                      the starting policy (the careless SFT model), built by `setup`
+    round-r/heldout-pairs.jsonl    held-out toy-world pairs the trainers report on
+    round-r/judgements.jsonl       the judgements of rounds 1..r (PKU-SafeRLHF), written by `learn`
+    round-r/reward, round-r/cost   reward and cost models, warm-started from round r-1's
+    round-r/policy                 the aligned policy (PPO-Lagrangian or DPO); policy/final
+    round-r/align.json             the cost limit PPO-Lagrangian ran under, and why
+
+The policy of round r is aligned from round r-1's (the SFT policy for round 1), and that
+same starting policy is its frozen reference: the KL penalty then keeps each round's step
+small instead of pulling every round back toward the unsafe SFT model, so safety gained in
+one round is not paid for again in the next, and helpfulness found in one round is kept.
+
+Cost limit: calibrated as `alignloop demo` does, the cost model's expected cost of answers
+unsafe with probability ``target``, the means over the responses annotators labelled safe and
+unsafe. Each round tightens the target: ``target = max(unsafe_share, shrink * flagged)``,
+``flagged`` the share of the current policy's answers to fresh train prompts that the new cost
+model flags as unsafe. A fixed target lets the later rounds drift around it (the reward model
+prefers harmful detail, and lambda fades once the constraint is slack); asking each round to
+cut what it finds by a factor makes the rounds move the policy toward safety step by step.
+
+Pair selection (`propose`): two sampled responses per prompt from the current policy; pairs
+whose texts are identical are dropped. "disagreement" scores each pair with the previous
+round's reward and cost models,
+
+    u_reward = 1 - |2 P(A > B) - 1|,  P(A > B) = sigmoid(r_A - r_B)
+    u_cost   = max over A, B of 1 - |2 sigmoid(c) - 1|      (cost 0 = the safe/unsafe boundary)
+    score    = (u_reward + u_cost) / 2                      in [0, 1]
+
+so a pair is asked when the reward model cannot rank it or the cost model cannot tell whether
+one of its responses is safe, and keeps the n_pairs highest of a pool of `pool_factor` times
+as many. Round 1 has no models and draws uniformly (priority 0).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from alignloop.feedback.schema import Comparison, LabelError, Severity
+from alignloop.loop.domain import Candidate, Judged, Selection
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+PolicyUpdate = Literal["ppo-lag", "dpo"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # "demo": three rounds of ~1000 judged pairs; "smoke": a plumbing check in seconds
+    "demo": {
+        "sft_steps": 600,
+        "sft_pairs": 4000,
+        "reward_steps": 120,
+        "cost_steps": 120,
+        "ppo_steps": 20,
+        "dpo_steps": 60,
+        "rollout_batch_size": 64,
+        "eval_prompts": 1000,
+        "heldout_pairs": 500,
+        "flag_samples": 512,
+    },
+    "smoke": {
+        "sft_steps": 8,
+        "sft_pairs": 256,
+        "reward_steps": 3,
+        "cost_steps": 3,
+        "ppo_steps": 2,
+        "dpo_steps": 3,
+        "rollout_batch_size": 16,
+        "eval_prompts": 24,
+        "heldout_pairs": 32,
+        "flag_samples": 32,
+    },
+}
+BETTER = {"A": 0, "B": 1}
+"""Judged's `better`/`safer` to a response index; "tie", "both_bad" and None map to no preference."""
+
+
+def previous_round_dir(round_dir: Path, round: int) -> Path:
+    """The folder of round - 1, named like round_dir ("round-003" -> "round-002")."""
+    match = re.fullmatch(r"(.*?)(\d+)", round_dir.name)
+    if match is None or int(match.group(2)) != round:
+        raise ValueError(f"{round_dir}: the folder name does not end with the round number {round}")
+    prefix, digits = match.groups()
+    return round_dir.with_name(f"{prefix}{round - 1:0{len(digits)}d}")
+
+
+def to_comparisons(judged: list[Judged]) -> tuple[list[Comparison], int]:
+    """The judgements as PKU-SafeRLHF comparisons (response_0 = A), in a stable order, and how
+    many were left out because their safety labels contradict each other (the safer response
+    marked unsafe while the other is safe)."""
+    out: list[Comparison] = []
+    dropped = 0
+    for j in sorted(judged, key=lambda j: (j.round, j.candidate.key, j.judgement_id)):
+        c = j.candidate
+        try:
+            out.append(
+                Comparison(
+                    c.prompt,
+                    c.response_a,
+                    c.response_b,
+                    better=BETTER.get(j.better or ""),
+                    safer=BETTER.get(j.safer or ""),
+                    is_safe=(j.safe_a, j.safe_b),
+                    harm_categories=(tuple(j.harm_a), tuple(j.harm_b)),
+                    severity=(_severity(j.severity_a), _severity(j.severity_b)),
+                    meta={"key": c.key, "round": str(j.round), "annotator": str(j.annotator_id)},
+                )
+            )
+        except LabelError:
+            dropped += 1
+    return out, dropped
+
+
+def _severity(value: str | None) -> Severity | None:
+    return None if value is None else Severity(value)
+
+
+def dpo_pairs(comparisons: list[Comparison]) -> list[Comparison]:
+    """Pairs for DPO, chosen first: the safe response where exactly one is labelled safe,
+    else the more helpful one; pairs with neither preference are left out."""
+    out = []
+    for c in comparisons:
+        safe = c.is_safe
+        if None not in safe and safe[0] != safe[1]:
+            chosen: int | None = 0 if safe[0] else 1
+        else:
+            chosen = c.better
+        if chosen is not None:
+            out.append(Comparison(c.prompt, c.response(chosen), c.response(1 - chosen), better=0))
+    return out
+
+
+@dataclass
+class ToyWorldDomain:
+    """The toy world's tiny language model, aligned round by round (see the module docstring)."""
+
+    seed: int = 0
+    sft_steps: int = 600
+    sft_pairs: int = 4000
+    reward_steps: int = 120
+    cost_steps: int = 120
+    ppo_steps: int = 20
+    dpo_steps: int = 60
+    rollout_batch_size: int = 64
+    eval_prompts: int = 1000
+    heldout_pairs: int = 500
+    policy_update: PolicyUpdate = "ppo-lag"
+    pool_factor: int = 2
+    unsafe_share: float = 0.01
+    shrink: float = 0.4
+    flag_samples: int = 512
+    max_new_tokens: int = 16
+    threads: int = 1
+    progress: bool = True
+    name: str = "toyworld"
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> ToyWorldDomain:
+        if preset not in PRESETS:
+            raise ValueError(f"preset: {preset!r} is not one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[preset], **overrides})
+
+    def __post_init__(self) -> None:
+        if self.policy_update not in ("ppo-lag", "dpo"):
+            raise ValueError(f"policy_update: {self.policy_update!r} is not one of ppo-lag, dpo")
+        from alignloop.lm.toyworld import ToyWorld
+
+        self.world = ToyWorld(self.seed)
+
+    # ------------------------------------------------------------------ paths
+    def _trainer_options(self, round: int) -> dict[str, Any]:
+        return {"seed": self.seed + round, "threads": self.threads, "progress": self.progress, "resume": True}
+
+    @staticmethod
+    def _sft_final(run_dir: Path) -> Path:
+        return run_dir / "sft" / "final"
+
+    def _policy(self, round_dir: Path, round: int) -> Path:
+        """The policy that round `round` starts from (round - 1's, the SFT policy for round 1)."""
+        if round <= 1:
+            return self._sft_final(round_dir.parent)
+        return previous_round_dir(round_dir, round) / "policy" / "final"
+
+    def _set_threads(self) -> None:
+        import torch
+
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+
+    # ------------------------------------------------------------------ phases
+    def setup(self, run_dir: Path) -> dict[str, float]:
+        """SFT on the careless corpus as `alignloop demo` does (skipped when sft/final exists);
+        ground-truth figures of the SFT policy."""
+        from alignloop.lm import sft
+
+        self._set_threads()
+        final = self._sft_final(run_dir)
+        if not final.is_dir():
+            status = sft.train(
+                sft.SFTConfig(
+                    output_dir=run_dir / "sft",
+                    max_steps=self.sft_steps,
+                    batch_size=64,
+                    warmup_steps=min(20, self.sft_steps // 4),
+                    eval_every=max(self.sft_steps, 1),
+                    save_every=max(self.sft_steps // 4, 1),
+                    toy_train_size=self.sft_pairs,
+                    toy_eval_size=min(256, self.sft_pairs),
+                    **self._trainer_options(0),
+                )
+            )
+            if status not in (None, 0):
+                raise RuntimeError(f"SFT failed with exit code {status}")
+        return self._judge(final, None, None)
+
+    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Candidate]:
+        """n_pairs pairs of two sampled responses from the current policy to train prompts;
+        the same (seed, round) gives the same pairs."""
+        import torch
+
+        from alignloop.lm.models import load_causal_lm, load_tokenizer
+
+        if select not in ("disagreement", "uniform"):
+            raise ValueError(f"select: {select!r} is not one of disagreement, uniform")
+        self._set_threads()
+        policy_dir = self._policy(round_dir, round)
+        tokenizer = load_tokenizer(policy_dir)
+        policy = load_causal_lm(policy_dir).eval()
+        wanted = n_pairs * self.pool_factor if select == "disagreement" and round > 1 else n_pairs
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}-propose-{round}".encode()))
+        pool: list[tuple[str, str, str]] = []
+        for attempt in range(8):  # identical pairs are dropped: draw again until the pool is full
+            prompts = self.world.prompts("train", 2 * (wanted - len(pool)), seed=10_000 * round + attempt)
+            texts = [p.text for p in prompts]
+            first = self._sample(policy, tokenizer, texts, generator)
+            second = self._sample(policy, tokenizer, texts, generator)
+            pool += [(p, a, b) for p, a, b in zip(texts, first, second, strict=True) if a != b]
+            if len(pool) >= wanted:
+                break
+        pool = pool[:wanted]
+        scores = self._disagreement(round_dir, round, pool) if round > 1 else [0.0] * len(pool)
+        indices = list(range(len(pool)))
+        if select == "disagreement" and round > 1:
+            indices.sort(key=lambda i: -scores[i])
+        else:
+            random.Random(f"{self.seed}-select-{round}").shuffle(indices)
+        chosen = sorted(indices[:n_pairs])
+        model = f"policy-r{round - 1}"
+        return [
+            Candidate(
+                key=f"r{round}-{i:05d}",
+                prompt=pool[k][0],
+                response_a=pool[k][1],
+                response_b=pool[k][2],
+                model_a=model,
+                model_b=model,
+                priority=round_score(scores[k]),
+            )
+            for i, k in enumerate(chosen)
+        ]
+
+    def learn(self, round_dir: Path, round: int, judged: list[Judged]) -> dict[str, float]:
+        """Reward and cost models on the judgements of every round, warm-started from round - 1's
+        (the SFT model's body in round 1); held-out ground-truth accuracies."""
+        from alignloop.feedback.formats import write_records
+        from alignloop.lm import cost, reward
+        from alignloop.lm.data import preferred_pairs, safety_judged
+
+        self._set_threads()
+        comparisons, contradictory = to_comparisons(judged)
+        if not comparisons:
+            raise ValueError(
+                f"round {round}: no usable judgement to learn from ({contradictory} contradictory)"
+            )
+        round_dir.mkdir(parents=True, exist_ok=True)
+        data = round_dir / "judgements.jsonl"
+        fresh = round_dir / ".judgements.jsonl"
+        write_records(comparisons, fresh, "pku-saferlhf")
+        if not data.is_file() or data.read_bytes() != fresh.read_bytes():
+            for stage in ("reward", "cost", "policy"):  # trained on other data: redo them
+                shutil.rmtree(round_dir / stage, ignore_errors=True)
+            fresh.replace(data)
+        else:
+            fresh.unlink()
+        heldout = round_dir / "heldout-pairs.jsonl"
+        if not heldout.is_file():
+            self.world.write_preference_file(heldout, self.heldout_pairs, "eval")
+        start = self._sft_final(round_dir.parent)
+        previous = None if round <= 1 else previous_round_dir(round_dir, round)
+        reward_pairs = len(preferred_pairs(comparisons, "better")[0])
+        cost_pairs = len(safety_judged(comparisons)[0])
+        for kind, module, config, steps, usable in (
+            ("reward", reward, reward.RewardConfig, self.reward_steps, reward_pairs),
+            ("cost", cost, cost.CostConfig, self.cost_steps, cost_pairs),
+        ):
+            if (round_dir / kind / "final").is_dir():
+                continue
+            if usable == 0:
+                raise ValueError(f"round {round}: no judgement usable for the {kind} model")
+            warm = start if previous is None else previous / kind / "final"
+            status = module.train(  # type: ignore[attr-defined]
+                config(
+                    output_dir=round_dir / kind,
+                    model=str(warm),
+                    train_file=data,
+                    eval_file=heldout,
+                    max_steps=steps,
+                    batch_size=min(64, usable),
+                    warmup_steps=min(10, steps // 4),
+                    eval_every=max(steps, 1),
+                    save_every=max(steps // 3, 1),
+                    **self._trainer_options(round),
+                )
+            )
+            if status not in (None, 0):
+                raise RuntimeError(f"round {round}: the {kind} model failed with exit code {status}")
+        accuracies = self._model_accuracies(round_dir)
+        return {
+            **accuracies,
+            "judgements": float(len(judged)),
+            "reward_pairs": float(reward_pairs),
+            "cost_pairs": float(cost_pairs),
+            "contradictory": float(contradictory),
+        }
+
+    def align(self, round_dir: Path, round: int) -> dict[str, float]:
+        """PPO-Lagrangian from the current policy with this round's models (or DPO on the judged
+        pairs); the policy lands in round_dir/policy/final."""
+        self._set_threads()
+        if self.policy_update == "dpo":
+            return self._align_dpo(round_dir, round)
+        from alignloop.lm import ppo
+        from alignloop.lm.training import read_metrics
+
+        settings = round_dir / "align.json"
+        if not settings.is_file():
+            current = self._flagged_share(round_dir, round)
+            target = max(self.unsafe_share, self.shrink * current)
+            chosen = {"cost_limit": self._cost_limit(round_dir, target), "flagged": current, "target": target}
+            settings.write_text(json.dumps(chosen) + "\n")
+        chosen = json.loads(settings.read_text())
+        cost_limit = float(chosen["cost_limit"])
+        out = round_dir / "policy"
+        if not (out / "final").is_dir():
+            status = ppo.train_lagrangian(
+                ppo.PPOLagConfig(
+                    output_dir=out,
+                    policy=self._policy(round_dir, round),
+                    reward_model=round_dir / "reward" / "final",
+                    cost_model=round_dir / "cost" / "final",
+                    cost_limit=cost_limit,
+                    toyworld_seed=self.seed,
+                    max_steps=self.ppo_steps,
+                    eval_prompts=0,
+                    eval_every=max(self.ppo_steps, 1),
+                    save_every=max(self.ppo_steps // 4, 1),
+                    rollout_batch_size=self.rollout_batch_size,
+                    batch_size=min(32, self.rollout_batch_size),
+                    max_new_tokens=self.max_new_tokens,
+                    **self._trainer_options(round),
+                )
+            )
+            if status not in (None, 0):
+                raise RuntimeError(f"round {round}: PPO-Lagrangian failed with exit code {status}")
+        last = list(read_metrics(out, split="train"))[-1]
+        return {
+            "cost_limit": cost_limit,
+            "flagged_share": float(chosen["flagged"]),
+            "target_share": float(chosen["target"]),
+            **{k: float(last[k]) for k in ("lambda", "J_c", "reward", "cost", "kl")},
+        }
+
+    def evaluate(self, round_dir: Path, round: int) -> dict[str, float]:
+        """Ground-truth helpfulness and unsafe rate of the round's policy on the held-out prompts
+        (the same every round), and the mean scores of this round's reward and cost models."""
+        self._set_threads()
+        return self._judge(
+            round_dir / "policy" / "final", round_dir / "reward" / "final", round_dir / "cost" / "final"
+        )
+
+    # ------------------------------------------------------------------ pieces
+    def _sample(self, policy: Any, tokenizer: Any, prompts: list[str], generator: Any) -> list[str]:
+        from alignloop.lm.data import PromptCollator
+        from alignloop.lm.evaluate import decode_responses
+        from alignloop.lm.generation import generate
+
+        collate = PromptCollator(tokenizer)
+        texts: list[str] = []
+        for start in range(0, len(prompts), 256):
+            batch = collate(prompts[start : start + 256])
+            rollout = generate(
+                policy,
+                batch["input_ids"],
+                batch["attention_mask"],
+                max_new_tokens=self.max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                generator=generator,
+            )
+            texts += decode_responses(tokenizer, rollout.responses, rollout.response_mask)
+        return texts
+
+    def _disagreement(self, round_dir: Path, round: int, pool: list[tuple[str, str, str]]) -> list[float]:
+        """The disagreement of round - 1's models on each (prompt, A, B)."""
+        from alignloop.lm.evaluate import score_texts
+        from alignloop.lm.models import ScoreModel, load_tokenizer
+
+        if not pool:
+            return []
+        previous = previous_round_dir(round_dir, round)
+        tokenizer = load_tokenizer(previous / "reward" / "final")
+        reward_model = ScoreModel.from_pretrained(previous / "reward" / "final").eval()
+        cost_model = ScoreModel.from_pretrained(previous / "cost" / "final").eval()
+        prompts = [p for p, _, _ in pool]
+        r_a = score_texts(reward_model, tokenizer, prompts, [a for _, a, _ in pool])  # (N,)
+        r_b = score_texts(reward_model, tokenizer, prompts, [b for _, _, b in pool])
+        c_a = score_texts(cost_model, tokenizer, prompts, [a for _, a, _ in pool])
+        c_b = score_texts(cost_model, tokenizer, prompts, [b for _, _, b in pool])
+        return disagreement(r_a, r_b, c_a, c_b).tolist()
+
+    def _model_accuracies(self, round_dir: Path) -> dict[str, float]:
+        from alignloop.lm.evaluate import held_out_pairs, preference_accuracy, sign_accuracy
+        from alignloop.lm.models import ScoreModel, load_tokenizer
+
+        tokenizer = load_tokenizer(round_dir / "reward" / "final")
+        reward_model = ScoreModel.from_pretrained(round_dir / "reward" / "final").eval()
+        cost_model = ScoreModel.from_pretrained(round_dir / "cost" / "final").eval()
+        pairs = held_out_pairs(self.world, self.heldout_pairs, seed=self.seed)
+        return {
+            "reward_accuracy": preference_accuracy(reward_model, tokenizer, self.world, pairs),
+            "cost_sign_accuracy": sign_accuracy(cost_model, tokenizer, self.world, pairs),
+        }
+
+    def _flagged_share(self, round_dir: Path, round: int) -> float:
+        """Share of the current policy's answers to fresh train prompts that this round's cost
+        model flags as unsafe (cost > 0)."""
+        import torch
+
+        from alignloop.lm.evaluate import score_texts
+        from alignloop.lm.models import ScoreModel, load_causal_lm, load_tokenizer
+
+        policy_dir = self._policy(round_dir, round)
+        tokenizer = load_tokenizer(policy_dir)
+        prompts = [p.text for p in self.world.prompts("train", self.flag_samples, seed=20_000 + round)]
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}-flagged-{round}".encode()))
+        responses = self._sample(load_causal_lm(policy_dir).eval(), tokenizer, prompts, generator)
+        cost_model = ScoreModel.from_pretrained(round_dir / "cost" / "final").eval()
+        return float((score_texts(cost_model, tokenizer, prompts, responses) > 0).float().mean())
+
+    def _cost_limit(self, round_dir: Path, unsafe_share: float) -> float:
+        """The cost limit calibrated as `alignloop demo` does (`lm.demo.cost_limit_from_labels`),
+        on the responses the annotators labelled safe and unsafe in every round so far: the
+        expected cost of answers unsafe with probability `unsafe_share`; 0 (the boundary) when
+        one of the two labels never occurs."""
+        from alignloop.feedback.formats import read_comparisons
+        from alignloop.lm.demo import cost_limit_from_labels
+        from alignloop.lm.models import ScoreModel, load_tokenizer
+
+        labelled: dict[bool, list[tuple[str, str]]] = {True: [], False: []}
+        for c in read_comparisons(round_dir / "judgements.jsonl"):
+            for i in (0, 1):
+                flag = c.is_safe[i]
+                if flag is not None:
+                    labelled[flag].append((c.prompt, c.response(i)))
+        if not labelled[True] or not labelled[False]:
+            return 0.0
+        model_dir = round_dir / "cost" / "final"
+        cost_model = ScoreModel.from_pretrained(model_dir).eval()
+        return cost_limit_from_labels(cost_model, load_tokenizer(model_dir), labelled, unsafe_share)
+
+    def _align_dpo(self, round_dir: Path, round: int) -> dict[str, float]:
+        from alignloop.feedback.formats import read_comparisons, write_records
+        from alignloop.lm import dpo
+
+        pairs = dpo_pairs(read_comparisons(round_dir / "judgements.jsonl"))
+        if not pairs:
+            raise ValueError(f"round {round}: no judged pair has a safety or helpfulness preference for DPO")
+        data = round_dir / "dpo-pairs.jsonl"
+        write_records(pairs, data, "preference")
+        out = round_dir / "policy"
+        if not (out / "final").is_dir():
+            status = dpo.train(
+                dpo.DPOConfig(
+                    output_dir=out,
+                    model=str(self._policy(round_dir, round)),
+                    train_file=data,
+                    eval_file=round_dir / "heldout-pairs.jsonl",
+                    max_steps=self.dpo_steps,
+                    batch_size=min(32, len(pairs)),
+                    warmup_steps=min(10, self.dpo_steps // 4),
+                    eval_every=max(self.dpo_steps, 1),
+                    save_every=max(self.dpo_steps // 3, 1),
+                    **self._trainer_options(round),
+                )
+            )
+            if status not in (None, 0):
+                raise RuntimeError(f"round {round}: DPO failed with exit code {status}")
+        return {"dpo_pairs": float(len(pairs))}
+
+    def _judge(self, policy_dir: Path, reward_dir: Path | None, cost_dir: Path | None) -> dict[str, float]:
+        from alignloop.lm.evaluate import evaluate_policy
+        from alignloop.lm.models import ScoreModel, load_causal_lm, load_tokenizer
+
+        policy = load_causal_lm(policy_dir).eval()
+        prompts = self.world.prompts("eval", self.eval_prompts, seed=self.seed + 1000)
+        return evaluate_policy(
+            policy,
+            load_tokenizer(policy_dir),
+            self.world,
+            prompts,
+            reward_model=None if reward_dir is None else ScoreModel.from_pretrained(reward_dir).eval(),
+            cost_model=None if cost_dir is None else ScoreModel.from_pretrained(cost_dir).eval(),
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed,
+        )
+
+
+def disagreement(r_a: Tensor, r_b: Tensor, c_a: Tensor, c_b: Tensor) -> Tensor:
+    """Pair scores in [0, 1] from end rewards and end costs of responses A and B, each (N,):
+    the mean of the reward model's uncertainty on the order, 1 - |2 sigmoid(r_a - r_b) - 1|,
+    and the cost model's largest uncertainty on a safety sign, 1 - |2 sigmoid(c) - 1|.  (N,)"""
+    import torch
+
+    u_reward = 1.0 - (2.0 * torch.sigmoid(r_a - r_b) - 1.0).abs()  # (N,)
+    u_cost = 1.0 - (2.0 * torch.sigmoid(torch.stack([c_a, c_b])) - 1.0).abs()  # (2, N)
+    return (u_reward + u_cost.max(0).values) / 2.0
+
+
+def round_score(value: float) -> float:
+    """Priorities kept to 6 decimals (stable through JSON and the platform's database)."""
+    return round(value, 6)

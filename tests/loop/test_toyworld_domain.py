@@ -1,0 +1,339 @@
+"""The toy-world domain of the online loop, driven without a server: the scripted teacher
+judges the proposed pairs directly, as the annotators do through the platform.
+
+Run as a script for the demo preset's three rounds (per-round figures, for tuning):
+
+    OMP_NUM_THREADS=1 python tests/loop/test_toyworld_domain.py --preset demo --rounds 3
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from alignloop.feedback.schema import Comparison, Severity  # noqa: E402
+from alignloop.loop.domain import Candidate, Judged  # noqa: E402
+from alignloop.loop.toyworld import (  # noqa: E402
+    PRESETS,
+    ToyWorldDomain,
+    disagreement,
+    dpo_pairs,
+    previous_round_dir,
+    to_comparisons,
+)
+
+LETTER = {0: "A", 1: "B", None: "tie"}
+
+
+def teacher_judgements(domain: ToyWorldDomain, round: int, pairs: list[Candidate]) -> list[Judged]:
+    """What a scripted annotator sends for each pair: `ToyWorld(seed).teacher(seed).compare`."""
+    teacher = domain.world.teacher(domain.seed + round)
+    out = []
+    for i, c in enumerate(pairs):
+        judged: Comparison | None = teacher.compare(c.prompt, c.response_a, c.response_b)
+        if judged is None:
+            continue
+        out.append(
+            Judged(
+                judgement_id=1000 * round + i,
+                annotator_id=1,
+                round=round,
+                candidate=c,
+                better=LETTER[judged.better],
+                safer=LETTER[judged.safer],
+                safe_a=judged.is_safe[0],
+                safe_b=judged.is_safe[1],
+                harm_a=list(judged.harm_categories[0]),
+                harm_b=list(judged.harm_categories[1]),
+                severity_a=None if judged.severity[0] is None else judged.severity[0].value,
+                severity_b=None if judged.severity[1] is None else judged.severity[1].value,
+            )
+        )
+    return out
+
+
+def simulate(
+    domain: ToyWorldDomain, run_dir: Path, rounds: int, n_pairs: int, select: str = "disagreement"
+) -> list[dict[str, float]]:
+    """The driver's phases in order, the teacher in place of the platform; per-round metrics
+    (round 0 = the SFT policy)."""
+    history = [domain.setup(run_dir)]
+    judged: list[Judged] = []
+    for r in range(1, rounds + 1):
+        round_dir = run_dir / f"round-{r:03d}"
+        started = time.perf_counter()
+        pairs = domain.propose(round_dir, r, n_pairs, select)  # type: ignore[arg-type]
+        judged += teacher_judgements(domain, r, pairs)
+        learned = domain.learn(round_dir, r, judged)
+        aligned = domain.align(round_dir, r)
+        metrics = domain.evaluate(round_dir, r)
+        history.append(
+            {
+                **metrics,
+                **learned,
+                **aligned,
+                "pairs": float(len(pairs)),
+                "seconds": time.perf_counter() - started,
+            }
+        )
+    return history
+
+
+# ---------------------------------------------------------------------------- unit tests
+def _candidate(key: str = "r1-00000", a: str = "sure boil", b: str = "no tea") -> Candidate:
+    return Candidate(key=key, prompt="how do i cook rice", response_a=a, response_b=b, model_a="policy-r0")
+
+
+def _judged(better: str | None, safer: str | None, safe_a: bool | None, safe_b: bool | None, **kw) -> Judged:
+    kw.setdefault("candidate", _candidate())
+    return Judged(1, 2, 1, better=better, safer=safer, safe_a=safe_a, safe_b=safe_b, **kw)
+
+
+def test_judgements_map_to_pku_comparisons():
+    rows = [
+        _judged("A", "B", True, True, harm_a=[], severity_a=None),
+        _judged("tie", "tie", True, True, candidate=_candidate("r1-00001")),
+        _judged(
+            "both_bad",
+            "A",
+            True,
+            False,
+            candidate=_candidate("r1-00002"),
+            harm_b=["Violence"],
+            severity_b="severe",
+        ),
+        _judged("B", "A", False, True, candidate=_candidate("r1-00003")),  # safer A is the unsafe one
+        _judged(None, "A", None, None, candidate=_candidate("r1-00004")),
+    ]
+    comparisons, contradictory = to_comparisons(list(reversed(rows)))
+    assert contradictory == 1
+    assert [c.meta["key"] for c in comparisons] == ["r1-00000", "r1-00001", "r1-00002", "r1-00004"]
+    first, tie, both_bad, unjudged = comparisons
+    assert (first.better, first.safer, first.is_safe) == (0, 1, (True, True))
+    assert (first.response_0, first.response_1) == ("sure boil", "no tea")
+    assert (tie.better, tie.safer) == (None, None)
+    assert (both_bad.better, both_bad.safer, both_bad.is_safe) == (None, 0, (True, False))
+    assert both_bad.harm_categories == ((), ("Violence",)) and both_bad.severity == (None, Severity.SEVERE)
+    assert (unjudged.better, unjudged.is_safe) == (None, (None, None))
+
+
+def test_dpo_pairs_put_the_safe_response_first_then_the_better_one():
+    pairs = dpo_pairs(
+        [
+            Comparison("p", "harmful", "refusal", better=0, safer=1, is_safe=(False, True)),
+            Comparison("p", "short", "long", better=1, safer=0, is_safe=(True, True)),
+            Comparison("p", "x", "y", better=None, safer=0, is_safe=(True, True)),
+        ]
+    )
+    assert [(c.response_0, c.response_1, c.better) for c in pairs] == [
+        ("refusal", "harmful", 0),
+        ("long", "short", 0),
+    ]
+
+
+def test_disagreement_against_hand_computed_scores():
+    import math
+
+    import torch
+
+    # pair 1: sigmoid(ln 3 - 0) = 0.75 -> u_reward = 1 - |1.5 - 1| = 0.5;
+    #         sigmoid(ln 3) = 0.75 -> 0.5, sigmoid(-ln 9) = 0.1 -> 1 - |0.2 - 1| = 0.2; max 0.5
+    #         score (0.5 + 0.5) / 2 = 0.5
+    # pair 2: equal rewards -> u_reward = 1; costs ln 9 (0.9 -> 0.2) and -ln 3 (0.25 -> 0.5): max 0.5
+    #         score (1 + 0.5) / 2 = 0.75
+    r_a = torch.tensor([math.log(3.0), 2.0])
+    r_b = torch.tensor([0.0, 2.0])
+    c_a = torch.tensor([math.log(3.0), math.log(9.0)])
+    c_b = torch.tensor([-math.log(9.0), -math.log(3.0)])
+    torch.testing.assert_close(
+        disagreement(r_a, r_b, c_a, c_b), torch.tensor([0.5, 0.75]), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_previous_round_folder_and_option_errors(tmp_path: Path):
+    assert previous_round_dir(tmp_path / "round-003", 3) == tmp_path / "round-002"
+    assert previous_round_dir(tmp_path / "round-10", 10) == tmp_path / "round-09"
+    with pytest.raises(ValueError, match="round number 4"):
+        previous_round_dir(tmp_path / "round-003", 4)
+    with pytest.raises(ValueError, match="preset: 'huge' is not one of demo, smoke"):
+        ToyWorldDomain.from_preset("huge")
+    with pytest.raises(ValueError, match="policy_update: 'ppo' is not one of ppo-lag, dpo"):
+        ToyWorldDomain(policy_update="ppo")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- two rounds, smoke preset
+N_PAIRS = 24
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory):
+    """setup, then two rounds of propose / learn / align / evaluate, recording each trainer's
+    starting model (the warm start)."""
+    import torch
+
+    from alignloop.lm import cost, reward
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    starts: dict[str, list[str]] = {"reward": [], "cost": []}
+    trainers = {"reward": reward.train, "cost": cost.train}
+    patch = pytest.MonkeyPatch()
+    for kind, module in (("reward", reward), ("cost", cost)):
+
+        def spy(cfg, kind=kind):
+            starts[kind].append(cfg.model)
+            return trainers[kind](cfg)
+
+        patch.setattr(module, "train", spy)
+    run_dir = tmp_path_factory.mktemp("loop")
+    domain = ToyWorldDomain.from_preset("smoke", seed=3, progress=False)
+    sft = domain.setup(run_dir)
+    rounds = []
+    judged: list[Judged] = []
+    for r in (1, 2):
+        round_dir = run_dir / f"round-{r:03d}"
+        pairs = domain.propose(round_dir, r, N_PAIRS, "disagreement")
+        judged += teacher_judgements(domain, r, pairs)
+        learned = domain.learn(round_dir, r, judged)
+        aligned = domain.align(round_dir, r)
+        rounds.append(
+            {"pairs": pairs, "learned": learned, "aligned": aligned, "metrics": domain.evaluate(round_dir, r)}
+        )
+    patch.undo()
+    yield {
+        "domain": domain,
+        "run_dir": run_dir,
+        "sft": sft,
+        "rounds": rounds,
+        "judged": judged,
+        "starts": starts,
+    }
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_rounds_give_figures_under_stable_names(two_rounds):
+    for metrics in [two_rounds["sft"], *(r["metrics"] for r in two_rounds["rounds"])]:
+        assert 0.0 <= metrics["helpfulness"] <= 1.0 and 0.0 <= metrics["unsafe_rate"] <= 1.0
+        assert metrics["n_prompts"] == PRESETS["smoke"]["eval_prompts"]
+    for r in two_rounds["rounds"]:
+        assert {"reward", "cost"} <= set(r["metrics"])
+        assert (
+            0.0 <= r["learned"]["reward_accuracy"] <= 1.0 and 0.0 <= r["learned"]["cost_sign_accuracy"] <= 1.0
+        )
+        assert {"cost_limit", "lambda", "J_c"} <= set(r["aligned"])
+        assert all(isinstance(v, float) for v in {**r["metrics"], **r["learned"], **r["aligned"]}.values())
+    run_dir = two_rounds["run_dir"]
+    for r in (1, 2):
+        for stage in ("reward", "cost", "policy"):
+            assert (run_dir / f"round-{r:03d}" / stage / "final" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_proposed_pairs_carry_keys_models_and_priorities(two_rounds):
+    for r, found in enumerate(two_rounds["rounds"], start=1):
+        pairs = found["pairs"]
+        assert len(pairs) == N_PAIRS
+        assert [c.key for c in pairs] == [f"r{r}-{i:05d}" for i in range(N_PAIRS)]
+        assert all(c.model_a == c.model_b == f"policy-r{r - 1}" for c in pairs)
+        assert all(c.response_a != c.response_b for c in pairs)
+        two_rounds["domain"].world.prompt(pairs[0].prompt)  # a toy-world train prompt
+    assert all(c.priority == 0.0 for c in two_rounds["rounds"][0]["pairs"])  # round 1: uniform
+    second = [c.priority for c in two_rounds["rounds"][1]["pairs"]]
+    assert all(0.0 <= p <= 1.0 for p in second) and len(set(second)) > 1
+
+
+@pytest.mark.slow
+def test_propose_is_deterministic_and_disagreement_keeps_the_highest(two_rounds):
+    run_dir = two_rounds["run_dir"]
+    again = ToyWorldDomain.from_preset("smoke", seed=3, progress=False)  # as after a crash
+    for r, found in enumerate(two_rounds["rounds"], start=1):
+        assert again.propose(run_dir / f"round-{r:03d}", r, N_PAIRS, "disagreement") == found["pairs"]
+    pool = again.propose(run_dir / "round-002", 2, 2 * N_PAIRS, "uniform")  # the whole pool, scored
+    chosen = sorted(c.priority for c in two_rounds["rounds"][1]["pairs"])
+    assert chosen == sorted(c.priority for c in pool)[-N_PAIRS:]
+    other = ToyWorldDomain.from_preset("smoke", seed=4, progress=False)
+    assert (
+        other.propose(run_dir / "round-002", 2, N_PAIRS, "disagreement") != two_rounds["rounds"][1]["pairs"]
+    )
+
+
+@pytest.mark.slow
+def test_models_warm_start_from_the_previous_round(two_rounds):
+    run_dir = two_rounds["run_dir"]
+    for kind in ("reward", "cost"):
+        assert two_rounds["starts"][kind] == [
+            str(run_dir / "sft" / "final"),
+            str(run_dir / "round-001" / kind / "final"),
+        ]
+    rows = (run_dir / "round-002" / "judgements.jsonl").read_text().splitlines()
+    assert len(rows) == len(two_rounds["judged"])  # round 2 learns from both rounds
+    assert {json.loads(row)["round"] for row in rows} == {"1", "2"}
+
+
+@pytest.mark.slow
+def test_calling_a_finished_phase_again_keeps_its_results(two_rounds):
+    domain, run_dir = two_rounds["domain"], two_rounds["run_dir"]
+    round_dir = run_dir / "round-002"
+    weights = round_dir / "policy" / "final" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    found = two_rounds["rounds"][1]
+    assert domain.learn(round_dir, 2, two_rounds["judged"]) == found["learned"]
+    assert domain.align(round_dir, 2) == found["aligned"]
+    assert domain.evaluate(round_dir, 2) == found["metrics"]
+    assert weights.stat().st_mtime_ns == stamp  # nothing retrained
+    assert domain.setup(run_dir) == two_rounds["sft"]
+
+    shutil.rmtree(round_dir / "policy" / "final")  # killed after the last checkpoint, before saving
+    assert domain.align(round_dir, 2) == found["aligned"]
+    assert domain.evaluate(round_dir, 2) == found["metrics"]
+
+
+@pytest.mark.slow
+def test_dpo_update_writes_a_policy(two_rounds, tmp_path: Path):
+    source = two_rounds["run_dir"]
+    shutil.copytree(source / "sft", tmp_path / "sft")
+    domain = ToyWorldDomain.from_preset("smoke", seed=3, progress=False, policy_update="dpo")
+    round_dir = tmp_path / "round-001"
+    domain.learn(round_dir, 1, [j for j in two_rounds["judged"] if j.round == 1])
+    assert domain.align(round_dir, 1)["dpo_pairs"] > 0
+    assert 0.0 <= domain.evaluate(round_dir, 1)["unsafe_rate"] <= 1.0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--select", default="disagreement")
+    parser.add_argument("--update", default="ppo-lag")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/loop-toyworld"))
+    parser.add_argument("--set", nargs="*", default=[], help="domain options, e.g. ppo_steps=10")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    domain = ToyWorldDomain.from_preset(
+        args.preset, seed=args.seed, policy_update=args.update, progress=False, **overrides
+    )
+    started = time.perf_counter()
+    history = simulate(domain, args.run_dir, args.rounds, args.pairs, args.select)
+    for r, m in enumerate(history):
+        extra = (
+            "" if r == 0 else f"  RM acc {m['reward_accuracy']:.3f}  CM sign {m['cost_sign_accuracy']:.3f}"
+        )
+        print(f"round {r}: helpfulness {m['helpfulness']:.3f}  unsafe {m['unsafe_rate']:.3f}{extra}")
+    print(json.dumps(history, indent=1))
+    print(f"{time.perf_counter() - started:.0f} s in all")
