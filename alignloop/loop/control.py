@@ -56,7 +56,7 @@ _SMOKE_PPO = PPOSettings(num_steps=256, minibatch_size=128, epochs=2, max_episod
 PRESETS: dict[str, dict[str, Any]] = {
     "cheetah": {
         "env": "SafeHalfCheetahVelocity-v5",
-        "steps_per_round": 30_720,
+        "steps_per_round": 20_480,
         "pool_episodes": 1,
         "segment_length": 50,
         "ppo": PPOSettings(cost_limit=25.0, checkpoint_every=5),
@@ -64,6 +64,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_episodes": 3,
         "clip_stride": 2,
         "clip_fps": 10,
+        "max_clips": 20,
     },
     "smoke": {
         "env": "SafeHalfCheetahVelocity-v5",
@@ -157,6 +158,15 @@ def _append_new_lines(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 _BETTER = {"A": 0, "B": 1}
+LEARN_METRICS = (
+    "judged", "judged_newest", "reward/train_pairs", "reward/train_accuracy", "reward/loss",
+    "reward/heldout_accuracy", "reward/accuracy_before_fit", "cost/train_pairs", "cost/train_sign_accuracy",
+    "cost/loss", "cost/heldout_sign_accuracy", "cost/rejected_inconsistent",
+)  # fmt: skip
+"""What `ControlDomain.learn` returns: judgement counts; the reward ensemble's training accuracy and
+loss, its accuracy on the held-out share of the newest round and (before the fit, round 2 on) the
+previous models' accuracy on the whole newest round; the same for the cost model's safe/unsafe signs;
+pairs whose safety labels contradicted each other (their safety labels are not used)."""
 
 
 class ControlDomain:
@@ -168,6 +178,10 @@ class ControlDomain:
         steps_per_round: PPO(-Lagrangian) environment steps in each round's align.
         segment_length: steps per segment (clip) shown to annotators.
         pool_episodes: stochastic episodes rolled out per round to cut segments from.
+        carry_pool: the pool also holds the previous round's segments, so that pairs can set the
+            new policy's behaviour against the previous one's (where a learned reward was exploited).
+        max_clips: pairs are drawn among at most this many segments of the pool (a random subset),
+            which bounds the rendering work of a round; None: the whole pool.
         candidates: disagreement scores this many candidate pairs per pair asked.
         ppo: PPO settings (``cost_limit`` is the limit on the learned episode cost).
         ensemble, fit_steps, model_lr: reward ensemble size, gradient steps per model and
@@ -200,6 +214,8 @@ class ControlDomain:
         clip_width: int = 256,
         clip_height: int = 192,
         clip_stride: int = 1,
+        carry_pool: bool = True,
+        max_clips: int | None = None,
         render: bool = True,
         threads: int = 1,
         progress: bool = True,
@@ -225,6 +241,8 @@ class ControlDomain:
         for option, value in counts.items():
             if value < 1:
                 raise ValueError(f"{option} must be >= 1, got {value}")
+        if max_clips is not None and max_clips < 2:
+            raise ValueError(f"max_clips must be >= 2 or None, got {max_clips}")
         if not 0 <= heldout < 1:
             raise ValueError(f"heldout must be in [0, 1), got {heldout}")
         self.env, self.seed, self.steps_per_round = env, seed, steps_per_round
@@ -232,7 +250,7 @@ class ControlDomain:
         self.ppo = dataclasses.replace(ppo, threads=threads)
         self.ensemble, self.fit_steps, self.model_lr, self.threads = ensemble, fit_steps, model_lr, threads
         self.heldout, self.eval_episodes = heldout, eval_episodes
-        self.render, self.progress = render, progress
+        self.carry_pool, self.max_clips, self.render, self.progress = carry_pool, max_clips, render, progress
         torch.set_num_threads(threads)
         self.clip_stride = clip_stride
         self.clip_fps, self.clip_size = clip_fps, (clip_width, clip_height)
@@ -294,14 +312,15 @@ class ControlDomain:
         run_dir = round_dir.parent
         round_dir.mkdir(parents=True, exist_ok=True)
         segments = self._segments(round_dir, round)
+        rng = np.random.default_rng([self.seed, round, 1])
         k = len(segments["rewards"])
-        every = np.array([(i, j) for i in range(k) for j in range(i + 1, k)]).reshape(-1, 2)  # (K(K-1)/2, 2)
+        shown = np.sort(rng.choice(k, min(k, self.max_clips or k), replace=False))  # (S,) clip budget
+        every = np.array([(i, j) for n, i in enumerate(shown) for j in shown[n + 1 :]]).reshape(-1, 2)
         if n_pairs > len(every):
             raise ValueError(
-                f"n_pairs {n_pairs} exceeds the {len(every)} pairs of {k} segments; raise pool_episodes "
-                f"or lower segment_length"
+                f"n_pairs {n_pairs} exceeds the {len(every)} pairs of {len(shown)} segments; raise "
+                f"pool_episodes or max_clips, or lower segment_length"
             )
-        rng = np.random.default_rng([self.seed, round, 1])
         models = self._load_models(self._round_dir(run_dir, round - 1) / "models") if round > 1 else None
         if select == "disagreement" and models is not None:
             pool = every[rng.choice(len(every), min(len(every), self.candidates * n_pairs), replace=False)]
@@ -346,7 +365,8 @@ class ControlDomain:
         return candidates
 
     def _segments(self, round_dir: Path, round: int) -> dict[str, np.ndarray]:
-        """The round's pool of segments (rolled out once, then read back from segments.npz)."""
+        """The round's pool of segments (rolled out once, then read back from segments.npz): the
+        round's own episodes, then (``carry_pool``) those the previous round rolled out."""
         path = round_dir / "segments.npz"
         if not path.is_file():
             actor, normalize, _ = load_policy(self._policy_dir(round_dir.parent, round - 1))
@@ -363,6 +383,11 @@ class ControlDomain:
                 )
             env.close()
             segments = cut_segments(steps, self.segment_length)
+            segments["origin"] = np.full(len(segments["rewards"]), round)  # (K,) round rolled out in
+            if self.carry_pool and round > 1:  # the previous policy's own segments join the pool
+                prev = self._segments(self._round_dir(round_dir.parent, round - 1), round - 1)
+                own = prev["origin"] == round - 1
+                segments = {key: np.concatenate([value, prev[key][own]]) for key, value in segments.items()}
             if len(segments["rewards"]) < 2:
                 raise ValueError(
                     f"segment_length {self.segment_length} leaves fewer than 2 segments in {self.pool_episodes} episodes"
@@ -400,7 +425,8 @@ class ControlDomain:
     def learn(self, round_dir: Path, round: int, judged: list[Judged]) -> dict[str, float]:
         """Fit the reward ensemble and the cost model on ``judged`` (every round's judgements),
         warm-started from the previous round's models; a share ``heldout`` of the newest round's
-        judgements is kept out of the fit and scored."""
+        judgements is kept out of the fit and scored. Every name in `LEARN_METRICS` is returned
+        (NaN where there was nothing to measure)."""
         run_dir = round_dir.parent
         obs, act, better, safer, is_safe, newest, rejected = self._judged_arrays(run_dir, round, judged)
         rng = np.random.default_rng([self.seed, round, 2])
@@ -409,79 +435,74 @@ class ControlDomain:
         if len(new_idx) >= 5:
             held[rng.permutation(new_idx)[: int(self.heldout * len(new_idx) + 0.5)]] = True
         loaded = self._load_models(self._round_dir(run_dir, round - 1) / "models") if round > 1 else None
-        if loaded is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed * 1000 + round)
-                reward_models, cost_model = new_models(
-                    self.obs_dim, self.act_dim, self.ensemble, self.segment_length
-                )
-            pool = self._segments(round_dir, round)
-            for model in [*reward_models, cost_model]:
-                model.set_input_stats(
-                    torch.as_tensor(pool["obs"], dtype=torch.float32), torch.as_tensor(pool["actions"])
-                )
-        else:
-            reward_models, loaded_cost = loaded
-            cost_model = (
-                loaded_cost
-                if loaded_cost is not None
-                else new_models(self.obs_dim, self.act_dim, 1, self.segment_length)[1]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1000 + round)
+            reward_models, cost_model = new_models(
+                self.obs_dim, self.act_dim, self.ensemble, self.segment_length
             )
-        stats: dict[str, float] = {"judged": float(len(better)), "judged_newest": float(newest.sum())}
-        stats["cost/rejected_inconsistent"] = float(rejected)
-        decided, ranked = better >= 0, (safer >= 0) & (is_safe >= 0).all(1)
-        nan = float("nan")
-        stats["reward/accuracy_before_fit"] = (
-            _reward_accuracy(reward_models, obs, act, better, newest & decided) if loaded else nan
-        )
+        if loaded is None:  # input statistics from the first pool, kept in the models from then on
+            pool = self._segments(round_dir, round)
+            pool_obs, pool_act = (
+                torch.as_tensor(pool["obs"], dtype=torch.float32),
+                torch.as_tensor(pool["actions"]),
+            )
+            for model in [*reward_models, cost_model]:
+                model.set_input_stats(pool_obs, pool_act)
+        else:
+            reward_models, cost_model = loaded[0], cost_model if loaded[1] is None else loaded[1]
+        stats = dict.fromkeys(LEARN_METRICS, float("nan"))
+        stats |= {"judged": float(len(better)), "judged_newest": float(newest.sum())}
+        stats |= {"cost/rejected_inconsistent": float(rejected)}
+        decided = better >= 0
+        if loaded is not None:
+            stats["reward/accuracy_before_fit"] = _reward_accuracy(
+                reward_models, obs, act, better, newest & decided
+            )
         gen = torch.Generator().manual_seed(self.seed * 1000 + round)
         fit = decided & ~held
         stats["reward/train_pairs"] = float(fit.sum())
         if fit.sum() > 1:
             opts = [torch.optim.Adam(m.parameters(), lr=self.model_lr) for m in reward_models]
-            chosen = torch.as_tensor(better[fit]).long()
+            chosen = torch.as_tensor(better[fit])
             stats["reward/train_accuracy"] = fit_reward_models(
                 reward_models, opts, obs[fit], act[fit], chosen, self.fit_steps, 64, gen
             )
-            with torch.no_grad():
+            with torch.no_grad():  # the ensemble mean's Bradley-Terry loss after the fit
                 scores = torch.stack([m(obs[fit], act[fit]).sum(-1) for m in reward_models]).mean(0)  # (P, 2)
                 rows = torch.arange(len(chosen))
-                stats["reward/loss"] = float(
-                    bradley_terry_loss(scores[rows, chosen], scores[rows, 1 - chosen])[0]
-                )
+                loss, _ = bradley_terry_loss(scores[rows, chosen], scores[rows, 1 - chosen])
+            stats["reward/loss"] = float(loss)
         stats["reward/heldout_accuracy"] = _reward_accuracy(reward_models, obs, act, better, held & decided)
-        fit = ranked & ~held
+        known = (is_safe >= 0).all(1)  # both flags given (and consistent)
+        fit = (safer >= 0) & known & ~held
         stats["cost/train_pairs"] = float(fit.sum())
         if self.safe and fit.sum() > 1:
             opt = torch.optim.Adam(cost_model.parameters(), lr=self.model_lr)
-            s_idx, flags = torch.as_tensor(safer[fit]).long(), torch.as_tensor(is_safe[fit] == 1)
+            safer_t, flags = torch.as_tensor(safer[fit]), torch.as_tensor(is_safe[fit] == 1)
             stats["cost/train_sign_accuracy"] = fit_cost_model(
-                cost_model, opt, obs[fit], act[fit], s_idx, flags, self.fit_steps, 64, gen
+                cost_model, opt, obs[fit], act[fit], safer_t, flags, self.fit_steps, 64, gen
             )
-            with torch.no_grad():
+            with torch.no_grad():  # the cost-model loss after the fit, without its score regulariser
                 score = segment_cost_logit(cost_model(obs[fit], act[fit]))  # (P, 2)
-                sign = torch.where(flags, -1.0, 1.0)
-                rows, u = torch.arange(len(s_idx)), 1 - s_idx
+                sign = torch.where(flags, -1.0, 1.0)  # +1 unsafe, -1 safe
+                rows, unsafer = torch.arange(len(safer_t)), 1 - safer_t
                 loss, _ = cost_model_loss(
-                    score[rows, u], score[rows, s_idx], sign[rows, u], sign[rows, s_idx]
+                    score[rows, unsafer], score[rows, safer_t], sign[rows, unsafer], sign[rows, safer_t]
                 )
-                stats["cost/loss"] = float(loss)
-        known = held & (is_safe >= 0).all(1)
-        if self.safe and known.any():
+            stats["cost/loss"] = float(loss)
+        if self.safe and (held & known).any():
             with torch.no_grad():
-                score = segment_cost_logit(cost_model(obs[known], act[known]))  # (P, 2)
-            stats["cost/heldout_sign_accuracy"] = float(
-                ((score > 0) == torch.as_tensor(is_safe[known] == 0)).float().mean()
-            )
+                score = segment_cost_logit(cost_model(obs[held & known], act[held & known]))  # (P, 2)
+            unsafe = torch.as_tensor(is_safe[held & known] == 0)
+            stats["cost/heldout_sign_accuracy"] = float(((score > 0) == unsafe).float().mean())
         out = round_dir / "models"
         out.mkdir(parents=True, exist_ok=True)
-        state = {
+        models = {
             "reward_models": [m.state_dict() for m in reward_models],
             "cost_model": cost_model.state_dict(),
         }
-        tmp = out / "models.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, out / "models.pt")
+        torch.save(models, out / "models.pt.tmp")
+        os.replace(out / "models.pt.tmp", out / "models.pt")
         _write_atomic(out / "learn.json", json.dumps(stats, indent=1))
         return stats
 

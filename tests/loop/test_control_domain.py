@@ -104,6 +104,14 @@ def test_keys_prompts_oracle_lines_and_clips(two_rounds) -> None:
                 for media in (c.media_a, c.media_b):  # relative to the run directory
                     assert media is not None and media.startswith(f"round-{r:03d}/clips/")
                     assert (run_dir / media).read_bytes()[:4] == b"GIF8"
+    with (
+        np.load(run_dir / "round-001" / "segments.npz") as seg1,
+        np.load(run_dir / "round-002" / "segments.npz") as seg2,
+    ):
+        carried = seg2["origin"] == 1  # round 2's pool: its own 10 segments, then round 1's
+        assert seg2["origin"].tolist() == [2] * 10 + [1] * 10 and set(seg1["origin"]) == {1}
+        np.testing.assert_array_equal(seg2["rewards"][carried], seg1["rewards"])
+        np.testing.assert_array_equal(seg2["qpos"][carried], seg1["qpos"])
     assert all(c.priority == 0.0 for c in two_rounds["candidates1"])  # round 1: uniform
     priorities = [c.priority for c in two_rounds["candidates2"]]  # round 2: ensemble disagreement
     assert priorities == sorted(priorities, reverse=True) and priorities[0] > 0
@@ -168,6 +176,18 @@ def test_propose_is_deterministic_and_survives_a_crash_mid_write(two_rounds, tmp
     (rd / "proposal.json").unlink()
     assert domain.propose(rd, 1, PAIRS, "disagreement") == candidates
     assert (tmp_path / "oracle.jsonl").read_text() == "".join(lines)
+
+
+def test_max_clips_bounds_the_segments_shown(two_rounds, tmp_path: Path) -> None:
+    shutil.copytree(two_rounds["run_dir"] / "policy-0", tmp_path / "policy-0")
+    domain = _domain(render=False, max_clips=4)
+    with pytest.raises(
+        ValueError, match="n_pairs 7 exceeds the 6 pairs of 4 segments; raise pool_episodes or max_clips"
+    ):
+        domain.propose(tmp_path / "round-001", 1, 7, "uniform")
+    domain.propose(tmp_path / "round-001", 1, 6, "uniform")
+    pairs = json.loads((tmp_path / "round-001" / "proposal.json").read_text())["pairs"]
+    assert len(np.unique(pairs)) == 4 and len({tuple(sorted(p)) for p in pairs}) == 6
 
 
 def test_judgements_map_to_labels(two_rounds) -> None:
