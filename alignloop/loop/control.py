@@ -5,9 +5,10 @@ Each round (files under ``run_dir/round-NNN``, the previous round's beside it):
 - propose: the round's starting policy (``policy-0`` from `setup`, then the previous round's)
   runs ``pool_episodes`` stochastic episodes, recording per-step observations, actions, true
   reward, true cost and the MuJoCo state (qpos, qvel); the episodes are cut into segments of
-  ``segment_length`` steps (``segments.npz``); pairs are chosen uniformly or by the previous
-  reward ensemble's disagreement (`alignloop.control.pbrl.SELECTIONS`), each segment is
-  rendered to a looping GIF (``clips/``), and the true per-step values of every pair go to
+  ``segment_length`` steps and joined by the previous round's (``segments.npz``); pairs are
+  chosen, among at most ``max_clips`` of them, uniformly or by the previous reward ensemble's
+  disagreement (`alignloop.control.pbrl.SELECTIONS`); each segment shown is rendered once to a
+  looping GIF (``clips/``), and the true per-step values of every pair go to
   ``run_dir/oracle.jsonl`` for a scripted annotator; the platform never sees them;
 - learn: the reward ensemble (Bradley-Terry over summed per-step rewards) and the cost model
   (Safe RLHF cost loss on noisy-or segment scores) of `alignloop.control.pbrl` are fitted on
@@ -80,10 +81,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 """Constructor arguments of `ControlDomain` by name. cheetah: the HalfCheetah velocity task with
-the Safety-Gymnasium speed limit, about 30k PPO-Lagrangian steps a round, clips of 50 steps
-shown at real speed (every 2nd state at 10 fps; the task steps at 20 Hz); the `--demo cheetah`
-run, a few rounds of about 40 pairs. smoke: the same task cut to 100-step episodes, a few
-hundred PPO steps a round and 4-frame clips (tests)."""
+the Safety-Gymnasium speed limit, 20k PPO-Lagrangian steps a round, pairs among 20 clips of 50
+steps shown at real speed (every 2nd state at 10 fps; the task steps at 20 Hz); the `--demo
+cheetah` run, a few rounds of about 40 pairs (about 100 s a round on 2 busy cores, most of it
+software rendering). smoke: the same task cut to 100-step episodes, a few hundred PPO steps a
+round and 4-frame clips (tests)."""
 
 _ROBOT_NAMES = {"HalfCheetah": "cheetah", "Walker2d": "walker", "Slider": "slider"}
 
