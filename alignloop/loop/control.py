@@ -577,6 +577,16 @@ class ControlDomain:
             relabel=relabel, resume=(out / CHECKPOINT).is_file(),
             init_from=self._policy_dir(round_dir.parent, round - 1), progress=self.progress, meta={"loop_round": round},
         )  # fmt: skip
+        if "train/lambda" not in stats:  # stopped after the last checkpoint: the figures are in it
+            state = torch.load(out / CHECKPOINT, weights_only=True)
+            stats["train/lambda"] = float(state["lagrange"]["lambda"])
+            for key, values in (
+                ("train/episode_cost", "cost_window"),
+                ("episode/return", "returns"),
+                ("episode/cost", "costs"),
+            ):
+                if state[values]:
+                    stats[key] = float(np.mean(state[values]))
         nan = float("nan")
         result = {
             "align/steps": float(stats["global_step"]),
