@@ -83,8 +83,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Constructor arguments of `ControlDomain` by name. cheetah: the HalfCheetah velocity task with
 the Safety-Gymnasium speed limit, 20k PPO-Lagrangian steps a round, pairs among 20 clips of 50
 steps shown at real speed (every 2nd state at 10 fps; the task steps at 20 Hz); the `--demo
-cheetah` run, a few rounds of about 40 pairs (about 100 s a round on 2 busy cores, most of it
-software rendering). smoke: the same task cut to 100-step episodes, a few hundred PPO steps a
+cheetah` run: with 120 pairs a round (the 20 clips allow 190) and scripted annotators, 3 rounds
+took 254 s on 2 busy cores, most of it software rendering, and the true return went 0, -8, 699,
+897 (PPO-Lagrangian on the true reward for the same 61k steps: -149). smoke: the same task cut to 100-step episodes, a few hundred PPO steps a
 round and 4-frame clips (tests)."""
 
 _ROBOT_NAMES = {"HalfCheetah": "cheetah", "Walker2d": "walker", "Slider": "slider"}
@@ -535,6 +536,11 @@ class ControlDomain:
             except LabelError:
                 rejected += 1
                 s, flags = -1, (None, None)
+            if s < 0 and flags[0] is not None and flags[1] is not None:  # "tie" or no "safer" given
+                # the safe one of a mixed pair is the safer; two alike are ordered by a seeded coin
+                # (as the scripted teacher does), so that their safe/unsafe labels still train the model
+                coin = int(np.random.default_rng([self.seed, j.judgement_id]).integers(2))
+                s = (0 if flags[0] else 1) if flags[0] != flags[1] else coin
             obs.append(seg["obs"][pair])
             act.append(seg["actions"][pair])
             better.append(_BETTER.get(j.better or "", -1))

@@ -199,16 +199,21 @@ def test_judgements_map_to_labels(two_rounds) -> None:
         Judged(3, 2, 1, c[2], "tie", "tie", True, False),
         Judged(4, 2, 1, c[3], "both_bad", None, None, None),
         Judged(5, 2, 1, c[4], None, "A", False, True),  # "safer" A is unsafe, B safe: contradictory
+        Judged(6, 2, 1, c[5], "A", "tie", True, True),
+        Judged(7, 2, 1, c[6], "A", None, False, False),
     ]
     obs, act, better, safer, is_safe, newest, rejected = domain._judged_arrays(run_dir, 2, judged)
-    assert better.tolist() == [0, 1, TIE, TIE, TIE]
-    assert safer.tolist() == [1, 0, TIE, TIE, TIE]
-    assert is_safe.tolist() == [[1, 1], [0, 0], [1, 0], [-1, -1], [-1, -1]]  # -1: unknown or rejected
+    assert better.tolist() == [0, 1, TIE, TIE, TIE, 0, 0]
+    # judgement 3: a "tie" between a safe A and an unsafe B makes A the safer; 6 and 7 (alike) are
+    # ordered by a coin seeded with the judgement id
+    coins = [int(np.random.default_rng([domain.seed, i]).integers(2)) for i in (6, 7)]
+    assert safer.tolist() == [1, 0, 0, TIE, TIE, *coins]
+    assert is_safe.tolist() == [[1, 1], [0, 0], [1, 0], [-1, -1], [-1, -1], [1, 1], [0, 0]]  # -1: unknown
     assert rejected == 1 and not newest.any()
     pairs = json.loads((run_dir / "round-001" / "proposal.json").read_text())["pairs"]
     with np.load(run_dir / "round-001" / "segments.npz") as seg:
         np.testing.assert_array_equal(obs[2].numpy(), seg["obs"][pairs[2]].astype(np.float32))
-        assert act.shape == (5, 2, 20, seg["actions"].shape[-1])
+        assert act.shape == (7, 2, 20, seg["actions"].shape[-1])
     with pytest.raises(ValueError, match="not in round 1's proposal"):
         domain._judged_arrays(
             run_dir, 2, [Judged(6, 1, 1, Candidate(key="r1-99999", prompt=""), "A", None, None, None)]
