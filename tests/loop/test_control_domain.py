@@ -279,6 +279,21 @@ def test_reward_ensemble_ranks_unseen_segments(tmp_path: Path) -> None:
     assert agreement >= 0.75, agreement
 
 
+def test_a_task_without_cost_runs_a_round_on_the_learned_reward_alone(tmp_path: Path) -> None:
+    domain = _domain(env="HalfCheetah-v5", render=False)
+    assert domain.prompt == "Which clip moves the cheetah forward better?"
+    domain.setup(tmp_path)
+    rd = tmp_path / "round-001"
+    candidates = domain.propose(rd, 1, PAIRS, "uniform")
+    assert all(row["costs_a"] == [0.0] * 20 for row in _oracle(tmp_path))
+    judged = [Judged(i, 1, 1, c, "AB"[i % 2], None, None, None) for i, c in enumerate(candidates)]
+    metrics = domain.learn(rd, 1, judged)
+    assert metrics["reward/train_pairs"] > 0 and metrics["cost/train_pairs"] == 0
+    assert math.isnan(metrics["cost/train_sign_accuracy"])
+    assert domain.align(rd, 1)["align/steps"] == 512
+    assert math.isnan(domain.evaluate(rd, 1)["learned_cost"])
+
+
 def test_segments_stay_inside_episodes() -> None:
     steps = {
         "episode": np.array([0] * 7 + [1] * 5),
