@@ -50,6 +50,7 @@ from alignloop.control.ppo import CHECKPOINT, PPOSettings, train_policy
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
 from alignloop.feedback.schema import LabelError, check_safety_consistency
 from alignloop.loop.domain import Candidate, Judged, Selection
+from alignloop.loop.state import write_atomic
 
 __all__ = ["PRESETS", "ControlDomain", "cut_segments", "record_episodes"]
 
@@ -135,12 +136,6 @@ def cut_segments(steps: dict[str, np.ndarray], length: int) -> dict[str, np.ndar
         starts += [int(where[0]) + k * length for k in range(len(where) // length)]
     window = np.asarray(starts)[:, None] + np.arange(length)  # (K, H) step indices
     return {key: value[window] for key, value in steps.items() if key != "episode"}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _append_new_lines(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -364,7 +359,7 @@ class ControlDomain:
             "pairs": pairs.tolist(),
             "candidates": [c.to_json() for c in candidates],
         }
-        _write_atomic(saved, json.dumps(body, indent=1))
+        write_atomic(saved, json.dumps(body, indent=1))
         return candidates
 
     def _segments(self, round_dir: Path, round: int) -> dict[str, np.ndarray]:
@@ -506,7 +501,7 @@ class ControlDomain:
         }
         torch.save(models, out / "models.pt.tmp")
         os.replace(out / "models.pt.tmp", out / "models.pt")
-        _write_atomic(out / "learn.json", json.dumps(stats, indent=1))
+        write_atomic(out / "learn.json", json.dumps(stats, indent=1))
         return stats
 
     def _judged_arrays(self, run_dir: Path, round: int, judged: list[Judged]) -> tuple[Any, ...]:
@@ -601,7 +596,7 @@ class ControlDomain:
             "align/true_episode_return": stats.get("episode/return", nan),
             "align/true_episode_cost": stats.get("episode/cost", nan),
         }
-        _write_atomic(done, json.dumps(result, indent=1))
+        write_atomic(done, json.dumps(result, indent=1))
         return result
 
     def evaluate(self, round_dir: Path, round: int) -> dict[str, float]:
