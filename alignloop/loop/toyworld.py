@@ -14,13 +14,18 @@ same starting policy is its frozen reference: the KL penalty then keeps each rou
 small instead of pulling every round back toward the unsafe SFT model, so safety gained in
 one round is not paid for again in the next, and helpfulness found in one round is kept.
 
-Cost limit: calibrated as `alignloop demo` does, the cost model's expected cost of answers
-unsafe with probability ``target``, the means over the responses annotators labelled safe and
-unsafe. Each round tightens the target: ``target = max(unsafe_share, shrink * flagged)``,
-``flagged`` the share of the current policy's answers to fresh train prompts that the new cost
-model flags as unsafe. A fixed target lets the later rounds drift around it (the reward model
-prefers harmful detail, and lambda fades once the constraint is slack); asking each round to
-cut what it finds by a factor makes the rounds move the policy toward safety step by step.
+Cost limit: calibrated with the formula of `alignloop demo` (`lm.demo.cost_limit_from_labels`),
+``d = (1 - target) * mean cost(safe) + target * mean cost(unsafe)``, on the current policy's
+answers to fresh train prompts split by the new cost model's sign (the demo uses annotator
+labels of fixed pairs; the policy's own answers make ``d`` mean the same thing in every round).
+Each round asks for fewer flagged answers than the policy gives now,
+
+    target = min(flagged, max(unsafe_share, shrink * flagged)),
+
+``flagged`` the share the cost model flags (cost > 0): cut by a factor, down to a floor, never
+loosened. With nothing flagged the limit is the current mean cost. A limit on the labelled
+pairs' means instead drifts away from the policy as it changes: later rounds found it slack,
+lambda faded, and the reward model (which prefers harmful detail) pulled the policy back.
 
 Pair selection (`propose`): two sampled responses per prompt from the current policy; pairs
 whose texts are identical are dropped. "disagreement" scores each pair with the previous
@@ -37,6 +42,7 @@ as many. Round 1 has no models and draws uniformly (priority 0).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -55,13 +61,14 @@ if TYPE_CHECKING:
 PolicyUpdate = Literal["ppo-lag", "dpo"]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # "demo": three rounds of ~1000 judged pairs; "smoke": a plumbing check in seconds
+    # "demo": three rounds of 600-1000 judged pairs in about 4 minutes on 2 busy CPU cores
+    # (SFT 1 min); "smoke": a plumbing check in seconds
     "demo": {
         "sft_steps": 600,
         "sft_pairs": 4000,
         "reward_steps": 120,
         "cost_steps": 120,
-        "ppo_steps": 20,
+        "ppo_steps": 15,
         "dpo_steps": 60,
         "rollout_batch_size": 64,
         "eval_prompts": 1000,
@@ -145,23 +152,47 @@ class ToyWorldDomain:
     """The toy world's tiny language model, aligned round by round (see the module docstring)."""
 
     seed: int = 0
+    """Seed of the toy world, the prompts, the samples and every trainer."""
     sft_steps: int = 600
+    """SFT steps of the starting policy (batch 64)."""
     sft_pairs: int = 4000
+    """Prompt/response pairs of the careless SFT corpus."""
     reward_steps: int = 120
+    """Reward-model steps each round (batch 64, over the judgements of every round)."""
     cost_steps: int = 120
-    ppo_steps: int = 20
+    """Cost-model steps each round."""
+    ppo_steps: int = 15
+    """PPO-Lagrangian iterations each round."""
     dpo_steps: int = 60
+    """DPO steps each round (policy_update "dpo")."""
     rollout_batch_size: int = 64
+    """Prompts per PPO iteration."""
     eval_prompts: int = 1000
+    """Held-out prompts judged by the ground truth each round (the same ones every round)."""
     heldout_pairs: int = 500
+    """Held-out pairs for the reward and cost models' accuracies."""
     policy_update: PolicyUpdate = "ppo-lag"
+    """How the policy learns: PPO-Lagrangian on the reward and cost models, or DPO on the pairs."""
     pool_factor: int = 2
-    unsafe_share: float = 0.01
+    """Under "disagreement", choose among this many times n_pairs candidate pairs."""
+    explore: float = 0.0
+    """Share of a "disagreement" round's pairs drawn uniformly from the rest of the pool."""
+    propose_risky_share: float | None = None
+    """Share of risky prompts among the proposed pairs' prompts (None = the toy world's, 0.35)."""
+    unsafe_share: float = 0.002
+    """Floor of the target share of flagged answers (see the module docstring)."""
     shrink: float = 0.4
+    """Each round's target is this share of the flagged answers of the current policy."""
     flag_samples: int = 512
+    """Fresh answers of the current policy the cost limit is calibrated on."""
+    kl_coef: float = 0.02
+    """PPO-Lagrangian's KL penalty to the round's starting policy."""
     max_new_tokens: int = 16
+    """Longest sampled response, in tokens."""
     threads: int = 1
+    """torch CPU threads (0 = torch's default)."""
     progress: bool = True
+    """Progress bars in the trainers."""
     name: str = "toyworld"
 
     @classmethod
@@ -238,9 +269,12 @@ class ToyWorldDomain:
         policy = load_causal_lm(policy_dir).eval()
         wanted = n_pairs * self.pool_factor if select == "disagreement" and round > 1 else n_pairs
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}-propose-{round}".encode()))
+        asking = dataclasses.replace(
+            self.world, risky_share=self.propose_risky_share or self.world.risky_share
+        )
         pool: list[tuple[str, str, str]] = []
         for attempt in range(8):  # identical pairs are dropped: draw again until the pool is full
-            prompts = self.world.prompts("train", 2 * (wanted - len(pool)), seed=10_000 * round + attempt)
+            prompts = asking.prompts("train", 2 * (wanted - len(pool)), seed=10_000 * round + attempt)
             texts = [p.text for p in prompts]
             first = self._sample(policy, tokenizer, texts, generator)
             second = self._sample(policy, tokenizer, texts, generator)
@@ -250,10 +284,15 @@ class ToyWorldDomain:
         pool = pool[:wanted]
         scores = self._disagreement(round_dir, round, pool) if round > 1 else [0.0] * len(pool)
         indices = list(range(len(pool)))
+        rng = random.Random(f"{self.seed}-select-{round}")
         if select == "disagreement" and round > 1:
             indices.sort(key=lambda i: -scores[i])
+            top = n_pairs - round_half(n_pairs * self.explore)
+            rest = indices[top:]
+            rng.shuffle(rest)
+            indices = indices[:top] + rest
         else:
-            random.Random(f"{self.seed}-select-{round}").shuffle(indices)
+            rng.shuffle(indices)
         chosen = sorted(indices[:n_pairs])
         model = f"policy-r{round - 1}"
         return [
@@ -344,10 +383,7 @@ class ToyWorldDomain:
 
         settings = round_dir / "align.json"
         if not settings.is_file():
-            current = self._flagged_share(round_dir, round)
-            target = max(self.unsafe_share, self.shrink * current)
-            chosen = {"cost_limit": self._cost_limit(round_dir, target), "flagged": current, "target": target}
-            settings.write_text(json.dumps(chosen) + "\n")
+            settings.write_text(json.dumps(self._cost_limit(round_dir, round)) + "\n")
         chosen = json.loads(settings.read_text())
         cost_limit = float(chosen["cost_limit"])
         out = round_dir / "policy"
@@ -367,6 +403,7 @@ class ToyWorldDomain:
                     rollout_batch_size=self.rollout_batch_size,
                     batch_size=min(32, self.rollout_batch_size),
                     max_new_tokens=self.max_new_tokens,
+                    kl_coef=self.kl_coef,
                     **self._trainer_options(round),
                 )
             )
@@ -441,11 +478,11 @@ class ToyWorldDomain:
             "cost_sign_accuracy": sign_accuracy(cost_model, tokenizer, self.world, pairs),
         }
 
-    def _flagged_share(self, round_dir: Path, round: int) -> float:
-        """Share of the current policy's answers to fresh train prompts that this round's cost
-        model flags as unsafe (cost > 0)."""
+    def _cost_limit(self, round_dir: Path, round: int) -> dict[str, float]:
+        """The round's cost limit (see the module docstring), with the flagged and target shares."""
         import torch
 
+        from alignloop.lm.demo import cost_limit_from_labels
         from alignloop.lm.evaluate import score_texts
         from alignloop.lm.models import ScoreModel, load_causal_lm, load_tokenizer
 
@@ -455,28 +492,18 @@ class ToyWorldDomain:
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}-flagged-{round}".encode()))
         responses = self._sample(load_causal_lm(policy_dir).eval(), tokenizer, prompts, generator)
         cost_model = ScoreModel.from_pretrained(round_dir / "cost" / "final").eval()
-        return float((score_texts(cost_model, tokenizer, prompts, responses) > 0).float().mean())
-
-    def _cost_limit(self, round_dir: Path, unsafe_share: float) -> float:
-        """The cost limit calibrated as `alignloop demo` does (`lm.demo.cost_limit_from_labels`),
-        on the responses the annotators labelled safe and unsafe in every round so far: the
-        expected cost of answers unsafe with probability `unsafe_share`; 0 (the boundary) when
-        one of the two labels never occurs."""
-        from alignloop.feedback.formats import read_comparisons
-        from alignloop.lm.demo import cost_limit_from_labels
-        from alignloop.lm.models import ScoreModel, load_tokenizer
-
-        labelled: dict[bool, list[tuple[str, str]]] = {True: [], False: []}
-        for c in read_comparisons(round_dir / "judgements.jsonl"):
-            for i in (0, 1):
-                flag = c.is_safe[i]
-                if flag is not None:
-                    labelled[flag].append((c.prompt, c.response(i)))
-        if not labelled[True] or not labelled[False]:
-            return 0.0
-        model_dir = round_dir / "cost" / "final"
-        cost_model = ScoreModel.from_pretrained(model_dir).eval()
-        return cost_limit_from_labels(cost_model, load_tokenizer(model_dir), labelled, unsafe_share)
+        costs = score_texts(cost_model, tokenizer, prompts, responses)  # (N,)
+        labelled: dict[bool, list[tuple[str, str]]] = {True: [], False: []}  # True = flagged safe
+        for prompt, response, cost in zip(prompts, responses, costs.tolist(), strict=True):
+            labelled[cost <= 0].append((prompt, response))
+        flagged = len(labelled[False]) / len(prompts)
+        target = min(flagged, max(self.unsafe_share, self.shrink * flagged))
+        if not labelled[False]:
+            labelled[False] = labelled[True]  # nothing flagged: the limit is the current mean cost
+        if not labelled[True]:
+            labelled[True] = labelled[False]
+        limit = cost_limit_from_labels(cost_model, tokenizer, labelled, target)
+        return {"cost_limit": limit, "flagged": flagged, "target": target}
 
     def _align_dpo(self, round_dir: Path, round: int) -> dict[str, float]:
         from alignloop.feedback.formats import read_comparisons, write_records
@@ -534,6 +561,11 @@ def disagreement(r_a: Tensor, r_b: Tensor, c_a: Tensor, c_b: Tensor) -> Tensor:
     u_reward = 1.0 - (2.0 * torch.sigmoid(r_a - r_b) - 1.0).abs()  # (N,)
     u_cost = 1.0 - (2.0 * torch.sigmoid(torch.stack([c_a, c_b])) - 1.0).abs()  # (2, N)
     return (u_reward + u_cost.max(0).values) / 2.0
+
+
+def round_half(value: float) -> int:
+    """`value` rounded to the nearest integer, halves up."""
+    return int(value + 0.5)
 
 
 def round_score(value: float) -> float:

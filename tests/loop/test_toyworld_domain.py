@@ -27,6 +27,7 @@ from alignloop.loop.toyworld import (  # noqa: E402
     disagreement,
     dpo_pairs,
     previous_round_dir,
+    round_half,
     to_comparisons,
 )
 
@@ -229,7 +230,8 @@ def test_rounds_give_figures_under_stable_names(two_rounds):
         assert (
             0.0 <= r["learned"]["reward_accuracy"] <= 1.0 and 0.0 <= r["learned"]["cost_sign_accuracy"] <= 1.0
         )
-        assert {"cost_limit", "lambda", "J_c"} <= set(r["aligned"])
+        assert {"cost_limit", "lambda", "J_c", "flagged_share", "target_share"} <= set(r["aligned"])
+        assert r["aligned"]["target_share"] <= r["aligned"]["flagged_share"]
         assert all(isinstance(v, float) for v in {**r["metrics"], **r["learned"], **r["aligned"]}.values())
     run_dir = two_rounds["run_dir"]
     for r in (1, 2):
@@ -258,8 +260,10 @@ def test_propose_is_deterministic_and_disagreement_keeps_the_highest(two_rounds)
     for r, found in enumerate(two_rounds["rounds"], start=1):
         assert again.propose(run_dir / f"round-{r:03d}", r, N_PAIRS, "disagreement") == found["pairs"]
     pool = again.propose(run_dir / "round-002", 2, 2 * N_PAIRS, "uniform")  # the whole pool, scored
+    top = N_PAIRS - round_half(N_PAIRS * again.explore)  # the rest is drawn uniformly from the others
     chosen = sorted(c.priority for c in two_rounds["rounds"][1]["pairs"])
-    assert chosen == sorted(c.priority for c in pool)[-N_PAIRS:]
+    assert top > 0 and chosen[-top:] == sorted(c.priority for c in pool)[-top:]
+    assert {c.response_a for c in two_rounds["rounds"][1]["pairs"]} <= {c.response_a for c in pool}
     other = ToyWorldDomain.from_preset("smoke", seed=4, progress=False)
     assert (
         other.propose(run_dir / "round-002", 2, N_PAIRS, "disagreement") != two_rounds["rounds"][1]["pairs"]
