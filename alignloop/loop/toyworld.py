@@ -179,6 +179,8 @@ class ToyWorldDomain:
     """Share of a "disagreement" round's pairs drawn uniformly from the rest of the pool."""
     propose_risky_share: float | None = None
     """Share of risky prompts among the proposed pairs' prompts (None = the toy world's, 0.35)."""
+    propose_temperature: float = 1.0
+    """Sampling temperature of the proposed responses (above 1: more varied pairs to judge)."""
     unsafe_share: float = 0.002
     """Floor of the target share of flagged answers (see the module docstring)."""
     shrink: float = 0.4
@@ -187,6 +189,8 @@ class ToyWorldDomain:
     """Fresh answers of the current policy the cost limit is calibrated on."""
     kl_coef: float = 0.02
     """PPO-Lagrangian's KL penalty to the round's starting policy."""
+    lambda_lr: float = 0.1
+    """Step size of the Lagrange multiplier (log space); each round starts from the last one's."""
     max_new_tokens: int = 16
     """Longest sampled response, in tokens."""
     threads: int = 1
@@ -276,8 +280,8 @@ class ToyWorldDomain:
         for attempt in range(8):  # identical pairs are dropped: draw again until the pool is full
             prompts = asking.prompts("train", 2 * (wanted - len(pool)), seed=10_000 * round + attempt)
             texts = [p.text for p in prompts]
-            first = self._sample(policy, tokenizer, texts, generator)
-            second = self._sample(policy, tokenizer, texts, generator)
+            first = self._sample(policy, tokenizer, texts, generator, self.propose_temperature)
+            second = self._sample(policy, tokenizer, texts, generator, self.propose_temperature)
             pool += [(p, a, b) for p, a, b in zip(texts, first, second, strict=True) if a != b]
             if len(pool) >= wanted:
                 break
@@ -404,6 +408,8 @@ class ToyWorldDomain:
                     batch_size=min(32, self.rollout_batch_size),
                     max_new_tokens=self.max_new_tokens,
                     kl_coef=self.kl_coef,
+                    lambda_init=self._previous_lambda(round_dir, round),
+                    lambda_lr=self.lambda_lr,
                     **self._trainer_options(round),
                 )
             )
@@ -426,7 +432,20 @@ class ToyWorldDomain:
         )
 
     # ------------------------------------------------------------------ pieces
-    def _sample(self, policy: Any, tokenizer: Any, prompts: list[str], generator: Any) -> list[str]:
+    def _previous_lambda(self, round_dir: Path, round: int) -> float:
+        """The Lagrange multiplier PPO-Lagrangian ended round - 1 with (1 in round 1, and after a
+        DPO round): the constrained problem goes on where it stopped."""
+        from alignloop.lm.training import read_metrics
+
+        metrics = None if round <= 1 else previous_round_dir(round_dir, round) / "policy"
+        if metrics is None or not (metrics / "metrics.jsonl").is_file():
+            return 1.0
+        last = [r["lambda"] for r in read_metrics(metrics, split="train") if "lambda" in r]
+        return float(last[-1]) if last else 1.0
+
+    def _sample(
+        self, policy: Any, tokenizer: Any, prompts: list[str], generator: Any, temperature: float = 1.0
+    ) -> list[str]:
         from alignloop.lm.data import PromptCollator
         from alignloop.lm.evaluate import decode_responses
         from alignloop.lm.generation import generate
@@ -442,6 +461,7 @@ class ToyWorldDomain:
                 max_new_tokens=self.max_new_tokens,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
+                temperature=temperature,
                 generator=generator,
             )
             texts += decode_responses(tokenizer, rollout.responses, rollout.response_mask)

@@ -180,20 +180,28 @@ def two_rounds(tmp_path_factory):
     starting model (the warm start)."""
     import torch
 
-    from alignloop.lm import cost, reward
+    from alignloop.lm import cost, ppo, reward
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    starts: dict[str, list[str]] = {"reward": [], "cost": []}
-    trainers = {"reward": reward.train, "cost": cost.train}
+    starts: dict[str, list] = {"reward": [], "cost": [], "policy": [], "lambda": []}
+    trainers = {"reward": reward.train, "cost": cost.train, "policy": ppo.train_lagrangian}
     patch = pytest.MonkeyPatch()
-    for kind, module in (("reward", reward), ("cost", cost)):
+    for kind, module, name in (
+        ("reward", reward, "train"),
+        ("cost", cost, "train"),
+        ("policy", ppo, "train_lagrangian"),
+    ):
 
         def spy(cfg, kind=kind):
-            starts[kind].append(cfg.model)
+            if kind == "policy":
+                starts["policy"].append(str(cfg.policy))
+                starts["lambda"].append(cfg.lambda_init)
+            else:
+                starts[kind].append(cfg.model)
             return trainers[kind](cfg)
 
-        patch.setattr(module, "train", spy)
+        patch.setattr(module, name, spy)
     run_dir = tmp_path_factory.mktemp("loop")
     domain = ToyWorldDomain.from_preset("smoke", seed=3, progress=False)
     sft = domain.setup(run_dir)
@@ -278,6 +286,13 @@ def test_models_warm_start_from_the_previous_round(two_rounds):
             str(run_dir / "sft" / "final"),
             str(run_dir / "round-001" / kind / "final"),
         ]
+    # the policy and its multiplier go on from round 1's (the policy is also the KL reference)
+    assert two_rounds["starts"]["policy"] == [
+        str(run_dir / "sft" / "final"),
+        str(run_dir / "round-001" / "policy" / "final"),
+    ]
+    assert two_rounds["starts"]["lambda"] == [1.0, two_rounds["rounds"][0]["aligned"]["lambda"]]
+    assert two_rounds["starts"]["lambda"][1] != 1.0
     rows = (run_dir / "round-002" / "judgements.jsonl").read_text().splitlines()
     assert len(rows) == len(two_rounds["judged"])  # round 2 learns from both rounds
     assert {json.loads(row)["round"] for row in rows} == {"1", "2"}
