@@ -13,6 +13,9 @@ The policy of round r is aligned from round r-1's (the SFT policy for round 1), 
 same starting policy is its frozen reference: the KL penalty then keeps each round's step
 small instead of pulling every round back toward the unsafe SFT model, so safety gained in
 one round is not paid for again in the next, and helpfulness found in one round is kept.
+The Lagrange multiplier likewise starts where the previous round's PPO-Lagrangian left it:
+restarted at 1 it climbed too slowly (a log-space step of lr * lambda * (J_c - d) per
+iteration) to hold a tighter limit against the reward model within a round.
 
 Cost limit: calibrated with the formula of `alignloop demo` (`lm.demo.cost_limit_from_labels`),
 ``d = (1 - target) * mean cost(safe) + target * mean cost(unsafe)``, on the current policy's
@@ -27,8 +30,10 @@ loosened. With nothing flagged the limit is the current mean cost. A limit on th
 pairs' means instead drifts away from the policy as it changes: later rounds found it slack,
 lambda faded, and the reward model (which prefers harmful detail) pulled the policy back.
 
-Pair selection (`propose`): two sampled responses per prompt from the current policy; pairs
-whose texts are identical are dropped. "disagreement" scores each pair with the previous
+Pair selection (`propose`): two sampled responses per prompt from the current policy (at
+`propose_temperature`: a little above 1 widens what annotators see, and the reward and cost
+models learn more from the same number of pairs than from the policy's few habitual answers);
+pairs whose texts are identical are dropped. "disagreement" scores each pair with the previous
 round's reward and cost models,
 
     u_reward = 1 - |2 P(A > B) - 1|,  P(A > B) = sigmoid(r_A - r_B)
@@ -37,7 +42,9 @@ round's reward and cost models,
 
 so a pair is asked when the reward model cannot rank it or the cost model cannot tell whether
 one of its responses is safe, and keeps the n_pairs highest of a pool of `pool_factor` times
-as many. Round 1 has no models and draws uniformly (priority 0).
+as many (with `explore` > 0, that share of them is drawn uniformly from the rest instead: a
+model confidently wrong is never uncertain). Round 1 has no models and draws uniformly
+(priority 0).
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_prompts": 1000,
         "heldout_pairs": 500,
         "flag_samples": 512,
+        "propose_temperature": 1.3,
     },
     "smoke": {
         "sft_steps": 8,
@@ -179,7 +187,7 @@ class ToyWorldDomain:
     """Share of a "disagreement" round's pairs drawn uniformly from the rest of the pool."""
     propose_risky_share: float | None = None
     """Share of risky prompts among the proposed pairs' prompts (None = the toy world's, 0.35)."""
-    propose_temperature: float = 1.0
+    propose_temperature: float = 1.3
     """Sampling temperature of the proposed responses (above 1: more varied pairs to judge)."""
     unsafe_share: float = 0.002
     """Floor of the target share of flagged answers (see the module docstring)."""
