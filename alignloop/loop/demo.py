@@ -25,14 +25,20 @@ from alignloop.platform.client import PlatformClient, PlatformError
 from alignloop.platform.pgcluster import free_port
 
 DEMOS: dict[str, dict[str, Any]] = {
-    "toyworld": {"domain": "toyworld", "preset": "demo", "teacher": "toyworld", "annotators": 3},
+    "toyworld": {
+        "domain": "toyworld",
+        "preset": "demo",
+        "teacher": "toyworld",
+        "annotators": 3,
+        "pairs": 1000,
+    },
     "cheetah": {
         "domain": "control",
         "preset": "cheetah",
         "env": "SafeHalfCheetahVelocity-v5",
         "teacher": "oracle",
         "annotators": 2,
-        "pairs": 40,
+        "pairs": 120,
     },
 }
 DEFAULT = LoopConfig()
