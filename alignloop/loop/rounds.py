@@ -58,8 +58,9 @@ class LoopConfig:
     """Run directory: loop.json (state), judgements.jsonl, round-NNN/, report.md, rounds.png."""
     domain: Literal["toyworld", "control"] = "toyworld"
     """The policy: the toy-world language model, or a MuJoCo controller (--env)."""
-    preset: str = "demo"
-    """Sizes of the domain's models and training: toyworld demo|smoke, control cheetah|smoke."""
+    preset: str | None = None
+    """Sizes of the domain's models and training: toyworld demo|smoke, control cheetah|smoke
+    (default: demo for toyworld, cheetah for control)."""
     env: str = "SafeHalfCheetahVelocity-v5"
     """control: the task (a Safe...Velocity task judges safety too)."""
     rounds: int = 3
@@ -95,11 +96,18 @@ class LoopConfig:
     """Show progress bars and the live judgement count."""
 
 
+DEFAULT_PRESETS = {"toyworld": "demo", "control": "cheetah"}
+
+
+def preset_of(cfg: LoopConfig) -> str:
+    return cfg.preset or DEFAULT_PRESETS[cfg.domain]
+
+
 def identity(cfg: LoopConfig) -> dict[str, Any]:
     """Options a restart must share with the run it continues."""
     return {
         "domain": cfg.domain,
-        "preset": cfg.preset,
+        "preset": preset_of(cfg),
         "env": cfg.env if cfg.domain == "control" else None,
         "seed": cfg.seed,
         "select": cfg.select,
@@ -125,10 +133,10 @@ def make_domain(cfg: LoopConfig) -> Domain:
     if cfg.domain == "toyworld":
         from alignloop.loop import toyworld
 
-        if cfg.preset not in toyworld.PRESETS:
+        if preset_of(cfg) not in toyworld.PRESETS:
             raise ValueError(f"--preset {cfg.preset!r}: toyworld has {sorted(toyworld.PRESETS)}")
         return toyworld.ToyWorldDomain(
-            **toyworld.PRESETS[cfg.preset],
+            **toyworld.PRESETS[preset_of(cfg)],
             seed=cfg.seed,
             policy_update=cfg.policy_update,
             threads=cfg.threads,
@@ -136,10 +144,10 @@ def make_domain(cfg: LoopConfig) -> Domain:
         )
     from alignloop.loop import control
 
-    if cfg.preset not in control.PRESETS:
+    if preset_of(cfg) not in control.PRESETS:
         raise ValueError(f"--preset {cfg.preset!r}: control has {sorted(control.PRESETS)}")
     return control.ControlDomain(
-        **{**control.PRESETS[cfg.preset], "env": cfg.env},
+        **{**control.PRESETS[preset_of(cfg)], "env": cfg.env},
         seed=cfg.seed,
         threads=cfg.threads,
         progress=cfg.progress,
