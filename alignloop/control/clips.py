@@ -62,7 +62,7 @@ def _env(env_id: str, width: int, height: int) -> Any:
         if not hasattr(env.unwrapped, "set_state"):
             env.close()
             raise ClipError(f"env {env_id!r} ({base_id}) has no MuJoCo state to set; clips need one")
-        if _has_camera(env.unwrapped.model, TRACKING_CAMERA):
+        if _has_camera(env.unwrapped.model, TRACKING_CAMERA):  # type: ignore[attr-defined]
             # the robots' "track" camera follows the body, so a segment far from the start is in view
             env.close()
             env = gym.make(
@@ -77,7 +77,7 @@ def _env(env_id: str, width: int, height: int) -> Any:
 def _has_camera(model: Any, name: str) -> bool:
     import mujoco
 
-    return mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, name) >= 0
+    return bool(mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, name) >= 0)
 
 
 def _plain_scene(env: Any) -> None:
