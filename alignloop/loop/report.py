@@ -84,6 +84,10 @@ def plot(domain: str, rows: list[dict[str, float]], path: Path) -> bool:
         ax.grid(alpha=0.3)
         if key == "unsafe_rate":
             ax.axhline(UNSAFE_TARGET, color="black", linestyle="--", linewidth=1, label="5% target")
+            ax.set_ylim(bottom=0)
+            ax.legend()
+        elif points and points[0][0] == 0:
+            ax.axhline(points[0][1], color="gray", linestyle=":", linewidth=1, label="starting policy")
             ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
