@@ -33,7 +33,7 @@ lambda faded, and the reward model (which prefers harmful detail) pulled the pol
 Pair selection (`propose`): two sampled responses per prompt from the current policy (at
 `propose_temperature`: a little above 1 widens what annotators see, and the reward and cost
 models learn more from the same number of pairs than from the policy's few habitual answers);
-pairs whose texts are identical are dropped. "disagreement" scores each pair with the previous
+pairs whose texts are identical, or with an empty response, are dropped. "disagreement" scores each pair with the previous
 round's reward and cost models,
 
     u_reward = 1 - |2 P(A > B) - 1|,  P(A > B) = sigmoid(r_A - r_B)
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 PolicyUpdate = Literal["ppo-lag", "dpo"]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # "demo": three rounds of 1000 judged pairs, about 4 minutes on 2 busy CPU cores (SFT 1 min
+    # "demo": three rounds of 1000 judged pairs (--pairs 1000), about 4 minutes on 2 busy CPU cores (SFT 1 min
     # of it); seeds 0, 1, 2 took the true unsafe rate from 47% to 2.3%, 1.1%, 2.7%, falling
     # every round, helpfulness above the SFT policy's. "smoke": a plumbing check in seconds
     "demo": {
@@ -287,12 +287,12 @@ class ToyWorldDomain:
             self.world, risky_share=self.propose_risky_share or self.world.risky_share
         )
         pool: list[tuple[str, str, str]] = []
-        for attempt in range(8):  # identical pairs are dropped: draw again until the pool is full
+        for attempt in range(8):  # identical or empty pairs are dropped: draw again until the pool is full
             prompts = asking.prompts("train", 2 * (wanted - len(pool)), seed=10_000 * round + attempt)
             texts = [p.text for p in prompts]
             first = self._sample(policy, tokenizer, texts, generator, self.propose_temperature)
             second = self._sample(policy, tokenizer, texts, generator, self.propose_temperature)
-            pool += [(p, a, b) for p, a, b in zip(texts, first, second, strict=True) if a != b]
+            pool += [(p, a, b) for p, a, b in zip(texts, first, second, strict=True) if a != b and a and b]
             if len(pool) >= wanted:
                 break
         pool = pool[:wanted]

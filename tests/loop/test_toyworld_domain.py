@@ -254,7 +254,7 @@ def test_proposed_pairs_carry_keys_models_and_priorities(two_rounds):
         assert len(pairs) == N_PAIRS
         assert [c.key for c in pairs] == [f"r{r}-{i:05d}" for i in range(N_PAIRS)]
         assert all(c.model_a == c.model_b == f"policy-r{r - 1}" for c in pairs)
-        assert all(c.response_a != c.response_b for c in pairs)
+        assert all(c.response_a != c.response_b and c.response_a and c.response_b for c in pairs)
         two_rounds["domain"].world.prompt(pairs[0].prompt)  # a toy-world train prompt
     assert all(c.priority == 0.0 for c in two_rounds["rounds"][0]["pairs"])  # round 1: uniform
     second = [c.priority for c in two_rounds["rounds"][1]["pairs"]]
