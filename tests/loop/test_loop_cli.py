@@ -63,3 +63,16 @@ def test_annotate_with_a_missing_password_file_is_refused(
     missing = tmp_path / "pw.txt"
     assert main(["annotate", "--user", "a", "--password-file", str(missing)]) == 2
     assert f"--user a needs --password-file with the password (got {missing})" in capsys.readouterr().err
+
+
+def test_loop_reads_its_options_from_a_yaml_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "loop.yaml"
+    config.write_text("rounds: 2\npairs: 50\nquota: 1.5\n")
+    assert main(["loop", "--config", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "--quota must be in (0, 1], got 1.5" in capsys.readouterr().err  # the file's value was read
+    config.write_text("rounds: 2\nparis: 50\n")
+    assert main(["loop", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(config) in err and "paris" in err
