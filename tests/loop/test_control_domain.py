@@ -18,8 +18,9 @@ from alignloop.control.envs import make_env
 from alignloop.control.evaluate import load_policy
 from alignloop.control.pbrl import label_steps
 from alignloop.feedback.teachers import TIE, SegmentTeacher
-from alignloop.loop.control import PRESETS, ControlDomain, cut_segments, record_episodes
+from alignloop.loop.control import PRESETS, ControlDomain
 from alignloop.loop.domain import Candidate, Judged
+from alignloop.loop.segments import cut_segments, record_episodes
 
 PAIRS = 8
 _SIDE = {0: "A", 1: "B", TIE: "tie"}
