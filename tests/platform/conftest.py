@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from platform_helpers import World, make_world
+from platform_helpers import World, make_world, pg_database
 from sqlalchemy import create_engine, text
 
 from alignloop.platform import auth
@@ -19,8 +18,6 @@ from alignloop.platform.app import create_app
 from alignloop.platform.db import migrate
 from alignloop.platform.pgcluster import Cluster, start_cluster
 from alignloop.platform.settings import Settings
-
-_counter = itertools.count()
 
 
 @pytest.fixture(autouse=True)
@@ -50,19 +47,6 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _pg_database(cluster: Cluster) -> Iterator[str]:
-    name = f"test_{next(_counter)}"
-    admin = create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name} TEMPLATE alignloop_template"))
-    try:
-        yield cluster.url(name)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated database for one test."""
@@ -71,7 +55,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         yield f"sqlite:///{path}"
     else:
-        yield from _pg_database(request.getfixturevalue("pg_cluster"))
+        yield from pg_database(request.getfixturevalue("pg_cluster"), template="alignloop_template")
 
 
 @pytest.fixture

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
 
 from alignloop.platform import crud
+from alignloop.platform.pgcluster import Cluster
 from alignloop.platform.schemas import ProjectIn
 
 PASSWORD = "correct horse battery"
@@ -91,3 +95,20 @@ def web_login(client: TestClient, name: str, password: str = PASSWORD) -> str:
     )
     assert r.status_code == 303, r.text
     return csrf_of(client.get("/projects").text)
+
+
+_databases = itertools.count()
+
+
+def pg_database(cluster: Cluster, *, template: str | None = None) -> Iterator[str]:
+    """A fresh database on the cluster (a copy of `template`, or empty), dropped afterwards."""
+    name = f"test_{next(_databases)}"
+    admin = create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else "")))
+    try:
+        yield cluster.url(name)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, inspect, text
+from platform_helpers import pg_database
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from alignloop.platform.db import make_engine, migrate
-from alignloop.platform.pgcluster import Cluster
-
-_counter = itertools.count()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -22,17 +19,7 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/old.db"
         return
-    cluster: Cluster = request.getfixturevalue("pg_cluster")
-    name = f"migrate_{next(_counter)}"
-    admin = create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield cluster.url(name)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+    yield from pg_database(request.getfixturevalue("pg_cluster"))
 
 
 ITEM = (
