@@ -33,8 +33,9 @@ lambda faded, and the reward model (which prefers harmful detail) pulled the pol
 Pair selection (`propose`): two sampled responses per prompt from the current policy (at
 `propose_temperature`: a little above 1 widens what annotators see, and the reward and cost
 models learn more from the same number of pairs than from the policy's few habitual answers);
-pairs whose texts are identical, or with an empty response, are dropped. "disagreement" scores each pair with the previous
-round's reward and cost models,
+pairs whose texts are identical, or with an empty response, are dropped. "disagreement" scores
+each pair with the previous round's reward and cost models
+(`alignloop.core.selection.pair_disagreement`),
 
     u_reward = 1 - |2 P(A > B) - 1|,  P(A > B) = sigmoid(r_A - r_B)
     u_cost   = max over A, B of 1 - |2 sigmoid(c) - 1|      (cost 0 = the safe/unsafe boundary)
@@ -57,13 +58,10 @@ import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from alignloop.feedback.schema import Comparison, LabelError, Severity
 from alignloop.loop.domain import Candidate, Judged, Selection
-
-if TYPE_CHECKING:
-    from torch import Tensor
 
 PolicyUpdate = Literal["ppo-lag", "dpo"]
 
@@ -479,6 +477,7 @@ class ToyWorldDomain:
 
     def _disagreement(self, round_dir: Path, round: int, pool: list[tuple[str, str, str]]) -> list[float]:
         """The disagreement of round - 1's models on each (prompt, A, B)."""
+        from alignloop.core.selection import pair_disagreement
         from alignloop.lm.evaluate import score_texts
         from alignloop.lm.models import ScoreModel, load_tokenizer
 
@@ -493,7 +492,7 @@ class ToyWorldDomain:
         r_b = score_texts(reward_model, tokenizer, prompts, [b for _, _, b in pool])
         c_a = score_texts(cost_model, tokenizer, prompts, [a for _, a, _ in pool])
         c_b = score_texts(cost_model, tokenizer, prompts, [b for _, _, b in pool])
-        return disagreement(r_a, r_b, c_a, c_b).tolist()
+        return pair_disagreement(r_a, r_b, c_a, c_b).tolist()
 
     def _model_accuracies(self, round_dir: Path) -> dict[str, float]:
         from alignloop.lm.evaluate import held_out_pairs, preference_accuracy, sign_accuracy
@@ -580,17 +579,6 @@ class ToyWorldDomain:
             max_new_tokens=self.max_new_tokens,
             seed=self.seed,
         )
-
-
-def disagreement(r_a: Tensor, r_b: Tensor, c_a: Tensor, c_b: Tensor) -> Tensor:
-    """Pair scores in [0, 1] from end rewards and end costs of responses A and B, each (N,):
-    the mean of the reward model's uncertainty on the order, 1 - |2 sigmoid(r_a - r_b) - 1|,
-    and the cost model's largest uncertainty on a safety sign, 1 - |2 sigmoid(c) - 1|.  (N,)"""
-    import torch
-
-    u_reward = 1.0 - (2.0 * torch.sigmoid(r_a - r_b) - 1.0).abs()  # (N,)
-    u_cost = 1.0 - (2.0 * torch.sigmoid(torch.stack([c_a, c_b])) - 1.0).abs()  # (2, N)
-    return (u_reward + u_cost.max(0).values) / 2.0
 
 
 def round_half(value: float) -> int:

@@ -19,12 +19,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from alignloop.core.selection import pair_disagreement  # noqa: E402
 from alignloop.feedback.schema import Comparison, Severity  # noqa: E402
 from alignloop.loop.domain import Candidate, Judged  # noqa: E402
 from alignloop.loop.toyworld import (  # noqa: E402
     PRESETS,
     ToyWorldDomain,
-    disagreement,
     dpo_pairs,
     previous_round_dir,
     round_half,
@@ -155,7 +155,7 @@ def test_disagreement_against_hand_computed_scores():
     c_a = torch.tensor([math.log(3.0), math.log(9.0)])
     c_b = torch.tensor([-math.log(9.0), -math.log(3.0)])
     torch.testing.assert_close(
-        disagreement(r_a, r_b, c_a, c_b), torch.tensor([0.5, 0.75]), rtol=1e-5, atol=1e-6
+        pair_disagreement(r_a, r_b, c_a, c_b), torch.tensor([0.5, 0.75]), rtol=1e-5, atol=1e-6
     )
 
 

@@ -1,0 +1,24 @@
+"""Which pairs are worth a person's time: uncertainty scores of the reward and cost models.
+
+Active query selection in the spirit of Christiano et al. 2017 (ask where the reward model is
+unsure) extended to the Safe RLHF pair of models: a pair is worth asking when the reward model
+cannot rank its two responses, or the cost model cannot tell whether one of them is safe.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def pair_disagreement(r_a: Tensor, r_b: Tensor, c_a: Tensor, c_b: Tensor) -> Tensor:
+    """Pair scores in [0, 1] from end rewards and end costs of responses A and B, each (N,).
+
+    The mean of the reward model's uncertainty on the order, ``1 - |2 sigmoid(r_a - r_b) - 1|``
+    (1 at P(A > B) = 1/2, 0 when certain), and the cost model's largest uncertainty on a safety
+    sign, ``1 - |2 sigmoid(c) - 1|`` over c in {c_a, c_b} (cost 0 is the safe/unsafe boundary).
+    Returns (N,).
+    """
+    u_reward = 1.0 - (2.0 * torch.sigmoid(r_a - r_b) - 1.0).abs()  # (N,)
+    u_cost = 1.0 - (2.0 * torch.sigmoid(torch.stack([c_a, c_b])) - 1.0).abs()  # (2, N)
+    return (u_reward + u_cost.max(0).values) / 2.0
