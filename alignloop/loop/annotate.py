@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from alignloop.platform.client import PlatformClient, PlatformError, labels_from_comparison
 
 TOKEN_ENV = "ALIGNLOOP_TOKEN"
@@ -78,14 +80,11 @@ class OracleTeacher:
     """Judges clip pairs from the true per-step values the control loop recorded for their key."""
 
     def __init__(self, path: Path, seed: int, mistake_rate: float = 0.0):
-        import numpy as np
-
         from alignloop.feedback.teachers import SegmentTeacher, TeacherNoise
 
         self.path, self.read_bytes = path, 0
         self.values: dict[str, dict[str, Any]] = {}
         self.teacher = SegmentTeacher(TeacherNoise(mistake_rate=mistake_rate), seed=seed)
-        self.np = np
 
     def _refresh(self) -> None:
         """Read the lines appended to the oracle file since the last read."""
@@ -106,7 +105,7 @@ class OracleTeacher:
             self._refresh()
         if key not in self.values:
             return {"skipped": True, "skip_reason": f"no oracle values for item key {key!r}"}
-        row, np = self.values[key], self.np
+        row = self.values[key]
         rewards = np.asarray([[row["rewards_a"], row["rewards_b"]]], dtype=float)  # (1, 2, H)
         costs = np.asarray([[row["costs_a"], row["costs_b"]]], dtype=float)
         judged = self.teacher.judge(rewards, costs)

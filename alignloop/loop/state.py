@@ -138,29 +138,35 @@ class JudgementStore:
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "judgements.jsonl"
+        self._rows: dict[int, Judged] | None = None  # the file's judgements by id, read once
+
+    def _read(self) -> dict[int, Judged]:
+        if self._rows is None:
+            self._rows = {}
+            lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.is_file() else []
+            for line in lines:
+                try:
+                    judged = Judged.from_json(json.loads(line))
+                except (ValueError, TypeError, KeyError):
+                    continue  # the tail of a write cut short by a crash
+                self._rows.setdefault(judged.judgement_id, judged)
+        return self._rows
 
     def load(self) -> list[Judged]:
-        if not self.path.is_file():
-            return []
-        rows: dict[int, Judged] = {}
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                judged = Judged.from_json(json.loads(line))
-            except (ValueError, TypeError, KeyError):
-                continue  # the tail of a write cut short by a crash
-            rows.setdefault(judged.judgement_id, judged)
-        return list(rows.values())
+        return list(self._read().values())
 
     def append(self, judged: Iterable[Judged]) -> int:
-        known = {j.judgement_id for j in self.load()}
-        fresh = [j for j in judged if j.judgement_id not in known]
+        rows = self._read()
+        fresh = list({j.judgement_id: j for j in judged if j.judgement_id not in rows}.values())
         if not fresh:
             return 0
-        with self.path.open("a", encoding="utf-8") as f:
-            if f.tell() and not self.path.read_bytes().endswith(b"\n"):
-                f.write("\n")  # end a line cut short so the next one starts clean
-            for j in fresh:
-                f.write(json.dumps(j.to_json()) + "\n")
+        with self.path.open("a+b") as f:
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")  # end a line cut short so the next one starts clean
+            f.write("".join(json.dumps(j.to_json()) + "\n" for j in fresh).encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
+        rows.update((j.judgement_id, j) for j in fresh)
         return len(fresh)
