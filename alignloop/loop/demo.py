@@ -14,15 +14,12 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from alignloop.loop.rounds import LoopConfig, drive, make_domain
 from alignloop.platform.client import PlatformClient, PlatformError
-from alignloop.platform.pgcluster import free_port
+from alignloop.platform.process import ServerProcess, stop_process
 
 DEMOS: dict[str, dict[str, Any]] = {
     "toyworld": {
@@ -64,62 +61,14 @@ def password(accounts: Path, name: str) -> Path:
     return path
 
 
-class LocalPlatform:
-    """`alignloop serve` on a free loopback port, as a subprocess."""
-
-    def __init__(self, run_dir: Path, admin_password: Path):
-        self.run_dir, self.admin_password = run_dir, admin_password
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> None:
-        log = (self.run_dir / "logs").resolve()
-        log.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable,
-            "-m",
-            "alignloop.cli",
-            "serve",
-            "--db",
-            f"sqlite:///{(self.run_dir / 'platform.db').resolve()}",
-            "--port",
-            self.url.rsplit(":", 1)[1],
-            "--media-dir",
-            str((self.run_dir / "media").resolve()),
-            "--create-admin",
-            "admin",
-            "--password-file",
-            str(self.admin_password.resolve()),
-            "--log-level",
-            "warning",
-        ]
-        with (log / "server.log").open("ab") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the platform server exited; see {log / 'server.log'}")
-            try:
-                if httpx.get(f"{self.url}/login", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the platform server did not start within {timeout:.0f} s")
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-
-def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def local_platform(run_dir: Path) -> tuple[ServerProcess, Path]:
+    """The demo's server on run_dir/platform.db (log and media in run_dir) and the admin's
+    password file; the admin is created on the first start."""
+    admin_password = password(run_dir / "accounts", "admin")
+    args = ["--create-admin", "admin", "--password-file", str(admin_password.resolve())]
+    return ServerProcess(
+        f"sqlite:///{(run_dir / 'platform.db').resolve()}", run_dir, args=args
+    ), admin_password
 
 
 def start_annotators(
@@ -127,6 +76,7 @@ def start_annotators(
 ) -> list[subprocess.Popen[bytes]]:
     """Create the scripted annotators' accounts (once) and start one process each."""
     run_dir, processes = Path(cfg.run_dir), []
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     for i in range(1, n + 1):
         name = f"annotator-{i}"
         secret = password(run_dir / "accounts", name)
@@ -171,8 +121,7 @@ def run_demo(cfg: LoopConfig) -> int:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     domain = make_domain(cfg)  # bad options fail here, before any process starts
-    admin_password = password(run_dir / "accounts", "admin")
-    platform = LocalPlatform(run_dir, admin_password)
+    platform, admin_password = local_platform(run_dir)
     annotators: list[subprocess.Popen[bytes]] = []
     try:
         platform.start()

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from alignloop.loop.demo import LocalPlatform, password, start_annotators, stop_process
+from alignloop.loop.demo import local_platform, start_annotators
 from alignloop.loop.rounds import LoopConfig, drive
 from alignloop.platform.client import PlatformClient
+from alignloop.platform.process import stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -44,13 +45,11 @@ def test_one_round_through_the_real_server_with_scripted_annotators(tmp_path: Pa
 
     cfg = LoopConfig(run_dir=tmp_path / "run", rounds=1, pairs=24, project="http-round", progress=False)
     cfg.run_dir.mkdir()
-    platform = LocalPlatform(cfg.run_dir, password(cfg.run_dir / "accounts", "admin"))
+    platform, admin_password = local_platform(cfg.run_dir)
     annotators: list[subprocess.Popen[bytes]] = []
     try:
         platform.start()
-        with PlatformClient.login(
-            platform.url, "admin", platform.admin_password.read_text().strip()
-        ) as admin:
+        with PlatformClient.login(platform.url, "admin", admin_password.read_text().strip()) as admin:
             annotators = start_annotators(cfg, platform.url, admin, "toyworld", 2)
             domain = ToyWorldDomain.from_preset("smoke", seed=0, progress=False)
             assert drive(cfg, admin, domain) == 0

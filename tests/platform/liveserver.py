@@ -2,84 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
-import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from alignloop.platform import crud
 from alignloop.platform.db import make_engine, make_sessionmaker
-from alignloop.platform.pgcluster import free_port
+from alignloop.platform.process import ServerProcess
 from alignloop.platform.schemas import ProjectIn
 
 
-class LiveServer:
+class LiveServer(ServerProcess):
+    """The platform server for tests: a fixed cookie-signing key, so restarts keep sessions."""
+
     def __init__(self, db_url: str, workdir: Path, *, workers: int = 1):
-        self.db_url, self.workdir, self.workers = db_url, workdir, workers
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> None:
-        with (self.workdir / "server.log").open("ab") as log:
-            self.process = self._spawn(log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {(self.workdir / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/login", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not start in time")
-
-    def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "alignloop.cli",
-                "serve",
-                "--db",
-                self.db_url,
-                "--port",
-                str(self.port),
-                "--workers",
-                str(self.workers),
-                "--media-dir",
-                str(self.workdir / "media"),
-                "--secret-key",
-                "live-test",
-                "--log-level",
-                "warning",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no flushing, whatever was in flight is lost."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
+        super().__init__(db_url, workdir, workers=workers, args=["--secret-key", "live-test"])
 
 
 def seed(db_url: str, *, annotators: int, items: int, overlap: int) -> tuple[int, dict[str, str]]:
