@@ -54,7 +54,7 @@ def summarise(rows: list[dict[str, Any]], group: str, fields: list[str]) -> list
         mine = [r for r in rows if r[group] == name]
         entry: dict[str, Any] = {group: name, "seeds": len(mine)}
         for f in fields:
-            values = [float(r[f]) for r in mine]
+            values = [float(r.get(f, "nan")) for r in mine]
             entry[f] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
         out.append(entry)
     return out

@@ -25,6 +25,7 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,6 +37,26 @@ from control_common import (  # noqa: E402
     save,
     summarise,
 )
+
+CALIBRATION = (
+    "pbrl/cost_on_unsafe_steps",
+    "pbrl/cost_on_safe_steps",
+    "pbrl/true_unsafe_step_share",
+    "pbrl/cost_threshold",
+)
+"""The cost model's last calibration on its segment pool (true costs known to the teacher)."""
+
+
+def _last_scalars(tb_dir: Path, tags: tuple[str, ...]) -> dict[str, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: dict[str, float] = {}
+    for path in sorted(tb_dir.iterdir()):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        for tag in set(tags) & set(events.Tags()["scalars"]):
+            found[tag] = events.Scalars(tag)[-1].value
+    return found
 
 
 def worker(spec: dict) -> dict:
@@ -59,8 +80,9 @@ def worker(spec: dict) -> dict:
             env=spec["env"],
             feedback=spec["feedback"],
             select=spec["rule"],
-            queries_per_round=50,
-            round_every=10,
+            queries_per_round=spec.get("queries_per_round", 50),
+            round_every=spec.get("round_every", 10),
+            cost_queries=spec.get("cost_queries", 0.5),
             total_steps=spec["steps"],
             seed=spec["seed"],
             out=Path(tmp),
@@ -73,9 +95,13 @@ def worker(spec: dict) -> dict:
             if train(cfg) != 0:
                 raise RuntimeError("pbrl run failed")
         report = json.loads(captured.getvalue().strip().splitlines()[-1])
+        report |= _last_scalars(Path(tmp) / "r" / "tb", CALIBRATION)
         return {
             "return": report["episode/return"],
             "cost": report["episode/cost"],
+            "learned_cost": report.get("train/episode_cost", float("nan")),
+            **{key.split("/")[1]: report[key] for key in CALIBRATION if key in report},
+            "lambda": report.get("train/lambda", float("nan")),
             "queries": report["queries"],
             "seconds": time.perf_counter() - start,
         }
@@ -90,6 +116,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--feedback", type=int, default=1000)
     parser.add_argument("--rules", nargs="+", default=["uniform", "disagreement", "entropy"])
+    parser.add_argument("--queries-per-round", type=int, default=50)
+    parser.add_argument("--round-every", type=int, default=10, help="PPO iterations between rounds")
+    parser.add_argument(
+        "--cost-queries", type=float, default=0.5, help="safe: share of a round chosen by cost-sign doubt"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs at the same time (one core each)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--no-reference",
@@ -114,18 +146,24 @@ def main() -> None:
     env = "SafeHalfCheetahVelocity-v5" if args.safe else "HalfCheetah-v5"
     rules = ["ppo-true-reward", *args.rules] if args.reference else list(args.rules)
     out = args.out or Path(f"bench/results/control_pbrl{'_safe' if args.safe else ''}.json")
+    specs = [
+        {
+            "rule": rule,
+            "env": env,
+            "steps": args.steps,
+            "seed": seed,
+            "feedback": args.feedback,
+            "queries_per_round": args.queries_per_round,
+            "round_every": args.round_every,
+            "cost_queries": args.cost_queries,
+            "ppo": ppo_overrides(args),
+        }
+        for seed in args.seeds
+        for rule in rules
+    ]
     rows = []
-    for seed in args.seeds:
-        for rule in rules:
-            spec = {
-                "rule": rule,
-                "env": env,
-                "steps": args.steps,
-                "seed": seed,
-                "feedback": args.feedback,
-                "ppo": ppo_overrides(args),
-            }
-            row = run_worker(__file__, spec)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for row in pool.map(lambda spec: run_worker(__file__, spec), specs):
             print(json.dumps(row), flush=True)
             rows.append(row)
             save(out, rows, [])  # every finished run is kept, even if a later one fails
@@ -136,7 +174,7 @@ def main() -> None:
     for row in rows:
         ref = reference.get(row["seed"])
         row["fraction_of_ppo"] = row["return"] / ref if ref else float("nan")
-    fields = ["return", "cost", "fraction_of_ppo", "seconds"]
+    fields = ["return", "cost", "learned_cost", "fraction_of_ppo", "seconds"]
     summary = summarise(rows, "rule", fields)
     save(out, rows, summary)
     print(markdown(summary, "rule", fields))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP", "Actor", "Critic", "StepModel"]
+__all__ = ["MLP", "Actor", "Critic", "CostModel", "StepModel"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -144,3 +144,19 @@ class StepModel(nn.Module):
     def forward(self, obs: Tensor, actions: Tensor) -> Tensor:
         x = (torch.cat([obs, actions], dim=-1) - self.in_mean) / self.in_std
         return self.net(x).squeeze(-1)
+
+
+class CostModel(StepModel):
+    """A per-step logit ``z(s, a)`` that the step is unsafe, and the ``threshold`` above which
+    a step counts as one unsafe step (`step_costs`), chosen after each fit so that counting
+    steps reproduces the teacher's segment labels (`alignloop.control.pbrl.count_threshold`).
+    Both are saved with it."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (64, 64)):
+        super().__init__(obs_dim, act_dim, hidden)
+        self.threshold: Tensor
+        self.register_buffer("threshold", torch.zeros(()))
+
+    def step_costs(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """1 for a step counted unsafe, 0 otherwise: ``(..., D), (..., A) -> (...)``."""
+        return (self(obs, actions) > self.threshold).to(torch.float32)

@@ -6,19 +6,23 @@ and PEBBLE, for the teacher model and query selection), run inside PPO's iterati
 1. every rollout is cut into segments of ``segment_length`` steps that lie inside one episode;
    the most recent ``pool_size`` segments form the query pool;
 2. every ``round_every`` iterations, while feedback budget is left, ``queries_per_round`` pairs
-   are chosen from the pool (`SELECTIONS`) and judged by a scripted teacher
+   are chosen from the pool and judged by a scripted teacher
    (`alignloop.feedback.teachers.SegmentTeacher`: which segment is better by true reward, and
    whether each is safe / which is safer by true cost, with rationality, myopia, mistakes,
-   skips and ties);
+   skips and ties). On a safe task a share ``cost_queries`` of them are the pairs where the cost
+   model is least sure a segment is safe; the rest (all of them otherwise) by `SELECTIONS`;
 3. the reward model, an ensemble of per-step nets ``r(s, a)``, is fitted with the Bradley-Terry
    loss over summed per-step rewards, each member on its own bootstrap resample of the pairs;
 4. the cost model, a per-step net giving the logit ``z(s, a)`` of "this step is unsafe", is
    fitted with the Safe RLHF cost-model loss (`alignloop.core.losses.cost_model_loss`). A
    segment's cost score is the log-odds that at least one of its steps is unsafe under a
    noisy-or, ``C = logit(1 - prod_t (1 - sigmoid(z_t)))``, so the sign term of that loss is the
-   cross-entropy of the teacher's safe/unsafe label and its ranking term orders the safer pair.
-   The policy's per-step cost is ``sigmoid(z_t)``, the estimated probability that the step is
-   unsafe, which keeps the units of the true cost (1 per unsafe step) and of ``cost_limit``;
+   cross-entropy of the teacher's safe/unsafe label and its ranking term orders the safer pair
+   (ties keep their sign terms). The noisy-or ranks steps well but its probabilities
+   under-count unsafe steps, so the policy's per-step cost is a count instead: 1 where ``z_t``
+   is above the threshold that best reproduces the teacher's labels when steps are counted
+   (`count_threshold`), 0 elsewhere, in the true cost's unit (1 per unsafe step) and that of
+   ``cost_limit``;
 5. the rollout is relabelled with the updated models (mean of the ensemble for the reward) and
    PPO-Lagrangian trains on the learned reward and cost (plain PPO when the task has no cost).
    The pool is always scored with the current models, so it is relabelled after every update.
@@ -38,9 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignloop.control.nets import StepModel
+from alignloop.control.nets import CostModel, StepModel
 from alignloop.control.ppo import PPOSettings, Rollout, check_setup, train_policy
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
+from alignloop.core.selection import sign_uncertainty
 from alignloop.feedback.teachers import TIE, SegmentTeacher, TeacherNoise
 
 
@@ -113,18 +118,22 @@ def fit_reward_models(
 
 
 def fit_cost_model(
-    model: StepModel,
+    model: CostModel,
     optimizer: torch.optim.Optimizer,
     obs: Tensor,
     actions: Tensor,
     safer: Tensor,
     is_safe: Tensor,
+    ranked: Tensor,
     steps: int,
     batch_size: int,
     gen: torch.Generator,
 ) -> float:
     """Safe RLHF cost-model fit on segment scores `segment_cost_logit`. obs (P, 2, H, D),
-    safer (P,) index of the safer segment, is_safe (P, 2) bool. Returns the sign accuracy."""
+    safer (P,) index of the safer segment, is_safe (P, 2) bool, ranked (P,) bool: False for a
+    tie, whose two safety labels still count (a safe segment says every one of its steps is
+    safe) but which ranks nothing. Then sets the model's step-counting threshold
+    (`count_threshold`) on the same pairs. Returns the sign accuracy."""
     rows = torch.arange(len(safer))
     sign = torch.where(is_safe, -1.0, 1.0)  # (P, 2): +1 unsafe, -1 safe
     for _ in range(steps):
@@ -132,36 +141,77 @@ def fit_cost_model(
         r = rows[: len(idx)]
         score = segment_cost_logit(model(obs[idx], actions[idx]))  # (B, 2)
         s, u = safer[idx], 1 - safer[idx]
-        loss, _ = cost_model_loss(score[r, u], score[r, s], sign[idx][r, u], sign[idx][r, s], score_l2=1e-3)
+        loss, _ = cost_model_loss(
+            score[r, u], score[r, s], sign[idx][r, u], sign[idx][r, s], ranked=ranked[idx], score_l2=1e-3
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        score = segment_cost_logit(model(obs, actions))  # (P, 2)
-        return float(((score > 0) == ~is_safe).float().mean())
+        step_logits = model(obs, actions)  # (P, 2, H)
+        model.threshold.fill_(count_threshold(step_logits, is_safe, safer, ranked))
+        return float(((segment_cost_logit(step_logits) > 0) == ~is_safe).float().mean())
+
+
+def count_threshold(
+    step_logits: Tensor, is_safe: Tensor, safer: Tensor, ranked: Tensor, candidates: int = 256
+) -> float:
+    """The per-step threshold b for which counting the steps with logit above b best
+    reproduces the teacher's labels of judged pairs: a segment is unsafe when its count is at
+    least 1; of a ranked pair the less safe has the larger count, and a tie has equal counts.
+    step_logits (P, 2, H); is_safe (P, 2) bool; safer (P,) index; ranked (P,) bool.
+
+    The noisy-or fit ranks steps well but its probabilities under-count: an unsafe segment is
+    explained by a few steps of moderate probability. Counting against a threshold fitted to
+    the labels keeps the cost in the constraint's unit, one per unsafe step. Candidates are
+    quantiles of the logits; among the best, the lowest (the most steps counted unsafe)."""
+    z = step_logits.detach().flatten(0, 1)  # (2P, H)
+    qs = torch.linspace(0.0, 1.0, candidates, dtype=z.dtype)
+    flat = z.flatten()
+    if flat.numel() > 1_000_000:  # quantile's input limit; a strided subsample is as good here
+        flat = flat[:: flat.numel() // 1_000_000 + 1]
+    bs = torch.quantile(flat, qs).unique()  # (K,) ascending
+    counts = (z.unsqueeze(0) > bs[:, None, None]).sum(-1).view(len(bs), -1, 2)  # (K, P, 2)
+    sign_ok = ((counts > 0) == ~is_safe).float().mean((1, 2))  # (K,)
+    rows = torch.arange(len(safer))
+    n_safer, n_other = counts[:, rows, safer], counts[:, rows, 1 - safer]  # (K, P)
+    order_ok = torch.where(ranked, n_other > n_safer, n_other == n_safer).float().mean(1)  # (K,)
+    agreement = sign_ok + order_ok  # (K,)
+    best = int(torch.nonzero(agreement >= agreement.max() - 1e-9)[0])  # the lowest of the best
+    return float(bs[best])
+
+
+def cost_sign_uncertainty(cost_model: StepModel, obs: Tensor, actions: Tensor) -> Tensor:
+    """How unsure the cost model is whether a pair's segments are safe: the larger
+    `sign_uncertainty` of the two segments' scores. obs (P, 2, H, D) -> (P,) in [0, 1]."""
+    with torch.no_grad():
+        score = segment_cost_logit(cost_model(obs, actions))  # (P, 2)
+    return sign_uncertainty(score).max(-1).values
 
 
 def new_models(
     obs_dim: int, act_dim: int, ensemble: int, segment_length: int
-) -> tuple[list[StepModel], StepModel]:
+) -> tuple[list[StepModel], CostModel]:
     """Untrained reward ensemble and cost model. The cost model starts from the prior that each
-    step is unsafe with probability about 1 / (2H), so a segment of H steps about 40% of the time."""
+    step is unsafe with probability about 1 / (2H), so a segment of H steps about 40% of the
+    time; its counting threshold starts at logit 0 (P = 1/2) until the first fit sets it."""
     reward_models = [StepModel(obs_dim, act_dim) for _ in range(ensemble)]
-    cost_model = StepModel(obs_dim, act_dim)
+    cost_model = CostModel(obs_dim, act_dim)
     torch.nn.init.constant_(cost_model.net.last.bias, -math.log(2 * segment_length))
     return reward_models, cost_model
 
 
 @torch.no_grad()
 def label_steps(
-    reward_models: list[StepModel], cost_model: StepModel | None, obs: Tensor, actions: Tensor
+    reward_models: list[StepModel], cost_model: CostModel | None, obs: Tensor, actions: Tensor
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Learned per-step rewards (ensemble mean) and costs (P(unsafe); 0 without a cost model)
-    of steps obs (..., D), actions (..., A); both (...) float64."""
+    """Learned per-step rewards (ensemble mean) and costs (1 for a step counted unsafe,
+    `CostModel.step_costs`; 0 without a cost model) of steps obs (..., D), actions (..., A);
+    both (...) float64."""
     rewards = torch.stack([m(obs, actions) for m in reward_models]).mean(0).numpy()
     if cost_model is None:
         return rewards.astype(np.float64), np.zeros(rewards.shape)
-    costs = torch.sigmoid(cost_model(obs, actions)).numpy()
+    costs = cost_model.step_costs(obs, actions).numpy()
     return rewards.astype(np.float64), costs.astype(np.float64)
 
 
@@ -183,6 +233,7 @@ class PreferenceLearner:
         pool_size: int,
         candidates: int,
         select: str,
+        cost_queries: float,
         ensemble: int,
         fit_steps: int,
         lr: float,
@@ -192,7 +243,7 @@ class PreferenceLearner:
         self.teacher, self.safe, self.budget, self.log = teacher, safe, budget, log
         self.queries_per_round, self.round_every = queries_per_round, round_every
         self.h, self.pool_size, self.candidates, self.select = segment_length, pool_size, candidates, select
-        self.fit_steps = fit_steps
+        self.fit_steps, self.cost_queries = fit_steps, cost_queries
         self.gen = torch.Generator().manual_seed(seed)
         self.reward_models, self.cost_model = new_models(obs_dim, act_dim, ensemble, segment_length)
         self.reward_opts = [torch.optim.Adam(m.parameters(), lr=lr) for m in self.reward_models]
@@ -228,7 +279,8 @@ class PreferenceLearner:
         """Choose pairs from the pool, ask the teacher, keep the judged pairs."""
         q = min(self.queries_per_round, self.budget - self.asked)
         size = len(self.pool["obs"])
-        cand = q if self.select == "uniform" else q * self.candidates
+        by_cost = round(q * self.cost_queries) if self.safe and self.fitted else 0
+        cand = q if self.select == "uniform" and not by_cost else q * self.candidates
         idx = torch.randint(size, (cand, 2), generator=self.gen).numpy()
         idx = idx[idx[:, 0] != idx[:, 1]]
         obs = torch.as_tensor(self.pool["obs"][idx], dtype=torch.float32)  # (P, 2, H, D)
@@ -236,7 +288,11 @@ class PreferenceLearner:
         if not self.fitted:  # set the input statistics once, from the first pool
             for model in [*self.reward_models, self.cost_model]:
                 model.set_input_stats(obs, act)
-        top = SELECTIONS[self.select](self.reward_models, obs, act).argsort(descending=True)[:q].numpy()
+        # first the pairs where the cost model is least sure a segment is safe, then the rule's
+        doubt = cost_sign_uncertainty(self.cost_model, obs, act).argsort(descending=True)[:by_cost].numpy()
+        rest = np.setdiff1d(np.arange(len(idx)), doubt)
+        score = SELECTIONS[self.select](self.reward_models, obs[rest], act[rest])
+        top = np.concatenate([doubt, rest[score.argsort(descending=True)[: q - len(doubt)].numpy()]])
         idx, obs_np, act_np = idx[top], obs.numpy()[top], act.numpy()[top]
         judged = self.teacher.judge(self.pool["reward"][idx], self.pool["cost"][idx] if self.safe else None)
         self.asked += len(idx)
@@ -266,18 +322,33 @@ class PreferenceLearner:
         if self.safe:
             safer = torch.as_tensor(np.concatenate(self.pairs["safer"]))
             is_safe = torch.as_tensor(np.concatenate(self.pairs["is_safe"]))
-            ranked = safer != TIE
-            if ranked.sum() > 1:
-                stats["pbrl/cost_sign_accuracy"] = fit_cost_model(
-                    self.cost_model, self.cost_opt, obs[ranked], act[ranked], safer[ranked].long(),
-                    is_safe[ranked], self.fit_steps, 64, self.gen,
-                )  # fmt: skip
+            ranked = safer != TIE  # ties (e.g. two safe segments) keep their safety labels
+            stats["pbrl/cost_sign_accuracy"] = fit_cost_model(
+                self.cost_model, self.cost_opt, obs, act, torch.where(ranked, safer, 0).long(),
+                is_safe, ranked, self.fit_steps, 64, self.gen,
+            )  # fmt: skip
+            stats["pbrl/cost_threshold"] = float(self.cost_model.threshold)
+            stats |= self.cost_calibration()
         self.fitted = True
         if self.log is not None:
             self.log(stats, iteration)
 
+    @torch.no_grad()
+    def cost_calibration(self) -> dict[str, float]:
+        """Mean learned per-step cost on the pool's truly unsafe and truly safe steps (the pool
+        holds the true costs, which the teacher judges from): 1 and 0 when exact."""
+        obs = torch.as_tensor(self.pool["obs"], dtype=torch.float32)  # (S, H, D)
+        cost = self.cost_model.step_costs(obs, torch.as_tensor(self.pool["act"])).numpy()  # (S, H)
+        unsafe = self.pool["cost"] > 0
+        stats = {"pbrl/true_unsafe_step_share": float(unsafe.mean())}
+        if unsafe.any():
+            stats["pbrl/cost_on_unsafe_steps"] = float(cost[unsafe].mean())
+        if (~unsafe).any():
+            stats["pbrl/cost_on_safe_steps"] = float(cost[~unsafe].mean())
+        return stats
+
     def label(self, ro: Rollout) -> tuple[np.ndarray, np.ndarray]:
-        """Learned per-step rewards (ensemble mean) and costs (P(unsafe)) of a rollout, (T, N)."""
+        """Learned per-step rewards (ensemble mean) and costs (counted unsafe steps) of a rollout, (T, N)."""
         steps, n = ro.rewards.shape
         obs = torch.as_tensor(ro.raw_obs, dtype=torch.float32)  # (T, N, D)
         act = torch.as_tensor(ro.actions.reshape(steps, n, -1), dtype=torch.float32)
@@ -315,6 +386,9 @@ class PbrlConfig:
     """Most recent segments kept as query candidates."""
     candidates: int = 10
     """disagreement/entropy score this many candidate pairs per query asked."""
+    cost_queries: float = 0.5
+    """Safe tasks: share of each round's pairs chosen where the cost model is least sure a
+    segment is safe (the rest by --select; the first round is all by --select)."""
     ensemble: int = 3
     """Reward models in the ensemble (each on its own bootstrap of the judgements)."""
     fit_steps: int = 200
@@ -329,6 +403,9 @@ class PbrlConfig:
     """Teacher mistake rate epsilon: probability of flipping a choice."""
     teacher_safety_mistake: float = 0.0
     """Probability of flipping each safe/unsafe label (and a safer choice between equals)."""
+    teacher_safety_equal: float = 0.5
+    """Call the safer choice a tie when the unsafe-step counts differ by less than this
+    (0.5: equal counts, such as two safe segments, are a tie)."""
     teacher_skip: float | None = None
     """Skip a pair when both segment returns are below this."""
     teacher_equal: float = 0.0
@@ -358,6 +435,8 @@ def check_config(cfg: PbrlConfig) -> str | None:
         raise ValueError(
             f"--segment-length must be in [1, --ppo.num-steps = {cfg.ppo.num_steps}], got {cfg.segment_length}"
         )
+    if not 0.0 <= cfg.cost_queries <= 1.0:
+        raise ValueError(f"--cost-queries must be in [0, 1], got {cfg.cost_queries}")
     for name in ("round_every", "ensemble", "candidates", "fit_steps", "pool_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
@@ -366,6 +445,7 @@ def check_config(cfg: PbrlConfig) -> str | None:
         mistake_rate=cfg.teacher_mistake,
         equal_threshold=cfg.teacher_equal,
         safety_mistake_rate=cfg.teacher_safety_mistake,
+        safety_equal_threshold=cfg.teacher_safety_equal,
     )
     return cost
 
@@ -395,6 +475,7 @@ def train(cfg: PbrlConfig) -> int:
         skip_threshold=cfg.teacher_skip,
         equal_threshold=cfg.teacher_equal,
         safety_mistake_rate=cfg.teacher_safety_mistake,
+        safety_equal_threshold=cfg.teacher_safety_equal,
     )
     teacher = SegmentTeacher(noise, gamma=cfg.teacher_gamma, seed=cfg.seed)
     name = cfg.name or f"{cfg.env.replace('/', '_')}-pbrl-{cfg.select}-s{cfg.seed}"
@@ -417,6 +498,7 @@ def train(cfg: PbrlConfig) -> int:
         pool_size=cfg.pool_size,
         candidates=cfg.candidates,
         select=cfg.select,
+        cost_queries=cfg.cost_queries,
         ensemble=cfg.ensemble,
         fit_steps=cfg.fit_steps,
         lr=cfg.model_lr,
@@ -449,6 +531,10 @@ def train(cfg: PbrlConfig) -> int:
         cfg.out / name / "models.pt",
     )
     writer.close()
-    shown = {k: round(v, 3) for k, v in stats.items() if k.startswith(("episode/", "time/"))}
+    shown = {
+        k: round(v, 3)
+        for k, v in stats.items()
+        if k.startswith(("episode/", "time/")) or k in ("train/episode_cost", "train/lambda")
+    }
     print(json.dumps({"run_dir": str(cfg.out / name), "queries": learner.asked, **shown}))
     return 0

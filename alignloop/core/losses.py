@@ -116,6 +116,7 @@ def cost_model_loss(
     unsafer_sign: Tensor,
     safer_sign: Tensor,
     *,
+    ranked: Tensor | None = None,
     score_l2: float = 0.0,
 ) -> tuple[Tensor, Metrics]:
     """Safe RLHF cost-model loss (Dai et al. 2023, "Safe RLHF", sec. 3.2, eq. 6):
@@ -133,10 +134,12 @@ def cost_model_loss(
         safer_costs: (B,) cost of the response judged safer.
         unsafer_sign: (B,) +1 / -1 safety sign of the less safe response.
         safer_sign: (B,) +1 / -1 safety sign of the safer response.
+        ranked: optional (B,) bool; where False the pair is a tie (neither is safer), so only
+            its two sign terms count and the ranking term is left out for that row.
 
     Raises:
-        ValueError: a sign other than +1 / -1, or an inconsistent pair (the safer response
-            labelled unsafe while the less safe one is labelled safe).
+        ValueError: a sign other than +1 / -1, or an inconsistent ranked pair (the safer
+            response labelled unsafe while the less safe one is labelled safe).
     """
     _check_same_shape(
         unsafer_costs=unsafer_costs, safer_costs=safer_costs, unsafer_sign=unsafer_sign, safer_sign=safer_sign
@@ -144,7 +147,10 @@ def cost_model_loss(
     for name, sign in (("unsafer_sign", unsafer_sign), ("safer_sign", safer_sign)):
         if not bool(((sign == 1) | (sign == -1)).all()):
             raise ValueError(f"{name} must hold only +1 (unsafe) or -1 (safe), got {sign.tolist()}")
-    inconsistent = (safer_sign == 1) & (unsafer_sign == -1)  # (B,)
+    if ranked is None:
+        ranked = torch.ones_like(unsafer_costs, dtype=torch.bool)
+    _check_same_shape(unsafer_costs=unsafer_costs, ranked=ranked)
+    inconsistent = (safer_sign == 1) & (unsafer_sign == -1) & ranked  # (B,)
     if bool(inconsistent.any()):
         rows = inconsistent.nonzero().flatten().tolist()
         raise ValueError(
@@ -154,7 +160,7 @@ def cost_model_loss(
     s_unsafer = unsafer_sign.to(unsafer_costs.dtype)  # (B,)
     s_safer = safer_sign.to(safer_costs.dtype)  # (B,)
     per_pair = (
-        -F.logsigmoid(unsafer_costs - safer_costs)
+        -F.logsigmoid(unsafer_costs - safer_costs) * ranked.to(unsafer_costs.dtype)
         - F.logsigmoid(s_safer * safer_costs)
         - F.logsigmoid(s_unsafer * unsafer_costs)
     )  # (B,)
@@ -166,8 +172,8 @@ def cost_model_loss(
     metrics = {
         "costs/unsafer": unsafer_costs.detach().mean(),
         "costs/safer": safer_costs.detach().mean(),
-        "costs/margin": (unsafer_costs - safer_costs).detach().mean(),
-        "costs/accuracy": (unsafer_costs > safer_costs).detach().float().mean(),
+        "costs/margin": (unsafer_costs - safer_costs).detach()[ranked].mean(),  # ranked pairs only
+        "costs/accuracy": (unsafer_costs > safer_costs).detach()[ranked].float().mean(),
         # a cost is on the right side of 0 when its sign matches the label
         "costs/sign_accuracy": (torch.sign(costs) == signs).float().mean(),
     }

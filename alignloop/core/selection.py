@@ -11,14 +11,19 @@ import torch
 from torch import Tensor
 
 
+def sign_uncertainty(cost: Tensor) -> Tensor:
+    """How unsure a cost score is of its safety sign, ``1 - |2 sigmoid(c) - 1|``, elementwise in
+    [0, 1]: 1 on the safe/unsafe boundary c = 0, towards 0 far from it."""
+    return 1.0 - (2.0 * torch.sigmoid(cost) - 1.0).abs()
+
+
 def pair_disagreement(r_a: Tensor, r_b: Tensor, c_a: Tensor, c_b: Tensor) -> Tensor:
     """Pair scores in [0, 1] from end rewards and end costs of responses A and B, each (N,).
 
     The mean of the reward model's uncertainty on the order, ``1 - |2 sigmoid(r_a - r_b) - 1|``
-    (1 at P(A > B) = 1/2, 0 when certain), and the cost model's largest uncertainty on a safety
-    sign, ``1 - |2 sigmoid(c) - 1|`` over c in {c_a, c_b} (cost 0 is the safe/unsafe boundary).
-    Returns (N,).
+    (1 at P(A > B) = 1/2, 0 when certain), and the cost model's largest `sign_uncertainty` over
+    c in {c_a, c_b} (cost 0 is the safe/unsafe boundary). Returns (N,).
     """
-    u_reward = 1.0 - (2.0 * torch.sigmoid(r_a - r_b) - 1.0).abs()  # (N,)
-    u_cost = 1.0 - (2.0 * torch.sigmoid(torch.stack([c_a, c_b])) - 1.0).abs()  # (2, N)
+    u_reward = sign_uncertainty(r_a - r_b)  # (N,) the same form, on the reward margin
+    u_cost = sign_uncertainty(torch.stack([c_a, c_b]))  # (2, N)
     return (u_reward + u_cost.max(0).values) / 2.0

@@ -37,7 +37,7 @@ import torch
 
 from alignloop.control.envs import VELOCITY_THRESHOLDS, make_env, resolve_env
 from alignloop.control.evaluate import load_policy
-from alignloop.control.nets import StepModel
+from alignloop.control.nets import CostModel, StepModel
 from alignloop.control.pbrl import (
     SELECTIONS,
     fit_cost_model,
@@ -100,11 +100,12 @@ _BETTER = {"A": 0, "B": 1}
 LEARN_METRICS = (
     "judged", "judged_newest", "reward/train_pairs", "reward/train_accuracy", "reward/loss",
     "reward/heldout_accuracy", "reward/accuracy_before_fit", "cost/train_pairs", "cost/train_sign_accuracy",
-    "cost/loss", "cost/heldout_sign_accuracy", "cost/rejected_inconsistent",
+    "cost/loss", "cost/threshold", "cost/heldout_sign_accuracy", "cost/rejected_inconsistent",
 )  # fmt: skip
 """What `ControlDomain.learn` returns: judgement counts; the reward ensemble's training accuracy and
 loss, its accuracy on the held-out share of the newest round and (before the fit, round 2 on) the
-previous models' accuracy on the whole newest round; the same for the cost model's safe/unsafe signs;
+previous models' accuracy on the whole newest round; the same for the cost model's safe/unsafe signs,
+and its step-counting threshold;
 pairs whose safety labels contradicted each other (their safety labels are not used)."""
 
 
@@ -212,7 +213,7 @@ class ControlDomain:
         """The policy after round r (r = 0: the starting policy of `setup`)."""
         return run_dir / "policy-0" if r == 0 else self._round_dir(run_dir, r) / "policy"
 
-    def _load_models(self, models_dir: Path) -> tuple[list[StepModel], StepModel | None] | None:
+    def _load_models(self, models_dir: Path) -> tuple[list[StepModel], CostModel | None] | None:
         if not (models_dir / "models.pt").is_file():
             return None
         state = torch.load(models_dir / "models.pt", weights_only=True)
@@ -413,21 +414,25 @@ class ControlDomain:
             stats["reward/loss"] = float(loss)
         stats["reward/heldout_accuracy"] = _reward_accuracy(reward_models, obs, act, better, held & decided)
         known = (is_safe >= 0).all(1)  # both flags given (and consistent)
-        fit = (safer >= 0) & known & ~held
+        fit = known & ~held  # a tie in "safer" still gives both safety labels
         stats["cost/train_pairs"] = float(fit.sum())
         if self.safe and fit.sum() > 1:
             opt = torch.optim.Adam(cost_model.parameters(), lr=self.model_lr)
-            safer_t, flags = torch.as_tensor(safer[fit]), torch.as_tensor(is_safe[fit] == 1)
+            ranked = torch.as_tensor(safer[fit] >= 0)
+            safer_t = torch.as_tensor(np.where(safer[fit] >= 0, safer[fit], 0)).long()
+            flags = torch.as_tensor(is_safe[fit] == 1)
             stats["cost/train_sign_accuracy"] = fit_cost_model(
-                cost_model, opt, obs[fit], act[fit], safer_t, flags, self.fit_steps, 64, gen
+                cost_model, opt, obs[fit], act[fit], safer_t, flags, ranked, self.fit_steps, 64, gen
             )
+            stats["cost/threshold"] = float(cost_model.threshold)
             with torch.no_grad():  # the cost-model loss after the fit, without its score regulariser
                 score = segment_cost_logit(cost_model(obs[fit], act[fit]))  # (P, 2)
                 sign = torch.where(flags, -1.0, 1.0)  # +1 unsafe, -1 safe
                 rows, unsafer = torch.arange(len(safer_t)), 1 - safer_t
                 loss, _ = cost_model_loss(
-                    score[rows, unsafer], score[rows, safer_t], sign[rows, unsafer], sign[rows, safer_t]
-                )
+                    score[rows, unsafer], score[rows, safer_t], sign[rows, unsafer], sign[rows, safer_t],
+                    ranked=ranked,
+                )  # fmt: skip
             stats["cost/loss"] = float(loss)
         if self.safe and (held & known).any():
             with torch.no_grad():

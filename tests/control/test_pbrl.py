@@ -19,13 +19,14 @@ from alignloop.control.pbrl import (
     SELECTIONS,
     PbrlConfig,
     PreferenceLearner,
+    count_threshold,
     fit_cost_model,
     fit_reward_models,
     segment_cost_logit,
     train,
 )
 from alignloop.control.ppo import PPOSettings, Rollout
-from alignloop.feedback.teachers import SegmentTeacher
+from alignloop.feedback.teachers import SegmentTeacher, TeacherNoise
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +48,27 @@ def test_segment_cost_logit_by_hand() -> None:
     assert torch.isfinite(segment_cost_logit(torch.full((1, 50), -200.0))).all()
 
 
+def test_count_threshold_by_hand() -> None:
+    # pair 0: A = [-3, 1, 2] unsafe, B = [-3, -2, -1] safe and safer; pair 1: A = [0.5, -4, -4]
+    # unsafe with one unsafe step and safer than B = [3, 2.5, 0.2], unsafe with three.
+    # Counting steps with z > b matches every label exactly for b in [-1, 0.2): b >= -1 keeps
+    # pair 0's B at 0, b < 0.2 gives pair 1's B three steps against A's one (b < 0.5 keeps A
+    # unsafe); b in [0.2, 0.5) still orders pair 1 (2 > 1) -- the lowest best is the answer.
+    z = torch.tensor([[[-3.0, 1.0, 2.0], [-3.0, -2.0, -1.0]], [[0.5, -4.0, -4.0], [3.0, 2.5, 0.2]]])
+    is_safe = torch.tensor([[False, True], [False, False]])
+    b = count_threshold(z, is_safe, torch.tensor([1, 0]), torch.tensor([True, True]))
+    assert -1.0 <= b < 0.2, b
+    # everything judged safe: no judged step may count, whatever its logit
+    b = count_threshold(
+        z, torch.ones(2, 2, dtype=torch.bool), torch.tensor([0, 0]), torch.tensor([False, False])
+    )
+    assert b >= 3.0, b
+    # a tie asks for equal counts: two unsafe segments [2, 2, -5] and [2, -5, 2], not ranked
+    z = torch.tensor([[[2.0, 2.0, -5.0], [2.0, -5.0, 2.0]]])
+    b = count_threshold(z, torch.zeros(1, 2, dtype=torch.bool), torch.tensor([0]), torch.tensor([False]))
+    assert -5.0 <= b < 2.0, b
+
+
 def test_selection_rules() -> None:
     torch.manual_seed(0)
     same = StepModel(2, 1)
@@ -63,10 +85,31 @@ def test_selection_rules() -> None:
 def _learner(**kw) -> PreferenceLearner:
     args = dict(
         safe=False, budget=100, queries_per_round=10, round_every=1, segment_length=4, pool_size=100,
-        candidates=2, select="uniform", ensemble=3, fit_steps=10, lr=1e-3, seed=0,
+        candidates=2, select="uniform", cost_queries=0.5, ensemble=3, fit_steps=10, lr=1e-3, seed=0,
     )  # fmt: skip
     args.update(kw)
     return PreferenceLearner(1, 1, SegmentTeacher(), **args)  # type: ignore[arg-type]
+
+
+def test_safe_rounds_ask_where_the_cost_model_doubts(monkeypatch) -> None:
+    """With --cost-queries 1, every pair of a round after the first is one the cost model is
+    least sure about (here: made to doubt only segments whose observation is 7)."""
+    import alignloop.control.pbrl as pbrl
+
+    learner = _learner(safe=True, cost_queries=1.0, queries_per_round=5, candidates=50)
+    size = 40
+    learner.pool = {
+        "obs": np.repeat(np.arange(size, dtype=np.float32), 4).reshape(size, 4, 1),
+        "act": np.zeros((size, 4, 1), np.float32),
+        "reward": np.zeros((size, 4)),
+        "cost": np.zeros((size, 4)),
+    }
+    doubt = lambda model, obs, act: (obs[:, :, 0, 0] == 7).any(1).float()  # noqa: E731
+    monkeypatch.setattr(pbrl, "cost_sign_uncertainty", doubt)
+    learner.fitted = True
+    learner.query()
+    asked = np.concatenate(learner.pairs["obs"])[:, :, 0, 0]  # (5, 2) first observation of each
+    assert len(asked) == 5 and (asked == 7).any(1).all(), asked
 
 
 def test_segments_never_cross_an_episode_end() -> None:
@@ -224,39 +267,43 @@ def _slider_segments(count: int, length: int, seed: int) -> tuple[np.ndarray, np
 
 def test_cost_model_learns_held_out_safety_labels() -> None:
     """SafeSliderVelocity segments of 20 steps from a running start; the teacher labels a
-    segment unsafe when any step is above the speed limit. The learned segment cost must put
-    > 90% of held-out segments on the right side of 0, and the per-step P(unsafe) must be
-    higher on truly unsafe steps than on safe ones."""
+    segment unsafe when any step is above the speed limit and ranks by unsafe steps. Ties (two
+    safe segments, most often) keep their labels. The learned segment cost must put > 90% of
+    held-out segments on the right side of 0, and the per-step P(unsafe) must be calibrated
+    to the constraint's unit: near 1 on truly unsafe steps, near 0 on safe ones."""
     torch.manual_seed(0)
     obs, act, cost = _slider_segments(300, 20, seed=2)
     rng = np.random.default_rng(0)
     pairs = rng.integers(0, 300, size=(500, 2))
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    judged = SegmentTeacher(seed=0).judge(np.zeros((len(pairs), 2, 20)), cost[pairs])
+    teacher = SegmentTeacher(TeacherNoise(safety_equal_threshold=0.5), seed=0)  # equal counts tie
+    judged = teacher.judge(np.zeros((len(pairs), 2, 20)), cost[pairs])
     assert judged.is_safe is not None
-    ranked = judged.safer != -1
-    o, a = torch.as_tensor(obs[pairs][ranked]), torch.as_tensor(act[pairs][ranked])
-    safer = torch.as_tensor(judged.safer[ranked]).long()
-    is_safe = torch.as_tensor(judged.is_safe[ranked])
+    ranked = torch.as_tensor(judged.safer != -1)
+    assert 0 < int(ranked.sum()) < len(pairs)  # both ranked pairs and ties
+    o, a = torch.as_tensor(obs[pairs]), torch.as_tensor(act[pairs])
+    safer = torch.where(ranked, torch.as_tensor(judged.safer), 0).long()
+    is_safe = torch.as_tensor(judged.is_safe)
     split = 300
     learner = _learner(safe=True, segment_length=20)
     model = learner.cost_model
     model.set_input_stats(o[:split], a[:split])
+    gen = torch.Generator().manual_seed(0)
+    train = slice(0, split)
     fit_cost_model(
-        model,
-        learner.cost_opt,
-        o[:split],
-        a[:split],
-        safer[:split],
-        is_safe[:split],
-        400,
-        64,
-        torch.Generator().manual_seed(0),
-    )
+        model, learner.cost_opt, o[train], a[train], safer[train], is_safe[train], ranked[train], 400, 64, gen
+    )  # fmt: skip
     with torch.no_grad():
         score = segment_cost_logit(model(o[split:], a[split:]))  # (P, 2)
         accuracy = float(((score > 0) == ~is_safe[split:]).float().mean())
+        counted = model.step_costs(torch.as_tensor(obs), torch.as_tensor(act))  # (S, H) 0 / 1
         p_step = torch.sigmoid(model(torch.as_tensor(obs), torch.as_tensor(act)))  # (S, H)
     assert accuracy > 0.9, accuracy
     unsafe_steps = torch.as_tensor(cost) > 0
-    assert p_step[unsafe_steps].mean() > p_step[~unsafe_steps].mean() + 0.2
+    # the noisy-or probabilities alone under-count (about 0.4-0.5 on unsafe steps here) ...
+    assert float(p_step[unsafe_steps].mean()) < 0.7
+    # ... the counted steps are in the true cost's unit: recall > 0.9, false positives < 2%,
+    # and the total within 15% of the true number of unsafe steps
+    recall, false_pos = float(counted[unsafe_steps].mean()), float(counted[~unsafe_steps].mean())
+    assert recall > 0.9 and false_pos < 0.02, (recall, false_pos)
+    assert abs(float(counted.sum()) / float(unsafe_steps.sum()) - 1.0) < 0.15

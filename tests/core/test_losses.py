@@ -92,6 +92,23 @@ def test_cost_model_hand_values() -> None:
     close(loss, (pair1 + pair2) / 2 + 0.008125)
 
 
+def test_cost_model_loss_leaves_the_ranking_term_out_of_ties() -> None:
+    # pair 1 ranked as in the test above; pair 2 a tie of two safe costs c = -1 and c = 2,
+    # labelled safe (the teacher saw no unsafe step in either): only the two sign terms count,
+    #   -log sig(1) - log sig(-2) = 0.31326168... + 2.12692801...
+    pair1 = 0.12692801104297263 + 2 * 0.31326168751822286
+    pair2 = 0.31326168751822286 + 2.1269280110429727
+    loss, metrics = cost_model_loss(
+        t(1.0, -1.0), t(-1.0, 2.0), t(1, -1), t(-1, -1), ranked=torch.tensor([True, False])
+    )
+    close(loss, (pair1 + pair2) / 2)
+    close(metrics["costs/accuracy"], 1.0)  # over the ranked pair only
+    # a tie may carry any labels without being inconsistent (the safety sign is per response)
+    cost_model_loss(t(1.0), t(0.0), t(-1), t(1), ranked=torch.tensor([False]))
+    with pytest.raises(ValueError, match="inconsistent safety labels in rows \\[0\\]"):
+        cost_model_loss(t(1.0), t(0.0), t(-1), t(1), ranked=torch.tensor([True]))
+
+
 def test_cost_model_sign_at_boundary_counts_as_wrong() -> None:
     # cost 0 is the boundary: it is on neither side, so neither label is matched
     _, metrics = cost_model_loss(t(0.0), t(-1.0), t(1), t(-1))
