@@ -83,6 +83,7 @@ def worker(spec: dict) -> dict:
             queries_per_round=spec.get("queries_per_round", 50),
             round_every=spec.get("round_every", 10),
             cost_queries=spec.get("cost_queries", 0.5),
+            threshold_pairs=spec.get("threshold_pairs", 250),
             total_steps=spec["steps"],
             seed=spec["seed"],
             out=Path(tmp),
@@ -121,6 +122,12 @@ def main() -> None:
     parser.add_argument(
         "--cost-queries", type=float, default=0.5, help="safe: share of a round chosen by cost-sign doubt"
     )
+    parser.add_argument(
+        "--threshold-pairs",
+        type=int,
+        default=250,
+        help="safe: recent pairs the step-counting threshold is fitted on",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at the same time (one core each)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
@@ -156,6 +163,7 @@ def main() -> None:
             "queries_per_round": args.queries_per_round,
             "round_every": args.round_every,
             "cost_queries": args.cost_queries,
+            "threshold_pairs": args.threshold_pairs,
             "ppo": ppo_overrides(args),
         }
         for seed in args.seeds

@@ -73,6 +73,8 @@ def seed(url: str, annotators: int, items: int) -> tuple[int, list[str]]:
             ],
         )
         session.commit()
+        crud.refresh_queue_statistics(session, added=items)  # as the items route does on PostgreSQL
+        session.commit()
         project_id = project.id
     engine.dispose()
     return project_id, tokens
@@ -279,6 +281,50 @@ async def drive(
     return out
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process, its live children, and its children already reaped.
+
+    For the PostgreSQL postmaster that is every backend, the WAL writer and the checkpointer,
+    including backends that exited during the run.
+    """
+    root = psutil.Process(pid)
+    times = root.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in root.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return float(total)
+
+
+def top_statements(url: str, n: int = 6) -> list[dict[str, object]]:
+    """The statements that took the most PostgreSQL time (needs pg_stat_statements preloaded)."""
+    engine = make_engine(url, pool_size=1)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT calls, total_exec_time, mean_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 160)"
+                " FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT :n"
+            ),
+            {"n": n},
+        ).all()
+    engine.dispose()
+    return [
+        {"calls": r[0], "total_ms": round(r[1], 1), "mean_ms": round(r[2], 3), "query": r[3]} for r in rows
+    ]
+
+
+def pg_settings(pairs: list[str]) -> dict[str, str]:
+    settings = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--pg-setting: expected NAME=VALUE, got {pair!r}")
+        settings[name] = value
+    return settings
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -287,7 +333,7 @@ def percentile(values: list[float], q: float) -> float:
 def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     cluster = None
     if backend == "postgresql":
-        cluster = start_cluster(durable=not args.pg_no_fsync)
+        cluster = start_cluster(durable=not args.pg_no_fsync, settings=pg_settings(args.pg_setting))
         admin = make_engine(cluster.url(), pool_size=1).execution_options(isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.execute(text("CREATE DATABASE load"))
@@ -297,6 +343,10 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
         url = f"sqlite:///{workdir}/load.db"
     try:
         migrate(url)
+        statements = "pg_stat_statements" in pg_settings(args.pg_setting).get("shared_preload_libraries", "")
+        if statements:
+            with make_engine(url, pool_size=1).begin() as connection:
+                connection.execute(text("CREATE EXTENSION pg_stat_statements"))
         items = int(args.annotators * args.seconds * 40) + 1000  # more than can be judged in the time
         project_id, tokens = seed(url, args.annotators, items)
         workers = args.sqlite_workers if backend == "sqlite" else args.workers
@@ -334,17 +384,23 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
             cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
             load_before = os.getloadavg()[0]
             client_before = time.process_time()
+            pg_before = tree_cpu_s(cluster.postmaster_pid()) if cluster is not None else 0.0
+            if statements:
+                with make_engine(url, pool_size=1).begin() as connection:
+                    connection.execute(text("SELECT pg_stat_statements_reset()"))
             out = asyncio.run(
                 drive(base, tokens, project_id, args.seconds, args.mode, args.client == "raw", args.rate)
             )
             client_cpu = time.process_time() - client_before
             server_cpu = sum(sum(p.cpu_times()[:2]) for p in processes) - cpu_before
+            pg_cpu = tree_cpu_s(cluster.postmaster_pid()) - pg_before if cluster is not None else 0.0
             load_after = os.getloadavg()[0]
         finally:
             server.terminate()
             server.wait(timeout=30)
             log.close()
         acked, stored = len(out["acked"]), stored_rows(url)
+        top = top_statements(url) if statements else None
         elapsed = out["elapsed"][0]
         if args.mode == "ceiling":  # GET /api/me: the "submission" columns are these requests
             acked = stored = len(out["requests"])
@@ -366,6 +422,9 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
             "retries": len(out["retries"]),
             "server_cpu_ms_per_submission": round(1000 * server_cpu / max(acked, 1), 2),
             "client_cpu_ms_per_submission": round(1000 * client_cpu / max(acked, 1), 2),
+            "postgres_cpu_ms_per_submission": round(1000 * pg_cpu / max(acked, 1), 2) if cluster else None,
+            "pg_settings": pg_settings(args.pg_setting) if cluster else None,
+            "pg_top_statements": top,
             "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
             "stored_rows": stored,
             "acked_equals_stored": acked == stored,
@@ -413,6 +472,13 @@ def main() -> int:
         action="store_true",
         help="run the PostgreSQL cluster with fsync off (faster, not crash-safe; default: fsync on)",
     )
+    parser.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the benchmark's PostgreSQL cluster (repeatable), e.g. commit_delay=200",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON results go")
     args = parser.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
@@ -427,14 +493,15 @@ def main() -> int:
     args.output.write_text(json.dumps({"machine": machine, "results": results}, indent=1) + "\n")
     header = (
         f"{'backend':<11}{'annot.':>7}{'subm/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'cycle p99':>10}{'errors':>7}"
-        f"{'srv cpu ms':>11}  acked==stored"
+        f"{'srv cpu ms':>11}{'pg cpu ms':>10}  acked==stored"
     )
     print(header)
     for r in results:
         print(
             f"{r['backend']:<11}{r['annotators']:>7}{r['submissions_per_s']:>9}{r['submit_p50_ms']:>8}"
             f"{r['submit_p99_ms']:>8}{r['cycle_p99_ms']:>10}{r['errors']:>7}"
-            f"{r['server_cpu_ms_per_submission']:>11}  {r['acked_equals_stored']}"
+            f"{r['server_cpu_ms_per_submission']:>11}{r['postgres_cpu_ms_per_submission'] or '-':>10}"
+            f"  {r['acked_equals_stored']}"
         )
     return 0 if all(r["acked_equals_stored"] and not r["errors"] for r in results) else 1
 

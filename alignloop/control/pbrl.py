@@ -128,12 +128,14 @@ def fit_cost_model(
     steps: int,
     batch_size: int,
     gen: torch.Generator,
+    calibrate_last: int | None = None,
 ) -> float:
     """Safe RLHF cost-model fit on segment scores `segment_cost_logit`. obs (P, 2, H, D),
     safer (P,) index of the safer segment, is_safe (P, 2) bool, ranked (P,) bool: False for a
     tie, whose two safety labels still count (a safe segment says every one of its steps is
     safe) but which ranks nothing. Then sets the model's step-counting threshold
-    (`count_threshold`) on the same pairs. Returns the sign accuracy."""
+    (`count_threshold`) on the same pairs, or on the last ``calibrate_last`` of them (pairs in
+    the order they were asked: the policy's current states). Returns the sign accuracy."""
     rows = torch.arange(len(safer))
     sign = torch.where(is_safe, -1.0, 1.0)  # (P, 2): +1 unsafe, -1 safe
     for _ in range(steps):
@@ -149,7 +151,8 @@ def fit_cost_model(
         optimizer.step()
     with torch.no_grad():
         step_logits = model(obs, actions)  # (P, 2, H)
-        model.threshold.fill_(count_threshold(step_logits, is_safe, safer, ranked))
+        last = slice(-calibrate_last if calibrate_last else None, None)
+        model.threshold.fill_(count_threshold(step_logits[last], is_safe[last], safer[last], ranked[last]))
         return float(((segment_cost_logit(step_logits) > 0) == ~is_safe).float().mean())
 
 
@@ -234,6 +237,7 @@ class PreferenceLearner:
         candidates: int,
         select: str,
         cost_queries: float,
+        threshold_pairs: int | None,
         ensemble: int,
         fit_steps: int,
         lr: float,
@@ -243,7 +247,7 @@ class PreferenceLearner:
         self.teacher, self.safe, self.budget, self.log = teacher, safe, budget, log
         self.queries_per_round, self.round_every = queries_per_round, round_every
         self.h, self.pool_size, self.candidates, self.select = segment_length, pool_size, candidates, select
-        self.fit_steps, self.cost_queries = fit_steps, cost_queries
+        self.fit_steps, self.cost_queries, self.threshold_pairs = fit_steps, cost_queries, threshold_pairs
         self.gen = torch.Generator().manual_seed(seed)
         self.reward_models, self.cost_model = new_models(obs_dim, act_dim, ensemble, segment_length)
         self.reward_opts = [torch.optim.Adam(m.parameters(), lr=lr) for m in self.reward_models]
@@ -325,7 +329,7 @@ class PreferenceLearner:
             ranked = safer != TIE  # ties (e.g. two safe segments) keep their safety labels
             stats["pbrl/cost_sign_accuracy"] = fit_cost_model(
                 self.cost_model, self.cost_opt, obs, act, torch.where(ranked, safer, 0).long(),
-                is_safe, ranked, self.fit_steps, 64, self.gen,
+                is_safe, ranked, self.fit_steps, 64, self.gen, self.threshold_pairs,
             )  # fmt: skip
             stats["pbrl/cost_threshold"] = float(self.cost_model.threshold)
             stats |= self.cost_calibration()
@@ -389,6 +393,9 @@ class PbrlConfig:
     cost_queries: float = 0.5
     """Safe tasks: share of each round's pairs chosen where the cost model is least sure a
     segment is safe (the rest by --select; the first round is all by --select)."""
+    threshold_pairs: int | None = 250
+    """Safe tasks: fit the cost model's step-counting threshold on the most recent this many
+    judged pairs, the states the policy is in now (None: on all of them)."""
     ensemble: int = 3
     """Reward models in the ensemble (each on its own bootstrap of the judgements)."""
     fit_steps: int = 200
@@ -437,6 +444,8 @@ def check_config(cfg: PbrlConfig) -> str | None:
         )
     if not 0.0 <= cfg.cost_queries <= 1.0:
         raise ValueError(f"--cost-queries must be in [0, 1], got {cfg.cost_queries}")
+    if cfg.threshold_pairs is not None and cfg.threshold_pairs < 1:
+        raise ValueError(f"--threshold-pairs must be >= 1 (or None), got {cfg.threshold_pairs}")
     for name in ("round_every", "ensemble", "candidates", "fit_steps", "pool_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
@@ -499,6 +508,7 @@ def train(cfg: PbrlConfig) -> int:
         candidates=cfg.candidates,
         select=cfg.select,
         cost_queries=cfg.cost_queries,
+        threshold_pairs=cfg.threshold_pairs,
         ensemble=cfg.ensemble,
         fit_steps=cfg.fit_steps,
         lr=cfg.model_lr,

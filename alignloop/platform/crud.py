@@ -13,7 +13,7 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -181,6 +181,23 @@ def add_items(
             for row, values in zip(rows, specs, strict=True)
         ]
     raise Conflict("items: concurrent pushes kept storing the same keys; retry the push")
+
+
+def refresh_queue_statistics(session: Session, *, added: int) -> bool:
+    """On PostgreSQL, refresh the planner's statistics of `items` when a push grew the table by at
+    least half of what the planner believes it holds (True when refreshed).
+
+    Until autovacuum gets to a table that has just grown (up to a minute later), the planner takes
+    it for a few rows and plans the queue's pick as a scan of every free item followed by a sort:
+    10-20 ms per pick at 20,000 items, against 0.1-0.4 ms reading the queue index in order.
+    """
+    if added <= 0 or session.get_bind().dialect.name != "postgresql":
+        return False
+    believed = session.scalar(text("SELECT reltuples FROM pg_class WHERE oid = 'items'::regclass"))
+    if believed is not None and believed >= 2 * added:
+        return False
+    session.execute(text("ANALYZE items"))
+    return True
 
 
 def set_priorities(session: Session, *, project: Project, priorities: dict[int, float]) -> int:

@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -50,6 +50,8 @@ class Cluster:
     user: str = "alignloop"
     durable: bool = False
     """fsync on (as a real deployment runs); tests run with it off, for speed."""
+    settings: dict[str, str] = field(default_factory=dict)
+    """Further server settings (`-c name=value`), e.g. commit_delay or shared_buffers."""
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -80,6 +82,7 @@ class Cluster:
         options = (
             f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync={fsync} -c max_connections=300"
         )
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",
@@ -92,6 +95,10 @@ class Cluster:
             "start",
         )
 
+    def postmaster_pid(self) -> int:
+        """The server's main process (its children are the backends, WAL writer and the rest)."""
+        return int((self.base / "data" / "postmaster.pid").read_text().split("\n", 1)[0])
+
     def stop(self) -> None:
         try:
             self._run(str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"), "-m", "immediate", "stop")
@@ -99,13 +106,15 @@ class Cluster:
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-def start_cluster(durable: bool = False) -> Cluster:
+def start_cluster(durable: bool = False, settings: dict[str, str] | None = None) -> Cluster:
     bindir = pg_bindir()
     if bindir is None:
         raise RuntimeError("PostgreSQL server binaries not found (initdb); run `make setup` as root")
     base = Path(tempfile.mkdtemp(prefix="alignloop-pg-"))
     base.chmod(0o755)
-    cluster = Cluster(bindir=bindir, base=base, port=free_port(), durable=durable)
+    cluster = Cluster(
+        bindir=bindir, base=base, port=free_port(), durable=durable, settings=dict(settings or {})
+    )
     try:
         cluster.start()
     except subprocess.CalledProcessError as exc:

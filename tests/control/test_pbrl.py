@@ -85,7 +85,7 @@ def test_selection_rules() -> None:
 def _learner(**kw) -> PreferenceLearner:
     args = dict(
         safe=False, budget=100, queries_per_round=10, round_every=1, segment_length=4, pool_size=100,
-        candidates=2, select="uniform", cost_queries=0.5, ensemble=3, fit_steps=10, lr=1e-3, seed=0,
+        candidates=2, select="uniform", cost_queries=0.5, threshold_pairs=None, ensemble=3, fit_steps=10, lr=1e-3, seed=0,
     )  # fmt: skip
     args.update(kw)
     return PreferenceLearner(1, 1, SegmentTeacher(), **args)  # type: ignore[arg-type]

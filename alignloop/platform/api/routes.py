@@ -124,6 +124,8 @@ def add_items(
     }
     ids = crud.add_items(session, project=project, items=body.items, media_names=media_names)
     session.commit()
+    if crud.refresh_queue_statistics(session, added=len(body.items)):
+        session.commit()
     return ItemsOut(ids=ids)
 
 
