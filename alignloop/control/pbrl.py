@@ -249,7 +249,9 @@ class PreferenceLearner:
         self.h, self.pool_size, self.candidates, self.select = segment_length, pool_size, candidates, select
         self.fit_steps, self.cost_queries, self.threshold_pairs = fit_steps, cost_queries, threshold_pairs
         self.gen = torch.Generator().manual_seed(seed)
-        self.reward_models, self.cost_model = new_models(obs_dim, act_dim, ensemble, segment_length)
+        with torch.random.fork_rng(devices=[]):  # the initial weights follow the seed alone
+            torch.manual_seed(seed)
+            self.reward_models, self.cost_model = new_models(obs_dim, act_dim, ensemble, segment_length)
         self.reward_opts = [torch.optim.Adam(m.parameters(), lr=lr) for m in self.reward_models]
         self.cost_opt = torch.optim.Adam(self.cost_model.parameters(), lr=lr)
         self.pool: dict[str, np.ndarray] = {}

@@ -112,6 +112,20 @@ def test_safe_rounds_ask_where_the_cost_model_doubts(monkeypatch) -> None:
     assert len(asked) == 5 and (asked == 7).any(1).all(), asked
 
 
+def test_models_start_from_the_seed_alone() -> None:
+    first = _learner(seed=3)
+    torch.rand(5)  # whatever else used the global generator in between
+    second = _learner(seed=3)
+    for a, b in zip(
+        [*first.reward_models, first.cost_model], [*second.reward_models, second.cost_model], strict=True
+    ):
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert torch.equal(x, y), name
+    assert not torch.equal(
+        first.reward_models[0].net.last.weight, _learner(seed=4).reward_models[0].net.last.weight
+    )
+
+
 def test_segments_never_cross_an_episode_end() -> None:
     steps, n = 12, 2
     zeros = np.zeros((steps, n))
