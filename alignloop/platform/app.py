@@ -17,8 +17,9 @@ from starlette.middleware.sessions import SessionMiddleware
 from alignloop.platform.api.routes import router as api_router
 from alignloop.platform.auth import TokenCache
 from alignloop.platform.crud import PlatformError
-from alignloop.platform.db import make_engine, make_sessionmaker
+from alignloop.platform.db import is_sqlite, make_engine, make_sessionmaker
 from alignloop.platform.models import User
+from alignloop.platform.pgpool import ConnectionPool, libpq_conninfo
 from alignloop.platform.settings import Settings
 from alignloop.platform.web.routes import STATIC_DIR, LoginRequired
 from alignloop.platform.web.routes import router as web_router
@@ -77,6 +78,8 @@ THREADS = 200  # sync routes run in threads; a request waiting on the database m
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
     yield
+    if app.state.pg_pool is not None:
+        await app.state.pg_pool.close()
     app.state.engine.dispose()
 
 
@@ -92,6 +95,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = make_engine(settings.db)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
+    app.state.pg_pool = (  # judgement-and-next's common case runs on the event loop (PostgreSQL)
+        None
+        if is_sqlite(settings.db)
+        else ConnectionPool(libpq_conninfo(settings.db), size=settings.async_pool_size)
+    )
     app.state.token_cache = TokenCache[User](settings.token_cache_s)
 
     @app.exception_handler(PlatformError)

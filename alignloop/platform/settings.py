@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=50 << 20, description="Largest accepted media upload.")
     lock_s: int = Field(default=600, description="How long an assignment stays locked to its annotator.")
+    async_pool_size: int = Field(
+        default=20,
+        description="PostgreSQL: connections per worker process for the routes served on the event loop.",
+    )
     token_cache_s: float = Field(
         default=5.0,
         description=(

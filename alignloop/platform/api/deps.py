@@ -61,18 +61,24 @@ def _token_user(request: Request, session: Session, token: str | None) -> User:
     return user
 
 
-async def api_user(request: Request, session: SessionDep, credentials: Credentials) -> User:
+def _looked_up_user(request: Request, token: str | None) -> User:
+    with request.app.state.sessionmaker() as session:
+        return _token_user(request, session, token)
+
+
+async def api_user(request: Request, credentials: Credentials) -> User:
     """The user behind the request's bearer token; 401 without a valid one.
 
     A token seen in the last `Settings.token_cache_s` seconds is answered from memory, on the event
-    loop; otherwise it is looked up in the database in a worker thread.
+    loop; otherwise it is looked up in the database, in a worker thread with a session of its own
+    (so a route that needs no session, such as judgement-and-next on PostgreSQL, opens none).
     """
     token = credentials.credentials.strip() if credentials is not None else None
     cache: auth.TokenCache[User] = request.app.state.token_cache
     user = cache.get(auth.token_digest(token)) if token else None
     if user is not None:
         return user
-    return await run_in_threadpool(_token_user, request, session, token or None)
+    return await run_in_threadpool(_looked_up_user, request, token or None)
 
 
 def api_or_session_user(request: Request, session: SessionDep, credentials: Credentials) -> User:

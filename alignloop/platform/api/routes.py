@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
+import psycopg
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from alignloop.platform import auth, crud, export, hotpath, media, stats
 from alignloop.platform.api.deps import (
@@ -237,35 +239,37 @@ def submit(
     return judgement
 
 
-def _submit_and_next_short(
-    session: Session, user: User, assignment_id: int, body: JudgementIn, lock_s: int
-) -> SubmittedOut | None:
-    """`submit_and_next` in two statements on PostgreSQL; None (nothing stored) when it does not apply."""
-    now = utcnow()
-    stored = hotpath.submit(session, assignment_id=assignment_id, annotator_id=user.id, labels=body, now=now)
-    if stored is None:
-        return None
-    judgement, queue = stored
-    if queue["gold_rate"] > 0:  # gold mixing counts the caller's judgements: the general path
+def _release_expired(factory: sessionmaker[Session], project_id: int) -> None:
+    with factory() as session:
+        crud.release_expired(session, project_id=project_id, now=utcnow())
+        session.commit()
+
+
+def _submit_and_next_general(
+    factory: sessionmaker[Session], user: User, assignment_id: int, body: JudgementIn, lock_s: int
+) -> tuple[SubmittedOut, int]:
+    """judgement-and-next through the ORM, for every case; answers the result and its status code."""
+    with factory() as session:
+        judgement, created = _submit(session, user, assignment_id, body, commit=False)
         project = crud.get_project(session, project_id=judgement.project_id)
-        taken = crud.next_assignment(
-            session, project=project, annotator=user, lock_s=lock_s, release=release_due(project.id), now=now
+        try:
+            assignment = crud.next_assignment(
+                session, project=project, annotator=user, lock_s=lock_s, release=release_due(project.id)
+            )
+            session.commit()
+        except IntegrityError:  # a parallel request of the same annotator took one at the same time
+            session.rollback()  # that undid the judgement too: store it on its own, then hand out theirs
+            judgement, created = _submit(session, user, assignment_id, body)
+            project = crud.get_project(session, project_id=judgement.project_id)
+            assignment = crud.next_assignment(
+                session, project=project, annotator=user, lock_s=lock_s, release=False
+            )
+            session.commit()
+        answer = SubmittedOut(
+            judgement=judgement,
+            assignment=None if assignment is None else _assignment_out(assignment, project),
         )
-        assignment = None if taken is None else _assignment_out(taken, project)
-    else:
-        if release_due(judgement.project_id):
-            crud.release_expired(session, project_id=judgement.project_id, now=now)
-        assignment = hotpath.next_assignment(
-            session,
-            project_id=judgement.project_id,
-            annotator_id=user.id,
-            overlap=queue["overlap"],
-            harm_categories=queue["harm_categories"],
-            lock_s=lock_s,
-            now=now,
-        )
-    session.commit()
-    return SubmittedOut(judgement=judgement, assignment=assignment)
+    return answer, 201 if created else 200
 
 
 @router.post(
@@ -274,48 +278,36 @@ def _submit_and_next_short(
     tags=["annotate"],
     response_model=SubmittedOut,
 )
-def submit_and_next(
-    assignment_id: Id,
-    body: JudgementIn,
-    user: UserDep,
-    session: SessionDep,
-    settings: SettingsDep,
-    response: Response,
-) -> SubmittedOut | Response:
+async def submit_and_next(
+    assignment_id: Id, body: JudgementIn, user: UserDep, request: Request, settings: SettingsDep
+) -> Response:
     """Judge an assigned item and get the next assignment of the same project in one round trip.
 
     The judgement and the next assignment are committed together; a retry with the same key
     returns the judgement (200) and the next item.
     """
-    if hotpath.applies(session, body):
+    factory = request.app.state.sessionmaker
+    pool = request.app.state.pg_pool
+    if pool is not None and hotpath.applies(body):  # PostgreSQL: on the event loop, two statements
         try:
-            short = _submit_and_next_short(session, user, assignment_id, body, settings.lock_s)
-        except IntegrityError:
+            short = await hotpath.submit_and_next(
+                pool,
+                assignment_id=assignment_id,
+                annotator_id=user.id,
+                labels=body,
+                lock_s=settings.lock_s,
+                now=utcnow(),
+            )
+        except psycopg.IntegrityError:  # a concurrent retry of the same key: the general path decides
             short = None
-        if short is not None:  # already validated: serialised once, by pydantic
+        if short is not None:
+            if release_due(short.judgement.project_id):
+                await run_in_threadpool(_release_expired, factory, short.judgement.project_id)
             return Response(short.model_dump_json(), status_code=201, media_type="application/json")
-        session.rollback()  # not the common case: the general path decides
-    judgement, created = _submit(session, user, assignment_id, body, commit=False)
-    if not created:
-        response.status_code = 200
-    project = crud.get_project(session, project_id=judgement.project_id)
-    try:
-        assignment = crud.next_assignment(
-            session, project=project, annotator=user, lock_s=settings.lock_s, release=release_due(project.id)
-        )
-        session.commit()
-    except IntegrityError:  # a parallel request of the same annotator took one at the same time
-        session.rollback()  # that undid the judgement too: store it on its own, then hand out theirs
-        judgement, created = _submit(session, user, assignment_id, body)
-        response.status_code = 201 if created else 200
-        project = crud.get_project(session, project_id=judgement.project_id)
-        assignment = crud.next_assignment(
-            session, project=project, annotator=user, lock_s=settings.lock_s, release=False
-        )
-        session.commit()
-    return SubmittedOut(
-        judgement=judgement, assignment=None if assignment is None else _assignment_out(assignment, project)
+    answer, status = await run_in_threadpool(
+        _submit_and_next_general, factory, user, assignment_id, body, settings.lock_s
     )
+    return Response(answer.model_dump_json(), status_code=status, media_type="application/json")
 
 
 @router.get("/judgements/mine", tags=["annotate"])
