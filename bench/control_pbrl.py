@@ -84,6 +84,7 @@ def worker(spec: dict) -> dict:
             round_every=spec.get("round_every", 10),
             cost_queries=spec.get("cost_queries", 0.5),
             threshold_pairs=spec.get("threshold_pairs", 250),
+            cost_ensemble=spec.get("cost_ensemble", 3),
             total_steps=spec["steps"],
             seed=spec["seed"],
             out=Path(tmp),
@@ -128,6 +129,7 @@ def main() -> None:
         default=250,
         help="safe: recent pairs the step-counting threshold is fitted on",
     )
+    parser.add_argument("--cost-ensemble", type=int, default=3, help="safe: cost models in the ensemble")
     parser.add_argument("--jobs", type=int, default=1, help="runs at the same time (one core each)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
@@ -164,6 +166,7 @@ def main() -> None:
             "round_every": args.round_every,
             "cost_queries": args.cost_queries,
             "threshold_pairs": args.threshold_pairs,
+            "cost_ensemble": args.cost_ensemble,
             "ppo": ppo_overrides(args),
         }
         for seed in args.seeds

@@ -1,8 +1,10 @@
 """Preference-based RL on Pendulum-v1: alignloop against the `imitation` library.
 
 Both sides: 200 comparisons from a perfect synthetic teacher (preference by the true return of
-the segments), 50,000 environment steps, PPO as the policy learner (SB3's PPO inside
-`imitation`, alignloop's PPO here), reward nets (64, 64). Figure: the mean true return of the
+the segments), a budget of 50,000 environment steps, PPO as the policy learner (SB3's PPO inside
+`imitation`, alignloop's PPO here), reward nets (64, 64). imitation's agent trains in whole SB3
+rollouts, so it really takes 61,440 steps for that budget (`imitation_agent_steps`); alignloop is
+given the same number. alignloop runs once per query-selection rule (`--select`). Figure: the mean true return of the
 final policy over 10 evaluation episodes (deterministic actions), median and spread over seeds.
 Target: alignloop's return at least imitation's.
 
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,6 +37,15 @@ from control_common import markdown, run_worker, save, summarise  # noqa: E402
 
 VENV = Path(__file__).resolve().parent / ".venv-imitation"
 FRAGMENT, EPISODES = 50, 10
+ITERATIONS, SB3_ROLLOUT = 10, 2048
+
+
+def imitation_agent_steps(steps: int) -> int:
+    """Environment steps imitation's agent really trains for: each of its ITERATIONS calls SB3's
+    ``learn`` for steps / ITERATIONS, which runs whole rollouts of SB3_ROLLOUT steps (50,000 ->
+    10 x 6,144 = 61,440). alignloop gets the same number, so both learn from equal experience."""
+    per_iteration = -(-(steps // ITERATIONS) // SB3_ROLLOUT) * SB3_ROLLOUT
+    return ITERATIONS * per_iteration
 
 
 def setup() -> None:
@@ -54,7 +66,7 @@ def setup() -> None:
     )
 
 
-def run_alignloop(seed: int, steps: int, comparisons: int) -> dict:
+def run_alignloop(seed: int, steps: int, comparisons: int, select: str) -> dict:
     from alignloop.control.evaluate import evaluate_policy
     from alignloop.control.pbrl import PbrlConfig, train
     from alignloop.control.ppo import PPOSettings
@@ -65,8 +77,9 @@ def run_alignloop(seed: int, steps: int, comparisons: int) -> dict:
             feedback=comparisons,
             queries_per_round=max(1, comparisons // 10),
             round_every=2,
+            select=select,  # type: ignore[arg-type]
             segment_length=FRAGMENT,
-            total_steps=steps,
+            total_steps=imitation_agent_steps(steps),
             seed=seed,
             out=Path(tmp),
             name="r",
@@ -76,7 +89,7 @@ def run_alignloop(seed: int, steps: int, comparisons: int) -> dict:
         with contextlib.redirect_stdout(io.StringIO()):
             train(cfg)
         returns, _, _ = evaluate_policy(Path(tmp) / "r", EPISODES, 10_000 + seed)
-    return {"return": sum(returns) / len(returns)}
+    return {"return": sum(returns) / len(returns), "agent_steps": imitation_agent_steps(steps)}
 
 
 def run_imitation(seed: int, steps: int, comparisons: int) -> dict:
@@ -101,14 +114,14 @@ def run_imitation(seed: int, steps: int, comparisons: int) -> dict:
         epochs=3,
         rng=rng,
     )
-    agent = PPO("MlpPolicy", venv, seed=seed, n_steps=2048, batch_size=64, device="cpu")
+    agent = PPO("MlpPolicy", venv, seed=seed, n_steps=SB3_ROLLOUT, batch_size=64, device="cpu")
     generator = preference_comparisons.AgentTrainer(
         algorithm=agent, reward_fn=reward_net, venv=venv, exploration_frac=0.05, rng=rng
     )
     main = preference_comparisons.PreferenceComparisons(
         generator,
         reward_net,
-        num_iterations=10,
+        num_iterations=ITERATIONS,
         fragmenter=preference_comparisons.RandomFragmenter(warning_threshold=0, rng=rng),
         preference_gatherer=preference_comparisons.SyntheticGatherer(rng=rng),
         reward_trainer=trainer,
@@ -122,7 +135,7 @@ def run_imitation(seed: int, steps: int, comparisons: int) -> dict:
     main.train(total_timesteps=steps, total_comparisons=comparisons)
     eval_env = make_vec_env("Pendulum-v1", rng=np.random.default_rng(10_000 + seed), n_envs=1)
     mean, _ = evaluate_policy(agent.policy, eval_env, EPISODES, deterministic=True)
-    return {"return": float(mean)}
+    return {"return": float(mean), "agent_steps": int(agent.num_timesteps)}
 
 
 def main() -> None:
@@ -133,6 +146,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--comparisons", type=int, default=200)
+    parser.add_argument(
+        "--select",
+        nargs="+",
+        default=["uniform", "disagreement"],
+        help="alignloop's query-selection rules to run (imitation's documented example picks at random)",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs at the same time (one core each)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/control_vs_imitation.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -141,19 +161,32 @@ def main() -> None:
         return
     if args.worker:
         spec = json.loads(args.worker)
-        runner = run_alignloop if spec["system"] == "alignloop" else run_imitation
-        print(json.dumps({**spec, **runner(spec["seed"], spec["steps"], spec["comparisons"])}))
+        if spec["system"].startswith("alignloop"):
+            result = run_alignloop(spec["seed"], spec["steps"], spec["comparisons"], spec["select"])
+        else:
+            result = run_imitation(spec["seed"], spec["steps"], spec["comparisons"])
+        print(json.dumps({**spec, **result}))
         return
     if not (VENV / "bin" / "python").exists():
         sys.exit(f"{VENV} is missing: run `python {__file__} --setup` first")
-    rows = []
+    specs = []
     for seed in args.seeds:
-        for system in ("alignloop", "imitation"):
-            python = sys.executable if system == "alignloop" else str(VENV / "bin" / "python")
-            spec = {"system": system, "seed": seed, "steps": args.steps, "comparisons": args.comparisons}
-            row = run_worker(__file__, spec, python=python)
+        for select in args.select:
+            specs.append({"system": f"alignloop-{select}", "select": select, "seed": seed})
+        specs.append({"system": "imitation", "seed": seed})
+    for spec in specs:
+        spec |= {"steps": args.steps, "comparisons": args.comparisons}
+
+    def run(spec: dict) -> dict:
+        python = str(VENV / "bin" / "python") if spec["system"] == "imitation" else sys.executable
+        return run_worker(__file__, spec, python=python)
+
+    rows = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for row in pool.map(run, specs):
             print(json.dumps(row), flush=True)
             rows.append(row)
+            save(args.out, rows, [])  # every finished run is kept, even if a later one fails
     summary = summarise(rows, "system", ["return"])
     save(args.out, rows, summary)
     print(markdown(summary, "system", ["return"]))

@@ -146,17 +146,37 @@ class StepModel(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-class CostModel(StepModel):
-    """A per-step logit ``z(s, a)`` that the step is unsafe, and the ``threshold`` above which
-    a step counts as one unsafe step (`step_costs`), chosen after each fit so that counting
-    steps reproduces the teacher's segment labels (`alignloop.control.pbrl.count_threshold`).
-    Both are saved with it."""
+class CostModel(nn.Module):
+    """An ensemble of per-step logits ``z_k(s, a)`` that the step is unsafe, each member with
+    the ``threshold`` above which it counts a step as one unsafe step, chosen after each fit so
+    that counting steps reproduces the teacher's segment labels
+    (`alignloop.control.pbrl.count_threshold`). ``forward`` is the members' mean logit;
+    `step_costs` counts a step when any member does (pessimistic: the policy cannot settle
+    where only one member is wrong). Members and thresholds are saved with it."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (64, 64)):
-        super().__init__(obs_dim, act_dim, hidden)
+    def __init__(self, obs_dim: int, act_dim: int, members: int = 1, hidden: tuple[int, ...] = (64, 64)):
+        super().__init__()
+        self.members = nn.ModuleList(StepModel(obs_dim, act_dim, hidden) for _ in range(members))
         self.threshold: Tensor
-        self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("threshold", torch.zeros(members))
+
+    @property
+    def models(self) -> list[StepModel]:
+        return [member for member in self.members if isinstance(member, StepModel)]
+
+    def set_input_stats(self, obs: Tensor, actions: Tensor) -> None:
+        for member in self.models:
+            member.set_input_stats(obs, actions)
+
+    def member_logits(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """``(..., D), (..., A) -> (K, ...)``: each member's logit."""
+        return torch.stack([member(obs, actions) for member in self.models])
+
+    def forward(self, obs: Tensor, actions: Tensor) -> Tensor:
+        return self.member_logits(obs, actions).mean(0)
 
     def step_costs(self, obs: Tensor, actions: Tensor) -> Tensor:
-        """1 for a step counted unsafe, 0 otherwise: ``(..., D), (..., A) -> (...)``."""
-        return (self(obs, actions) > self.threshold).to(torch.float32)
+        """1 for a step some member counts unsafe, 0 otherwise: ``(..., D), (..., A) -> (...)``."""
+        z = self.member_logits(obs, actions)  # (K, ...)
+        over = z > self.threshold.view(-1, *([1] * (z.dim() - 1)))
+        return over.any(0).to(torch.float32)

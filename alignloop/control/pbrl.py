@@ -130,30 +130,34 @@ def fit_cost_model(
     gen: torch.Generator,
     calibrate_last: int | None = None,
 ) -> float:
-    """Safe RLHF cost-model fit on segment scores `segment_cost_logit`. obs (P, 2, H, D),
-    safer (P,) index of the safer segment, is_safe (P, 2) bool, ranked (P,) bool: False for a
-    tie, whose two safety labels still count (a safe segment says every one of its steps is
-    safe) but which ranks nothing. Then sets the model's step-counting threshold
-    (`count_threshold`) on the same pairs, or on the last ``calibrate_last`` of them (pairs in
-    the order they were asked: the policy's current states). Returns the sign accuracy."""
+    """Safe RLHF cost-model fit on segment scores `segment_cost_logit`, each member of the
+    ensemble on its own bootstrap resample of the pairs. obs (P, 2, H, D), safer (P,) index of
+    the safer segment, is_safe (P, 2) bool, ranked (P,) bool: False for a tie, whose two safety
+    labels still count (a safe segment says every one of its steps is safe) but which ranks
+    nothing. Then sets each member's step-counting threshold (`count_threshold`) on the same
+    pairs, or on the last ``calibrate_last`` of them (pairs in the order they were asked: the
+    policy's current states). Returns the sign accuracy of the members' mean logit."""
     rows = torch.arange(len(safer))
     sign = torch.where(is_safe, -1.0, 1.0)  # (P, 2): +1 unsafe, -1 safe
-    for _ in range(steps):
-        idx = torch.randint(len(safer), (min(batch_size, len(safer)),), generator=gen)
-        r = rows[: len(idx)]
-        score = segment_cost_logit(model(obs[idx], actions[idx]))  # (B, 2)
-        s, u = safer[idx], 1 - safer[idx]
-        loss, _ = cost_model_loss(
-            score[r, u], score[r, s], sign[idx][r, u], sign[idx][r, s], ranked=ranked[idx], score_l2=1e-3
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    for member in model.models:
+        boot = torch.randint(len(safer), (len(safer),), generator=gen)  # own bootstrap
+        for _ in range(steps):
+            idx = boot[torch.randint(len(boot), (min(batch_size, len(boot)),), generator=gen)]
+            r = rows[: len(idx)]
+            score = segment_cost_logit(member(obs[idx], actions[idx]))  # (B, 2)
+            s, u = safer[idx], 1 - safer[idx]
+            loss, _ = cost_model_loss(
+                score[r, u], score[r, s], sign[idx][r, u], sign[idx][r, s], ranked=ranked[idx], score_l2=1e-3
+            )
+            optimizer.zero_grad(set_to_none=True)  # the other members' parameters stay untouched
+            loss.backward()
+            optimizer.step()
     with torch.no_grad():
-        step_logits = model(obs, actions)  # (P, 2, H)
+        step_logits = model.member_logits(obs, actions)  # (K, P, 2, H)
         last = slice(-calibrate_last if calibrate_last else None, None)
-        model.threshold.fill_(count_threshold(step_logits[last], is_safe[last], safer[last], ranked[last]))
-        return float(((segment_cost_logit(step_logits) > 0) == ~is_safe).float().mean())
+        for k, z in enumerate(step_logits):
+            model.threshold[k] = count_threshold(z[last], is_safe[last], safer[last], ranked[last])
+        return float(((segment_cost_logit(step_logits.mean(0)) > 0) == ~is_safe).float().mean())
 
 
 def count_threshold(
@@ -184,7 +188,7 @@ def count_threshold(
     return float(bs[best])
 
 
-def cost_sign_uncertainty(cost_model: StepModel, obs: Tensor, actions: Tensor) -> Tensor:
+def cost_sign_uncertainty(cost_model: CostModel, obs: Tensor, actions: Tensor) -> Tensor:
     """How unsure the cost model is whether a pair's segments are safe: the larger
     `sign_uncertainty` of the two segments' scores. obs (P, 2, H, D) -> (P,) in [0, 1]."""
     with torch.no_grad():
@@ -193,14 +197,15 @@ def cost_sign_uncertainty(cost_model: StepModel, obs: Tensor, actions: Tensor) -
 
 
 def new_models(
-    obs_dim: int, act_dim: int, ensemble: int, segment_length: int
+    obs_dim: int, act_dim: int, ensemble: int, segment_length: int, cost_ensemble: int = 1
 ) -> tuple[list[StepModel], CostModel]:
     """Untrained reward ensemble and cost model. The cost model starts from the prior that each
     step is unsafe with probability about 1 / (2H), so a segment of H steps about 40% of the
     time; its counting threshold starts at logit 0 (P = 1/2) until the first fit sets it."""
     reward_models = [StepModel(obs_dim, act_dim) for _ in range(ensemble)]
-    cost_model = CostModel(obs_dim, act_dim)
-    torch.nn.init.constant_(cost_model.net.last.bias, -math.log(2 * segment_length))
+    cost_model = CostModel(obs_dim, act_dim, cost_ensemble)
+    for member in cost_model.models:
+        torch.nn.init.constant_(member.net.last.bias, -math.log(2 * segment_length))
     return reward_models, cost_model
 
 
@@ -238,6 +243,7 @@ class PreferenceLearner:
         select: str,
         cost_queries: float,
         threshold_pairs: int | None,
+        cost_ensemble: int,
         ensemble: int,
         fit_steps: int,
         lr: float,
@@ -251,7 +257,9 @@ class PreferenceLearner:
         self.gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):  # the initial weights follow the seed alone
             torch.manual_seed(seed)
-            self.reward_models, self.cost_model = new_models(obs_dim, act_dim, ensemble, segment_length)
+            self.reward_models, self.cost_model = new_models(
+                obs_dim, act_dim, ensemble, segment_length, cost_ensemble
+            )
         self.reward_opts = [torch.optim.Adam(m.parameters(), lr=lr) for m in self.reward_models]
         self.cost_opt = torch.optim.Adam(self.cost_model.parameters(), lr=lr)
         self.pool: dict[str, np.ndarray] = {}
@@ -292,8 +300,9 @@ class PreferenceLearner:
         obs = torch.as_tensor(self.pool["obs"][idx], dtype=torch.float32)  # (P, 2, H, D)
         act = torch.as_tensor(self.pool["act"][idx])  # (P, 2, H, A)
         if not self.fitted:  # set the input statistics once, from the first pool
-            for model in [*self.reward_models, self.cost_model]:
+            for model in self.reward_models:
                 model.set_input_stats(obs, act)
+            self.cost_model.set_input_stats(obs, act)
         # first the pairs where the cost model is least sure a segment is safe, then the rule's
         doubt = cost_sign_uncertainty(self.cost_model, obs, act).argsort(descending=True)[:by_cost].numpy()
         rest = np.setdiff1d(np.arange(len(idx)), doubt)
@@ -333,7 +342,7 @@ class PreferenceLearner:
                 self.cost_model, self.cost_opt, obs, act, torch.where(ranked, safer, 0).long(),
                 is_safe, ranked, self.fit_steps, 64, self.gen, self.threshold_pairs,
             )  # fmt: skip
-            stats["pbrl/cost_threshold"] = float(self.cost_model.threshold)
+            stats["pbrl/cost_threshold"] = float(self.cost_model.threshold.mean())
             stats |= self.cost_calibration()
         self.fitted = True
         if self.log is not None:
@@ -398,6 +407,9 @@ class PbrlConfig:
     threshold_pairs: int | None = 250
     """Safe tasks: fit the cost model's step-counting threshold on the most recent this many
     judged pairs, the states the policy is in now (None: on all of them)."""
+    cost_ensemble: int = 3
+    """Cost models in the ensemble (each on its own bootstrap); a step counts as unsafe when
+    any of them counts it."""
     ensemble: int = 3
     """Reward models in the ensemble (each on its own bootstrap of the judgements)."""
     fit_steps: int = 200
@@ -448,7 +460,7 @@ def check_config(cfg: PbrlConfig) -> str | None:
         raise ValueError(f"--cost-queries must be in [0, 1], got {cfg.cost_queries}")
     if cfg.threshold_pairs is not None and cfg.threshold_pairs < 1:
         raise ValueError(f"--threshold-pairs must be >= 1 (or None), got {cfg.threshold_pairs}")
-    for name in ("round_every", "ensemble", "candidates", "fit_steps", "pool_size"):
+    for name in ("round_every", "ensemble", "cost_ensemble", "candidates", "fit_steps", "pool_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     TeacherNoise(  # its own checks: beta >= 0, rates in [0, 1]
@@ -511,6 +523,7 @@ def train(cfg: PbrlConfig) -> int:
         select=cfg.select,
         cost_queries=cfg.cost_queries,
         threshold_pairs=cfg.threshold_pairs,
+        cost_ensemble=cfg.cost_ensemble,
         ensemble=cfg.ensemble,
         fit_steps=cfg.fit_steps,
         lr=cfg.model_lr,

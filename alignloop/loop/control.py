@@ -386,8 +386,9 @@ class ControlDomain:
                 torch.as_tensor(pool["obs"], dtype=torch.float32),
                 torch.as_tensor(pool["actions"]),
             )
-            for model in [*reward_models, cost_model]:
+            for model in reward_models:
                 model.set_input_stats(pool_obs, pool_act)
+            cost_model.set_input_stats(pool_obs, pool_act)
         else:
             reward_models, cost_model = loaded[0], cost_model if loaded[1] is None else loaded[1]
         stats = dict.fromkeys(LEARN_METRICS, float("nan"))
@@ -424,7 +425,7 @@ class ControlDomain:
             stats["cost/train_sign_accuracy"] = fit_cost_model(
                 cost_model, opt, obs[fit], act[fit], safer_t, flags, ranked, self.fit_steps, 64, gen
             )
-            stats["cost/threshold"] = float(cost_model.threshold)
+            stats["cost/threshold"] = float(cost_model.threshold.mean())
             with torch.no_grad():  # the cost-model loss after the fit, without its score regulariser
                 score = segment_cost_logit(cost_model(obs[fit], act[fit]))  # (P, 2)
                 sign = torch.where(flags, -1.0, 1.0)  # +1 unsafe, -1 safe

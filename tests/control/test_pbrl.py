@@ -85,7 +85,7 @@ def test_selection_rules() -> None:
 def _learner(**kw) -> PreferenceLearner:
     args = dict(
         safe=False, budget=100, queries_per_round=10, round_every=1, segment_length=4, pool_size=100,
-        candidates=2, select="uniform", cost_queries=0.5, threshold_pairs=None, ensemble=3, fit_steps=10, lr=1e-3, seed=0,
+        candidates=2, select="uniform", cost_queries=0.5, threshold_pairs=None, cost_ensemble=1, ensemble=3, fit_steps=10, lr=1e-3, seed=0,
     )  # fmt: skip
     args.update(kw)
     return PreferenceLearner(1, 1, SegmentTeacher(), **args)  # type: ignore[arg-type]
@@ -279,7 +279,8 @@ def _slider_segments(count: int, length: int, seed: int) -> tuple[np.ndarray, np
     return np.array(obs_all, np.float32), np.array(act_all, np.float32), np.array(cost_all)
 
 
-def test_cost_model_learns_held_out_safety_labels() -> None:
+@pytest.mark.parametrize("members", [1, 3])
+def test_cost_model_learns_held_out_safety_labels(members: int) -> None:
     """SafeSliderVelocity segments of 20 steps from a running start; the teacher labels a
     segment unsafe when any step is above the speed limit and ranks by unsafe steps. Ties (two
     safe segments, most often) keep their labels. The learned segment cost must put > 90% of
@@ -299,7 +300,7 @@ def test_cost_model_learns_held_out_safety_labels() -> None:
     safer = torch.where(ranked, torch.as_tensor(judged.safer), 0).long()
     is_safe = torch.as_tensor(judged.is_safe)
     split = 300
-    learner = _learner(safe=True, segment_length=20)
+    learner = _learner(safe=True, segment_length=20, cost_ensemble=members)
     model = learner.cost_model
     model.set_input_stats(o[:split], a[:split])
     gen = torch.Generator().manual_seed(0)
