@@ -500,7 +500,7 @@ def main() -> int:
         print(
             f"{r['backend']:<11}{r['annotators']:>7}{r['submissions_per_s']:>9}{r['submit_p50_ms']:>8}"
             f"{r['submit_p99_ms']:>8}{r['cycle_p99_ms']:>10}{r['errors']:>7}"
-            f"{r['server_cpu_ms_per_submission']:>11}{r['postgres_cpu_ms_per_submission'] or '-':>10}"
+            f"{r['server_cpu_ms_per_submission']:>11}{'-' if r['postgres_cpu_ms_per_submission'] is None else r['postgres_cpu_ms_per_submission']:>10}"
             f"  {r['acked_equals_stored']}"
         )
     return 0 if all(r["acked_equals_stored"] and not r["errors"] for r in results) else 1
