@@ -3,7 +3,7 @@
 Connections are opened on first need, up to `size`; a request that finds them all busy waits for
 one. Each use is one transaction (BEGIN ... COMMIT, rolled back on any error); a connection that
 broke or was cut off inside a transaction is closed and replaced by a fresh one later. The pool
-belongs to one event loop (the worker's): the app opens it at startup and closes it at shutdown.
+belongs to one event loop (the worker's); the app closes it at shutdown.
 """
 
 from __future__ import annotations
@@ -25,35 +25,34 @@ def libpq_conninfo(url: str) -> str:
 class ConnectionPool:
     def __init__(self, conninfo: str, *, size: int):
         self.conninfo, self.size = conninfo, size
-        self._idle: asyncio.Queue[psycopg.AsyncConnection] | None = None
-        self._opened = 0
+        self._idle: list[psycopg.AsyncConnection] = []
+        self._slots: asyncio.Semaphore | None = None
 
-    def _queue(self) -> asyncio.Queue[psycopg.AsyncConnection]:
-        if self._idle is None:  # made on first use, inside the event loop that serves requests
-            self._idle = asyncio.Queue()
-        return self._idle
+    def _semaphore(self) -> asyncio.Semaphore:
+        if self._slots is None:  # made on first use, inside the event loop that serves requests
+            self._slots = asyncio.Semaphore(self.size)
+        return self._slots
 
     async def _acquire(self) -> psycopg.AsyncConnection:
-        idle = self._queue()
-        if idle.empty() and self._opened < self.size:
-            self._opened += 1
-            try:
-                return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-            except BaseException:
-                self._opened -= 1
-                raise
-        return await idle.get()
-
-    async def _discard(self, connection: psycopg.AsyncConnection) -> None:
-        self._opened -= 1
-        with contextlib.suppress(Exception):
-            await connection.close()
+        slots = self._semaphore()
+        await slots.acquire()  # one slot per connection in use, idle or fresh
+        if self._idle:
+            return self._idle.pop()
+        try:
+            return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        except BaseException:
+            slots.release()
+            raise
 
     async def _release(self, connection: psycopg.AsyncConnection) -> None:
-        if connection.closed or connection.info.transaction_status != TransactionStatus.IDLE:
-            await self._discard(connection)  # broken, or cut off mid-statement: never reuse it
-        else:
-            self._queue().put_nowait(connection)
+        try:
+            if connection.closed or connection.info.transaction_status != TransactionStatus.IDLE:
+                with contextlib.suppress(Exception):  # broken, or cut off mid-statement: never reuse it
+                    await connection.close()
+            else:
+                self._idle.append(connection)
+        finally:
+            self._semaphore().release()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection]:
@@ -68,7 +67,7 @@ class ConnectionPool:
 
     async def close(self) -> None:
         """Close the idle connections (at shutdown, when no request holds one)."""
-        idle = self._queue()
-        while not idle.empty():
-            await self._discard(idle.get_nowait())
-        self._idle = None
+        while self._idle:
+            with contextlib.suppress(Exception):
+                await self._idle.pop().close()
+        self._slots = None

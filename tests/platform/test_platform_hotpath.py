@@ -186,3 +186,39 @@ def test_pool_rolls_back_and_keeps_using_a_sound_connection(db_url: str) -> None
 
     stored, pid, same = asyncio.run(scenario())
     assert stored == [0] and pid == same != 0  # nothing stored, one connection reused throughout
+
+
+def test_pool_replaces_a_broken_connection_for_a_waiting_request(db_url: str) -> None:
+    import asyncio
+
+    import psycopg
+
+    from alignloop.platform.pgpool import ConnectionPool, libpq_conninfo
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the pool serves PostgreSQL only")
+
+    async def scenario() -> int:
+        pool = ConnectionPool(libpq_conninfo(db_url), size=1)
+
+        async def breaks() -> None:
+            try:
+                async with pool.transaction() as connection:
+                    await asyncio.sleep(0.05)  # the other request now waits for the only slot
+                    await connection.close()
+                    await connection.execute("SELECT 1")
+            except psycopg.OperationalError:
+                pass
+
+        async def waits() -> int:
+            await asyncio.sleep(0.01)
+            async with pool.transaction() as connection:
+                return (await (await connection.execute("SELECT 41 + 1")).fetchone() or [0])[0]
+
+        try:
+            _, answer = await asyncio.wait_for(asyncio.gather(breaks(), waits()), timeout=10)
+            return answer
+        finally:
+            await pool.close()
+
+    assert asyncio.run(scenario()) == 42
