@@ -3,7 +3,7 @@
 Both sides: 200 comparisons from a perfect synthetic teacher (preference by the true return of
 the segments), a budget of 50,000 environment steps, PPO as the policy learner (SB3's PPO inside
 `imitation`, alignloop's PPO here), reward nets (64, 64). imitation's agent trains in whole SB3
-rollouts, so it really takes 61,440 steps for that budget (`imitation_agent_steps`); alignloop is
+rollouts, so it really takes 67,584 steps for that budget (`imitation_agent_steps`); alignloop is
 given the same number. alignloop runs once per query-selection rule (`--select`). Figure: the mean true return of the
 final policy over 10 evaluation episodes (deterministic actions), median and spread over seeds.
 Target: alignloop's return at least imitation's.
@@ -41,11 +41,13 @@ ITERATIONS, SB3_ROLLOUT = 10, 2048
 
 
 def imitation_agent_steps(steps: int) -> int:
-    """Environment steps imitation's agent really trains for: each of its ITERATIONS calls SB3's
-    ``learn`` for steps / ITERATIONS, which runs whole rollouts of SB3_ROLLOUT steps (50,000 ->
-    10 x 6,144 = 61,440). alignloop gets the same number, so both learn from equal experience."""
+    """Environment steps imitation's agent really trains for: the initial comparisons and each
+    of the ITERATIONS rounds are followed by a call of SB3's ``learn`` for steps / ITERATIONS,
+    which runs whole rollouts of SB3_ROLLOUT steps (50,000 -> 11 x 6,144 = 67,584; the worker
+    reports SB3's own count). alignloop gets the same number, so both learn from equal
+    experience."""
     per_iteration = -(-(steps // ITERATIONS) // SB3_ROLLOUT) * SB3_ROLLOUT
-    return ITERATIONS * per_iteration
+    return (ITERATIONS + 1) * per_iteration
 
 
 def setup() -> None:
