@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -71,12 +72,20 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+GC_THRESHOLD = 50_000  # allocations between young-generation collections (CPython's default: 700)
 THREADS = 200  # sync routes run in threads; a request waiting on the database must not starve the rest
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+    if app.state.settings.serving_gc:
+        # the objects built at start-up live as long as the process: keep them out of the
+        # cyclic collector, and collect the youngest generation less often, so that
+        # collections do not stall requests under load (p99 214 -> 97 ms in BENCHMARKS.md)
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 20, 20)
     yield
     if app.state.pg_pool is not None:
         await app.state.pg_pool.close()

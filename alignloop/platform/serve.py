@@ -95,6 +95,7 @@ def run(config: ServeConfig) -> int:
         "ALIGNLOOP_MEDIA_DIR": str(config.media_dir),
         "ALIGNLOOP_COOKIE_SECURE": "true" if config.cookie_secure else "false",
         "ALIGNLOOP_LOCK_S": str(config.lock_s),
+        "ALIGNLOOP_SERVING_GC": "true",
     }
     secret = config.secret_key or os.environ.get("ALIGNLOOP_SECRET_KEY")
     if secret is None and config.workers > 1:
