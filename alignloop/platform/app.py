@@ -82,7 +82,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if app.state.settings.serving_gc:
         # the objects built at start-up live as long as the process: keep them out of the
         # cyclic collector, and collect the youngest generation less often, so that
-        # collections do not stall requests under load (p99 214 -> 97 ms in BENCHMARKS.md)
+        # collections do not stall requests under load (median p99 214 -> 124 ms in BENCHMARKS.md)
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 20, 20)
