@@ -288,7 +288,7 @@ async def submit_and_next(
     """
     factory = request.app.state.sessionmaker
     pool = request.app.state.pg_pool
-    if pool is not None and hotpath.applies(body):  # PostgreSQL: on the event loop, two statements
+    if pool is not None and hotpath.applies(body):  # PostgreSQL: on the event loop, one statement
         try:
             short = await hotpath.submit_and_next(
                 pool,
