@@ -13,6 +13,8 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,24 @@ def run_worker(
     if result.returncode != 0:
         raise RuntimeError(f"worker {spec} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_all(
+    script: str,
+    specs: list[dict[str, Any]],
+    out: Path,
+    jobs: int = 1,
+    python: Callable[[dict[str, Any]], str] = lambda spec: sys.executable,
+) -> list[dict[str, Any]]:
+    """Run each spec's worker (`run_worker`), ``jobs`` at a time, in the specs' order; print each
+    row and save every finished run to ``out`` at once, so a later failure loses none."""
+    rows: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for row in pool.map(lambda spec: run_worker(script, spec, python=python(spec)), specs):
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            save(out, rows, [])
+    return rows
 
 
 def add_ppo_arguments(parser: Any) -> None:

@@ -25,7 +25,6 @@ import json
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +32,7 @@ from control_common import (  # noqa: E402
     add_ppo_arguments,
     markdown,
     ppo_overrides,
-    run_worker,
+    run_all,
     save,
     summarise,
 )
@@ -172,12 +171,7 @@ def main() -> None:
         for seed in args.seeds
         for rule in rules
     ]
-    rows = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for row in pool.map(lambda spec: run_worker(__file__, spec), specs):
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            save(out, rows, [])  # every finished run is kept, even if a later one fails
+    rows = run_all(__file__, specs, out, args.jobs)
     reference = {r["seed"]: r["return"] for r in rows if r["rule"] == "ppo-true-reward"}
     if args.reference_from:
         runs = json.loads(args.reference_from.read_text())["runs"]

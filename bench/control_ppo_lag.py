@@ -24,7 +24,7 @@ from control_common import (  # noqa: E402
     add_ppo_arguments,
     markdown,
     ppo_overrides,
-    run_worker,
+    run_all,
     save,
     summarise,
 )
@@ -74,21 +74,19 @@ def main() -> None:
         spec = json.loads(args.worker)
         print(json.dumps({**spec, **worker(spec)}))
         return
-    rows = []
-    for seed in args.seeds:
-        for algo in ("ppo-lag", "ppo"):
-            spec = {
-                "algo": algo,
-                "env": args.env,
-                "steps": args.steps,
-                "seed": seed,
-                "cost_limit": args.cost_limit,
-                "ppo": ppo_overrides(args),
-            }
-            row = run_worker(__file__, spec)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            save(args.out, rows, [])  # every finished run is kept, even if a later one fails
+    specs = [
+        {
+            "algo": algo,
+            "env": args.env,
+            "steps": args.steps,
+            "seed": seed,
+            "cost_limit": args.cost_limit,
+            "ppo": ppo_overrides(args),
+        }
+        for seed in args.seeds
+        for algo in ("ppo-lag", "ppo")
+    ]
+    rows = run_all(__file__, specs, args.out)
     fields = ["return", "cost", "lambda", "seconds"]
     summary = summarise(rows, "algo", fields)
     save(args.out, rows, summary)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from control_common import markdown, run_worker, save, summarise  # noqa: E402
+from control_common import markdown, run_all, save, summarise  # noqa: E402
 
 
 def run_alignloop(env_id: str, steps: int, seed: int) -> dict[str, Any]:
@@ -104,13 +104,12 @@ def main() -> None:
         result = runner(spec["env"], spec["steps"], spec["seed"])
         print(json.dumps({**spec, **result, "steps_per_second": result["steps"] / result["seconds"]}))
         return
-    rows = []
-    for seed in args.seeds:
-        order = ("alignloop", "sb3") if seed % 2 == 0 else ("sb3", "alignloop")
-        for system in order:
-            row = run_worker(__file__, {"system": system, "env": args.env, "steps": args.steps, "seed": seed})
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+    specs = [
+        {"system": system, "env": args.env, "steps": args.steps, "seed": seed}
+        for seed in args.seeds
+        for system in (("alignloop", "sb3") if seed % 2 == 0 else ("sb3", "alignloop"))
+    ]
+    rows = run_all(__file__, specs, args.out)
     fields = ["return", "steps_per_second"]
     summary = summarise(rows, "system", fields)
     save(args.out, rows, summary)

@@ -29,11 +29,10 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from control_common import markdown, run_worker, save, summarise  # noqa: E402
+from control_common import markdown, run_all, save, summarise  # noqa: E402
 
 VENV = Path(__file__).resolve().parent / ".venv-imitation"
 FRAGMENT, EPISODES = 50, 10
@@ -179,16 +178,10 @@ def main() -> None:
     for spec in specs:
         spec |= {"steps": args.steps, "comparisons": args.comparisons}
 
-    def run(spec: dict) -> dict:
-        python = str(VENV / "bin" / "python") if spec["system"] == "imitation" else sys.executable
-        return run_worker(__file__, spec, python=python)
+    def python(spec: dict) -> str:
+        return str(VENV / "bin" / "python") if spec["system"] == "imitation" else sys.executable
 
-    rows = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for row in pool.map(run, specs):
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            save(args.out, rows, [])  # every finished run is kept, even if a later one fails
+    rows = run_all(__file__, specs, args.out, args.jobs, python)
     summary = summarise(rows, "system", ["return"])
     save(args.out, rows, summary)
     print(markdown(summary, "system", ["return"]))

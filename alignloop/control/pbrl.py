@@ -304,7 +304,11 @@ class PreferenceLearner:
                 model.set_input_stats(obs, act)
             self.cost_model.set_input_stats(obs, act)
         # first the pairs where the cost model is least sure a segment is safe, then the rule's
-        doubt = cost_sign_uncertainty(self.cost_model, obs, act).argsort(descending=True)[:by_cost].numpy()
+        doubt = np.zeros(0, dtype=np.int64)
+        if by_cost:
+            doubt = (
+                cost_sign_uncertainty(self.cost_model, obs, act).argsort(descending=True)[:by_cost].numpy()
+            )
         rest = np.setdiff1d(np.arange(len(idx)), doubt)
         score = SELECTIONS[self.select](self.reward_models, obs[rest], act[rest])
         top = np.concatenate([doubt, rest[score.argsort(descending=True)[: q - len(doubt)].numpy()]])
