@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
 import anyio.to_thread
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -24,6 +26,8 @@ from alignloop.platform.pgpool import ConnectionPool, libpq_conninfo
 from alignloop.platform.settings import Settings
 from alignloop.platform.web.routes import STATIC_DIR, LoginRequired
 from alignloop.platform.web.routes import router as web_router
+
+logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -86,6 +90,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 20, 20)
+    if app.state.pg_pool is not None:
+        try:
+            await app.state.pg_pool.open(app.state.settings.async_pool_open)
+        except psycopg.OperationalError as exc:  # the database may come up later: open them on need
+            logger.warning("could not open PostgreSQL connections at start-up: %s", exc)
     yield
     if app.state.pg_pool is not None:
         await app.state.pg_pool.close()

@@ -1,7 +1,8 @@
 """A small pool of asynchronous psycopg connections for the routes that run on the event loop.
 
-Connections are opened on first need, up to `size`; a request that finds them all busy waits for
-one. Each use is one transaction (BEGIN ... COMMIT, rolled back on any error); a connection that
+`open` makes the first few at start-up (a request that has to wait for a new backend to fork
+waits tens of milliseconds under load); more are opened on need, up to `size`; a request that
+finds them all busy waits for one. Each use is one transaction (BEGIN ... COMMIT, rolled back on any error); a connection that
 broke or was cut off inside a transaction is closed and replaced by a fresh one later. The pool
 belongs to one event loop (the worker's); the app closes it at shutdown.
 """
@@ -43,6 +44,16 @@ class ConnectionPool:
         except BaseException:
             slots.release()
             raise
+
+    async def open(self, count: int) -> None:
+        """Open up to `count` connections now (at start-up), so that early requests find them ready."""
+        made = []
+        try:
+            for _ in range(min(count, self.size)):
+                made.append(await self._acquire())
+        finally:
+            for connection in made:
+                await self._release(connection)
 
     async def _release(self, connection: psycopg.AsyncConnection) -> None:
         try:

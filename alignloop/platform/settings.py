@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         default=20,
         description="PostgreSQL: connections per worker process for the routes served on the event loop.",
     )
+    async_pool_open: int = Field(
+        default=8,
+        description="PostgreSQL: how many of those each worker opens when it starts (the rest on need).",
+    )
     token_cache_s: float = Field(
         default=5.0,
         description=(

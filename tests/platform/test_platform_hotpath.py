@@ -1,7 +1,9 @@
-"""judgement-and-next: the two-statement path on PostgreSQL (asynchronous, on the event loop) keeps
+"""judgement-and-next: the one-statement path on PostgreSQL (asynchronous, on the event loop) keeps
 every guarantee of the general one (on SQLite these tests run the general path, so both answer the same)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -222,3 +224,46 @@ def test_pool_replaces_a_broken_connection_for_a_waiting_request(db_url: str) ->
             await pool.close()
 
     assert asyncio.run(scenario()) == 42
+
+
+def test_pool_opens_its_first_connections_up_front_and_requests_reuse_them(db_url: str) -> None:
+    import asyncio
+
+    from alignloop.platform.pgpool import ConnectionPool, libpq_conninfo
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the pool serves PostgreSQL only")
+
+    async def scenario() -> tuple[int, set[int], set[int]]:
+        pool = ConnectionPool(libpq_conninfo(db_url), size=3)
+        try:
+            await pool.open(5)  # capped at the pool's size
+            opened = len(pool._idle)
+            ready = {c.info.backend_pid for c in pool._idle}
+
+            async def backend() -> int:
+                async with pool.transaction() as connection:
+                    await asyncio.sleep(0.02)  # all three in use at once
+                    return (await (await connection.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
+
+            used = set(await asyncio.gather(backend(), backend(), backend()))
+            return opened, ready, used
+        finally:
+            await pool.close()
+
+    opened, ready, used = asyncio.run(scenario())
+    assert opened == 3 and used == ready  # no request had to wait for a new backend
+
+
+def test_app_starts_when_postgresql_is_not_up_yet(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from fastapi.testclient import TestClient
+
+    from alignloop.platform.app import create_app
+    from alignloop.platform.pgcluster import free_port
+    from alignloop.platform.settings import Settings
+
+    url = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/absent"  # nothing listens there
+    app = create_app(Settings(db=url, media_dir=tmp_path / "media"))
+    with caplog.at_level("WARNING"), TestClient(app) as client:
+        assert client.get("/login").status_code == 200
+    assert "could not open PostgreSQL connections at start-up" in caplog.text
