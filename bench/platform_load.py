@@ -171,10 +171,13 @@ async def annotator(
     mode: str,
     interval: float = 0.0,
     offset: float = 0.0,
+    index: int = 0,
+    first: Any = None,
 ) -> None:
     """One simulated annotator; with `interval` > 0 (combined mode) it submits on a fixed schedule,
     one submission every `interval` seconds from `offset`, and latency counts from the scheduled
-    time, so a server that falls behind is charged for the wait (no coordinated omission)."""
+    time, so a server that falls behind is charged for the wait (no coordinated omission). In
+    combined mode `first` is the annotator's first assignment, taken before the clock started."""
     headers = {"Authorization": f"Bearer {token}"}
     if mode == "ceiling":  # the cheapest authenticated request: what HTTP + auth alone allow
         while time.perf_counter() < deadline:
@@ -189,8 +192,7 @@ async def annotator(
                 out["errors"].append(r.status_code)
         return
     if mode == "combined":  # one request per submission: the answer carries the next assignment
-        r = await post(client, f"/api/projects/{project_id}/next", out, headers=headers)
-        assignment = r.json()["assignment"]
+        assignment = first
         n = 0
         scheduled = time.perf_counter() + offset
         while assignment is not None and time.perf_counter() < deadline:
@@ -219,6 +221,7 @@ async def annotator(
                 out["submit"].append(t1 - t0)
                 out["cycle"].append(t1 - t0)
                 out["acked"].append(1)
+                out["trace"].append((t0, t1 - t0, index))
                 assignment = r.json()["assignment"]
             else:
                 out["errors"].append(r.status_code)
@@ -259,22 +262,43 @@ async def drive(
         "requests": [],
         "errors": [],
         "retries": [],
+        "trace": [],
     }
     limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=len(tokens))
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as shared:
         clients: list[Any] = [RawClient(url) for _ in tokens] if raw else [shared] * len(tokens)
         interval = len(tokens) / rate if rate > 0 else 0.0
+        first: list[Any] = [None] * len(tokens)
+        if mode == "combined":  # every annotator holds an assignment before the clock starts
+            answers = await asyncio.gather(
+                *(
+                    post(c, f"/api/projects/{project_id}/next", out, headers={"Authorization": f"Bearer {t}"})
+                    for c, t in zip(clients, tokens, strict=True)
+                )
+            )
+            first = [a.json()["assignment"] for a in answers]
         start = time.perf_counter()
         deadline = start + seconds
         await asyncio.gather(
             *(
                 annotator(
-                    c, t, project_id, deadline, out, f"a{i}", mode, interval, i * interval / len(tokens)
+                    c,
+                    t,
+                    project_id,
+                    deadline,
+                    out,
+                    f"a{i}",
+                    mode,
+                    interval,
+                    i * interval / len(tokens),
+                    i,
+                    first[i],
                 )
                 for i, (c, t) in enumerate(zip(clients, tokens, strict=True))
             )
         )
         out["elapsed"] = [time.perf_counter() - start]
+        out["trace"] = [(t0 - start, latency, i) for t0, latency, i in out["trace"]]
         for c in clients:
             if raw:
                 await c.close()
@@ -428,6 +452,11 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
             "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
             "stored_rows": stored,
             "acked_equals_stored": acked == stored,
+            **(
+                {"trace": [[round(t, 4), round(lat, 4), i] for t, lat, i in out["trace"]]}
+                if args.trace
+                else {}
+            ),
         }
     finally:
         if cluster is not None:
@@ -479,6 +508,11 @@ def main() -> int:
         metavar="NAME=VALUE",
         help="a setting for the benchmark's PostgreSQL cluster (repeatable), e.g. commit_delay=200",
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="combined mode: keep every submission's start (s), latency (s) and annotator in the results",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON results go")
     args = parser.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
@@ -487,7 +521,7 @@ def main() -> int:
         for backend in backends:
             result = run_backend(backend, args, Path(tmp))
             results.append(result)
-            print(json.dumps(result), flush=True)
+            print(json.dumps({k: v for k, v in result.items() if k != "trace"}), flush=True)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"machine": machine, "results": results}, indent=1) + "\n")
