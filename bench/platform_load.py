@@ -197,9 +197,9 @@ async def annotator(
         scheduled = time.perf_counter() + offset
         while assignment is not None and time.perf_counter() < deadline:
             if interval > 0:
-                await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-                if scheduled >= deadline:
+                if scheduled >= deadline:  # the schedule ends here (no idle wait past the window)
                     break
+                await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
             body = {
                 "idempotency_key": f"{name}-{n}",
                 "better": "A",
