@@ -11,6 +11,12 @@ The server is `alignloop serve` (uvicorn) in a subprocess; the annotators are as
 this process, sharing an httpx connection pool or (`--client raw`) each on its own hand-written
 HTTP/1.1 keep-alive connection, which costs the shared CPU far less. `--mode ceiling` only sends
 `GET /api/me` (authenticated, no queue work): the most this machine serves through the same stack.
+
+To find where a latency tail comes from, the results also say in which 100-ms windows some
+submission took over 30 ms (`stall_windows`: stalls that hit everyone come as runs of windows),
+when the generator's own event loop woke late (`client_loop_lags_over_10ms`), and which tables
+autovacuum vacuumed or analysed during the run (`pg_autovacuum`); `--trace` keeps every
+submission's send time and latency (`bench/platform_trace_plot.py` plots them).
 """
 
 from __future__ import annotations
@@ -148,7 +154,7 @@ class RawClient:
 _dumps = json.dumps
 
 
-async def post(client: Any, url: str, out: dict[str, list[float]], **kwargs: Any) -> Any:
+async def post(client: Any, url: str, out: dict[str, list[Any]], **kwargs: Any) -> Any:
     """POST, retried on a dropped connection (a submission keeps its idempotency key, so no duplicate)."""
     for attempt in range(5):
         try:
@@ -166,7 +172,7 @@ async def annotator(
     token: str,
     project_id: int,
     deadline: float,
-    out: dict[str, list[float]],
+    out: dict[str, list[Any]],
     name: str,
     mode: str,
     interval: float = 0.0,
@@ -252,10 +258,21 @@ async def annotator(
         n += 1
 
 
+async def watch_loop(start: float, deadline: float, lags: list[Any], tick: float = 0.005) -> None:
+    """Note every moment the load generator's own event loop woke more than 10 ms late: a stall
+    there delays the annotators' sends and is charged to the server's latency."""
+    while time.perf_counter() < deadline:
+        before = time.perf_counter()
+        await asyncio.sleep(tick)
+        late = time.perf_counter() - before - tick
+        if late > 0.010:
+            lags.append((before - start, late))
+
+
 async def drive(
     url: str, tokens: list[str], project_id: int, seconds: float, mode: str, raw: bool, rate: float = 0.0
-) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {
+) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {
         "submit": [],
         "cycle": [],
         "acked": [],
@@ -263,6 +280,7 @@ async def drive(
         "errors": [],
         "retries": [],
         "trace": [],
+        "loop_lag": [],
     }
     limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=len(tokens))
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as shared:
@@ -278,7 +296,9 @@ async def drive(
             )
             first = [a.json()["assignment"] for a in answers]
         start = time.perf_counter()
+        out["wall_start"] = [time.time()]
         deadline = start + seconds
+        heartbeat = asyncio.create_task(watch_loop(start, deadline, out["loop_lag"]))
         await asyncio.gather(
             *(
                 annotator(
@@ -298,6 +318,7 @@ async def drive(
             )
         )
         out["elapsed"] = [time.perf_counter() - start]
+        await heartbeat
         out["trace"] = [(t0 - start, latency, i) for t0, latency, i in out["trace"]]
         for c in clients:
             if raw:
@@ -339,6 +360,30 @@ def top_statements(url: str, n: int = 6) -> list[dict[str, object]]:
     ]
 
 
+def maintenance(url: str, wall_start: float) -> list[dict[str, object]]:
+    """When autovacuum vacuumed or analysed each table, in seconds since the clock started."""
+    engine = make_engine(url, pool_size=1)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT relname, autovacuum_count, autoanalyze_count,"
+                " extract(epoch FROM last_autovacuum), extract(epoch FROM last_autoanalyze)"
+                " FROM pg_stat_user_tables WHERE autovacuum_count + autoanalyze_count > 0 ORDER BY relname"
+            )
+        ).all()
+    engine.dispose()
+    return [
+        {
+            "table": name,
+            "autovacuums": vacuums,
+            "autoanalyzes": analyzes,
+            "last_autovacuum_s": None if vacuumed is None else round(float(vacuumed) - wall_start, 2),
+            "last_autoanalyze_s": None if analysed is None else round(float(analysed) - wall_start, 2),
+        }
+        for name, vacuums, analyzes, vacuumed, analysed in rows
+    ]
+
+
 def pg_settings(pairs: list[str]) -> dict[str, str]:
     settings = {}
     for pair in pairs:
@@ -347,6 +392,21 @@ def pg_settings(pairs: list[str]) -> dict[str, str]:
             raise SystemExit(f"--pg-setting: expected NAME=VALUE, got {pair!r}")
         settings[name] = value
     return settings
+
+
+def stall_windows(trace: list[Any], width_s: float = 0.1, slow_s: float = 0.03) -> list[list[float]]:
+    """The 100-ms windows of the run in which some submission took over 30 ms: [start s, how many
+    were sent in the window, the slowest in ms]. Stalls that hit everyone show up as runs of these."""
+    windows: dict[int, list[float]] = {}
+    for start, latency, _ in trace:
+        window = windows.setdefault(int(start / width_s), [0, 0.0])
+        window[0] += 1
+        window[1] = max(window[1], latency)
+    return [
+        [round(k * width_s, 1), n, round(1000 * slowest, 1)]
+        for k, (n, slowest) in sorted(windows.items())
+        if slowest > slow_s
+    ]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -425,6 +485,7 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
             log.close()
         acked, stored = len(out["acked"]), stored_rows(url)
         top = top_statements(url) if statements else None
+        upkeep = maintenance(url, out["wall_start"][0]) if cluster is not None and out["wall_start"] else None
         elapsed = out["elapsed"][0]
         if args.mode == "ceiling":  # GET /api/me: the "submission" columns are these requests
             acked = stored = len(out["requests"])
@@ -449,6 +510,10 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
             "postgres_cpu_ms_per_submission": round(1000 * pg_cpu / max(acked, 1), 2) if cluster else None,
             "pg_settings": pg_settings(args.pg_setting) if cluster else None,
             "pg_top_statements": top,
+            "pg_autovacuum": upkeep,
+            "stall_windows": stall_windows(out["trace"]),
+            "client_loop_max_lag_ms": round(1000 * max((lag for _, lag in out["loop_lag"]), default=0.0), 1),
+            "client_loop_lags_over_10ms": [[round(t, 3), round(1000 * lag, 1)] for t, lag in out["loop_lag"]],
             "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
             "stored_rows": stored,
             "acked_equals_stored": acked == stored,
@@ -524,7 +589,8 @@ def main() -> int:
             print(json.dumps({k: v for k, v in result.items() if k != "trace"}), flush=True)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"machine": machine, "results": results}, indent=1) + "\n")
+    document = {"machine": machine, "results": results}  # one line when it holds traces: they are long
+    args.output.write_text(json.dumps(document, indent=None if args.trace else 1) + "\n")
     header = (
         f"{'backend':<11}{'annot.':>7}{'subm/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'cycle p99':>10}{'errors':>7}"
         f"{'srv cpu ms':>11}{'pg cpu ms':>10}  acked==stored"
