@@ -343,18 +343,23 @@ def tree_cpu_s(pid: int) -> float:
     return float(total)
 
 
-def top_statements(url: str, n: int = 6) -> list[dict[str, object]]:
-    """The statements that took the most PostgreSQL time (needs pg_stat_statements preloaded)."""
+def query(url: str, sql: str, **params: object) -> list[Any]:
+    """The rows of one statement, on a connection of its own."""
     engine = make_engine(url, pool_size=1)
     with engine.connect() as connection:
-        rows = connection.execute(
-            text(
-                "SELECT calls, total_exec_time, mean_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 160)"
-                " FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT :n"
-            ),
-            {"n": n},
-        ).all()
+        rows = connection.execute(text(sql), params).all()
     engine.dispose()
+    return list(rows)
+
+
+def top_statements(url: str, n: int = 6) -> list[dict[str, object]]:
+    """The statements that took the most PostgreSQL time (needs pg_stat_statements preloaded)."""
+    rows = query(
+        url,
+        "SELECT calls, total_exec_time, mean_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 160)"
+        " FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT :n",
+        n=n,
+    )
     return [
         {"calls": r[0], "total_ms": round(r[1], 1), "mean_ms": round(r[2], 3), "query": r[3]} for r in rows
     ]
@@ -362,16 +367,12 @@ def top_statements(url: str, n: int = 6) -> list[dict[str, object]]:
 
 def maintenance(url: str, wall_start: float) -> list[dict[str, object]]:
     """When autovacuum vacuumed or analysed each table, in seconds since the clock started."""
-    engine = make_engine(url, pool_size=1)
-    with engine.connect() as connection:
-        rows = connection.execute(
-            text(
-                "SELECT relname, autovacuum_count, autoanalyze_count,"
-                " extract(epoch FROM last_autovacuum), extract(epoch FROM last_autoanalyze)"
-                " FROM pg_stat_user_tables WHERE autovacuum_count + autoanalyze_count > 0 ORDER BY relname"
-            )
-        ).all()
-    engine.dispose()
+    rows = query(
+        url,
+        "SELECT relname, autovacuum_count, autoanalyze_count,"
+        " extract(epoch FROM last_autovacuum), extract(epoch FROM last_autoanalyze)"
+        " FROM pg_stat_user_tables WHERE autovacuum_count + autoanalyze_count > 0 ORDER BY relname",
+    )
     return [
         {
             "table": name,
