@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/api/openapi.json",
     )
     app.state.settings = settings
-    app.state.engine = make_engine(settings.db)
+    app.state.engine = make_engine(settings.db, pool_size=settings.db_pool_size)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.pg_pool = (  # judgement-and-next's common case runs on the event loop (PostgreSQL)
         None

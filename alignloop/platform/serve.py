@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from alignloop.platform.db import make_engine, make_sessionmaker, migrate
+from alignloop.platform.db import is_sqlite, make_engine, make_sessionmaker, migrate
 from alignloop.platform.settings import Settings
 
 PASSWORD_ENV = "ALIGNLOOP_ADMIN_PASSWORD"
@@ -77,6 +77,63 @@ def ensure_admin(url: str, name: str, password: str) -> bool:
         engine.dispose()
 
 
+def connection_plan(available: int, workers: int, *, db_pool: int, async_pool: int) -> tuple[int, int]:
+    """Per-worker pool sizes (threads' pool, event loop's pool) that keep `workers` processes within
+    the `available` PostgreSQL connections. A worker may hold 2 * db_pool + async_pool at once (the
+    threads' pool opens as many again for bursts); when all workers together could exceed what is
+    available, both pools shrink in proportion. Too few connections for even one of each: an error.
+    """
+    need = 2 * db_pool + async_pool
+    if workers * need <= available:
+        return db_pool, async_pool
+    share = available // workers
+    if share < 3:
+        raise SystemExit(
+            f"--workers {workers}: PostgreSQL has {available} connections free, {share} per worker,"
+            " and each worker needs at least 3; use fewer workers or raise max_connections"
+        )
+    event_loop = max(1, share * async_pool // need)
+    return max(1, (share - event_loop) // 2), event_loop
+
+
+def available_connections(url: str) -> int:
+    """How many more client connections the PostgreSQL server accepts for ordinary users now."""
+    from sqlalchemy import text
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            limit, reserved, in_use = connection.execute(
+                text(
+                    "SELECT current_setting('max_connections')::int,"
+                    " current_setting('superuser_reserved_connections')::int,"
+                    " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    return int(limit) - int(reserved) - int(in_use) + 1  # this connection is closed again
+
+
+def _fit_pools(url: str, workers: int, env: dict[str, str]) -> None:
+    """Size the workers' connection pools to what the PostgreSQL server allows, and say so when
+    they had to shrink (a refused connection under load would fail requests)."""
+    settings = Settings()
+    available = available_connections(url)
+    db_pool, async_pool = connection_plan(
+        available, workers, db_pool=settings.db_pool_size, async_pool=settings.async_pool_size
+    )
+    if (db_pool, async_pool) != (settings.db_pool_size, settings.async_pool_size):
+        print(
+            f"PostgreSQL accepts {available} more connections: each of the {workers} workers keeps"
+            f" {db_pool} (+{db_pool} in bursts) for threads and {async_pool} for the event loop,"
+            f" instead of {settings.db_pool_size} (+{settings.db_pool_size}) and {settings.async_pool_size}",
+            file=sys.stderr,
+        )
+    env["ALIGNLOOP_DB_POOL_SIZE"] = str(db_pool)
+    env["ALIGNLOOP_ASYNC_POOL_SIZE"] = str(async_pool)
+
+
 def run(config: ServeConfig) -> int:
     migrate(config.db)
     if config.create_admin:
@@ -97,6 +154,8 @@ def run(config: ServeConfig) -> int:
         "ALIGNLOOP_LOCK_S": str(config.lock_s),
         "ALIGNLOOP_SERVING_GC": "true",
     }
+    if not is_sqlite(config.db):
+        _fit_pools(config.db, config.workers, env)
     secret = config.secret_key or os.environ.get("ALIGNLOOP_SECRET_KEY")
     if secret is None and config.workers > 1:
         secret = Settings().secret_key  # every worker must sign cookies with the same key

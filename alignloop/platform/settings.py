@@ -36,12 +36,20 @@ class Settings(BaseSettings):
         "generation is collected every 50,000 allocations instead of 700, so collections do not "
         "stall requests under load.",
     )
+    db_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="Connections each worker process keeps for the routes served in threads; as many"
+        " again may be opened for bursts.",
+    )
     async_pool_size: int = Field(
         default=20,
+        ge=1,
         description="PostgreSQL: connections per worker process for the routes served on the event loop.",
     )
     async_pool_open: int = Field(
         default=8,
+        ge=0,
         description="PostgreSQL: how many of those each worker opens when it starts (the rest on need).",
     )
     token_cache_s: float = Field(
