@@ -63,6 +63,9 @@ class AnnotateConfig:
     """Seconds between asks when there is nothing to label."""
     limit: int = 0
     """Stop after this many judgements (0 = no limit)."""
+    pace: float = 0.0
+    """Seconds spent on each item before submitting, as a person reading it would (0 = none), so
+    that several annotators share a batch instead of the first one taking all of it."""
 
 
 def toyworld_teacher(world_seed: int, seed: int) -> Teacher:
@@ -153,12 +156,14 @@ def project_id(client: PlatformClient, name: str, wait: float) -> int:
         time.sleep(1.0)
 
 
-def label(client: PlatformClient, project: int, teacher: Teacher, limit: int) -> int:
-    """Judge assignments until none is left (or `limit`); returns how many were submitted."""
+def label(client: PlatformClient, project: int, teacher: Teacher, limit: int, pace: float = 0.0) -> int:
+    """Judge assignments until none is left (or `limit`), `pace` seconds each at the least;
+    returns how many were submitted."""
     done = 0
     assignment = client.next_assignment(project)
     while assignment is not None:
         labels = teacher(assignment["item"])
+        time.sleep(pace)
         if limit and done + 1 >= limit:
             client.submit(assignment["id"], labels)
             return done + 1
@@ -168,8 +173,10 @@ def label(client: PlatformClient, project: int, teacher: Teacher, limit: int) ->
 
 
 def run(cfg: AnnotateConfig) -> int:
-    if cfg.idle_exit < 0 or cfg.poll <= 0 or cfg.limit < 0:
-        print("alignloop annotate: --idle-exit and --limit must be >= 0 and --poll > 0", file=sys.stderr)
+    if cfg.idle_exit < 0 or cfg.poll <= 0 or cfg.limit < 0 or cfg.pace < 0:
+        print(
+            "alignloop annotate: --idle-exit, --limit and --pace must be >= 0 and --poll > 0", file=sys.stderr
+        )
         return 2
     try:
         teacher = make_teacher(cfg)
@@ -189,7 +196,7 @@ def run(cfg: AnnotateConfig) -> int:
         total, idle_since = 0, time.monotonic()
         while not stop:
             try:
-                n = label(client, project, teacher, cfg.limit - total if cfg.limit else 0)
+                n = label(client, project, teacher, cfg.limit - total if cfg.limit else 0, cfg.pace)
             except PlatformError as exc:
                 if exc.status == 409:  # the assignment expired or was taken: ask again
                     continue

@@ -72,9 +72,10 @@ def local_platform(run_dir: Path) -> tuple[ServerProcess, Path]:
 
 
 def start_annotators(
-    cfg: LoopConfig, url: str, client: PlatformClient, teacher: str, n: int
+    cfg: LoopConfig, url: str, client: PlatformClient, teacher: str, n: int, pace: float = 0.0
 ) -> list[subprocess.Popen[bytes]]:
-    """Create the scripted annotators' accounts (once) and start one process each."""
+    """Create the scripted annotators' accounts (once) and start one process each, spending
+    `pace` seconds on each item."""
     run_dir, processes = Path(cfg.run_dir), []
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     for i in range(1, n + 1):
@@ -106,6 +107,8 @@ def start_annotators(
             str(1000 * cfg.seed + i),
             "--poll",
             "0.5",
+            "--pace",
+            str(pace),
         ]
         if teacher == "oracle":
             command += ["--oracle", str(run_dir / "oracle.jsonl")]

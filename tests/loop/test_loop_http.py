@@ -50,7 +50,8 @@ def test_one_round_through_the_real_server_with_scripted_annotators(tmp_path: Pa
     try:
         platform.start()
         with PlatformClient.login(platform.url, "admin", admin_password.read_text().strip()) as admin:
-            annotators = start_annotators(cfg, platform.url, admin, "toyworld", 2)
+            # 0.1 s an item: the first annotator to ask cannot finish the batch before the other asks
+            annotators = start_annotators(cfg, platform.url, admin, "toyworld", 2, pace=0.1)
             domain = ToyWorldDomain.from_preset("smoke", seed=0, progress=False)
             assert drive(cfg, admin, domain) == 0
             # everything the loop learned from came through the platform, from both annotators
