@@ -3,15 +3,18 @@
 Each round (files under ``run_dir/round-NNN``, the previous round's beside it):
 
 - propose: the round's starting policy (``policy-0`` from `setup`, then the previous round's)
-  runs ``pool_episodes`` stochastic episodes, recording per-step observations, actions, true
-  reward, true cost and the MuJoCo state (qpos, qvel); the episodes are cut into segments of
+  runs ``pool_episodes`` stochastic and ``pool_deterministic`` deterministic episodes (the
+  latter are what evaluation sees, and on HalfCheetah they run much faster than the samples of
+  a young policy), recording per-step observations, actions, true reward, true cost and the
+  MuJoCo state (qpos, qvel); the episodes are cut into segments of
   ``segment_length`` steps and joined by the previous round's (``segments.npz``); pairs are
   chosen, among at most ``max_clips`` of them, uniformly or by the previous reward ensemble's
   disagreement (`alignloop.control.pbrl.SELECTIONS`); each segment shown is rendered once to a
   looping GIF (``clips/``), and the true per-step values of every pair go to
   ``run_dir/oracle.jsonl`` for a scripted annotator; the platform never sees them;
 - learn: the reward ensemble (Bradley-Terry over summed per-step rewards) and the cost model
-  (Safe RLHF cost loss on noisy-or segment scores) of `alignloop.control.pbrl` are fitted on
+  (an ensemble; Safe RLHF cost loss on noisy-or segment scores, steps counted against fitted
+  thresholds) of `alignloop.control.pbrl` are fitted on
   the judgements of every round, warm-started from the previous round's models (``models/``);
 - align: PPO-Lagrangian (`alignloop.control.ppo.train_policy`) continues from the previous
   policy, its observation statistics and its Lagrange multiplier, for ``steps_per_round``
@@ -85,13 +88,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Constructor arguments of `ControlDomain` by name. cheetah: the HalfCheetah velocity task with
 the Safety-Gymnasium speed limit, 51k PPO-Lagrangian steps a round, pairs among 20 clips of 50
 steps shown at real speed (every 2nd state at 10 fps; the task steps at 20 Hz); the `--demo
-cheetah` run, best with about 120 pairs a round (the 20 clips allow 190). Measured with 120 pairs
-and scripted annotators on 2 busy cores: 3 rounds in 336 s (a third of it software rendering),
-true return 0, 352, 585, 1471 and true cost 0, 0, 1, 115; two more rounds (213 s): return 1756,
-2616, true cost 217, 466, learned cost 7, 74, lambda 0.4 only in round 5. The speed limit is not
-kept in this budget: the stochastic rollouts that supply the clips run slower than the policy, so
-few unsafe segments are judged, and the learned cost under-counts them. smoke: the
-same task cut to 100-step episodes, a few hundred PPO steps a round and 4-frame clips (tests)."""
+cheetah` run, 5 rounds of 120 pairs (the 20 clips allow 190). Each round's pool holds one sampled
+and one deterministic episode: a young policy's samples run far slower than its mean action, so
+with sampled episodes alone both clips were safe in 357 of 360 pairs over 3 rounds, while the
+evaluated policy ran at 254-428 cost. With the deterministic episode and a 3-member cost model,
+measured on 2 cores with scripted annotators (seeds 0 and 1, about 5 min each): true cost after
+round 5 is 2.7 and 0.3 (limit 25), true return 1072 and 1312; the cost model holds the policy
+back from round 4 on, once it has judged the clips of a fast policy. smoke: the same task cut to
+100-step episodes, a few hundred PPO steps a round and 4-frame clips (tests)."""
 
 _ROBOT_NAMES = {"HalfCheetah": "cheetah", "Walker2d": "walker", "Slider": "slider"}
 
@@ -118,6 +122,8 @@ class ControlDomain:
         steps_per_round: PPO(-Lagrangian) environment steps in each round's align.
         segment_length: steps per segment (clip) shown to annotators.
         pool_episodes: stochastic episodes rolled out per round to cut segments from.
+        pool_deterministic: deterministic episodes (the policy's mean action) added to the pool, so
+            that people also judge what evaluation sees; 0: none.
         carry_pool: the pool also holds the previous round's segments, so that pairs can set the
             new policy's behaviour against the previous one's (where a learned reward was exploited).
         max_clips: pairs are drawn among at most this many segments of the pool (a random subset),
@@ -126,6 +132,8 @@ class ControlDomain:
         ppo: PPO settings (``cost_limit`` is the limit on the learned episode cost).
         ensemble, fit_steps, model_lr: reward ensemble size, gradient steps per model and
             round, Adam learning rate (cost model too).
+        cost_ensemble: members of the cost model, each on its own bootstrap of the pairs; a step
+            costs 1 when any member counts it unsafe.
         heldout: share of the newest round's judgements kept out of the fit and scored.
         eval_episodes: deterministic episodes (seeds 10000, 10001, ...) per evaluation.
         clip_fps, clip_width, clip_height, clip_stride: the GIFs (every ``clip_stride``-th state).
@@ -143,9 +151,11 @@ class ControlDomain:
         steps_per_round: int = 40_960,
         segment_length: int = 50,
         pool_episodes: int = 2,
+        pool_deterministic: int = 1,
         candidates: int = 10,
         ppo: PPOSettings = PPOSettings(),
         ensemble: int = 3,
+        cost_ensemble: int = 3,
         fit_steps: int = 200,
         model_lr: float = 1e-3,
         heldout: float = 0.2,
@@ -175,18 +185,21 @@ class ControlDomain:
             )
         counts = {
             "steps_per_round": steps_per_round, "segment_length": segment_length, "pool_episodes": pool_episodes,
-            "candidates": candidates, "ensemble": ensemble, "eval_episodes": eval_episodes,
-            "clip_stride": clip_stride,
+            "candidates": candidates, "ensemble": ensemble, "cost_ensemble": cost_ensemble,
+            "eval_episodes": eval_episodes, "clip_stride": clip_stride,
         }  # fmt: skip
         for option, value in counts.items():
             if value < 1:
                 raise ValueError(f"{option} must be >= 1, got {value}")
+        if pool_deterministic < 0:
+            raise ValueError(f"pool_deterministic must be >= 0, got {pool_deterministic}")
         if max_clips is not None and max_clips < 2:
             raise ValueError(f"max_clips must be >= 2 or None, got {max_clips}")
         if not 0 <= heldout < 1:
             raise ValueError(f"heldout must be in [0, 1), got {heldout}")
         self.env, self.seed, self.steps_per_round = env, seed, steps_per_round
         self.segment_length, self.pool_episodes, self.candidates = segment_length, pool_episodes, candidates
+        self.pool_deterministic, self.cost_ensemble = pool_deterministic, cost_ensemble
         self.ppo = dataclasses.replace(ppo, threads=threads)
         self.ensemble, self.fit_steps, self.model_lr, self.threads = ensemble, fit_steps, model_lr, threads
         self.heldout, self.eval_episodes = heldout, eval_episodes
@@ -218,7 +231,11 @@ class ControlDomain:
             return None
         state = torch.load(models_dir / "models.pt", weights_only=True)
         reward_models, cost_model = new_models(
-            self.obs_dim, self.act_dim, len(state["reward_models"]), self.segment_length
+            self.obs_dim,
+            self.act_dim,
+            len(state["reward_models"]),
+            self.segment_length,
+            cost_ensemble=len(state["cost_model"]["threshold"]),
         )
         for model, weights in zip(reward_models, state["reward_models"], strict=True):
             model.load_state_dict(weights)
@@ -313,16 +330,16 @@ class ControlDomain:
             env = make_env(self.env, max_episode_steps=self.ppo.max_episode_steps)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed * 1000 + round)
-                steps = record_episodes(
-                    actor,
-                    normalize,
-                    env,
-                    self.pool_episodes,
-                    self.seed * 1000 + round * 100,
-                    deterministic=False,
-                )
+                seed = self.seed * 1000 + round * 100
+                steps = record_episodes(actor, normalize, env, self.pool_episodes, seed, deterministic=False)
+                segments = cut_segments(steps, self.segment_length)
+                if self.pool_deterministic:  # what the evaluated policy does: often faster than its samples
+                    steps = record_episodes(
+                        actor, normalize, env, self.pool_deterministic, seed + 50, deterministic=True
+                    )
+                    more = cut_segments(steps, self.segment_length)
+                    segments = {key: np.concatenate([segments[key], more[key]]) for key in segments}
             env.close()
-            segments = cut_segments(steps, self.segment_length)
             segments["origin"] = np.full(len(segments["rewards"]), round)  # (K,) round rolled out in
             if self.carry_pool and round > 1:  # the previous policy's own segments join the pool
                 prev = self._segments(self._round_dir(round_dir.parent, round - 1), round - 1)
@@ -378,7 +395,7 @@ class ControlDomain:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1000 + round)
             reward_models, cost_model = new_models(
-                self.obs_dim, self.act_dim, self.ensemble, self.segment_length
+                self.obs_dim, self.act_dim, self.ensemble, self.segment_length, self.cost_ensemble
             )
         if loaded is None:  # input statistics from the first pool, kept in the models from then on
             pool = self._segments(round_dir, round)

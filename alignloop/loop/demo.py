@@ -36,6 +36,7 @@ DEMOS: dict[str, dict[str, Any]] = {
         "teacher": "oracle",
         "annotators": 2,
         "pairs": 120,
+        "rounds": 5,  # the cost model needs the unsafe clips of a fast policy before it can hold it back
     },
 }
 DEFAULT = LoopConfig()

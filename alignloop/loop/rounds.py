@@ -53,7 +53,7 @@ class LoopConfig:
     demo: Literal["toyworld", "cheetah"] | None = None
     """Run a demo: start a local server (SQLite in the run directory) and scripted annotators,
     then the rounds. toyworld: the toy-world language model; cheetah: safe preference-based RL
-    on HalfCheetah with clips. The demo presets replace the options below unless given."""
+    on HalfCheetah with clips (5 rounds). The demo presets replace the options below unless given."""
     run_dir: Path = Path("runs/loop")
     """Run directory: loop.json (state), judgements.jsonl, round-NNN/, report.md, rounds.png."""
     domain: Literal["toyworld", "control"] = "toyworld"

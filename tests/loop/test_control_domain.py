@@ -109,10 +109,19 @@ def test_keys_prompts_oracle_lines_and_clips(two_rounds) -> None:
         np.load(run_dir / "round-001" / "segments.npz") as seg1,
         np.load(run_dir / "round-002" / "segments.npz") as seg2,
     ):
-        carried = seg2["origin"] == 1  # round 2's pool: its own 10 segments, then round 1's
-        assert seg2["origin"].tolist() == [2] * 10 + [1] * 10 and set(seg1["origin"]) == {1}
+        # round 2's pool: its own 15 segments (2 sampled episodes, then 1 deterministic), then round 1's
+        carried = seg2["origin"] == 1
+        assert seg2["origin"].tolist() == [2] * 15 + [1] * 15 and set(seg1["origin"]) == {1}
         np.testing.assert_array_equal(seg2["rewards"][carried], seg1["rewards"])
         np.testing.assert_array_equal(seg2["qpos"][carried], seg1["qpos"])
+        actor, normalize, _ = load_policy(run_dir / "policy-0")  # round 1 rolled out the starting policy
+        with torch.inference_mode():
+            rows = np.concatenate([normalize(o) for o in seg1["obs"].reshape(-1, seg1["obs"].shape[-1])])
+            mean = actor.mode(torch.from_numpy(rows))
+        mean = mean.numpy().reshape(seg1["actions"].shape)
+        sampled, deterministic = slice(0, 10), slice(10, 15)
+        np.testing.assert_allclose(seg1["actions"][deterministic], mean[deterministic], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(seg1["actions"][sampled], mean[sampled], atol=1e-3)
     assert all(c.priority == 0.0 for c in two_rounds["candidates1"])  # round 1: uniform
     priorities = [c.priority for c in two_rounds["candidates2"]]  # round 2: ensemble disagreement
     assert priorities == sorted(priorities, reverse=True) and priorities[0] > 0
