@@ -24,10 +24,18 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+CONNECT_TIMEOUT_S = 10
+"""PostgreSQL: how long a new connection may take (a host that drops packets would otherwise hold
+a request, or start-up, until TCP gives up); a `connect_timeout` in the URL takes precedence."""
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys, a busy timeout and immediate writes."""
     if not is_sqlite(url):
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+        timeout = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_S}
+        return create_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800, connect_args=timeout
+        )
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from sqlalchemy.engine import make_url
+
+from alignloop.platform.db import CONNECT_TIMEOUT_S
 
 
 def libpq_conninfo(url: str) -> str:
@@ -24,7 +27,9 @@ def libpq_conninfo(url: str) -> str:
 
 
 class ConnectionPool:
-    def __init__(self, conninfo: str, *, size: int):
+    def __init__(self, conninfo: str, *, size: int, connect_timeout_s: int = CONNECT_TIMEOUT_S):
+        if "connect_timeout" not in conninfo_to_dict(conninfo):  # the caller's own takes precedence
+            conninfo = make_conninfo(conninfo, connect_timeout=connect_timeout_s)
         self.conninfo, self.size = conninfo, size
         self._idle: list[psycopg.AsyncConnection] = []
         self._slots: asyncio.Semaphore | None = None

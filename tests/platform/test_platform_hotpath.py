@@ -267,3 +267,40 @@ def test_app_starts_when_postgresql_is_not_up_yet(tmp_path: Path, caplog: pytest
     with caplog.at_level("WARNING"), TestClient(app) as client:
         assert client.get("/login").status_code == 200
     assert "could not open PostgreSQL connections at start-up" in caplog.text
+
+
+def test_connections_to_a_server_that_never_answers_give_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host that takes the connection but never speaks (as a dropped route looks to libpq): the
+    pool and the ORM engine give up after their connect timeout instead of waiting on TCP."""
+    import asyncio
+    import socket
+    import time
+
+    import psycopg
+    import sqlalchemy
+
+    from alignloop.platform import db
+    from alignloop.platform.pgpool import ConnectionPool, libpq_conninfo
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshakes; nobody ever reads or answers
+        url = f"postgresql+psycopg://nobody@127.0.0.1:{silent.getsockname()[1]}/absent"
+
+        async def pool_connect() -> None:
+            pool = ConnectionPool(libpq_conninfo(url), size=1, connect_timeout_s=2)
+            async with pool.transaction():
+                pass
+
+        start = time.monotonic()
+        with pytest.raises(psycopg.OperationalError, match="timeout"):
+            asyncio.run(pool_connect())
+        assert time.monotonic() - start < 10
+        for engine_url, default in ((url, 2), (url + "?connect_timeout=2", 60)):  # the URL's own wins
+            monkeypatch.setattr(db, "CONNECT_TIMEOUT_S", default)
+            engine = db.make_engine(engine_url, pool_size=1)
+            start = time.monotonic()
+            with pytest.raises(sqlalchemy.exc.OperationalError, match="timeout"), engine.connect():
+                pass
+            assert time.monotonic() - start < 10
+            engine.dispose()
