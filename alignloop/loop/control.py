@@ -94,8 +94,9 @@ with sampled episodes alone both clips were safe in 357 of 360 pairs over 3 roun
 evaluated policy ran at 254-428 cost. With the deterministic episode and a 3-member cost model,
 measured on 2 cores with scripted annotators (about 5 min a run): true cost after round 5 is
 2.7 and 18.0 (seed 0, two runs) and 0.3 (seed 1), limit 25, true return 1072, 1074 and 1312; the
-policy overshoots in rounds 2-4 until the cost model has judged clips of a fast policy. smoke: the same task cut to
-100-step episodes, a few hundred PPO steps a round and 4-frame clips (tests)."""
+policy overshoots in rounds 2-4 until the cost model has judged clips of a fast policy. smoke:
+the same task cut to 100-step episodes, a few hundred PPO steps a round and 4-frame clips
+(tests)."""
 
 _ROBOT_NAMES = {"HalfCheetah": "cheetah", "Walker2d": "walker", "Slider": "slider"}
 

@@ -2,9 +2,10 @@
 
 `open` makes the first few at start-up (a request that has to wait for a new backend to fork
 waits tens of milliseconds under load); more are opened on need, up to `size`; a request that
-finds them all busy waits for one. Each use is one transaction (BEGIN ... COMMIT, rolled back on any error); a connection that
-broke or was cut off inside a transaction is closed and replaced by a fresh one later. The pool
-belongs to one event loop (the worker's); the app closes it at shutdown.
+finds them all busy waits for one. Each use is one transaction (BEGIN ... COMMIT, rolled back on
+any error); a connection that broke or was cut off inside a transaction is closed and replaced
+by a fresh one later. The pool belongs to one event loop (the worker's); the app closes it at
+shutdown.
 """
 
 from __future__ import annotations
