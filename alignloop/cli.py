@@ -15,6 +15,7 @@ from typing import Any, Union
 
 from alignloop import __version__
 from alignloop.config import ConfigError, parse
+from alignloop.errors import EXIT_USER_ERROR, UserError
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    result = _load(node.run)(config)
+    try:
+        result = _load(node.run)(config)
+    except UserError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return int(result or 0)
 
 

@@ -14,10 +14,12 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from alignloop.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or option that cannot be used, with where and why."""
 
 

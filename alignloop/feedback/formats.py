@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args
 
+from alignloop.errors import UserError
 from alignloop.feedback.schema import (
     HARM_CATEGORIES,
     Comparison,
@@ -78,7 +79,7 @@ log = logging.getLogger(__name__)
 HUMAN = "\n\nHuman:"
 
 
-class FormatError(ValueError):
+class FormatError(UserError, ValueError):
     """A file or row that cannot be read or written: `path`, `line` (or row index), `field`."""
 
     def __init__(

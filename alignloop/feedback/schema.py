@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from alignloop.errors import UserError
+
 # The 19 harm categories of PKU-SafeRLHF (the default for a project; configurable there).
 HARM_CATEGORIES: tuple[str, ...] = (
     "Endangering National Security",
@@ -59,7 +61,7 @@ class Safer(str, enum.Enum):
     TIE = "tie"
 
 
-class LabelError(ValueError):
+class LabelError(UserError, ValueError):
     """A judgement that contradicts itself or the schema; the message says which field."""
 
     def __init__(self, field: str, message: str):
