@@ -1,6 +1,7 @@
 """A run: its folder, its process group, its checkpoints, the one ``--resume`` rule.
 
-`Run.start` is the first thing every trainer does. It applies `RESUME_RULE`:
+`Run.start` is the first thing every trainer does. It applies the one ``--resume`` rule (its
+``--help`` text is `alignloop.runstack.options.RunOptions.resume`'s):
 
 - with ``--resume`` the run folder must hold an intact checkpoint (else the run is refused,
   naming the folder), and the options that define the model (``must_match``: another model,
@@ -34,11 +35,6 @@ from alignloop.runstack.distributed import DistributedContext, init_distributed
 from alignloop.runstack.layout import RunLayout
 from alignloop.runstack.metrics import MetricsLogger
 
-RESUME_RULE = (
-    "Continue the run in the output folder from its newest intact checkpoint; refused when "
-    "there is none, or when an option that defines the model differs from the run's. "
-    "Without it a run starts afresh and removes checkpoints an earlier run left there."
-)
 QUIET_OPTIONS = frozenset({"resume", "progress"})
 """Options whose change on resume is not worth a note."""
 
