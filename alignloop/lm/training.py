@@ -191,15 +191,15 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         target.config.use_cache = False
 
 
-def prepare_model(model: nn.Module, run: Run, cfg: TrainCommon) -> nn.Module:
+def prepare_model(model: nn.Module, run: Run, cfg: TrainCommon, lora: bool = True) -> nn.Module:
     """The model ready to train under `cfg`: dropout off (``--disable-dropout``), LoRA
-    adapters (``--lora-r``), gradient checkpointing, then on this process's device under
-    ``--strategy`` when several processes run."""
+    adapters (``--lora-r``; not with ``lora=False``, e.g. for PPO's critics), gradient
+    checkpointing, then on this process's device under ``--strategy`` when several processes run."""
     from alignloop.lm.models import apply_lora
 
     if cfg.disable_dropout:
         disable_dropout(model)
-    if cfg.lora_r > 0:
+    if lora and cfg.lora_r > 0:
         if run.ctx.distributed and cfg.strategy != "ddp":
             raise UserError(
                 f"--strategy {cfg.strategy} with --lora-r {cfg.lora_r} is not supported; use --strategy ddp "
