@@ -45,7 +45,6 @@ from torch import Tensor
 from alignloop.control.nets import CostModel, StepModel
 from alignloop.control.ppo import (
     PPOSettings,
-    Rollout,
     TrainConfig,
     check_setup,
     fill_run_dir,
@@ -53,6 +52,7 @@ from alignloop.control.ppo import (
     train_policy,
     upgrade_output_args,
 )
+from alignloop.control.rollouts import Rollout
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
 from alignloop.core.selection import sign_uncertainty
 from alignloop.feedback.teachers import TIE, SegmentTeacher, TeacherNoise

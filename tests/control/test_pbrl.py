@@ -25,7 +25,8 @@ from alignloop.control.pbrl import (
     segment_cost_logit,
     train,
 )
-from alignloop.control.ppo import PPOSettings, Rollout, read_checkpoint
+from alignloop.control.ppo import PPOSettings, read_checkpoint
+from alignloop.control.rollouts import Rollout
 from alignloop.feedback.teachers import SegmentTeacher, TeacherNoise
 from alignloop.runstack.metrics import read_metrics
 

@@ -19,8 +19,6 @@ from alignloop.config import parse
 from alignloop.control.envs import make_vec_env
 from alignloop.control.nets import Actor
 from alignloop.control.ppo import (
-    Agent,
-    Collector,
     PPOSettings,
     TrainConfig,
     has_checkpoint,
@@ -28,6 +26,7 @@ from alignloop.control.ppo import (
     train,
     train_policy,
 )
+from alignloop.control.rollouts import Agent, Collector
 from alignloop.runstack.checkpoint import Checkpointer
 from alignloop.runstack.layout import RunLayout
 from alignloop.runstack.metrics import read_metrics
