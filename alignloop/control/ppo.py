@@ -312,7 +312,7 @@ def train_policy(
     start, extra = run.restore(models, optimizers, states=states)
     global_step = 0
     if run.resume:
-        check_schedule(run_dir, extra["iterations"], iterations, explicit=False, constant=not s.anneal_lr)
+        check_schedule(run_dir, extra["iterations"], iterations, False, not s.anneal_lr, length_option=None)
         lagrange.load_state_dict(extra["lagrange"])
         rng.bit_generator.state = extra["numpy_rng"]
         collector.returns.extend(extra["returns"])
