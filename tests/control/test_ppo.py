@@ -263,3 +263,26 @@ def test_async_and_sync_vector_envs_train_the_same_policy(tmp_path: Path) -> Non
     for key in sync["models"]["agent"]:
         assert torch.equal(sync["models"]["agent"][key], async_["models"]["agent"][key]), key
     assert sync_extra["costs"] == async_extra["costs"] and sync_extra["lagrange"] == async_extra["lagrange"]
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path, capsys) -> None:
+    """A control run stopped after 3 iterations whose newest checkpoint is then truncated
+    resumes from the one before (saying which file is damaged) and still ends exactly where an
+    uninterrupted run ends."""
+    s = PPOSettings(num_steps=100, minibatch_size=50, epochs=1, cost_window=5)
+    args = ("SafeSliderVelocity-v0", None, True)
+    options = dict(save_every=1, keep_checkpoints=3, progress=False)
+    train_policy(tmp_path / "whole", *args, 400, 0, s, **options)
+    train_policy(tmp_path / "cut", *args, 300, 0, s, **options)
+    state = RunLayout(tmp_path / "cut").checkpoint(3) / "state.pt"
+    state.write_bytes(state.read_bytes()[:-100])
+    train_policy(tmp_path / "cut", *args, 400, 0, s, resume=True, **options)
+    err = capsys.readouterr().err
+    assert f"{state}: truncated" in err and "step_00000002 (step 2)" in err
+    (step_a, a, extra_a), (step_b, b, extra_b) = (
+        final_state(tmp_path / "whole"),
+        final_state(tmp_path / "cut"),
+    )
+    assert step_a == step_b == 4 and extra_a["lagrange"] == extra_b["lagrange"]
+    for key in a["models"]["agent"]:
+        assert torch.equal(a["models"]["agent"][key], b["models"]["agent"][key]), key
