@@ -286,3 +286,14 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path
     assert step_a == step_b == 4 and extra_a["lagrange"] == extra_b["lagrange"]
     for key in a["models"]["agent"]:
         assert torch.equal(a["models"]["agent"][key], b["models"]["agent"][key]), key
+
+
+def test_resuming_with_another_task_is_refused_naming_the_option(tmp_path: Path) -> None:
+    from alignloop.errors import UserError
+
+    s = PPOSettings(num_steps=100, minibatch_size=50, epochs=1)
+    train_policy(tmp_path, "SafeSliderVelocity-v0", None, True, 100, 0, s, progress=False)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["command"] == "control train" and record["config"]["env"] == "SafeSliderVelocity-v0"
+    with pytest.raises(UserError, match=r"--env 'SafeSliderVelocity-v0' -> 'alignloop/Slider-v0'"):
+        train_policy(tmp_path, "alignloop/Slider-v0", None, False, 200, 0, s, resume=True, progress=False)

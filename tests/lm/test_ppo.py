@@ -248,6 +248,12 @@ def test_ppo_and_shaping_run_and_save(tiny_models: Path, tmp_path: Path):
         assert len(records) == 2 and all("clip_frac" in r and "kl" in r for r in records)
         assert (tmp_path / run / "final" / "tokenizer.json").is_file()
     assert "cost" in _train_metrics(tmp_path / "shape")[0]
+    for run, command in (("ppo", "train ppo"), ("shape", "train reward-shaping")):
+        record = json.loads((tmp_path / run / "run.json").read_text())
+        assert record["command"] == command and record["config"]["reward_model"] == str(
+            tiny_models / "reward"
+        )
+    assert "lambda_lr" not in json.loads((tmp_path / "shape" / "run.json").read_text())["config"]
 
 
 def test_lora_trains_adapters_only_and_saves_a_plain_model(tiny_models: Path, tmp_path: Path):
