@@ -37,7 +37,7 @@ from alignloop.runstack.checkpoint import Checkpointer
 from alignloop.runstack.metrics import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
-from torchrun_plan import TRAINERS  # noqa: E402
+from torchrun_plan import trainer as command  # noqa: E402
 
 torch.set_num_threads(1)
 PLAN = Path(__file__).parent / "torchrun_plan.py"
@@ -145,9 +145,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runs(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Single-process references here, then one launch of every two-process run."""
     root = tmp_path_factory.mktemp("dist_runs")
-    for trainer in ALL:
-        config_cls, train = TRAINERS[trainer]
-        assert train(from_mapping(config_cls, options(trainer, models, root / f"{trainer}-one"))) == 0
+    for name in ALL:
+        config_cls, train = command(name)
+        assert train(from_mapping(config_cls, options(name, models, root / f"{name}-one"))) == 0
     plan = []
     for trainer in ALL:
         plan.append(

@@ -13,18 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from alignloop.errors import UserError
-from alignloop.lm import aligner, cost, dpo, reward, sft
+from alignloop.lm import sft
 from alignloop.runstack.layout import STATE, RunLayout
 from alignloop.runstack.metrics import read_metrics
 
 TINY = dict(toy_train_size=64, toy_eval_size=8, batch_size=8, warmup_steps=1, eval_every=0, progress=False)
-TRAINERS = {
-    "sft": (sft.SFTConfig, sft.train),
-    "reward": (reward.RewardConfig, reward.train),
-    "cost": (cost.CostConfig, cost.train),
-    "dpo": (dpo.DPOConfig, dpo.train),
-    "aligner": (aligner.AlignerConfig, aligner.train),
-}
+SUPERVISED = ("sft", "reward", "cost", "dpo", "aligner")
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -104,9 +98,11 @@ def test_gradient_checkpointing_and_bf16_on_cpu_change_nothing(tmp_path: Path, c
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("trainer", sorted(TRAINERS))
+@pytest.mark.parametrize("trainer", SUPERVISED)
 def test_every_supervised_trainer_has_lora_and_writes_its_run_folder(tmp_path: Path, trainer: str):
-    config_cls, train = TRAINERS[trainer]
+    from torchrun_plan import trainer as command
+
+    config_cls, train = command(trainer)
     cfg = config_cls(output_dir=tmp_path, **{**TINY, "max_steps": 1, "lora_r": 2})
     assert train(cfg) == 0
     layout = RunLayout(tmp_path)

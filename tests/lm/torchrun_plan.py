@@ -2,8 +2,8 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/lm/torchrun_plan.py PLAN.json
 
-PLAN.json is a list of ``{"trainer": "sft", "options": {...}}``; each run is the trainer's own
-``train`` function with its config built from the options, as the command line would build it.
+PLAN.json is a list of ``{"trainer": "sft", "options": {...}}``; each run is what
+``alignloop train TRAINER`` runs, its config built from the options as ``--config`` would.
 The process group is joined once, before the first run, so that no run leaves it (a launch
 costs seconds of start-up; several runs share one).
 """
@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from alignloop.cli import COMMANDS, Command, _load
 from alignloop.config import from_mapping
-from alignloop.lm import aligner, cost, dpo, ppo, reward, sft
 
-TRAINERS = {
-    "sft": (sft.SFTConfig, sft.train),
-    "reward": (reward.RewardConfig, reward.train),
-    "cost": (cost.CostConfig, cost.train),
-    "dpo": (dpo.DPOConfig, dpo.train),
-    "aligner": (aligner.AlignerConfig, aligner.train),
-    "ppo": (ppo.PPOConfig, ppo.train),
-    "ppo-lag": (ppo.PPOLagConfig, ppo.train_lagrangian),
-}
+
+def trainer(name: str) -> tuple[type, Callable[[Any], int]]:
+    """The config class and the function of ``alignloop train NAME``."""
+    command = COMMANDS["train"].commands[name]  # type: ignore[union-attr]
+    assert isinstance(command, Command), name
+    return _load(command.config), _load(command.run)
 
 
 def main() -> None:
@@ -35,7 +34,7 @@ def main() -> None:
     with open(sys.argv[1]) as f:
         plan = json.load(f)
     for item in plan:
-        config_cls, train = TRAINERS[item["trainer"]]
+        config_cls, train = trainer(item["trainer"])
         assert train(from_mapping(config_cls, item["options"])) == 0, item
     torch.distributed.destroy_process_group()
 
