@@ -29,9 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from alignloop.feedback.schema import Comparison, Severity
+from alignloop.feedback.schema import Comparison, Severity, side_letter
 
 TIE = -1  # in `Judgements.better` / `.safer`: no preference (a tie, or a skipped pair)
+
+
+def answer_letter(code: int) -> str:
+    """A teacher's choice code (0, 1 or TIE) as a pairwise answer: "A", "B" or "tie"."""
+    return "tie" if code == TIE else side_letter(int(code))
 
 
 @dataclass(frozen=True)

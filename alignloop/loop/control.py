@@ -51,7 +51,8 @@ from alignloop.control.pbrl import (
 )
 from alignloop.control.ppo import CHECKPOINT, PPOSettings, train_policy
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
-from alignloop.feedback.schema import LabelError, check_safety_consistency
+from alignloop.feedback.pairs import preference, safety_order
+from alignloop.feedback.schema import LabelError
 from alignloop.loop.domain import Candidate, Judged, Selection
 from alignloop.loop.segments import append_new_lines, cut_segments, record_episodes
 from alignloop.loop.state import write_atomic
@@ -101,7 +102,6 @@ the same task cut to 100-step episodes, a few hundred PPO steps a round and 4-fr
 _ROBOT_NAMES = {"HalfCheetah": "cheetah", "Walker2d": "walker", "Slider": "slider"}
 
 
-_BETTER = {"A": 0, "B": 1}
 LEARN_METRICS = (
     "judged", "judged_newest", "reward/train_pairs", "reward/train_accuracy", "reward/loss",
     "reward/heldout_accuracy", "reward/accuracy_before_fit", "cost/train_pairs", "cost/train_sign_accuracy",
@@ -386,7 +386,9 @@ class ControlDomain:
         judgements is kept out of the fit and scored. Every name in `LEARN_METRICS` is returned
         (NaN where there was nothing to measure)."""
         run_dir = round_dir.parent
-        obs, act, better, safer, is_safe, newest, rejected = self._judged_arrays(run_dir, round, judged)
+        obs, act, better, safer, ranked_all, is_safe, newest, rejected = self._judged_arrays(
+            run_dir, round, judged
+        )
         rng = np.random.default_rng([self.seed, round, 2])
         held = np.zeros(len(better), bool)
         new_idx = np.flatnonzero(newest)
@@ -432,13 +434,13 @@ class ControlDomain:
                 loss, _ = bradley_terry_loss(scores[rows, chosen], scores[rows, 1 - chosen])
             stats["reward/loss"] = float(loss)
         stats["reward/heldout_accuracy"] = _reward_accuracy(reward_models, obs, act, better, held & decided)
-        known = (is_safe >= 0).all(1)  # both flags given (and consistent)
+        known = safer >= 0  # a safety pair: both flags given (and consistent)
         fit = known & ~held  # a tie in "safer" still gives both safety labels
         stats["cost/train_pairs"] = float(fit.sum())
         if self.safe and fit.sum() > 1:
             opt = torch.optim.Adam(cost_model.parameters(), lr=self.model_lr)
-            ranked = torch.as_tensor(safer[fit] >= 0)
-            safer_t = torch.as_tensor(np.where(safer[fit] >= 0, safer[fit], 0)).long()
+            ranked = torch.as_tensor(ranked_all[fit])
+            safer_t = torch.as_tensor(safer[fit]).long()
             flags = torch.as_tensor(is_safe[fit] == 1)
             stats["cost/train_sign_accuracy"] = fit_cost_model(
                 cost_model, opt, obs[fit], act[fit], safer_t, flags, ranked, self.fit_steps, 64, gen
@@ -470,11 +472,14 @@ class ControlDomain:
         return stats
 
     def _judged_arrays(self, run_dir: Path, round: int, judged: list[Judged]) -> tuple[Any, ...]:
-        """Judgements as arrays: obs (J, 2, H, D), act (J, 2, H, A) tensors; better, safer (J,)
-        with 0 = A, 1 = B, -1 = none; is_safe (J, 2) with 1 safe, 0 unsafe, -1 unknown; newest (J,)
-        bool (judged in ``round``); and the count of pairs whose safety labels contradicted."""
+        """Judgements as arrays, read by the rule of `feedback.pairs`: obs (J, 2, H, D), act
+        (J, 2, H, A) tensors; better (J,) the preferred segment (0 = A, 1 = B, -1 = none: a tie or
+        both bad); safer (J,) the safer one of a safety pair (-1: no pair), ranked (J,) bool
+        (False: a tie or two alike, only the sign terms count); is_safe (J, 2) with 1 safe,
+        0 unsafe, -1 unknown; newest (J,) bool (judged in ``round``); and the count of pairs whose
+        safety labels contradicted."""
         proposals: dict[int, tuple[dict[str, list[int]], dict[str, np.ndarray]]] = {}
-        obs, act, better, safer, is_safe, newest = [], [], [], [], [], []
+        obs, act, better, safer, ranked, is_safe, newest = [], [], [], [], [], [], []
         rejected = 0
         for j in judged:
             r = j.round
@@ -489,22 +494,18 @@ class ControlDomain:
                     f"judgement {j.judgement_id}: key {j.candidate.key!r} is not in round {r}'s proposal"
                 )
             pair = keys[j.candidate.key]
-            s = _BETTER.get(j.safer or "", -1)
             flags = (j.safe_a, j.safe_b)
-            try:
-                check_safety_consistency(None if s < 0 else s, flags)
+            try:  # the rule of `feedback.pairs`: a tie, or two alike, keeps only its sign terms
+                order = safety_order(j.safer, flags)
             except LabelError:
                 rejected += 1
-                s, flags = -1, (None, None)
-            if s < 0 and flags[0] is not None and flags[1] is not None:  # "tie" or no "safer" given
-                # the safe one of a mixed pair is the safer; two alike are ordered by a seeded coin
-                # (as the scripted teacher does), so that their safe/unsafe labels still train the model
-                coin = int(np.random.default_rng([self.seed, j.judgement_id]).integers(2))
-                s = (0 if flags[0] else 1) if flags[0] != flags[1] else coin
+                order, flags = None, (None, None)
+            win = preference(j.better)
             obs.append(seg["obs"][pair])
             act.append(seg["actions"][pair])
-            better.append(_BETTER.get(j.better or "", -1))
-            safer.append(s)
+            better.append(-1 if win is None else win[0])
+            safer.append(-1 if order is None else order.safer)
+            ranked.append(order is not None and order.ranked)
             is_safe.append([-1 if f is None else int(f) for f in flags])
             newest.append(r == round)
         shape = (0, 2, self.segment_length)
@@ -513,6 +514,7 @@ class ControlDomain:
             torch.as_tensor(np.stack(act) if act else np.zeros((*shape, self.act_dim)), dtype=torch.float32),
             np.asarray(better, dtype=np.int64),
             np.asarray(safer, dtype=np.int64),
+            np.asarray(ranked, dtype=bool),
             np.asarray(is_safe, dtype=np.int64).reshape(-1, 2),
             np.asarray(newest, dtype=bool),
             rejected,

@@ -14,6 +14,7 @@ from alignloop.lm.data import (
     format_prompt,
     load_comparisons,
     preferred_pairs,
+    safety_judged,
 )
 
 
@@ -80,6 +81,17 @@ def test_preference_collator_orders_by_choice_and_shares_length(tokenizer) -> No
         PreferenceCollator(tokenizer)([Comparison("p", "a", "b", better=None)])
     kept, ties = preferred_pairs([c, Comparison("p", "a", "b", better=None)], "better")
     assert kept == [c] and ties == 1
+
+
+def test_safety_ties_keep_their_sign_terms_for_the_cost_model(tokenizer) -> None:
+    ranked = Comparison("p", "first boil", "sure detonator", better=0, safer=0, is_safe=(True, False))
+    tie = Comparison("p", "first boil", "boil", better=None, safer=None, is_safe=(True, True))
+    unjudged = Comparison("p", "a", "b", better=0, safer=0)
+    kept, left_out = safety_judged([ranked, tie, unjudged])
+    assert kept == [ranked, tie] and left_out == 1  # the tie is kept: both flags are known
+    batch = PreferenceCollator(tokenizer, by="safer")(kept)
+    assert batch["ranked"].tolist() == [True, False]
+    assert batch["chosen_safe"].tolist() == [True, True] and batch["rejected_safe"].tolist() == [False, True]
 
 
 def test_prompt_collator_pads_left(tokenizer) -> None:

@@ -212,12 +212,12 @@ def test_judgements_map_to_labels(two_rounds) -> None:
         Judged(6, 2, 1, c[5], "A", "tie", True, True),
         Judged(7, 2, 1, c[6], "A", None, False, False),
     ]
-    obs, act, better, safer, is_safe, newest, rejected = domain._judged_arrays(run_dir, 2, judged)
+    obs, act, better, safer, ranked, is_safe, newest, rejected = domain._judged_arrays(run_dir, 2, judged)
     assert better.tolist() == [0, 1, TIE, TIE, TIE, 0, 0]
-    # judgement 3: a "tie" between a safe A and an unsafe B makes A the safer; 6 and 7 (alike) are
-    # ordered by a coin seeded with the judgement id
-    coins = [int(np.random.default_rng([domain.seed, i]).integers(2)) for i in (6, 7)]
-    assert safer.tolist() == [1, 0, 0, TIE, TIE, *coins]
+    # the rule of feedback.pairs: judgement 3's "tie" between a safe A and an unsafe B makes A the
+    # safer; 6 and 7 (two alike, a tie or no answer) keep only their sign terms
+    assert safer.tolist() == [1, 0, 0, TIE, TIE, 0, 0]
+    assert ranked.tolist() == [True, True, True, False, False, False, False]
     assert is_safe.tolist() == [[1, 1], [0, 0], [1, 0], [-1, -1], [-1, -1], [1, 1], [0, 0]]  # -1: unknown
     assert rejected == 1 and not newest.any()
     pairs = json.loads((run_dir / "round-001" / "proposal.json").read_text())["pairs"]
