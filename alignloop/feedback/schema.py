@@ -450,6 +450,28 @@ DEFAULT_QUESTIONS: tuple[Question, ...] = (
 """What every project asked before projects chose their questions (old projects migrate to it)."""
 
 
+QUESTION_PRESETS: dict[str, tuple[Question, ...]] = {
+    "pku-saferlhf": DEFAULT_QUESTIONS,
+    "clips": (
+        Pairwise("better", "Which clip does the task better?"),
+        IsSafe("is_safe", "Is the clip safe?"),
+        Mark("unsafe_from", "Where does each clip first become unsafe?"),
+    ),
+    "ranking": (
+        Ranking("ranking", "Order the responses, best first"),
+        FreeText("why", "Why?", required=False),
+    ),
+    "rating": (
+        Rating("rating", "Rate each response", scale_min=1, scale_max=7, aspects=("helpfulness", "honesty")),
+    ),
+    "correction": (
+        IsSafe("is_safe", "Is it safe?", harm_categories=HARM_CATEGORIES, severity_levels=SEVERITY_LEVELS),
+        CorrectionText("correction", "Rewrite the least safe response"),
+    ),
+}
+"""Question lists to start a project from (the admin page offers them)."""
+
+
 def question_from_json(raw: Any, position: int = 0) -> Question:
     """One question from its JSON form; LabelError names the question and the reason."""
     if isinstance(raw, Question):
@@ -701,3 +723,4 @@ class Correction:
     prompt: str
     original: str
     corrected: str
+    meta: dict[str, str] = field(default_factory=dict, compare=False)

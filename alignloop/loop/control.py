@@ -52,8 +52,8 @@ from alignloop.control.pbrl import (
 from alignloop.control.ppo import CHECKPOINT, PPOSettings, train_policy
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
 from alignloop.feedback.pairs import preference, safety_order
-from alignloop.feedback.schema import LabelError
-from alignloop.loop.domain import Candidate, Judged, Selection
+from alignloop.feedback.schema import Candidate, IsSafe, Item, LabelError, Pairwise, Question, SaferChoice
+from alignloop.loop.domain import Judged, Proposal, Selection
 from alignloop.loop.segments import append_new_lines, cut_segments, record_episodes
 from alignloop.loop.state import write_atomic
 
@@ -143,6 +143,7 @@ class ControlDomain:
     """
 
     name = "control"
+    questions: tuple[Question, ...]
 
     def __init__(
         self,
@@ -216,6 +217,12 @@ class ControlDomain:
             self.prompt = f"Which clip does the {self.base_env} task better?"
         if threshold is not None:
             self.prompt += f" Is each one safe (speed under {threshold:.2f} m/s)?"
+        self.questions = (Pairwise("better", "Which clip does the task better?"),)
+        if self.safe:  # clips have no harm categories: only safe or not
+            self.questions += (
+                SaferChoice("safer", "Which clip is safer?"),
+                IsSafe("is_safe", "Is the clip safe?"),
+            )
 
     # ---- where things live -------------------------------------------------------------------
 
@@ -261,12 +268,12 @@ class ControlDomain:
             )
         return self._evaluate(out, None)
 
-    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Candidate]:
+    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Proposal]:
         """Roll out the round's starting policy, cut segments, choose and render ``n_pairs`` pairs.
         A second call returns the saved proposal (whatever its arguments)."""
         saved = round_dir / "proposal.json"
         if saved.is_file():
-            return [Candidate.from_json(c) for c in json.loads(saved.read_text())["candidates"]]
+            return [Proposal.from_json(c) for c in json.loads(saved.read_text())["candidates"]]
         run_dir = round_dir.parent
         round_dir.mkdir(parents=True, exist_ok=True)
         segments = self._segments(round_dir, round)
@@ -297,12 +304,16 @@ class ControlDomain:
         candidates, oracle = [], []
         for i, (a, b) in enumerate(pairs.tolist()):
             key = f"r{round}-{i:05d}"
-            candidates.append(
+            segment_candidates = tuple(  # without clips, a segment is named by text (tests without rendering)
                 Candidate(
-                    key=key, prompt=self.prompt, media_a=clips.get(a), media_b=clips.get(b),
-                    model_a=f"policy-r{round - 1}", model_b=f"policy-r{round - 1}", priority=float(priority[i]),
+                    text="" if s in clips else f"segment {s}",
+                    media=clips.get(s),
+                    model=f"policy-r{round - 1}",
                 )
-            )  # fmt: skip
+                for s in (a, b)
+            )
+            item = Item(self.prompt, segment_candidates, key=key)
+            candidates.append(Proposal(item, priority=float(priority[i])))
             oracle.append(
                 {
                     "key": key,
@@ -489,18 +500,18 @@ class ControlDomain:
                 keys = {c["key"]: pair for c, pair in zip(saved["candidates"], saved["pairs"], strict=True)}
                 proposals[r] = (keys, self._segments(rd, r))
             keys, seg = proposals[r]
-            if j.candidate.key not in keys:
-                raise ValueError(
-                    f"judgement {j.judgement_id}: key {j.candidate.key!r} is not in round {r}'s proposal"
-                )
-            pair = keys[j.candidate.key]
-            flags = (j.safe_a, j.safe_b)
+            if j.key not in keys:
+                raise ValueError(f"judgement {j.judgement_id}: key {j.key!r} is not in round {r}'s proposal")
+            pair = keys[j.key]
+            answers = j.judgement.answers
+            entries = answers.get("is_safe") or [None, None]
+            flags = tuple(None if e is None else e["safe"] for e in entries)
             try:  # the rule of `feedback.pairs`: a tie, or two alike, keeps only its sign terms
-                order = safety_order(j.safer, flags)
+                order = safety_order(answers.get("safer"), flags)
             except LabelError:
                 rejected += 1
                 order, flags = None, (None, None)
-            win = preference(j.better)
+            win = preference(answers.get("better"))
             obs.append(seg["obs"][pair])
             act.append(seg["actions"][pair])
             better.append(-1 if win is None else win[0])

@@ -10,7 +10,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -20,9 +19,9 @@ from starlette.middleware.sessions import SessionMiddleware
 from alignloop.platform.api.routes import router as api_router
 from alignloop.platform.auth import TokenCache
 from alignloop.platform.crud import PlatformError
-from alignloop.platform.db import is_sqlite, make_engine, make_sessionmaker
+from alignloop.platform.db import CONNECT_TIMEOUT_S, is_sqlite, make_engine, make_sessionmaker
+from alignloop.platform.hotpath import Memory, Pools, make_pool
 from alignloop.platform.models import User
-from alignloop.platform.pgpool import ConnectionPool, libpq_conninfo
 from alignloop.platform.settings import Settings
 from alignloop.platform.web.routes import STATIC_DIR, LoginRequired
 from alignloop.platform.web.routes import router as web_router
@@ -77,6 +76,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (CPython's default: 700)
+START_WAIT_S = 3.0  # how long start-up waits for the event loop's first PostgreSQL connections
 THREADS = 200  # sync routes run in threads; a request waiting on the database must not starve the rest
 
 
@@ -91,9 +91,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 20, 20)
     if app.state.pg_pool is not None:
-        try:
-            await app.state.pg_pool.open(app.state.settings.async_pool_open)
-        except psycopg.OperationalError as exc:  # the database may come up later: open them on need
+        from psycopg_pool import PoolTimeout
+
+        try:  # the first connections are ready before the first requests come
+            await app.state.pg_pool.open(START_WAIT_S)
+        except PoolTimeout as exc:  # the database may come up later: the pool keeps trying
             logger.warning("could not open PostgreSQL connections at start-up: %s", exc)
     yield
     if app.state.pg_pool is not None:
@@ -116,8 +118,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pg_pool = (  # judgement-and-next's common case runs on the event loop (PostgreSQL)
         None
         if is_sqlite(settings.db)
-        else ConnectionPool(libpq_conninfo(settings.db), size=settings.async_pool_size)
+        else Pools(
+            lambda: make_pool(
+                settings.db,
+                size=settings.async_pool_size,
+                open_at_start=settings.async_pool_open,
+                connect_timeout_s=CONNECT_TIMEOUT_S,
+            )
+        )
     )
+    app.state.memory = Memory()
     app.state.token_cache = TokenCache[User](settings.token_cache_s)
 
     @app.exception_handler(PlatformError)

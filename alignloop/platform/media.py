@@ -18,9 +18,18 @@ MEDIA_TYPES = {
 NAME = re.compile(r"^[0-9a-f]{32}\.(mp4|webm|gif|png|jpg|jpeg)$")
 
 
-def media_kind(name: str) -> str:
-    """'video' or 'image', for the labelling page."""
-    return "video" if Path(name).suffix in (".mp4", ".webm") else "image"
+STRIP_COLUMNS = 10
+"""A frame strip is a PNG of a clip's frames, left to right and top to bottom, this many to a row
+(`alignloop.control.clips.render_strip` writes them; the labelling page plays and steps them)."""
+
+
+def media_kind(name: str, frames: int | None = None) -> str:
+    """How the labelling page shows a file: 'video', 'strip' (a PNG of `frames` > 1 frames, played
+    and stepped frame by frame), or 'image' (a still, or an animated GIF)."""
+    suffix = Path(name).suffix
+    if suffix in (".mp4", ".webm"):
+        return "video"
+    return "strip" if suffix == ".png" and frames is not None and frames > 1 else "image"
 
 
 def store(media_dir: Path, filename: str, data: bytes) -> str:
