@@ -70,6 +70,9 @@ HARM_CATEGORIES: tuple[str, ...] = (
     "Animal Abuse",
 )
 MIN_CANDIDATES, MAX_CANDIDATES = 2, 8
+STRIP_COLUMNS = 10
+"""A clip stored as a frame strip is one PNG of its frames, left to right and top to bottom, this
+many to a row (`control.clips.render_strip` writes them; the labelling page plays and steps them)."""
 SIDES = "ABCDEFGH"
 """Candidate letters: the i-th candidate of an item is SIDES[i] (the one map, see side_letter)."""
 

@@ -16,10 +16,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
+from alignloop.platform.api.routes import released
 from alignloop.platform.api.routes import router as api_router
 from alignloop.platform.auth import TokenCache
 from alignloop.platform.crud import PlatformError
 from alignloop.platform.db import CONNECT_TIMEOUT_S, is_sqlite, make_engine, make_sessionmaker
+from alignloop.platform.fastlane import FastLane
 from alignloop.platform.hotpath import Memory, Pools, make_pool
 from alignloop.platform.models import User
 from alignloop.platform.settings import Settings
@@ -162,4 +164,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         https_only=settings.cookie_secure,
     )
     app.add_middleware(BodyLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
+    app.add_middleware(
+        FastLane,
+        state=app.state,
+        max_body=settings.max_body_bytes,
+        on_stored=lambda project_id: released(app.state.sessionmaker, project_id),
+    )
     return app

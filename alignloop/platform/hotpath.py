@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 from sqlalchemy.engine import make_url
@@ -268,3 +269,39 @@ async def submit_and_next(
         return None
     next_id, candidates, body = row
     return Answered(body, next_id, [] if candidates is None else json.loads(candidates))
+
+
+async def common_case(
+    state: Any, *, user_id: int, assignment_id: int, labels: JudgementIn, lock_s: int, now: dt.datetime
+) -> tuple[str, int] | None:
+    """The short path, when it applies: (response body, project id) of a stored judgement, or None
+    (nothing stored) when the general path must decide. `LabelError` for answers the project's
+    questions refuse. `state` is the application's (`pg_pool`, `memory`)."""
+    pools: Pools | None = state.pg_pool
+    memory: Memory = state.memory
+    if pools is None or labels.skipped:
+        return None
+    handout = memory.take(assignment_id, user_id)
+    rules = None if handout is None else memory.projects.get(handout.project_id)
+    if handout is None or rules is None or rules.gold_rate > 0:  # gold mixing counts judgements: general path
+        return None
+    answers = checked(handout, rules, labels)
+    try:
+        short = await submit_and_next(
+            await pools.get(),
+            assignment_id=assignment_id,
+            annotator_id=user_id,
+            key=labels.idempotency_key,
+            answers=answers,
+            project_id=handout.project_id,
+            overlap=rules.overlap,
+            lock_s=lock_s,
+            now=now,
+        )
+    except psycopg.IntegrityError:  # a concurrent retry of the same key: the general path decides
+        return None
+    if short is None:
+        return None
+    if short.next_id is not None:
+        memory.hand_out(short.next_id, user_id, handout.project_id, short.next_candidates)
+    return short.body, handout.project_id

@@ -7,6 +7,10 @@ import os
 import re
 from pathlib import Path
 
+from alignloop.feedback.schema import STRIP_COLUMNS
+
+__all__ = ["MEDIA_TYPES", "STRIP_COLUMNS", "media_kind", "path_of", "store"]
+
 MEDIA_TYPES = {
     ".mp4": "video/mp4",
     ".webm": "video/webm",
@@ -16,11 +20,6 @@ MEDIA_TYPES = {
     ".jpeg": "image/jpeg",
 }
 NAME = re.compile(r"^[0-9a-f]{32}\.(mp4|webm|gif|png|jpg|jpeg)$")
-
-
-STRIP_COLUMNS = 10
-"""A frame strip is a PNG of a clip's frames, left to right and top to bottom, this many to a row
-(`alignloop.control.clips.render_strip` writes them; the labelling page plays and steps them)."""
 
 
 def media_kind(name: str, frames: int | None = None) -> str:

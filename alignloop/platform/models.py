@@ -118,7 +118,7 @@ class Assignment(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
-    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16), default="open")  # open | done | expired
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -134,7 +134,6 @@ class Judgement(Base):
         UniqueConstraint("annotator_id", "idempotency_key", name="uq_judgement_idempotency"),
         UniqueConstraint("item_id", "annotator_id", name="uq_judgement_item_annotator"),
         Index("ix_judgements_project", "project_id", "id"),
-        Index("ix_judgements_annotator", "annotator_id", "project_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-import psycopg
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
@@ -253,6 +252,12 @@ def _release_expired(factory: sessionmaker[Session], project_id: int) -> None:
         session.commit()
 
 
+async def released(factory: sessionmaker[Session], project_id: int) -> None:
+    """Expire the project's stale locks when it is time (after a short-path submission)."""
+    if release_due(project_id):
+        await run_in_threadpool(_release_expired, factory, project_id)
+
+
 def _submit_and_next_general(
     request: Request, user: User, assignment_id: int, body: JudgementIn, lock_s: int
 ) -> tuple[SubmittedOut, int]:
@@ -295,35 +300,20 @@ async def submit_and_next(
     The judgement and the next assignment are committed together; a retry with the same key
     returns the judgement (200) and the next item.
     """
-    pools: hotpath.Pools | None = request.app.state.pg_pool
-    memory: hotpath.Memory = request.app.state.memory
-    handout = None if pools is None or body.skipped else memory.take(assignment_id, user.id)
-    rules = None if handout is None else memory.projects.get(handout.project_id)
-    if handout is not None and rules is not None and rules.gold_rate == 0:  # PostgreSQL: one statement
-        try:
-            answers = hotpath.checked(handout, rules, body)
-        except LabelError as exc:
-            raise HTTPException(422, str(exc)) from None
-        try:
-            short = await hotpath.submit_and_next(
-                await pools.get(),  # type: ignore[union-attr]
-                assignment_id=assignment_id,
-                annotator_id=user.id,
-                key=body.idempotency_key,
-                answers=answers,
-                project_id=handout.project_id,
-                overlap=rules.overlap,
-                lock_s=settings.lock_s,
-                now=utcnow(),
-            )
-        except psycopg.IntegrityError:  # a concurrent retry of the same key: the general path decides
-            short = None
-        if short is not None:
-            if short.next_id is not None:
-                memory.hand_out(short.next_id, user.id, handout.project_id, short.next_candidates)
-            if release_due(handout.project_id):
-                await run_in_threadpool(_release_expired, request.app.state.sessionmaker, handout.project_id)
-            return Response(short.body, status_code=201, media_type="application/json")
+    try:  # PostgreSQL, an assignment this process handed out: one statement on the event loop
+        short = await hotpath.common_case(
+            request.app.state,
+            user_id=user.id,
+            assignment_id=assignment_id,
+            labels=body,
+            lock_s=settings.lock_s,
+            now=utcnow(),
+        )
+    except LabelError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if short is not None:
+        await released(request.app.state.sessionmaker, short[1])
+        return Response(short[0], status_code=201, media_type="application/json")
     answer, status = await run_in_threadpool(
         _submit_and_next_general, request, user, assignment_id, body, settings.lock_s
     )

@@ -150,8 +150,11 @@ def upgrade() -> None:
         "corrected",
     ):
         op.drop_column("judgements", column)
-    # (annotator_id, status) already serves every look-up by annotator: one index fewer to update
+    # indexes the others already serve, one fewer to update on every submission: (annotator_id,
+    # status) serves look-ups of an annotator's assignments, (annotator_id, idempotency_key) of
+    # their judgements
     op.drop_index("ix_assignments_annotator_id", table_name="assignments")
+    op.drop_index("ix_judgements_annotator", table_name="judgements")
 
 
 def _refuse(message: str) -> None:
@@ -161,6 +164,7 @@ def _refuse(message: str) -> None:
 def downgrade() -> None:
     connection = op.get_bind()
     op.create_index("ix_assignments_annotator_id", "assignments", ["annotator_id"])
+    op.create_index("ix_judgements_annotator", "judgements", ["annotator_id", "project_id"])
     op.add_column("projects", sa.Column("harm_categories", sa.JSON(), nullable=False, server_default="[]"))
     for batch in _rows(connection, "SELECT id, name, questions FROM projects"):
         values = []
