@@ -573,11 +573,10 @@ def read_corrections(
 ) -> list[Correction]:
     """(prompt, original, corrected) records of a correction file, or the corrections of a file of
     judged items; a `FormatError` when it holds none."""
+    if format is None:  # a file of judged items, else correction rows (so a bad row is read as one)
+        first = next((row for _, row in iter_rows(path) if isinstance(row, Mapping)), None)
+        format = "judgements" if detect_format(first) == "judgements" else "correction"
     result = _read_logged(path, format, skip_invalid)
-    if result.format not in (None, "correction", "judgements"):
-        raise FormatError(
-            path, None, None, f"holds {result.format} records, not corrections (prompt, original, corrected)"
-        )
     out = [r for r in judged.as_records(result.records, "correction") if isinstance(r, Correction)]
     if not out:
         raise FormatError(path, None, None, "holds no corrections (rows of prompt, original, corrected)")
