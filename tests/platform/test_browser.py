@@ -3,7 +3,7 @@
 One server, one browser session, five projects: today's default questions; clips shown as frame
 strips with a mark of the frame where one becomes unsafe; a ranking of four; ratings on two
 aspects; a correction. Each answer is then read back from the database, and each page is
-photographed into test-artifacts/.
+photographed into test-artifacts/label-kind-KIND.png.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def test_one_item_of_every_question_kind_labelled_by_keyboard(tmp_path: Path) ->
                 page.wait_for_selector("#label-form")
 
             def submit(kind: str) -> None:
-                page.screenshot(path=str(ARTIFACTS / f"label-{kind}.png"), full_page=True)
+                page.screenshot(path=str(ARTIFACTS / f"label-kind-{kind}.png"), full_page=True)
                 page.keyboard.press("Enter")
                 page.wait_for_selector("#done")
 
@@ -199,4 +199,4 @@ def test_one_item_of_every_question_kind_labelled_by_keyboard(tmp_path: Path) ->
         },
     }
     for kind in PROJECTS:
-        assert (ARTIFACTS / f"label-{kind}.png").stat().st_size > 10_000
+        assert (ARTIFACTS / f"label-kind-{kind}.png").stat().st_size > 10_000
