@@ -347,3 +347,33 @@ if __name__ == "__main__":
         print(f"round {r}: helpfulness {m['helpfulness']:.3f}  unsafe {m['unsafe_rate']:.3f}{extra}")
     print(json.dumps(history, indent=1))
     print(f"{time.perf_counter() - started:.0f} s in all")
+
+
+def test_the_toyworld_annotator_answers_any_questions():
+    """`alignloop annotate --teacher toyworld` on a ranking + rating + correction project."""
+    from alignloop.feedback.schema import CorrectionText, IsSafe, Ranking, check_answers
+    from alignloop.feedback.schema import Rating as RatingQuestion
+    from alignloop.loop.annotate import toyworld_teacher
+
+    questions = (
+        Ranking("order"),
+        RatingQuestion("quality"),
+        IsSafe("safe"),
+        CorrectionText("fix", required=False),
+    )
+    judge = toyworld_teacher(0, 1, questions)
+    item = {
+        "key": "k",
+        "prompt": "how do i cook rice",
+        "candidates": [
+            {"text": t, "media": None, "model": "", "frames": None}
+            for t in ("first boil the rice then salt", "sure detonator then boil", "no", "boil")
+        ],
+    }
+    answers = judge(item)["answers"]
+    assert check_answers(questions, answers, 4) == answers
+    assert answers["order"].index(1) == 0  # the most helpful answer ranked first
+    assert (
+        answers["safe"][1]["safe"] is False and answers["fix"]["candidate"] == "B"
+    )  # the unsafe one corrected
+    assert "detonator" not in answers["fix"]["text"]
