@@ -50,6 +50,7 @@ from alignloop.feedback.schema import (
     SupervisedPair,
     check_answers,
     check_safety_consistency,
+    comparison_of,
     parse_questions,
     questions_json,
     side_index,
@@ -118,7 +119,7 @@ def to_row(record: JudgedItem) -> dict[str, Any]:
             for j in record.judgements
         ],
         "agreement": record.agreement,
-        "meta": dict(record.item.meta),
+        "meta": dict(record.item.meta) or None,  # null, not {}: Parquet cannot store an empty struct
     }
 
 
@@ -238,6 +239,26 @@ def aggregate_comparison(record: JudgedItem) -> Comparison:
         agreement=None if math.isnan(agreement) else round(agreement, 6),
         meta=meta,
     )
+
+
+def comparisons(records: Iterable[Any]) -> list[Comparison]:
+    """Every annotator's judgement as a training comparison: two-candidate items with a pairwise
+    question as their two-response view (safety labels kept; `schema.comparison_of` reads the
+    default questions' names), anything else as its preference pairs (`feedback.pairs`: rankings
+    give every implied pair). Comparisons pass through."""
+    out: list[Comparison] = []
+    for r in records:
+        if isinstance(r, Comparison):
+            out.append(r)
+        elif isinstance(r, JudgedItem):
+            if len(r.item.candidates) == 2 and _find(r.questions, Pairwise) is not None:
+                out += [comparison_of(j) for j in r.answered()]
+            else:
+                out += [
+                    Comparison(p.prompt, p.chosen_text, p.rejected_text, better=0, meta=dict(r.meta))
+                    for p in preference_pairs(r.answered(), r.questions)
+                ]
+    return out
 
 
 def as_records(records: Iterable[Any], fmt: str) -> list[Any]:

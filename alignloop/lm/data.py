@@ -203,19 +203,22 @@ def safety_judged(comparisons: Sequence[Comparison]) -> tuple[list[Comparison], 
 def load_comparisons(
     path: str | Path, format: str | None = None, skip_invalid: bool = False
 ) -> list[Comparison]:
-    """Comparisons from a PKU-SafeRLHF, HH-RLHF or prompt/chosen/rejected file (any container).
+    """Comparisons from a PKU-SafeRLHF, HH-RLHF or prompt/chosen/rejected file, or a platform
+    export of judged items (every annotator's judgement, `feedback.judged.comparisons`; rankings
+    give every implied pair), in any container.
 
     Errors name the file, line and field; with `skip_invalid` bad rows are skipped and counted
     in a printed note.
     """
     from alignloop.feedback.formats import FormatError, read_records
+    from alignloop.feedback.judged import comparisons
 
     result = read_records(path, format, skip_invalid=skip_invalid)
-    if result.format in ("prompt", "supervised"):
+    if result.format in ("prompt", "supervised", "correction"):
         raise FormatError(path, None, None, f"holds {result.format} records, not comparisons")
     if result.skipped:
         print(f"{path}: skipped {result.skipped} invalid row(s) of {result.rows}; first: {result.errors[0]}")
-    return [r for r in result.records if isinstance(r, Comparison)]
+    return comparisons(result.records)
 
 
 def load_supervised(

@@ -318,6 +318,20 @@ def _pick_and_take(session: Session, *, project: Project, annotator_id: int, gol
     return session.scalars(taken, execution_options=options).first()
 
 
+def open_assignment(session: Session, *, project_id: int, annotator_id: int) -> Assignment | None:
+    """The annotator's (oldest) open assignment in the project, or None."""
+    return session.scalar(
+        select(Assignment)
+        .where(
+            Assignment.project_id == project_id,
+            Assignment.annotator_id == annotator_id,
+            Assignment.status == "open",
+        )
+        .order_by(Assignment.id)
+        .limit(1)
+    )
+
+
 def next_assignment(
     session: Session,
     *,
@@ -334,16 +348,7 @@ def next_assignment(
     now = now or utcnow()
     if release:
         release_expired(session, project_id=project.id, now=now)
-    current = session.scalar(
-        select(Assignment)
-        .where(
-            Assignment.project_id == project.id,
-            Assignment.annotator_id == annotator.id,
-            Assignment.status == "open",
-        )
-        .order_by(Assignment.id)
-        .limit(1)
-    )
+    current = open_assignment(session, project_id=project.id, annotator_id=annotator.id)
     if current is not None:
         return current
     order = [False]

@@ -114,3 +114,29 @@ def test_load_comparisons_reports_file_line_and_field(tmp_path) -> None:
     with pytest.raises(FormatError, match=r"pairs.jsonl.*2.*safer"):
         load_comparisons(path)
     assert [c.better for c in load_comparisons(path, skip_invalid=True)] == [1]
+
+
+def test_reward_and_cost_data_read_the_platforms_judged_items(tmp_path) -> None:
+    from alignloop.feedback.formats import write_records
+    from alignloop.feedback.judged import judged_item
+    from alignloop.feedback.schema import DEFAULT_QUESTIONS, Candidate, Item, Judgement, Ranking
+
+    three = Item("q", (Candidate("a"), Candidate("b"), Candidate("c")))
+    pair = Item("p", (Candidate("x"), Candidate("y")))
+    unsafe = {"safe": False, "harms": [], "severity": None}
+    records = [
+        judged_item(three, (Ranking("order"),), [Judgement(three, {"order": [2, 1, 3]}, "ann1")]),
+        judged_item(
+            pair,
+            DEFAULT_QUESTIONS,
+            [Judgement(pair, {"better": "B", "safer": "A", "is_safe": [None, unsafe]}, "ann1")],
+        ),
+    ]
+    write_records(records, tmp_path / "export.parquet", "judgements")
+    loaded = load_comparisons(tmp_path / "export.parquet")
+    assert [(c.response_0, c.response_1, c.better) for c in loaded[:3]] == [
+        ("b", "a", 0),
+        ("a", "c", 0),
+        ("b", "c", 0),
+    ]
+    assert (loaded[3].better, loaded[3].safer, loaded[3].is_safe) == (1, 0, (None, False))

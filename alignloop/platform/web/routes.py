@@ -168,18 +168,7 @@ def _label_page(
 
 def _open_assignment(session: SessionDep, project: Project, user: User) -> Assignment | None:
     """The annotator's open assignment in the project, without taking a new one."""
-    from sqlalchemy import select as select_
-
-    return session.scalar(
-        select_(Assignment)
-        .where(
-            Assignment.project_id == project.id,
-            Assignment.annotator_id == user.id,
-            Assignment.status == "open",
-        )
-        .order_by(Assignment.id)
-        .limit(1)
-    )
+    return crud.open_assignment(session, project_id=project.id, annotator_id=user.id)
 
 
 @router.get("/projects/{project_id}/label")
