@@ -292,7 +292,7 @@ def admin_create_user(
     user: WebAdmin,
     session: SessionDep,
     _: Csrf,
-    name: FormText = "",
+    name: Annotated[str, Form()] = "",  # the name rule says what is wrong with it, length included
     password: FormText = "",
     role: Annotated[Literal["admin", "trainer", "annotator"], Form()] = "annotator",
 ) -> Response:
