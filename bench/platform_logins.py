@@ -20,8 +20,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,7 +34,7 @@ from sqlalchemy import select, update
 from alignloop.platform import crud
 from alignloop.platform.db import make_engine, make_sessionmaker, migrate
 from alignloop.platform.models import User
-from alignloop.platform.pgcluster import free_port
+from alignloop.platform.process import ServerProcess
 from alignloop.platform.schemas import ProjectIn
 
 RESULTS = Path(__file__).parent / "results" / "platform_logins.json"
@@ -150,41 +148,31 @@ def main() -> None:
     parser.add_argument("--password-checks", type=int, default=None, help="ALIGNLOOP_PASSWORD_CHECKS")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    output = args.output.resolve()  # before moving into the server's folder
+    if args.password_checks is not None:
+        os.environ["ALIGNLOOP_PASSWORD_CHECKS"] = str(args.password_checks)
     with tempfile.TemporaryDirectory() as tmp:
         url_db = f"sqlite:///{tmp}/logins.db"
         migrate(url_db)
         token = seed(url_db)
-        port = free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if args.password_checks is not None:
-            env["ALIGNLOOP_PASSWORD_CHECKS"] = str(args.password_checks)
-        command = [
-            sys.executable, "-m", "alignloop.cli", "serve", "--db", url_db, "--port", str(port),
-            "--media-dir", f"{tmp}/media", "--log-level", "warning",
-        ]  # fmt: skip
-        server = subprocess.Popen(command, env=env, cwd=tmp)  # the code on PYTHONPATH, not ./alignloop
-        url = f"http://127.0.0.1:{port}"
+        os.chdir(tmp)  # the server runs the code on PYTHONPATH, not a ./alignloop
+        server = ServerProcess(url_db, Path(tmp))
+        server.start()
         try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{url}/login", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            process = psutil.Process(server.pid)
-            cpu_per_read = read_cost(url, token, process)
+            assert server.process is not None
+            process = psutil.Process(server.process.pid)
+            cpu_per_read = read_cost(server.url, token, process)
             load_before = os.getloadavg()
             cpu_before = process.cpu_times()
-            result = burst(url, token, args.logins)
+            result = burst(server.url, token, args.logins)
             cpu_after = process.cpu_times()
             load_after = os.getloadavg()
             try:
-                next_status: int | str = wrong_login(url, 1)  # the token route: one more wrong password
+                next_status: int | str = wrong_login(server.url, 1)  # the token route: one more
             except httpx.HTTPError as exc:
                 next_status = type(exc).__name__
         finally:
-            server.terminate()
-            server.wait(30)
+            server.stop()
     cpu_s = _cpu(cpu_after) - _cpu(cpu_before) - cpu_per_read * len(result["latencies"])
     row = {
         "logins": args.logins,
@@ -198,9 +186,9 @@ def main() -> None:
         "at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     print(json.dumps(row, indent=2))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    rows = json.loads(args.output.read_text()) if args.output.exists() else []
-    args.output.write_text(json.dumps([*rows, row], indent=2) + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(output.read_text()) if output.exists() else []
+    output.write_text(json.dumps([*rows, row], indent=2) + "\n")
 
 
 if __name__ == "__main__":

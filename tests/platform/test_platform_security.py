@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from platform_helpers import World, csrf_of, error_on_page, web_login
+from platform_helpers import PASSWORD, World, csrf_of, error_on_page, web_login
 from sqlalchemy import func, select
 
 from alignloop.platform.app import create_app
@@ -154,3 +154,20 @@ def test_session_cookie_flags(tmp_path, secure: bool) -> None:  # type: ignore[n
     app.state.engine.dispose()
     assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
     assert ("secure" in cookie.lower().replace("samesite", "")) == secure
+
+
+def test_login_redirects_only_within_the_site(world: World) -> None:
+    for target, landing in [
+        ("/projects", "/projects"),
+        ("//evil.example/x", "/"),
+        ("/\\evil.example", "/"),  # browsers read a backslash as a slash
+        ("https://evil.example", "/"),
+    ]:
+        world.client.cookies.clear()
+        page = world.client.get("/login")
+        r = world.client.post(
+            "/login",
+            data={"name": "ann1", "password": PASSWORD, "next": target, "csrf_token": csrf_of(page.text)},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303 and r.headers["location"] == landing, target

@@ -48,18 +48,17 @@ def csrf_token(request: Request) -> str:
     return token
 
 
-async def checked_form(request: Request) -> Any:
-    """The posted form, after checking its CSRF token against the session's."""
-    form = await request.form()
-    if not auth.csrf_matches(request.session.get("csrf"), form.get("csrf_token")):  # type: ignore[arg-type]
-        raise HTTPException(403, CSRF_MESSAGE)
-    return form
-
-
 async def check_csrf(request: Request, csrf_token: Annotated[str, Form(max_length=256)] = "") -> None:
     """A dependency of every form: its CSRF token must match the session's."""
     if not auth.csrf_matches(request.session.get("csrf"), csrf_token):
         raise HTTPException(403, CSRF_MESSAGE)
+
+
+async def checked_form(request: Request) -> Any:
+    """The posted form, after checking its CSRF token against the session's."""
+    form = await request.form()
+    await check_csrf(request, str(form.get("csrf_token", "")))
+    return form
 
 
 Csrf = Annotated[None, Depends(check_csrf)]
@@ -99,7 +98,10 @@ def error_page(
     request: Request, status: int, detail: str, headers: dict[str, str] | None = None
 ) -> HTMLResponse:
     """An error as a page (the JSON API answers `{"detail": ...}` instead)."""
-    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
     return render(request, "error.html", status, headers, status=status, title=title, detail=detail)
 
 
@@ -123,9 +125,10 @@ def login_page(request: Request, next: Annotated[str, Query(max_length=2000)] = 
 
 
 def _local(path: str) -> str:
-    """Only same-site redirects after login."""
+    """Only same-site redirects after login ("//host" and "/\\host" lead elsewhere in browsers)."""
     parsed = urlparse(path)
-    return path if not parsed.scheme and not parsed.netloc and path.startswith("/") else "/"
+    same_site = path.startswith("/") and not path.startswith(("//", "/\\"))
+    return path if same_site and not parsed.scheme and not parsed.netloc else "/"
 
 
 def _log_in(request: Request, session: Session, name: str, password: str) -> str | None:
