@@ -1,7 +1,7 @@
 """Projects ask their own questions; items hold 2-8 candidates; judgements hold one answer document.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01 22:30:00
 
 - projects: `questions` (a JSON list) replaces `harm_categories`; every project made before gets
@@ -33,7 +33,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
