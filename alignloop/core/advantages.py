@@ -37,6 +37,7 @@ __all__ = [
     "masked_whiten",
     "naive_group_advantages",
     "reinforce_pp_advantages",
+    "reinforce_pp_returns",
     "remax_advantages",
     "rloo_advantages",
 ]
@@ -321,6 +322,15 @@ def remax_advantages(scores: Tensor, greedy_scores: Tensor) -> Tensor:
     return scores - greedy_scores[:, None]
 
 
+def reinforce_pp_returns(
+    end_scores: Tensor, kl: Tensor, mask: Tensor, *, kl_coef: float, gamma: float = 1.0
+) -> Tensor:
+    """REINFORCE++'s per-token returns ``(B, T)`` before the global baseline (see
+    `reinforce_pp_advantages`): ``G_t = sum_{s >= t} gamma^(s - t) r_s``, ``r_t = -kl_coef * kl_t``
+    plus the end score on the last response token."""
+    return discounted_returns(kl_shaped_rewards(end_scores, kl, mask, kl_coef), mask, gamma=gamma)
+
+
 def reinforce_pp_advantages(
     end_scores: Tensor,
     kl: Tensor,
@@ -337,10 +347,10 @@ def reinforce_pp_advantages(
         G_t = sum_{s >= t} gamma^(s - t) r_s,        A_t = (G_t - mean G) / sqrt(var G + eps)
 
     the mean and variance taken over every response token of the batch (global advantage
-    normalisation; ``moments`` from `masked_moments`, summed over processes, when the batch is
-    spread over several). ``end_scores`` ``(B,)``, ``kl`` and ``mask`` ``(B, T)`` -> ``(B, T)``,
-    0 on masked tokens."""
-    returns = discounted_returns(kl_shaped_rewards(end_scores, kl, mask, kl_coef), mask, gamma=gamma)
+    normalisation; ``moments``: `masked_moments` of `reinforce_pp_returns`, summed over
+    processes, when the batch is spread over several). ``end_scores`` ``(B,)``, ``kl`` and
+    ``mask`` ``(B, T)`` -> ``(B, T)``, 0 on masked tokens."""
+    returns = reinforce_pp_returns(end_scores, kl, mask, kl_coef=kl_coef, gamma=gamma)
     return masked_whiten(returns, mask, moments=moments)
 
 

@@ -21,6 +21,7 @@ first PPO ratio is 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +87,7 @@ def generate(
     greedy: bool = False,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    row_generators: Sequence[torch.Generator] | None = None,
 ) -> Rollout:
     """Sample up to ``max_new_tokens`` tokens for each left-padded prompt.
 
@@ -103,6 +105,9 @@ def generate(
             returned log-probs).
         use_cache: reuse ``past_key_values`` (True) or run the whole sequence each step.
         generator: torch random generator for reproducible sampling.
+        row_generators: one generator per row instead (``generator`` is then unused): each
+            row's tokens depend only on its own generator, not on the other rows of the batch,
+            so a batch split over several processes samples what it samples in one.
 
     Returns:
         a `Rollout`; ``R`` is the number of steps actually taken (<= ``max_new_tokens``: the
@@ -119,6 +124,8 @@ def generate(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if row_generators is not None and len(row_generators) != input_ids.shape[0]:
+        raise ValueError(f"{len(row_generators)} row generators for {input_ids.shape[0]} rows")
 
     batch, prompt_length = input_ids.shape
     device = input_ids.device
@@ -155,7 +162,12 @@ def generate(
             token = logits.argmax(-1)  # (B,)
         else:
             probs = torch.softmax(filter_logits(logits, top_k=top_k, top_p=top_p), dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+            if row_generators is None:
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+            else:
+                token = torch.cat(
+                    [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(row_generators)]
+                )  # (B,)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
         logps.append(step_logps.gather(-1, token[:, None]).squeeze(-1).masked_fill(finished, 0.0))

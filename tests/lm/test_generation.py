@@ -195,3 +195,29 @@ def test_rejects_right_padded_prompts():
     ids, mask = _prompts()
     with pytest.raises(ValueError, match="left-padded"):
         generate(model, ids, mask.flip(-1), max_new_tokens=2, eos_token_id=EOS, pad_token_id=PAD)
+
+
+def test_row_generators_sample_each_row_apart_from_the_batch():
+    """With a generator per row, a row samples the same tokens alone, in a smaller batch (with
+    other padding), or in the whole batch: what splitting a batch over processes needs."""
+    model = _llama()
+    ids, mask = _prompts(batch=6)
+    options = dict(max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD)
+
+    def rows(part: slice) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(100 + i) for i in range(6)[part]]
+
+    whole = generate(model, ids, mask, row_generators=rows(slice(None)), **options)
+    for part in (slice(0, 3), slice(3, 6), slice(4, 5)):
+        sub_ids, sub_mask = ids[part], mask[part]
+        keep = int(sub_mask.sum(-1).max())  # drop the columns that are padding in every row
+        alone = generate(model, sub_ids[:, -keep:], sub_mask[:, -keep:], row_generators=rows(part), **options)
+        width = alone.responses.shape[1]
+        assert torch.equal(alone.responses, whole.responses[part, :width])
+        assert not whole.response_mask[part, width:].any()
+    other = generate(
+        model, ids, mask, row_generators=[torch.Generator().manual_seed(7) for _ in range(6)], **options
+    )
+    assert not torch.equal(other.responses, whole.responses)
+    with pytest.raises(ValueError, match="row generators"):
+        generate(model, ids, mask, row_generators=rows(slice(0, 2)), **options)
