@@ -194,6 +194,7 @@ class Constraint:
     cost_limit: float
     lagrange: dict[str, Any]  # LagrangeMultiplier arguments
     window: int
+    violation_threshold: float | None  # None: the summed cost; else 1[summed cost > threshold]
 
 
 # ------------------------------------------------------------------------ the loop
@@ -403,6 +404,8 @@ def run(
             keep = torch.ones(len(texts), dtype=torch.bool, device=mask.device)  # (n,) groups kept
             if costs is not None and lagrange is not None and constraint is not None:
                 cost, cost_parts = _score(costs, rollout, prompt_texts, completions, tokenizer, 0.0)
+                if constraint.violation_threshold is not None:
+                    cost = (cost > constraint.violation_threshold).to(cost.dtype)  # (N,) 1 = a violation
                 scored.cost = cost.view(-1, group)
                 cost_window.append(ctx.all_reduce_mean(cost.mean().item()))
                 j_c = sum(cost_window) / len(cost_window)

@@ -97,7 +97,12 @@ class GRPOLagConfig(GRPOConfig):
     cost_weights: tuple[float, ...] = ()
     """One weight per cost model, then per cost function (none = all 1); the cost is the sum."""
     cost_limit: float = 0.0
-    """d: the limit on the expected cost (cost 0 is the safe/unsafe boundary)."""
+    """d: the limit on the expected cost (cost 0 is the safe/unsafe boundary); with
+    --violation-threshold, the share of responses allowed to violate it."""
+    violation_threshold: float | None = None
+    """None: constrain the mean cost. A number: constrain the violation rate, the indicator
+    costs of arXiv 2602.05863: a response costs 1 when its summed cost is above this (0 is a
+    cost model's safe/unsafe boundary; below 0 leaves a margin), else 0."""
     advantage_mix: Literal["constrained", "naive"] = "constrained"
     """constrained: (Z_R - lambda Z_C) / (1 + lambda) from separately standardised reward and cost
     (arXiv 2602.05863); naive: standardise R - lambda C within the group."""
@@ -187,6 +192,7 @@ def train_lagrangian(cfg: GRPOLagConfig) -> int:
             "delay": cfg.lambda_delay,
         },
         window=cfg.cost_window,
+        violation_threshold=cfg.violation_threshold,
     )
     return run(
         cfg,

@@ -185,6 +185,22 @@ def test_lambda_rises_above_the_cost_limit_and_falls_below(
     assert all(direction * s > 0 for s in steps), lambdas
 
 
+def test_violation_threshold_constrains_the_unsafe_share(tiny_models: Path, tmp_path: Path):
+    """With --violation-threshold 0 the cost of a response is 1 when the harm function calls it
+    unsafe (+1) and 0 when safe (-1): the logged cost is the share judged unsafe."""
+    cfg = GRPOLagConfig(
+        **_options(tiny_models, tmp_path / "lag", max_steps=2),
+        cost_model=(),
+        cost_function=(HARM,),
+        violation_threshold=0.0,
+        cost_limit=0.05,
+    )
+    assert train_lagrangian(cfg) == 0
+    for record in _train_metrics(tmp_path / "lag"):
+        assert record["cost"] == pytest.approx(record["unsafe_share"]) and 0 < record["cost"] < 1
+        assert record[f"cost/{HARM}"] == pytest.approx(2 * record["cost"] - 1)  # the raw +-1 mean
+
+
 def _lag_options(tiny_models: Path, out: Path, **overrides) -> dict:
     return dict(
         **_options(tiny_models, out, **overrides),
