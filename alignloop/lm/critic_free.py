@@ -295,6 +295,11 @@ def run(
     if clip_eps_high is None:
         clip_eps_high = cfg.clip_eps
     dynamic_sampling = implied(cfg, "dynamic_sampling", cfg.dynamic_sampling)
+    if dynamic_sampling and cfg.group_size < 2:
+        raise UserError(
+            f"dynamic sampling compares the responses to a prompt: it needs group_size >= 2, not "
+            f"{cfg.group_size}; raise --group-size or pass --dynamic-sampling False"
+        )
     kl_in_loss = cfg.kl_penalty == "loss"
     loss_fn: GRPOLoss = GRPO_LOSSES[cfg.loss]
     world = ToyWorld(cfg.toyworld_seed)
@@ -403,16 +408,18 @@ def run(
                 metrics["greedy_reward"] = ctx.all_reduce_mean(scored.greedy_reward.mean().item())
             keep = torch.ones(len(texts), dtype=torch.bool, device=mask.device)  # (n,) groups kept
             if costs is not None and lagrange is not None and constraint is not None:
-                cost, cost_parts = _score(costs, rollout, prompt_texts, completions, tokenizer, 0.0)
+                summed, cost_parts = _score(costs, rollout, prompt_texts, completions, tokenizer, 0.0)
+                cost = summed  # (N,) what the constraint holds down
                 if constraint.violation_threshold is not None:
-                    cost = (cost > constraint.violation_threshold).to(cost.dtype)  # (N,) 1 = a violation
+                    cost = (summed > constraint.violation_threshold).to(summed.dtype)  # 1 = a violation
                 scored.cost = cost.view(-1, group)
                 cost_window.append(ctx.all_reduce_mean(cost.mean().item()))
                 j_c = sum(cost_window) / len(cost_window)
                 scored.lam = lagrange.update(j_c, constraint.cost_limit)
                 metrics.update({"cost": cost_window[-1], "J_c": j_c, "lambda": scored.lam})
+                metrics["cost_score"] = ctx.all_reduce_mean(summed.mean().item())
                 metrics.update({f"cost/{k}": ctx.all_reduce_mean(v) for k, v in cost_parts.items()})
-                metrics["unsafe_share"] = ctx.all_reduce_mean((cost > 0).float().mean().item())
+                metrics["unsafe_share"] = ctx.all_reduce_mean((summed > 0).float().mean().item())
             if dynamic_sampling:
                 keep = informative_groups(scored.reward)
                 if scored.cost is not None:

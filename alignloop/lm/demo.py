@@ -446,8 +446,9 @@ def plot_training(out: Path, path: Path, cost_limit: float | None = None) -> Non
             continue
         records = list(read_metrics(out / method, split="train"))
         steps = [r["step"] for r in records]
-        for ax, key in zip(axes, ("reward", "cost", "lambda"), strict=True):
-            values = [r.get(key) for r in records]
+        for ax, key in zip(axes, ("reward", "cost_score", "lambda"), strict=True):
+            # the cost model's mean score ("cost" is Safe GRPO's violation share)
+            values = [r.get(key, r.get("cost")) if key == "cost_score" else r.get(key) for r in records]
             if all(v is not None for v in values):
                 ax.plot(steps, values, label=method, color=COLORS[method])
     for ax, title in zip(

@@ -125,6 +125,14 @@ def test_user_mistakes_are_user_errors(tiny_models: Path, tmp_path: Path, overri
         train(GRPOConfig(**_options(tiny_models, tmp_path / "bad", **overrides)))
 
 
+def test_dynamic_sampling_needs_groups(tiny_models: Path, tmp_path: Path):
+    cfg = ReinforcePPConfig(
+        **_options(tiny_models, tmp_path / "bad", loss="dapo", group_size=1, batch_size=4)
+    )
+    with pytest.raises(UserError, match="dynamic sampling compares the responses to a prompt"):
+        train_reinforce_pp(cfg)
+
+
 def test_a_reward_function_that_returns_too_few_values_is_named(tiny_models: Path, tmp_path: Path):
     bad = tmp_path / "bad_reward.py"
     bad.write_text("def short(prompts, completions):\n    return [1.0]\n")
@@ -199,6 +207,7 @@ def test_violation_threshold_constrains_the_unsafe_share(tiny_models: Path, tmp_
     for record in _train_metrics(tmp_path / "lag"):
         assert record["cost"] == pytest.approx(record["unsafe_share"]) and 0 < record["cost"] < 1
         assert record[f"cost/{HARM}"] == pytest.approx(2 * record["cost"] - 1)  # the raw +-1 mean
+        assert record["cost_score"] == pytest.approx(record[f"cost/{HARM}"])
 
 
 def _lag_options(tiny_models: Path, out: Path, **overrides) -> dict:
