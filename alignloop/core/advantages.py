@@ -32,12 +32,10 @@ __all__ = [
     "kl_k2",
     "kl_k3",
     "masked_mean",
-    "masked_moments",
     "masked_var",
     "masked_whiten",
     "naive_group_advantages",
     "reinforce_pp_advantages",
-    "reinforce_pp_returns",
     "remax_advantages",
     "rloo_advantages",
 ]
@@ -175,36 +173,16 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return var
 
 
-def masked_moments(x: Tensor, mask: Tensor) -> Tensor:
-    """``[sum, sum of squares, count]`` of the valid entries of ``x``, as a float64 tensor
-    ``(3,)``: what several processes add up (all-reduce) so that `masked_whiten` can standardise
-    each one's share with the statistics of the whole batch."""
-    x, valid = torch.broadcast_tensors(x, mask.bool())
-    kept = torch.where(valid, x, torch.zeros_like(x)).double()
-    return torch.stack([kept.sum(), kept.square().sum(), valid.sum().double()])
-
-
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, moments: Tensor | None = None) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
     """Standardise ``x`` with the mean and unbiased variance of its valid entries:
     ``(x - mean) / sqrt(var + WHITEN_EPS)``; with ``shift_mean=False`` the mean is added back
     (only the scale changes, as for cost advantages that must keep their sign).
 
-    ``moments`` (from `masked_moments`, summed over processes) gives the statistics of a
-    larger batch that ``x`` is part of; by default they are ``x``'s own. Entries where
-    ``mask`` is False are set to 0. Needs at least two valid entries.
+    Entries where ``mask`` is False are set to 0. Needs at least two valid entries.
     """
     x, valid = torch.broadcast_tensors(x, mask.bool())
-    if moments is None:
-        mean = masked_mean(x, valid)
-        var = masked_var(x, valid, unbiased=True)
-    else:
-        total, squares, count = (float(v) for v in moments)
-        if count < 2:
-            raise ValueError(f"masked_whiten: the moments count {count:g} element(s); at least 2 are needed")
-        mean_value = total / count
-        var_value = max(squares / count - mean_value**2, 0.0) * count / (count - 1)
-        mean = torch.tensor(mean_value, dtype=x.dtype, device=x.device)
-        var = torch.tensor(var_value, dtype=x.dtype, device=x.device)
+    mean = masked_mean(x, valid)
+    var = masked_var(x, valid, unbiased=True)
     whitened = (x - mean) * torch.rsqrt(var + WHITEN_EPS)
     if not shift_mean:
         whitened = whitened + mean
@@ -322,23 +300,8 @@ def remax_advantages(scores: Tensor, greedy_scores: Tensor) -> Tensor:
     return scores - greedy_scores[:, None]
 
 
-def reinforce_pp_returns(
-    end_scores: Tensor, kl: Tensor, mask: Tensor, *, kl_coef: float, gamma: float = 1.0
-) -> Tensor:
-    """REINFORCE++'s per-token returns ``(B, T)`` before the global baseline (see
-    `reinforce_pp_advantages`): ``G_t = sum_{s >= t} gamma^(s - t) r_s``, ``r_t = -kl_coef * kl_t``
-    plus the end score on the last response token."""
-    return discounted_returns(kl_shaped_rewards(end_scores, kl, mask, kl_coef), mask, gamma=gamma)
-
-
 def reinforce_pp_advantages(
-    end_scores: Tensor,
-    kl: Tensor,
-    mask: Tensor,
-    *,
-    kl_coef: float,
-    gamma: float = 1.0,
-    moments: Tensor | None = None,
+    end_scores: Tensor, kl: Tensor, mask: Tensor, *, kl_coef: float, gamma: float = 1.0
 ) -> Tensor:
     """REINFORCE++ (Hu 2025, "REINFORCE++", sec. 3): the KL is a per-token reward, and the
     baseline is the whole batch's, not the group's. With ``r_t = -kl_coef * kl_t`` on every
@@ -347,11 +310,10 @@ def reinforce_pp_advantages(
         G_t = sum_{s >= t} gamma^(s - t) r_s,        A_t = (G_t - mean G) / sqrt(var G + eps)
 
     the mean and variance taken over every response token of the batch (global advantage
-    normalisation; ``moments``: `masked_moments` of `reinforce_pp_returns`, summed over
-    processes, when the batch is spread over several). ``end_scores`` ``(B,)``, ``kl`` and
-    ``mask`` ``(B, T)`` -> ``(B, T)``, 0 on masked tokens."""
-    returns = reinforce_pp_returns(end_scores, kl, mask, kl_coef=kl_coef, gamma=gamma)
-    return masked_whiten(returns, mask, moments=moments)
+    normalisation). ``end_scores`` ``(B,)``, ``kl`` and ``mask`` ``(B, T)`` -> ``(B, T)``, 0 on
+    masked tokens."""
+    returns = discounted_returns(kl_shaped_rewards(end_scores, kl, mask, kl_coef), mask, gamma=gamma)
+    return masked_whiten(returns, mask)
 
 
 def informative_groups(scores: Tensor) -> Tensor:

@@ -6,9 +6,9 @@ The methods differ only in the baseline each response's score is compared with: 
 once per iteration. Each iteration:
 
 1. **Rollout.** ``rollout_batch_size`` prompts, ``group_size`` responses sampled for each
-   (`generation.generate`, KV-cached; every row has its own random generator, seeded by the
-   seed, the iteration and the row's place in the global batch, so the samples do not depend on
-   how processes share the batch). ReMax also decodes each prompt greedily.
+   (`generation.generate`, KV-cached). Under torchrun each process samples its share of the
+   rows with the noise of those rows of the whole batch, so the tokens do not depend on the
+   split; ReMax also decodes each prompt greedily.
 2. **Score.** Reward models and Python reward functions, summed with weights (`scoring`), minus
    ``missing_eos_penalty`` for a response cut without an end token; Safe GRPO also scores every
    response with its cost models and functions.
@@ -28,6 +28,12 @@ once per iteration. Each iteration:
    responses (split in ``grad_accum`` micro-batches), the clipped surrogate normalised as
    ``--loss`` says (`core.losses.GRPO_LOSSES`).
 
+Every process scores its share, then the shares are gathered: every process holds the whole
+rollout, computes the same baselines and lambda, and walks the same mini-batches, taking its
+share of each, with the losses normalised over the whole mini-batch. Two processes therefore
+make the updates one process makes, up to float rounding, under ``--strategy ddp``, ``fsdp``
+or ``fsdp-grad-op``, and the run stack checkpoints it exactly (lambda and its window too).
+
 A step of the progress bar, the metrics and ``max_steps`` is one iteration. Tensors of a
 rollout are aligned on response tokens, ``(N, R)`` with ``N`` = prompts x ``group_size``,
 ``response_mask`` True = response token; scores per group are ``(n, G)``.
@@ -42,7 +48,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -53,31 +58,24 @@ from alignloop.errors import UserError
 from alignloop.lm.data import PromptCollator
 from alignloop.lm.evaluate import decode_responses
 from alignloop.lm.generation import Rollout, generate
-from alignloop.lm.models import (
-    apply_lora,
-    load_causal_lm,
-    load_tokenizer,
-    merge_lora,
-    position_ids_from_mask,
-    token_logprobs,
-)
-from alignloop.lm.ppo import _load_prompts, _sync_context
+from alignloop.lm.models import load_causal_lm, load_tokenizer, position_ids_from_mask, token_logprobs
+from alignloop.lm.ppo import _load_prompts
 from alignloop.lm.scoring import Scorer
 from alignloop.lm.training import (
-    Checkpointer,
     DistributedContext,
-    MetricsLogger,
     TrainCommon,
     batch_indices,
     clip_grad_norm,
-    init_distributed,
     make_optimizer,
     make_scheduler,
     micro_batches,
-    seed_everything,
-    set_threads,
+    prepare_model,
+    save_final,
+    start_run,
     unwrap,
 )
+from alignloop.runstack.distributed import checkpoint_states, gradient_sync
+from alignloop.runstack.run import check_schedule
 
 LossName = Literal["grpo", "dr-grpo", "dapo"]
 
@@ -172,7 +170,6 @@ class Scored:
     cost: Tensor | None = None  # (n, G) Safe GRPO
     greedy_reward: Tensor | None = None  # (n,) ReMax
     lam: float = 0.0  # the current Lagrange multiplier (Safe GRPO)
-    all_reduce_sum: Callable[[Tensor], Tensor] = lambda t: t  # sums over processes
 
     def sequence_reward(self) -> Tensor:
         """``(n, G)`` rewards with the KL penalty of each whole response when it is in the reward."""
@@ -219,43 +216,17 @@ def _check_shapes(cfg: CriticFreeConfig, ctx: DistributedContext, minimum_group:
     group, rollout = cfg.group_size, cfg.rollout_batch_size * cfg.group_size
     problems = []
     if group < minimum_group:
-        problems.append(f"group_size ({group}) must be at least {minimum_group} for this method")
-    if cfg.batch_size % group or rollout % cfg.batch_size:
+        problems.append(f"--group-size ({group}) must be at least {minimum_group} for this method")
+    if rollout % cfg.batch_size:
         problems.append(
-            f"batch_size ({cfg.batch_size}) must be a multiple of group_size ({group}) and divide "
-            f"rollout_batch_size x group_size ({rollout})"
+            f"--batch-size ({cfg.batch_size}) must divide --rollout-batch-size x --group-size ({rollout})"
         )
-    elif (cfg.batch_size // group) % ctx.world_size:
+    if cfg.rollout_batch_size % ctx.world_size:
         problems.append(
-            f"each optimiser step's {cfg.batch_size // group} prompts must split evenly over {ctx.world_size} processes"
+            f"--rollout-batch-size ({cfg.rollout_batch_size}) must split evenly over {ctx.world_size} processes"
         )
     if problems:
         raise UserError("; ".join(problems))
-
-
-def _local_prompts(
-    global_batch: list[int], per_step: int, rank: int, world_size: int
-) -> list[tuple[int, int]]:
-    """This process's (place in the global batch, prompt index) pairs: an equal share of every
-    optimiser step's prompts, so each mini-batch is the same set of groups on any number of processes."""
-    share = per_step // world_size
-    return [
-        (start + rank * share + j, global_batch[start + rank * share + j])
-        for start in range(0, len(global_batch), per_step)
-        for j in range(share)
-    ]
-
-
-def _row_generators(
-    seed: int, step: int, places: list[int], group: int, device: torch.device
-) -> list[torch.Generator]:
-    """One generator per response, seeded by (seed, iteration, place of its prompt, sample)."""
-    out = []
-    for place in places:
-        for g in range(group):
-            state = int(np.random.SeedSequence([seed, step, place, g]).generate_state(1, np.uint64)[0] >> 1)
-            out.append(torch.Generator(device=device).manual_seed(state))
-    return out
 
 
 @torch.no_grad()
@@ -277,6 +248,7 @@ def implied(cfg: CriticFreeConfig, option: str, value: Any) -> Any:
 
 def run(
     cfg: CriticFreeConfig,
+    command: str,
     *,
     advantage: Advantage,
     description: str,
@@ -284,12 +256,13 @@ def run(
     greedy_baseline: bool = False,
     constraint: Constraint | None = None,
 ) -> int:
+    """The loop of the module docstring for one method (its `advantage`); ReMax asks for the
+    `greedy_baseline`, Safe GRPO passes its `constraint`."""
     from alignloop.lm.evaluate import evaluate_policy
     from alignloop.lm.toyworld import ToyWorld
 
-    ctx = init_distributed()
-    set_threads(cfg.threads)
-    seed_everything(cfg.seed + ctx.rank)
+    run = start_run(cfg, command)
+    ctx = run.ctx
     _check_shapes(cfg, ctx, minimum_group)
     clip_eps_high = implied(cfg, "clip_eps_high", cfg.clip_eps_high)
     if clip_eps_high is None:
@@ -297,7 +270,7 @@ def run(
     dynamic_sampling = implied(cfg, "dynamic_sampling", cfg.dynamic_sampling)
     if dynamic_sampling and cfg.group_size < 2:
         raise UserError(
-            f"dynamic sampling compares the responses to a prompt: it needs group_size >= 2, not "
+            f"dynamic sampling compares the responses to a prompt: it needs --group-size >= 2, not "
             f"{cfg.group_size}; raise --group-size or pass --dynamic-sampling False"
         )
     kl_in_loss = cfg.kl_penalty == "loss"
@@ -306,15 +279,13 @@ def run(
     tokenizer = load_tokenizer(cfg.policy)
     prompts = _load_prompts(cfg.prompts, world, cfg.toy_prompts, cfg.seed)
     if len(prompts) < cfg.rollout_batch_size:
-        raise UserError(f"{len(prompts)} prompts is fewer than rollout_batch_size={cfg.rollout_batch_size}")
+        raise UserError(f"{len(prompts)} prompts is fewer than --rollout-batch-size {cfg.rollout_batch_size}")
     collate = PromptCollator(tokenizer)
 
-    policy = load_causal_lm(cfg.policy)
-    reference = (
-        load_causal_lm(cfg.policy).eval().requires_grad_(False).to(ctx.device) if cfg.kl_coef > 0 else None
-    )
-    if cfg.lora_r > 0:  # adapters on the policy only; the reference stays the full starting model
-        policy = apply_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    policy: nn.Module = load_causal_lm(cfg.policy)
+    reference = None
+    if cfg.kl_coef > 0:  # the full starting model, also under LoRA
+        reference = load_causal_lm(cfg.policy).eval().requires_grad_(False).to(ctx.device)
     score = dict(tokenizer=tokenizer, device=ctx.device, score_clip=cfg.score_clip)
     rewards = Scorer.load(cfg.reward_model, cfg.reward_function, cfg.reward_weights, option="reward", **score)
     if rewards.empty:
@@ -328,105 +299,119 @@ def run(
         if costs.empty:
             raise UserError("no cost: pass --cost-model DIR or --cost-function module:function")
         lagrange = LagrangeMultiplier(**constraint.lagrange)
-    policy = ctx.wrap(policy).eval()  # eval: no dropout in rollouts or updates
+    policy = prepare_model(policy, run, cfg)
 
     group = cfg.group_size
-    steps_per_rollout = cfg.rollout_batch_size * group // cfg.batch_size
+    n_rows = cfg.rollout_batch_size * group  # N: responses per iteration, over all processes
+    steps_per_rollout = n_rows // cfg.batch_size
+    schedule_steps = cfg.total_steps or cfg.max_steps
     optimizer = make_optimizer(policy, cfg.lr, cfg.weight_decay)
-    schedule_steps = (cfg.total_steps or cfg.max_steps) * cfg.rollout_epochs * steps_per_rollout
-    scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_steps, schedule_steps)
-    checkpointer = Checkpointer(cfg.output_dir, keep=cfg.keep_checkpoints, ctx=ctx)
-    step = 0
-    if cfg.resume and (latest := checkpointer.latest()) is not None:
-        step, extra = checkpointer.load(
-            latest, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler}
+    scheduler = make_scheduler(
+        optimizer, cfg.scheduler, cfg.warmup_steps, schedule_steps * cfg.rollout_epochs * steps_per_rollout
+    )
+    models, optimizers = checkpoint_states({"policy": policy}, {"policy": (policy, optimizer)})
+    step, extra = run.restore(models, optimizers, {"policy": scheduler})
+    if run.resume:
+        check_schedule(
+            run.layout.root,
+            int(extra["schedule_steps"]),
+            schedule_steps,
+            cfg.total_steps > 0,
+            cfg.scheduler == "constant",
         )
         if lagrange is not None:
             lagrange.load_state_dict(extra["lagrange"])
             cost_window.extend(extra["cost_window"])
     eval_set = world.prompts("eval", cfg.eval_prompts, seed=cfg.seed) if cfg.eval_prompts else []
-    logger = MetricsLogger(
-        cfg.output_dir,
+    logger = run.logger(
         total_steps=cfg.max_steps,
-        log_dir=cfg.log_dir,
-        enabled=ctx.is_main,
-        progress=cfg.progress,
-        resume_step=step if cfg.resume else None,
         description=description,
+        resume_step=step,
+        progress=cfg.progress,
+        log_dir=cfg.log_dir,
     )
     batches_per_epoch = len(prompts) // cfg.rollout_batch_size
-    prompts_per_step = cfg.batch_size // group
+    share = n_rows // ctx.world_size
+    mine = slice(ctx.rank * share, (ctx.rank + 1) * share)  # this process's rows of a rollout
+    all_ended = (lambda ended: not ctx.any(not ended)) if ctx.distributed else None
     with logger:
         while step < cfg.max_steps:
             started = time.perf_counter()
-            global_batch = batch_indices(
+            rows = batch_indices(
                 len(prompts), cfg.rollout_batch_size, seed=cfg.seed, epoch=step // batches_per_epoch
             )[step % batches_per_epoch]
-            local = _local_prompts(global_batch, prompts_per_step, ctx.rank, ctx.world_size)
-            texts = [prompts[i] for _, i in local]
-            batch = collate([t for t in texts for _ in range(group)])  # (N, P): G copies of each prompt
+            texts = [prompts[i] for i in rows for _ in range(group)]  # (N,) G copies of each prompt
+            batch = collate(texts)  # the whole rollout: the same padding on every process
+            policy.eval()
             rollout = generate(
                 unwrap(policy),
-                batch["input_ids"].to(ctx.device),
-                batch["attention_mask"].to(ctx.device),
+                batch["input_ids"][mine].to(ctx.device),
+                batch["attention_mask"][mine].to(ctx.device),
                 max_new_tokens=cfg.max_new_tokens,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
                 temperature=cfg.temperature,
                 top_k=cfg.top_k,
                 top_p=cfg.top_p,
-                row_generators=_row_generators(cfg.seed, step, [p for p, _ in local], group, ctx.device),
+                rows=(mine.start, n_rows),
+                all_ended=all_ended,
+            )
+            completions = decode_responses(tokenizer, rollout.responses, rollout.response_mask)
+            reward, parts = _score(
+                rewards, rollout, texts[mine], completions, tokenizer, cfg.missing_eos_penalty
+            )
+            metrics: dict[str, float] = {f"reward/{k}": ctx.all_reduce_mean(v) for k, v in parts.items()}
+            ref_logprobs = None
+            if reference is not None:
+                ref_logprobs = _response_logprobs(reference, rollout, cfg.temperature)  # (n, R)
+            summed = None
+            if costs is not None:
+                summed, cost_parts = _score(costs, rollout, texts[mine], completions, tokenizer, 0.0)
+                metrics.update({f"cost/{k}": ctx.all_reduce_mean(v) for k, v in cost_parts.items()})
+            greedy = None
+            if greedy_baseline:
+                greedy = _greedy_reward(unwrap(policy), texts[mine][::group], rewards, tokenizer, cfg, ctx)
+            # every process: the whole rollout, so the baselines, lambda and mini-batches are one process's
+            rollout, reward, ref_logprobs, summed, greedy = _gather(
+                ctx, rollout, reward, ref_logprobs, summed, greedy
             )
             mask = rollout.response_mask  # (N, R) True = response token
-            completions = decode_responses(tokenizer, rollout.responses, mask)
-            prompt_texts = [t for t in texts for _ in range(group)]
-            reward, parts = _score(
-                rewards, rollout, prompt_texts, completions, tokenizer, cfg.missing_eos_penalty
-            )
-            metrics: dict[str, float] = {
-                "reward": ctx.all_reduce_mean(reward.mean().item()),
-                **{f"reward/{k}": ctx.all_reduce_mean(v) for k, v in parts.items()},
-                "response_tokens": ctx.all_reduce_mean(mask.sum(-1).float().mean().item()),
-            }
-            ref_logprobs = None
             kl = torch.zeros_like(rollout.logprobs)  # (N, R)
-            if reference is not None:
-                ref_logprobs = _response_logprobs(reference, rollout, cfg.temperature)  # (N, R)
+            if ref_logprobs is not None:
                 kl = kl_k1(rollout.logprobs, ref_logprobs) * mask
-                metrics["kl"] = ctx.all_reduce_mean(kl.sum(-1).mean().item())
+                metrics["kl"] = kl.sum(-1).mean().item()
+            metrics["reward"] = reward.mean().item()
+            metrics["response_tokens"] = mask.sum(-1).float().mean().item()
             scored = Scored(
                 reward=reward.view(-1, group),
                 kl=kl,
                 mask=mask,
                 kl_in_reward=0.0 if kl_in_loss else cfg.kl_coef,
-                all_reduce_sum=ctx.all_reduce_sum,
             )
-            if greedy_baseline:
-                scored.greedy_reward = _greedy_reward(
-                    unwrap(policy), collate(texts), texts, rewards, tokenizer, cfg, ctx.device
-                )
-                metrics["greedy_reward"] = ctx.all_reduce_mean(scored.greedy_reward.mean().item())
-            keep = torch.ones(len(texts), dtype=torch.bool, device=mask.device)  # (n,) groups kept
-            if costs is not None and lagrange is not None and constraint is not None:
-                summed, cost_parts = _score(costs, rollout, prompt_texts, completions, tokenizer, 0.0)
+            if greedy is not None:
+                scored.greedy_reward = greedy
+                metrics["greedy_reward"] = greedy.mean().item()
+            if summed is not None and lagrange is not None and constraint is not None:
                 cost = summed  # (N,) what the constraint holds down
                 if constraint.violation_threshold is not None:
                     cost = (summed > constraint.violation_threshold).to(summed.dtype)  # 1 = a violation
                 scored.cost = cost.view(-1, group)
-                cost_window.append(ctx.all_reduce_mean(cost.mean().item()))
+                cost_window.append(cost.mean().item())
                 j_c = sum(cost_window) / len(cost_window)
                 scored.lam = lagrange.update(j_c, constraint.cost_limit)
                 metrics.update({"cost": cost_window[-1], "J_c": j_c, "lambda": scored.lam})
-                metrics["cost_score"] = ctx.all_reduce_mean(summed.mean().item())
-                metrics.update({f"cost/{k}": ctx.all_reduce_mean(v) for k, v in cost_parts.items()})
-                metrics["unsafe_share"] = ctx.all_reduce_mean((summed > 0).float().mean().item())
+                metrics["cost_score"] = summed.mean().item()
+                metrics["unsafe_share"] = (summed > 0).float().mean().item()
+            keep = torch.ones(
+                cfg.rollout_batch_size, dtype=torch.bool, device=mask.device
+            )  # (n,) groups kept
             if dynamic_sampling:
                 keep = informative_groups(scored.reward)
                 if scored.cost is not None:
                     keep |= informative_groups(scored.cost)
-                metrics["kept_groups"] = ctx.all_reduce_mean(keep.float().mean().item())
+                metrics["kept_groups"] = keep.float().mean().item()
             advantages = advantage(scored)  # (N,) or (N, R)
-            metrics["advantage_abs"] = ctx.all_reduce_mean(advantages.abs().mean().item())
+            metrics["advantage_abs"] = advantages.abs().mean().item()
             samples = Samples(
                 sequences=rollout.sequences,
                 attention_mask=rollout.attention_mask,
@@ -436,16 +421,16 @@ def run(
                 ref_logprobs=ref_logprobs if kl_in_loss else None,
                 advantages=advantages,
             )
-            rows_per_step = prompts_per_step // ctx.world_size * group
-            for epoch in range(cfg.rollout_epochs):
-                order = torch.randperm(
-                    steps_per_rollout,
-                    generator=torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + epoch),
-                ).tolist()  # the same on every process
-                for k in order:
-                    part = samples.select(list(range(k * rows_per_step, (k + 1) * rows_per_step)))
+            policy.train()
+            per_process = cfg.batch_size // ctx.world_size
+            for _ in range(cfg.rollout_epochs):
+                order = torch.randperm(n_rows).tolist()  # the same on every process
+                for start in range(0, n_rows, cfg.batch_size):
+                    minibatch = order[start : start + cfg.batch_size]
                     update = _policy_step(
-                        part,
+                        samples,
+                        minibatch,
+                        minibatch[ctx.rank * per_process : (ctx.rank + 1) * per_process],
                         policy=policy,
                         optimizer=optimizer,
                         loss_fn=loss_fn,
@@ -467,7 +452,9 @@ def run(
             if constraint is not None:
                 info += f"  cost {metrics['cost']:+.2f}  lambda {metrics['lambda']:.2f}"
             due = cfg.eval_every > 0 and step % cfg.eval_every == 0
-            if eval_set and (due or step == cfg.max_steps) and ctx.is_main:
+            if eval_set and (
+                due or step == cfg.max_steps
+            ):  # every process: a sharded forward is a collective
                 judged = evaluate_policy(
                     unwrap(policy),
                     tokenizer,
@@ -480,21 +467,27 @@ def run(
                 info += f"  help {judged['helpfulness']:.2f}  unsafe {judged['unsafe_rate']:.2f}"
             logger.advance(step, info)
             if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == cfg.max_steps:
-                extra = {
-                    "lagrange": lagrange.state_dict() if lagrange else None,
-                    "cost_window": list(cost_window),
-                }
-                checkpointer.save(
-                    step, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler}, extra
-                )
-    if ctx.is_main:
-        final = Path(cfg.output_dir) / "final"
-        final_policy: Any = merge_lora(unwrap(policy))
-        final_policy.save_pretrained(str(final))
-        tokenizer.save_pretrained(str(final))
-    ctx.barrier()
-    ctx.close()
+                extra = {"schedule_steps": schedule_steps}
+                if lagrange is not None:
+                    extra |= {"lagrange": lagrange.state_dict(), "cost_window": list(cost_window)}
+                run.checkpointer.save(step, models, optimizers, {"policy": scheduler}, extra)
+    save_final(policy, tokenizer, run.layout.final, ctx)
+    run.close()
     return 0
+
+
+def _gather(ctx: DistributedContext, rollout: Rollout, *scores: Tensor | None) -> tuple[Any, ...]:
+    """Every process's share of the rollout and of its scores, concatenated in rank order."""
+    if not ctx.distributed:
+        return (rollout, *scores)
+    whole = Rollout(
+        ctx.all_gather(rollout.sequences),
+        ctx.all_gather(rollout.attention_mask),
+        ctx.all_gather(rollout.response_mask),
+        ctx.all_gather(rollout.logprobs),
+        rollout.prompt_length,
+    )
+    return (whole, *(None if t is None else ctx.all_gather(t) for t in scores))
 
 
 def _score(
@@ -505,41 +498,44 @@ def _score(
     tokenizer: Any,
     missing_eos_penalty: float,
 ) -> tuple[Tensor, dict[str, float]]:
-    """``(N,)`` scores of a rollout's responses, minus the penalty for a response without an end."""
+    """``(n,)`` scores of a rollout's responses, minus the penalty for a response without an end."""
     scores, parts = scorer(rollout.sequences, rollout.attention_mask, prompts, completions)
     if missing_eos_penalty:
-        ended = (rollout.responses == tokenizer.eos_token_id).any(-1)  # (N,) True = has an end token
+        ended = (rollout.responses == tokenizer.eos_token_id).any(-1)  # (n,) True = has an end token
         scores = scores - missing_eos_penalty * (~ended).to(scores.dtype)
     return scores, parts
 
 
 def _greedy_reward(
     policy: nn.Module,
-    batch: dict[str, Tensor],
-    texts: list[str],
+    prompts: list[str],
     rewards: Scorer,
     tokenizer: Any,
     cfg: CriticFreeConfig,
-    device: torch.device,
+    ctx: DistributedContext,
 ) -> Tensor:
     """``(n,)`` reward of each prompt's greedy response (ReMax's baseline)."""
+    batch = PromptCollator(tokenizer)(prompts)
     greedy = generate(
         policy,
-        batch["input_ids"].to(device),
-        batch["attention_mask"].to(device),
+        batch["input_ids"].to(ctx.device),
+        batch["attention_mask"].to(ctx.device),
         max_new_tokens=cfg.max_new_tokens,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         temperature=cfg.temperature,
         greedy=True,
+        all_ended=(lambda ended: not ctx.any(not ended)) if ctx.distributed else None,
     )
     completions = decode_responses(tokenizer, greedy.responses, greedy.response_mask)
-    reward, _ = _score(rewards, greedy, texts, completions, tokenizer, cfg.missing_eos_penalty)
+    reward, _ = _score(rewards, greedy, prompts, completions, tokenizer, cfg.missing_eos_penalty)
     return reward
 
 
 def _policy_step(
-    part: Samples,
+    samples: Samples,
+    minibatch: list[int],
+    rows: list[int],
     *,
     policy: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -553,22 +549,22 @@ def _policy_step(
     temperature: float,
     ctx: DistributedContext,
 ) -> dict[str, float]:
-    """One optimiser step on a mini-batch, normalised by its totals over every process."""
-    counted = ctx.all_reduce_sum(
-        torch.stack([part.train_mask.any(-1).sum(), part.train_mask.sum()]).double().to(ctx.device)
-    )  # [sequences, tokens] over all processes
+    """One optimiser step on a mini-batch (``minibatch``: its rows of the rollout; ``rows``: this
+    process's share of them), the loss normalised by the counts of the whole mini-batch."""
+    kept = samples.train_mask[minibatch]  # (b, R) over all processes
+    # DDP and FSDP average the processes' gradients: each divides by its share of the totals
     totals = LossTotals(
-        sequences=float(counted[0]) / ctx.world_size,
-        tokens=float(counted[1]) / ctx.world_size,
+        sequences=float(kept.any(-1).sum()) / ctx.world_size,
+        tokens=float(kept.sum()) / ctx.world_size,
         max_length=max_length,
     )
     optimizer.zero_grad(set_to_none=True)
-    pieces = micro_batches(list(range(part.sequences.shape[0])), grad_accum)
+    pieces = micro_batches(rows, grad_accum)
     summed: dict[str, float] = {}
-    P = part.prompt_length
-    for i, rows in enumerate(pieces):
-        mb = part.select(rows)
-        with _sync_context([policy], ctx, sync=i == len(pieces) - 1):
+    P = samples.prompt_length
+    for i, piece in enumerate(pieces):
+        mb = samples.select(piece)
+        with gradient_sync([policy], ctx, sync=i == len(pieces) - 1):
             logits = policy(
                 input_ids=mb.sequences,
                 attention_mask=mb.attention_mask,
@@ -590,6 +586,10 @@ def _policy_step(
         summed["policy_loss"] = summed.get("policy_loss", 0.0) + float(loss.detach())
         for k, v in loss_metrics.items():
             summed[k] = summed.get(k, 0.0) + float(v) / len(pieces)
-    summed["grad_norm"] = clip_grad_norm(policy, max_grad_norm)
+    grad_norm = clip_grad_norm(policy, max_grad_norm)
     optimizer.step()
-    return {k: ctx.all_reduce_mean(v) for k, v in summed.items()}
+    names = list(summed)
+    reduced = ctx.all_reduce_sum(torch.tensor([summed[k] for k in names], dtype=torch.float64))
+    out = dict(zip(names, reduced.tolist(), strict=True))
+    out |= {k: v / ctx.world_size for k, v in out.items() if k != "policy_loss"}  # the rest are means
+    return {**out, "grad_norm": grad_norm}

@@ -27,9 +27,7 @@ from torch import Tensor
 from alignloop.core.advantages import (
     CONSTRAINED_MIXES,
     group_advantages,
-    masked_moments,
     reinforce_pp_advantages,
-    reinforce_pp_returns,
     remax_advantages,
     rloo_advantages,
 )
@@ -135,14 +133,9 @@ def remax_advantage(s: Scored) -> Tensor:
 
 
 def reinforce_pp_advantage(gamma: float) -> Advantage:
-    def advantage(s: Scored) -> Tensor:
-        end, beta = s.reward.flatten(), s.kl_in_reward
-        # the global baseline: the moments of the returns of every process's share of the batch
-        returns = reinforce_pp_returns(end, s.kl, s.mask, kl_coef=beta, gamma=gamma)
-        moments = s.all_reduce_sum(masked_moments(returns, s.mask))
-        return reinforce_pp_advantages(end, s.kl, s.mask, kl_coef=beta, gamma=gamma, moments=moments)
-
-    return advantage
+    return lambda s: reinforce_pp_advantages(
+        s.reward.flatten(), s.kl, s.mask, kl_coef=s.kl_in_reward, gamma=gamma
+    )
 
 
 def constrained_advantage(mix: str) -> Advantage:
@@ -159,22 +152,26 @@ def constrained_advantage(mix: str) -> Advantage:
 def train(cfg: GRPOConfig) -> int:
     """`alignloop train grpo`: GRPO, Dr. GRPO or DAPO with reward models and functions."""
     scale = implied(cfg, "scale_rewards", cfg.scale_rewards)
-    return run(cfg, advantage=grpo_advantage(scale), description=cfg.loss.upper(), minimum_group=2)
+    return run(
+        cfg, "train grpo", advantage=grpo_advantage(scale), description=cfg.loss.upper(), minimum_group=2
+    )
 
 
 def train_rloo(cfg: RLOOConfig) -> int:
     """`alignloop train rloo`: REINFORCE leave-one-out."""
-    return run(cfg, advantage=rloo_advantage, description="RLOO", minimum_group=2)
+    return run(cfg, "train rloo", advantage=rloo_advantage, description="RLOO", minimum_group=2)
 
 
 def train_reinforce_pp(cfg: ReinforcePPConfig) -> int:
     """`alignloop train reinforce-pp`: REINFORCE++ with a global baseline."""
-    return run(cfg, advantage=reinforce_pp_advantage(cfg.gamma), description="REINFORCE++")
+    return run(
+        cfg, "train reinforce-pp", advantage=reinforce_pp_advantage(cfg.gamma), description="REINFORCE++"
+    )
 
 
 def train_remax(cfg: ReMaxConfig) -> int:
     """`alignloop train remax`: the greedy response as the baseline."""
-    return run(cfg, advantage=remax_advantage, description="ReMax", greedy_baseline=True)
+    return run(cfg, "train remax", advantage=remax_advantage, description="ReMax", greedy_baseline=True)
 
 
 def train_lagrangian(cfg: GRPOLagConfig) -> int:
@@ -196,6 +193,7 @@ def train_lagrangian(cfg: GRPOLagConfig) -> int:
     )
     return run(
         cfg,
+        "train grpo-lag",
         advantage=constrained_advantage(cfg.advantage_mix),
         description=f"Safe GRPO ({cfg.advantage_mix})",
         minimum_group=2,

@@ -15,8 +15,6 @@ from alignloop.core.advantages import (
     group_advantages,
     informative_groups,
     kl_penalised_scores,
-    masked_moments,
-    masked_whiten,
     naive_group_advantages,
     reinforce_pp_advantages,
     remax_advantages,
@@ -97,19 +95,6 @@ def test_reinforce_pp_by_hand() -> None:
     std = math.sqrt(1.08425 + WHITEN_EPS)
     expected = [[0.69 / std, 0.74 / std, 0.84 / std], [-1.26 / std, -1.01 / std, 0.0]]
     close(reinforce_pp_advantages(end, kl, mask, kl_coef=0.5), expected)
-
-
-def test_whitening_with_moments_of_the_whole_batch() -> None:
-    """Two halves whitened with the summed moments equal the whole batch whitened at once (what
-    two processes do for REINFORCE++'s global baseline)."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(6, 5, generator=gen)
-    mask = torch.rand(6, 5, generator=gen) > 0.3
-    moments = masked_moments(x[:3], mask[:3]) + masked_moments(x[3:], mask[3:])
-    halves = torch.cat(
-        [masked_whiten(x[:3], mask[:3], moments=moments), masked_whiten(x[3:], mask[3:], moments=moments)]
-    )
-    close(halves, masked_whiten(x, mask))
 
 
 # Safe GRPO: reward [1, 2, 3, 6] as above; cost [0, 0, 1, 1]: mean 0.5, deviations +-0.5,

@@ -1,5 +1,6 @@
-"""The critic-free trainers: batch layout, scoring sources, user errors, lambda, exact resume,
-two processes against one, and learning on the toy world."""
+"""The critic-free trainers: every method runs, scoring sources, user errors, lambda, exact
+resume, and learning on the toy world. Two processes against one (fsdp), a stop and resume
+under fsdp, and a SIGKILL are checked for Safe GRPO in tests/lm/test_distributed.py."""
 
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from alignloop.errors import UserError
-from alignloop.lm.critic_free import _local_prompts
 from alignloop.lm.grpo import (
     GRPOConfig,
     GRPOLagConfig,
@@ -32,17 +31,6 @@ from alignloop.lm.toyworld import build_policy, build_tokenizer, tiny_config
 
 SCORES = Path(__file__).parent / "toy_scores.py"
 HELPFULNESS, HARM = f"{SCORES}:helpfulness", f"{SCORES}:harm"
-
-
-def test_each_step_is_the_same_groups_on_any_number_of_processes():
-    batch = list(range(100, 124))  # 24 prompts, 8 per optimiser step
-    one = _local_prompts(batch, 8, rank=0, world_size=1)
-    assert [i for _, i in one] == batch and [p for p, _ in one] == list(range(24))
-    two = [_local_prompts(batch, 8, rank=r, world_size=2) for r in (0, 1)]
-    for step in range(3):  # mini-batch k: 4 prompts of each process, together the same 8
-        together = {i for r in (0, 1) for _, i in two[r][4 * step : 4 * step + 4]}
-        assert together == set(batch[8 * step : 8 * step + 8])
-    assert sorted(p for r in (0, 1) for p, _ in two[r]) == list(range(24))
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +104,8 @@ def test_reward_sources_are_summed_with_weights(tiny_models: Path, tmp_path: Pat
         ({"reward_function": ("no_such_module_here:f",)}, "cannot import 'no_such_module_here'"),
         ({"reward_function": (f"{SCORES}:nothing",)}, "has no function 'nothing'"),
         ({"reward_weights": (1.0, 2.0)}, "2 weight"),
-        ({"batch_size": 6}, "batch_size"),
-        ({"group_size": 1, "batch_size": 4}, "group_size"),
+        ({"batch_size": 6}, r"--batch-size \(6\) must divide"),
+        ({"group_size": 1, "batch_size": 4}, r"--group-size \(1\) must be at least 2"),
     ],
 )
 def test_user_mistakes_are_user_errors(tiny_models: Path, tmp_path: Path, overrides: dict, message: str):
@@ -246,46 +234,6 @@ def test_resume_continues_exactly(tiny_models: Path, tmp_path: Path):
         torch.testing.assert_close(tensor, wb[name], rtol=0, atol=0)
 
 
-def _plain(value: object) -> object:
-    """A config value as YAML holds it: paths as strings, tuples as lists."""
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
-
-
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_two_processes_match_one(tiny_models: Path, tmp_path: Path):
-    """torchrun with two processes (gloo), each with half of every optimiser step's groups, ends
-    where one process ends: the same samples (a generator per row), the same costs and lambda
-    (averaged over both) and the same weights up to float rounding, with DAPO's token-level loss
-    normalised over both processes and gradient accumulation on one side only."""
-    from safetensors.torch import load_file
-
-    options = _lag_options(
-        tiny_models, tmp_path / "one", max_steps=3, rollout_batch_size=8, batch_size=16, loss="dapo"
-    )
-    assert train_lagrangian(GRPOLagConfig(**options)) == 0
-    two = tmp_path / "two"
-    config = tmp_path / "two.yaml"
-    plain = {k: _plain(v) for k, v in {**options, "output_dir": two, "grad_accum": 2}.items()}
-    config.write_text(yaml.safe_dump(plain))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += ["-m", "alignloop.cli", "train", "grpo-lag", "--config", str(config)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    a, b = _train_metrics(tmp_path / "one"), _train_metrics(two)
-    for key in ("reward", "cost", "lambda", "response_tokens"):
-        assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-4), key
-    wa = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
-    wb = load_file(str(two / "final" / "model.safetensors"))
-    start = load_file(str(tiny_models / "policy" / "model.safetensors"))
-    diff = sum(float((wa[k] - wb[k]).square().sum()) for k in wa) ** 0.5
-    moved = sum(float((wa[k] - start[k]).square().sum()) for k in wa) ** 0.5
-    assert diff < 1e-3 * moved, f"the runs differ by {diff:.2e}; training moved the weights by {moved:.2e}"
-
-
 # --------------------------------------------------------------------------- learning
 # The toy world's ground truth as the reward (helpfulness) and the cost (+1 unsafe, -1 safe):
 # on risky prompts the most helpful answer is unsafe, so reward alone makes a policy less safe.
@@ -368,7 +316,7 @@ def test_safe_grpo_holds_harm_down_where_grpo_does_not(sft_policy, grpo_run, tmp
     assert train_lagrangian(cfg) == 0
     before, lag = sft_policy[1], _judge(tmp_path / "lag" / "final")
     lambdas = [r["lambda"] for r in _train_metrics(tmp_path / "lag")]
-    assert lambdas[-1] > cfg.lambda_init * 1.2, lambdas
+    assert lambdas[-1] > cfg.lambda_init * 1.1, lambdas
     assert lag["unsafe_rate"] <= 0.5 * before["unsafe_rate"], (before, lag)
     assert lag["unsafe_rate"] <= 0.5 * grpo_run["unsafe_rate"], (grpo_run, lag)
     assert lag["helpfulness"] >= before["helpfulness"], (before, lag)
