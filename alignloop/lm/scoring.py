@@ -34,6 +34,7 @@ from torch import Tensor
 
 from alignloop.errors import UserError
 from alignloop.lm.models import ScoreModel
+from alignloop.lm.ppo import _check_same_vocab
 
 ScoreFunction = Callable[..., Sequence[float]]
 
@@ -97,15 +98,6 @@ def call_function(
     return out
 
 
-def check_same_vocab(tokenizer: Any, model: ScoreModel, path: Path) -> None:
-    """A score model reads the policy's token ids, so its vocabulary must cover the tokenizer's."""
-    if model.config.vocab_size < len(tokenizer):
-        raise UserError(
-            f"{path}: the model's vocabulary ({model.config.vocab_size}) is smaller than the policy's "
-            f"tokenizer ({len(tokenizer)}); reward and cost models must share the policy's tokenizer"
-        )
-
-
 @dataclass
 class Scorer:
     """Weighted score models and functions; ``scorer(...)`` scores a batch of responses."""
@@ -144,7 +136,7 @@ class Scorer:
                     f"written by `alignloop train {option}` (its final/)"
                 )
             model = ScoreModel.from_pretrained(path).eval().requires_grad_(False).to(device)
-            check_same_vocab(tokenizer, model, Path(path))
+            _check_same_vocab(tokenizer, model, Path(path))
             name = Path(path).parent.name if Path(path).name == "final" else Path(path).name
             loaded.append((name if name not in {n for n, _ in loaded} else str(path), model))
         return cls(

@@ -6,7 +6,7 @@ critic-free family, which shares one loop) runs under
 the whole batch ends; ddp and fsdp-grad-op are checked for some of them. Under fsdp each
 trainer is also stopped at its checkpoint after 2 of 3 steps and resumed, and must end exactly
 where the uninterrupted run ends; DPO and PPO-Lagrangian are killed (SIGKILL of the whole
-launch) after their first checkpoint and resumed in the next launch (Safe GRPO too), and must end exactly
+launch) after their first checkpoint and resumed in the next launch, and must end exactly
 where an uninterrupted two-process run ends.
 
 A launch costs seconds of Python start-up, so the runs are grouped: one launch
@@ -53,11 +53,7 @@ RL = dict(
 ALL = ("sft", "reward", "cost", "dpo", "aligner", "ppo", "ppo-lag", "grpo-lag")
 DDP = ("sft", "reward", "cost", "dpo", "ppo")
 GRAD_OP = ("sft", "ppo-lag")
-KILLED = {
-    "dpo": {"max_steps": 40, "save_every": 2},
-    "ppo-lag": {"max_steps": 8, "save_every": 2},
-    "grpo-lag": {"max_steps": 8, "save_every": 2},
-}
+KILLED = {"dpo": {"max_steps": 40, "save_every": 2}, "ppo-lag": {"max_steps": 8, "save_every": 2}}
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -219,7 +215,7 @@ def test_ddp_and_fsdp_grad_op_match_one_process(runs: Path, trainer: str, strate
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_killed_runs_resume_exactly(runs: Path, models: Path):
-    """DPO, PPO-Lagrangian, then Safe GRPO: each launch is SIGKILLed after the run's first checkpoint (the
+    """DPO, then PPO-Lagrangian: each launch is SIGKILLed after the run's first checkpoint (the
     next run starts only once the previous one has resumed and finished)."""
     trainers = list(KILLED)
     plans = [[] for _ in range(len(trainers) + 1)]

@@ -129,43 +129,51 @@ def test_a_reward_function_that_returns_too_few_values_is_named(tiny_models: Pat
 
 
 @pytest.mark.slow
-def test_command_line_runs_and_explains_mistakes(tiny_models: Path, tmp_path: Path):
+def test_command_line_runs_and_explains_mistakes(tiny_models: Path, tmp_path: Path, capsys):
     """`alignloop train grpo-lag` in a subprocess on a prompt file; a broken reward function is
     one line naming it and exit code 2, not a traceback."""
+    from alignloop.cli import main
+
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"how do i cook rice {i}"}) + "\n" for i in range(8)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    base = [
-        sys.executable,
-        "-m",
-        "alignloop.cli",
+    args = [
         "train",
         "grpo-lag",
         "--policy",
         str(tiny_models / "policy"),
+        "--reward-model",
+        str(tiny_models / "reward"),
     ]
-    base += ["--reward-model", str(tiny_models / "reward"), "--cost-model", str(tiny_models / "cost")]
-    base += [
+    args += [
+        "--cost-model",
+        str(tiny_models / "cost"),
         "--prompts",
         str(prompts),
         "--rollout-batch-size",
         "4",
+    ]
+    args += [
         "--batch-size",
         "8",
         "--max-new-tokens",
         "4",
+        "--eval-prompts",
+        "0",
+        "--no-progress",
+        "--threads",
+        "1",
     ]
-    base += ["--eval-prompts", "0", "--no-progress", "--threads", "1", "--max-steps", "1"]
+    args += ["--max-steps", "1"]
     out = tmp_path / "run"
-    result = subprocess.run(
-        [*base, "--output-dir", str(out)], capture_output=True, text=True, env=env, timeout=300
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "alignloop.cli", *args, "--output-dir", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "final" / "model.safetensors").is_file() and "lambda" in _train_metrics(out)[0]
-    bad = [*base, "--output-dir", str(tmp_path / "bad"), "--reward-function", "nowhere_to_be_found:score"]
-    result = subprocess.run(bad, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert "--reward-function 'nowhere_to_be_found:score': cannot import" in result.stderr
+    bad = [*args, "--output-dir", str(tmp_path / "bad"), "--reward-function", "nowhere_to_be_found:score"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert "--reward-function 'nowhere_to_be_found:score': cannot import" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(("cost_limit", "direction"), [(-3.0, 1), (3.0, -1)])
