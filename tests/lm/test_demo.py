@@ -23,17 +23,23 @@ def test_demo_smoke_writes_the_report(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     report = json.loads((out / "report.json").read_text())
-    assert set(report["methods"]) == {"sft", "ppo", "ppo-lag", "reward-shaping", "dpo"}
+    assert set(report["methods"]) == {
+        "sft", "ppo", "ppo-lag", "reward-shaping", "grpo", "grpo-lag", "grpo-lag-naive", "dpo"
+    }  # fmt: skip
     for method, numbers in report["methods"].items():
         for key in ("helpfulness", "unsafe_rate", "reward", "cost"):
             assert isinstance(numbers[key], float), (method, key)
         assert 0.0 <= numbers["helpfulness"] <= 1.0 and 0.0 <= numbers["unsafe_rate"] <= 1.0
     for key in ("reward_preference_accuracy", "cost_sign_accuracy"):
         assert 0.0 <= report["models"][key] <= 1.0
-    assert len(report["acceptance"]) == 6
+    assert len(report["acceptance"]) == 9
     assert isinstance(report["cost_limit"], float)
     table = (out / "report.md").read_text()
-    assert "| ppo-lag |" in table and "Cost model held-out sign accuracy" in table
+    assert (
+        "| ppo-lag |" in table
+        and "| grpo-lag-naive |" in table
+        and "Cost model held-out sign accuracy" in table
+    )
     for plot in ("training.png", "tradeoff.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "evaluation on held-out prompts" in result.stdout
