@@ -18,7 +18,17 @@ import torch
 from alignloop.config import parse
 from alignloop.control.envs import make_vec_env
 from alignloop.control.nets import Actor
-from alignloop.control.ppo import CHECKPOINT, Agent, Collector, PPOSettings, TrainConfig, train, train_policy
+from alignloop.control.ppo import (
+    CHECKPOINT,
+    Agent,
+    Collector,
+    PPOSettings,
+    Rollout,
+    TrainConfig,
+    _gae,
+    train,
+    train_policy,
+)
 
 SMALL = PPOSettings(num_steps=1000, minibatch_size=250, checkpoint_every=0, cost_window=10)
 
@@ -75,6 +85,48 @@ def test_truncation_bootstraps_from_the_final_observation() -> None:
             assert ro.next_values_r[t, i] != pytest.approx(ro.values_r[t + 1, i], rel=1e-3)
     inside = ~ro.truncated[:-1]
     np.testing.assert_array_equal(ro.next_values_r[:-1][inside], ro.values_r[1:][inside])
+
+
+def test_rollout_advantages_stop_at_a_termination_and_bootstrap_a_truncation() -> None:
+    """`_gae`, what `ppo_update` runs on each stream, on a hand-built rollout of T = 4 steps of
+    N = 2 envs: env 0 is cut by the time limit after step 1, env 1 terminates after step 2.
+
+    gamma = lam = 0.5 (gamma * lam = 0.25); delta_t = r_t + gamma (1 - term_t) V' - V(s_t).
+    env 0: r = 1, 2, 3, 4; V = 1 everywhere; V' = 1, 4 (V(final obs) at the cut), 1, 2 (V(s_T))
+      t=3: delta = 4 + 0.5 * 2 - 1 = 4                     A = 4
+      t=2: delta = 3 + 0.5 * 1 - 1 = 2.5                   A = 2.5 + 0.25 * 4 = 3.5
+      t=1: truncated, bootstraps V' = 4, carries nothing: delta = 2 + 2 - 1 = 3, A = 3
+      t=0: delta = 0.5                                     A = 0.5 + 0.25 * 3 = 1.25
+    (passing no truncation would carry: A_1 = 3 + 0.25 * 3.5 = 3.875, A_0 = 1.46875)
+    env 1: r = 0, 0, 1, 0; V = 2 everywhere; V' = 2 (after the termination: the new episode's)
+      t=3: delta = 0 + 1 - 2 = -1                          A = -1
+      t=2: terminated, no bootstrap, no carry: delta = 1 - 2 = -1, A = -1
+      t=1: delta = -1                                      A = -1 + 0.25 * -1 = -1.25
+      t=0: delta = -1                                      A = -1 + 0.25 * -1.25 = -1.3125
+    """
+    steps, envs = 4, 2
+    zeros = np.zeros((steps, envs))
+    terminated, truncated = zeros.astype(bool), zeros.astype(bool)
+    truncated[1, 0] = True
+    terminated[2, 1] = True
+    values = np.array([[1.0, 2.0]] * steps, np.float32)  # (T, N)
+    ro = Rollout(
+        obs=np.zeros((steps, envs, 1), np.float32),
+        raw_obs=np.zeros((steps, envs, 1)),
+        actions=np.zeros((steps, envs, 1), np.float32),
+        logprobs=zeros.astype(np.float32),
+        rewards=np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 1.0], [4.0, 0.0]]),
+        costs=zeros,
+        terminated=terminated,
+        truncated=truncated,
+        values_r=values,
+        values_c=values,
+    )
+    next_values = np.array([[1.0, 2.0], [4.0, 2.0], [1.0, 2.0], [2.0, 2.0]], np.float32)
+    adv, ret = _gae(ro.rewards, ro, ro.values_r, next_values, gamma=0.5, lam=0.5)
+    expected = torch.tensor([[1.25, -1.3125], [3.0, -1.25], [3.5, -1.0], [4.0, -1.0]])  # (T, N)
+    torch.testing.assert_close(adv, expected.reshape(-1), rtol=1e-6, atol=1e-6)  # time-major, as the rollout
+    torch.testing.assert_close(ret, (expected + torch.from_numpy(values)).reshape(-1), rtol=1e-6, atol=1e-6)
 
 
 def test_bad_input_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
