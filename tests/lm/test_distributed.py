@@ -147,5 +147,8 @@ def test_ppo_lagrangian_runs_under_torchrun(tmp_path: Path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r.get("split") == "train"]
     assert [r["step"] for r in train_records] == [1, 2]
-    assert all(r["lambda"] > 0 for r in train_records)
+    # log-space rule from lambda = 1 with the limit at 0: each step moves lambda the way of J_c - 0
+    lambdas = [1.0, *(r["lambda"] for r in train_records)]
+    for before, r in zip(lambdas, train_records, strict=False):
+        assert (r["lambda"] - before) * r["J_c"] > 0, train_records
     assert (out / "final" / "model.safetensors").is_file()
