@@ -4,7 +4,6 @@ body streams in; bodies up to the limit get through."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +19,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
-def world(sqlite_template: Path, tmp_path: Path) -> Iterator[World]:
-    path = tmp_path / "platform.db"
-    shutil.copy(sqlite_template, path)
-    app = create_app(Settings(db=f"sqlite:///{path}", media_dir=tmp_path / "media", secret_key="limits"))
+def world(db_url: str, tmp_path: Path) -> Iterator[World]:
+    """The app with every setting at its default but the database, the media folder and the key."""
+    app = create_app(Settings(db=db_url, media_dir=tmp_path / "media", secret_key="limits"))
     with TestClient(app) as client:
         yield make_world(app, client)
     app.state.engine.dispose()
