@@ -1,6 +1,7 @@
-"""`alignloop loop`'s exit codes, through the command against a real server: 3 when a round's
-quota is not met in time (and again on a restart, which keeps waiting), 0 when every round is
-done, 2 on bad input (nothing stored is touched).
+"""The round driver against a real server. `alignloop loop`'s exit codes, through the command:
+3 when a round's quota is not met in time (and again on a restart, which keeps waiting), 0 when
+every round is done, 2 on bad input (nothing stored is touched). Pulling judgements: skips are
+left out, each judgement is stored once.
 
 The run directory is prepared as a loop leaves it after pushing round 1's pairs, so the
 command goes straight to waiting for judgements: no model is trained here."""
@@ -18,8 +19,15 @@ import uvicorn
 
 from alignloop.cli import main
 from alignloop.loop.domain import Candidate
-from alignloop.loop.rounds import EXIT_TIMEOUT, LoopConfig, identity
-from alignloop.loop.state import LoopState, round_dir, save_candidates, write_atomic
+from alignloop.loop.rounds import EXIT_TIMEOUT, LoopConfig, identity, pull
+from alignloop.loop.state import (
+    JudgementStore,
+    LoopState,
+    load_candidates,
+    round_dir,
+    save_candidates,
+    write_atomic,
+)
 from alignloop.platform import crud
 from alignloop.platform.app import create_app
 from alignloop.platform.client import PlatformClient
@@ -31,8 +39,9 @@ PROJECT = "exit-codes"
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The platform app served by uvicorn on a free loopback port; (url, an admin's API token)."""
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+    """The platform app served by uvicorn on a free loopback port; (url, an admin's API token,
+    an annotator's)."""
     root = tmp_path_factory.mktemp("platform")
     db = f"sqlite:///{root / 'platform.db'}"
     migrate(db)
@@ -40,6 +49,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
     with app.state.sessionmaker() as session:
         admin = crud.create_user(session, name="admin", password="a long password", role="admin")
         token = crud.create_token(session, user=admin)
+        annotator = crud.create_user(session, name="ann", password="a long password", role="annotator")
+        annotator_token = crud.create_token(session, user=annotator)
         session.commit()
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -49,7 +60,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", token
+    yield f"http://127.0.0.1:{port}", token, annotator_token
     server.should_exit = True
     thread.join(timeout=30)
 
@@ -62,7 +73,7 @@ def pushed_run(run_dir: Path, url: str, token: str, cfg: LoopConfig, phase: str)
         for i in range(3)
     ]
     with PlatformClient(url, token) as client:
-        project_id = int(client.ensure_project(PROJECT, overlap=1)["id"])
+        project_id = int(client.ensure_project(cfg.project, overlap=1)["id"])
         ids = client.push_items(project_id, [{k: v for k, v in c.to_json().items() if v} for c in candidates])
     rd = round_dir(run_dir, 1)
     save_candidates(rd / "candidates.jsonl", candidates)
@@ -83,11 +94,11 @@ def loop(run_dir: Path, url: str, *extra: str) -> int:
 
 def test_a_round_that_times_out_exits_3_and_a_restart_keeps_waiting(
     tmp_path: Path,
-    platform: tuple[str, str],
+    platform: tuple[str, str, str],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    url, token = platform
+    url, token, _ = platform
     monkeypatch.setenv("ALIGNLOOP_TOKEN", token)
     run_dir = tmp_path / "waiting"
     pushed_run(run_dir, url, token, LoopConfig(run_dir=run_dir, preset="smoke", project=PROJECT), "pushed")
@@ -105,11 +116,11 @@ def test_a_round_that_times_out_exits_3_and_a_restart_keeps_waiting(
 
 def test_a_finished_run_exits_0_and_writes_its_report(
     tmp_path: Path,
-    platform: tuple[str, str],
+    platform: tuple[str, str, str],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    url, token = platform
+    url, token, _ = platform
     monkeypatch.setenv("ALIGNLOOP_TOKEN", token)
     run_dir = tmp_path / "finished"
     pushed_run(run_dir, url, token, LoopConfig(run_dir=run_dir, preset="smoke", project=PROJECT), "evaluated")
@@ -121,11 +132,11 @@ def test_a_finished_run_exits_0_and_writes_its_report(
 
 def test_bad_input_exits_2_and_keeps_what_is_stored(
     tmp_path: Path,
-    platform: tuple[str, str],
+    platform: tuple[str, str, str],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    url, token = platform
+    url, token, _ = platform
     monkeypatch.setenv("ALIGNLOOP_TOKEN", token)
     run_dir = tmp_path / "bad"
     run_dir.mkdir()
@@ -136,3 +147,37 @@ def test_bad_input_exits_2_and_keeps_what_is_stored(
     assert loop(tmp_path / "other", url, "--quota", "0") == 2
     assert "--quota must be in (0, 1], got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_pull_stores_each_judgement_once_and_leaves_skips_out(
+    tmp_path: Path, platform: tuple[str, str, str]
+) -> None:
+    url, token, annotator_token = platform
+    run_dir = tmp_path / "pulled"
+    cfg = LoopConfig(run_dir=run_dir, preset="smoke", project="pulled")  # no other test's items
+    state = pushed_run(run_dir, url, token, cfg, "pushed")
+    by_key = {c.key: c for c in load_candidates(round_dir(run_dir, 1) / "candidates.jsonl")}
+    ids = json.loads((round_dir(run_dir, 1) / "items.json").read_text())
+    known = {i: (1, by_key[k]) for k, i in ids.items()}
+    assert state.project_id is not None
+    with PlatformClient(url, annotator_token) as annotator:
+        first = annotator.next_assignment(state.project_id)
+        assert first is not None
+        annotator.submit(first["id"], {"skipped": True, "skip_reason": "cannot tell"})
+        second = annotator.next_assignment(state.project_id)
+        assert second is not None
+        labels = {"better": "B", "safer": "tie", "safe_a": True, "safe_b": True}
+        judged = annotator.submit(second["id"], labels)
+    store = JudgementStore(run_dir)
+    with PlatformClient(url, token) as trainer:
+        assert pull(trainer, state.project_id, state, store, run_dir, known) == 1
+        assert pull(trainer, state.project_id, state, store, run_dir, known) == 0  # nothing new
+    (stored,) = store.load()
+    assert (stored.judgement_id, stored.candidate.key, stored.better, stored.safer) == (
+        judged["id"],
+        by_key[next(k for k, i in ids.items() if i == second["item"]["id"])].key,
+        "B",
+        "tie",
+    )
+    assert state.after_id == judged["id"]  # the skip before it is not pulled again either
+    assert json.loads((run_dir / "loop.json").read_text())["after_id"] == judged["id"]
