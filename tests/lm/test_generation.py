@@ -214,29 +214,15 @@ def test_stops_as_soon_as_every_row_has_ended(use_cache):
 def test_sampling_is_reproducible_with_a_seeded_generator():
     model = _gpt2()
     ids, mask = _prompts()
-    a, b = (
-        generate(
-            model,
-            ids,
-            mask,
-            max_new_tokens=6,
-            eos_token_id=UNUSED,
-            pad_token_id=PAD,
-            generator=torch.Generator().manual_seed(5),
-        )
-        for _ in range(2)
-    )
-    assert torch.equal(a.sequences, b.sequences)
-    c = generate(
-        model,
-        ids,
-        mask,
-        max_new_tokens=6,
-        eos_token_id=UNUSED,
-        pad_token_id=PAD,
-        generator=torch.Generator().manual_seed(6),
-    )
-    assert not torch.equal(a.sequences, c.sequences)
+
+    def sample(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return generate(
+            model, ids, mask, max_new_tokens=6, eos_token_id=UNUSED, pad_token_id=PAD, generator=generator
+        ).sequences
+
+    assert torch.equal(sample(5), sample(5))
+    assert not torch.equal(sample(5), sample(6))
 
 
 def test_rejects_right_padded_prompts():

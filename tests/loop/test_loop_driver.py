@@ -65,6 +65,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
     thread.join(timeout=30)
 
 
+@pytest.fixture
+def server(platform: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """(url, admin token), with the token in $ALIGNLOOP_TOKEN as the loop reads it."""
+    url, token, _ = platform
+    monkeypatch.setenv("ALIGNLOOP_TOKEN", token)
+    return url, token
+
+
 def pushed_run(run_dir: Path, url: str, token: str, cfg: LoopConfig, phase: str) -> LoopState:
     """A run directory whose round 1 has finished `phase` (at least "pushed"), its pairs on the
     platform, nobody having judged them."""
@@ -93,13 +101,9 @@ def loop(run_dir: Path, url: str, *extra: str) -> int:
 
 
 def test_a_round_that_times_out_exits_3_and_a_restart_keeps_waiting(
-    tmp_path: Path,
-    platform: tuple[str, str, str],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, server: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url, token, _ = platform
-    monkeypatch.setenv("ALIGNLOOP_TOKEN", token)
+    url, token = server
     run_dir = tmp_path / "waiting"
     pushed_run(run_dir, url, token, LoopConfig(run_dir=run_dir, preset="smoke", project=PROJECT), "pushed")
     for _ in range(2):  # the first run, then a restart with the same command
@@ -115,13 +119,9 @@ def test_a_round_that_times_out_exits_3_and_a_restart_keeps_waiting(
 
 
 def test_a_finished_run_exits_0_and_writes_its_report(
-    tmp_path: Path,
-    platform: tuple[str, str, str],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, server: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url, token, _ = platform
-    monkeypatch.setenv("ALIGNLOOP_TOKEN", token)
+    url, token = server
     run_dir = tmp_path / "finished"
     pushed_run(run_dir, url, token, LoopConfig(run_dir=run_dir, preset="smoke", project=PROJECT), "evaluated")
     assert loop(run_dir, url) == 0
@@ -131,13 +131,9 @@ def test_a_finished_run_exits_0_and_writes_its_report(
 
 
 def test_bad_input_exits_2_and_keeps_what_is_stored(
-    tmp_path: Path,
-    platform: tuple[str, str, str],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, server: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url, token, _ = platform
-    monkeypatch.setenv("ALIGNLOOP_TOKEN", token)
+    url, _ = server
     run_dir = tmp_path / "bad"
     run_dir.mkdir()
     (run_dir / "loop.json").write_text("{not json")
