@@ -36,6 +36,7 @@ import argparse
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -177,20 +178,25 @@ def pytest_command(tests: Sequence[str], slow: bool) -> list[str]:
 
 
 def run_tests(scratch: Path, tests: Sequence[str], slow: bool, timeout: float) -> tuple[int | None, str]:
-    """pytest's exit code (None on a timeout) and the tail of its output."""
+    """pytest's exit code (None on a timeout) and the tail of its output. pytest runs in a
+    session of its own: on a timeout it is killed with every process it started (servers,
+    trainers)."""
+    process = subprocess.Popen(
+        pytest_command(tests, slow),
+        cwd=scratch,
+        env=test_env(scratch),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            pytest_command(tests, slow),
-            cwd=scratch,
-            env=test_env(scratch),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
         return None, out[-4000:]
-    return done.returncode, (done.stdout + done.stderr)[-4000:]
+    return process.returncode, out[-4000:]
 
 
 @contextmanager
@@ -246,7 +252,7 @@ def baseline(scratch: Path, breaks: Sequence[Break], timeout: float) -> None:
         # files and node ids run together; a break with options (-k ...) runs on its own, so
         # that its options do not filter the others' tests
         runs = [list(dict.fromkeys(t for b in group if b not in with_options for t in b.tests))]
-        runs += [list(b.tests) for b in with_options]
+        runs += [list(tests) for tests in dict.fromkeys(b.tests for b in with_options)]
         for tests in filter(None, runs):
             code, output = run_tests(scratch, tests, slow, timeout)
             if code != 0:
