@@ -276,7 +276,7 @@ def table(outcomes: Sequence[Outcome]) -> str:
 def markdown(outcomes: Sequence[Outcome], total: float) -> str:
     lines = ["| break | area | what | result | tests |", "| --- | --- | --- | --- | --- |"]
     for o in outcomes:
-        tests = " ".join(f"`{t}`" for t in o.brk.tests)
+        tests = "`" + " ".join(o.brk.tests) + "`"
         lines.append(f"| `{o.brk.id}` | {o.brk.area} | {o.brk.why} | {o.result} | {tests} |")
     caught = sum(o.result == CAUGHT for o in outcomes)
     lines += ["", f"{caught} of {len(outcomes)} caught in {total:.0f} s."]
