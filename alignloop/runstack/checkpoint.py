@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from alignloop.errors import UserError
-from alignloop.runstack.distributed import DistributedContext
+from alignloop.runstack.distributed import DistributedContext, FullState
 from alignloop.runstack.layout import MANIFEST, META, STATE, RunLayout
 from alignloop.runstack.seeding import rng_state, set_rng_state
 
@@ -144,9 +144,8 @@ class Checkpointer:
         groups = dict(zip(GROUPS, (models, optimizers or {}, schedulers or {}, states or {}), strict=True))
         for group in groups.values():
             for obj in group.values():
-                gather = getattr(obj, "gather", None)  # FullState: a collective on every process
-                if callable(gather):
-                    gather()
+                if isinstance(obj, FullState):  # a sharded model's full state: a collective
+                    obj.gather()
         rng_states = self.ctx.gather_objects(rng_state())
         final = self.layout.checkpoint(step)
         if self.ctx.is_main:

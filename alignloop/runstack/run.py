@@ -1,6 +1,7 @@
 """A run: its folder, its process group, its checkpoints, the one ``--resume`` rule.
 
-`Run.start` is the first thing every trainer does. It applies `RESUME_RULE`:
+`Run.start` is the first thing every trainer does. It applies the one ``--resume`` rule (its
+``--help`` text is `alignloop.runstack.options.RunOptions.resume`'s):
 
 - with ``--resume`` the run folder must hold an intact checkpoint (else the run is refused,
   naming the folder), and the options that define the model (``must_match``: another model,
@@ -34,11 +35,6 @@ from alignloop.runstack.distributed import DistributedContext, init_distributed
 from alignloop.runstack.layout import RunLayout
 from alignloop.runstack.metrics import MetricsLogger
 
-RESUME_RULE = (
-    "Continue the run in the output folder from its newest intact checkpoint; refused when "
-    "there is none, or when an option that defines the model differs from the run's. "
-    "Without it a run starts afresh and removes checkpoints an earlier run left there."
-)
 QUIET_OPTIONS = frozenset({"resume", "progress"})
 """Options whose change on resume is not worth a note."""
 
@@ -110,17 +106,30 @@ def compare_configs(
     return blocking, changed
 
 
-def check_schedule(run_dir: Path, saved_steps: int, steps: int, explicit: bool, constant: bool) -> None:
+def check_schedule(
+    run_dir: Path,
+    saved_steps: int,
+    steps: int,
+    explicit: bool,
+    constant: bool,
+    length_option: str | None = "--total-steps",
+) -> None:
     """Refuse a resume that would change the length of a run's learning-rate schedule from
-    `saved_steps` to `steps` unless ``--total-steps`` set it (`explicit`); a `constant` schedule
-    (after warm-up) has no length to keep."""
+    `saved_steps` to `steps` unless `length_option` (``--total-steps``) set it (`explicit`); a
+    `constant` schedule (after warm-up) has no length to keep. Without a `length_option` the
+    schedule follows the run's length, which a resume must then keep."""
     if saved_steps == steps or constant:
         return
+    if length_option is None:
+        raise ResumeError(
+            f"{run_dir}: the run's learning-rate schedule decays over {saved_steps} steps and this resume "
+            f"would make it {steps}, restarting its decay mid-way; resume with the run's length, or start a new run"
+        )
     if not explicit:
         raise ResumeError(
             f"{run_dir}: the run's learning-rate schedule is {saved_steps} steps long and this resume would "
-            f"make it {steps}, restarting its decay mid-way; pass --total-steps {saved_steps} to keep the "
-            f"run's schedule (the rate stays at its end value after step {saved_steps}) or --total-steps "
+            f"make it {steps}, restarting its decay mid-way; pass {length_option} {saved_steps} to keep the "
+            f"run's schedule (the rate stays at its end value after step {saved_steps}) or {length_option} "
             f"{steps} to stretch it to the new length"
         )
     print(f"{run_dir}: learning-rate schedule stretched from {saved_steps} to {steps} steps", file=sys.stderr)

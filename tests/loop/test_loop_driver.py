@@ -96,7 +96,7 @@ def pushed_run(run_dir: Path, url: str, token: str, cfg: LoopConfig, phase: str)
 
 
 def loop(run_dir: Path, url: str, *extra: str) -> int:
-    args = ["loop", "--run-dir", str(run_dir), "--url", url, "--preset", "smoke", "--rounds", "1"]
+    args = ["loop", "--output-dir", str(run_dir), "--url", url, "--preset", "smoke", "--rounds", "1"]
     return main([*args, "--project", PROJECT, "--no-progress", *extra])
 
 

@@ -80,3 +80,5 @@ def test_the_schedule_length_is_kept_unless_total_steps_says(tmp_path: Path, cap
         check_schedule(tmp_path, 8, 16, explicit=False, constant=False)
     check_schedule(tmp_path, 8, 16, explicit=True, constant=False)
     assert "stretched from 8 to 16 steps" in capsys.readouterr().err
+    with pytest.raises(ResumeError, match="decays over 8 steps .* resume with the run's length"):
+        check_schedule(tmp_path, 8, 16, explicit=False, constant=False, length_option=None)  # control
