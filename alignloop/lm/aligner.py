@@ -48,8 +48,9 @@ from torch import Tensor
 
 from alignloop.feedback.formats import FormatError, container_of, iter_rows, write_rows
 from alignloop.feedback.schema import Correction
-from alignloop.lm.data import pad
+from alignloop.lm.data import check_batches, pad
 from alignloop.lm.evaluate import decode_responses
+from alignloop.lm.folders import check_inputs
 from alignloop.lm.generation import generate
 from alignloop.lm.models import apply_lora, load_causal_lm, load_tokenizer, merge_lora
 from alignloop.lm.sft import response_nll
@@ -75,7 +76,6 @@ from alignloop.lm.training import (
     micro_batches,
     seed_everything,
     set_threads,
-    steps_per_epoch,
     unwrap,
 )
 
@@ -344,6 +344,8 @@ def load_model(name: str, seed: int) -> tuple[Any, Any]:
 
 
 def train(cfg: AlignerConfig) -> int:
+    files = {"--train-file": cfg.train_file, "--eval-file": cfg.eval_file}
+    check_inputs(cfg.output_dir, files=files, models={"--model": (cfg.model, "causal-lm")})
     ctx = init_distributed()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -357,11 +359,14 @@ def train(cfg: AlignerConfig) -> int:
 
     model = ctx.wrap(model)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    per_epoch = steps_per_epoch(len(train_records), cfg.batch_size)
-    if per_epoch == 0:
-        raise ValueError(
-            f"batch_size {cfg.batch_size} is larger than the {len(train_records)} training corrections"
-        )
+    per_epoch = check_batches(
+        len(train_records),
+        cfg.batch_size,
+        cfg.grad_accum,
+        what="training corrections",
+        source=cfg.train_file,
+        held_out=len(eval_records) if cfg.train_file is not None and cfg.eval_file is None else 0,
+    )
     n_steps = cfg.max_steps or cfg.epochs * per_epoch
     scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_steps, cfg.total_steps or n_steps)
     checkpointer = Checkpointer(cfg.output_dir, cfg.keep_checkpoints, ctx)

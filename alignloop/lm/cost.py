@@ -21,7 +21,8 @@ import torch
 
 from alignloop.core.losses import cost_model_loss
 from alignloop.feedback.schema import Comparison
-from alignloop.lm.data import PreferenceCollator, comparison_splits, safety_judged
+from alignloop.lm.data import PreferenceCollator, check_batches, comparison_splits, safety_judged
+from alignloop.lm.folders import check_inputs
 from alignloop.lm.models import ScoreModel, apply_lora, load_score_model
 from alignloop.lm.training import (
     Checkpointer,
@@ -38,7 +39,6 @@ from alignloop.lm.training import (
     micro_batches,
     seed_everything,
     set_threads,
-    steps_per_epoch,
     unwrap,
 )
 
@@ -119,6 +119,8 @@ def evaluate(
 
 
 def train(cfg: CostConfig) -> int:
+    files = {"--train-file": cfg.train_file, "--eval-file": cfg.eval_file}
+    check_inputs(cfg.output_dir, files=files, models={"--model": (cfg.model, "any")})
     ctx = init_distributed()
     set_threads(cfg.threads)
     bf16 = bf16_available(ctx, cfg.bf16)
@@ -144,9 +146,14 @@ def train(cfg: CostConfig) -> int:
 
     model = ctx.wrap(model)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    per_epoch = steps_per_epoch(len(train_pairs), cfg.batch_size)
-    if per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(train_pairs)} training pairs")
+    per_epoch = check_batches(
+        len(train_pairs),
+        cfg.batch_size,
+        cfg.grad_accum,
+        what="training pairs with safety labels",
+        source=cfg.train_file,
+        held_out=len(eval_all) if cfg.train_file is not None and cfg.eval_file is None else 0,
+    )
     n_steps = cfg.max_steps or cfg.epochs * per_epoch
     scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_steps, cfg.total_steps or n_steps)
     checkpointer = Checkpointer(cfg.output_dir, cfg.keep_checkpoints, ctx)

@@ -41,9 +41,11 @@ import torch
 from torch import Tensor, nn
 
 from alignloop.core.losses import DPO_LOSSES, kto_loss, orpo_loss, simpo_loss
+from alignloop.errors import UserError
 from alignloop.feedback.schema import Comparison
-from alignloop.lm.data import encode_pair, load_comparisons, pad, preferred_pairs
+from alignloop.lm.data import check_batches, encode_pair, load_comparisons, pad, preferred_pairs
 from alignloop.lm.distributed import FullState, shard_model
+from alignloop.lm.folders import check_inputs
 from alignloop.lm.models import apply_lora, merge_lora, position_ids_from_mask, token_logprobs
 from alignloop.lm.sft import load_model
 from alignloop.lm.training import (
@@ -60,7 +62,6 @@ from alignloop.lm.training import (
     micro_batches,
     seed_everything,
     set_threads,
-    steps_per_epoch,
     unwrap,
 )
 
@@ -209,7 +210,7 @@ def load_pairs(cfg: DPOConfig) -> tuple[list[Comparison], list[Comparison]]:
     if ties or eval_ties:
         print(f"dpo: left out {ties} training and {eval_ties} held-out pair(s) without a preference (ties)")
     if not train:
-        raise ValueError(
+        raise UserError(
             f"{cfg.train_file or 'toy world'}: no comparison with a 'better' preference to learn from"
         )
     return train, evals
@@ -418,6 +419,12 @@ def make_reference(
 
 
 def train(cfg: DPOConfig) -> int:
+    files = {"--train-file": cfg.train_file, "--eval-file": cfg.eval_file}
+    check_inputs(
+        cfg.output_dir,
+        files=files,
+        models={"--model": (cfg.model, "causal-lm"), "--ref-model": (cfg.ref_model, "causal-lm")},
+    )
     ctx = init_distributed()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -430,6 +437,14 @@ def train(cfg: DPOConfig) -> int:
     if cfg.disable_dropout:
         disable_dropout(policy)
     train_pairs, eval_pairs = load_pairs(cfg)
+    per_epoch = check_batches(
+        len(train_pairs),
+        cfg.batch_size,
+        cfg.grad_accum,
+        what="training pairs with a preference",
+        source=cfg.train_file,
+        held_out=len(eval_pairs) if cfg.train_file is not None and cfg.eval_file is None else 0,
+    )
     train_set = encode_pairs(tokenizer, train_pairs, cfg.max_length, mismatched=cfg.loss == "kto")
     eval_set = encode_pairs(tokenizer, eval_pairs, cfg.max_length, mismatched=cfg.loss == "kto")
     reference, eval_reference = make_reference(cfg, train_set, eval_set, pad_id, ctx)
@@ -440,9 +455,6 @@ def train(cfg: DPOConfig) -> int:
         reference.model = policy
     model = shard_model(policy.to(ctx.device), cfg.strategy == "fsdp") if fsdp else ctx.wrap(policy)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    per_epoch = steps_per_epoch(len(train_set), cfg.batch_size)
-    if per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(train_set)} training pairs")
     n_steps = cfg.max_steps or cfg.epochs * per_epoch
     scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_steps, cfg.total_steps or n_steps)
     checkpointer = Checkpointer(cfg.output_dir, cfg.keep_checkpoints, ctx)

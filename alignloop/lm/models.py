@@ -11,7 +11,9 @@ the same result. It saves as a normal Hugging Face folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-SCORE_HEAD_CONFIG = "score_head.json"
-SCORE_HEAD_WEIGHTS = "score_head.safetensors"
+from alignloop.errors import UserError
+from alignloop.lm.folders import SCORE_HEAD_CONFIG, SCORE_HEAD_WEIGHTS, TOY, is_score_folder, model_folder
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
@@ -108,14 +110,28 @@ class ScoreModel(nn.Module):
         from safetensors.torch import load_file
         from transformers import AutoModel
 
-        load_dir = Path(load_dir)
+        load_dir = model_folder(load_dir, kind="score", tokenizer=False)
         head_config = load_dir / SCORE_HEAD_CONFIG
-        if not head_config.is_file():
-            raise FileNotFoundError(f"{load_dir}: not a score model folder (no {SCORE_HEAD_CONFIG})")
         head = json.loads(head_config.read_text())
-        model = cls(AutoModel.from_pretrained(str(load_dir), dtype=dtype), head_bias=bool(head["bias"]))
-        model.score_head.load_state_dict(load_file(str(load_dir / SCORE_HEAD_WEIGHTS)))
+        with loading(load_dir):
+            model = cls(AutoModel.from_pretrained(str(load_dir), dtype=dtype), head_bias=bool(head["bias"]))
+            model.score_head.load_state_dict(load_file(str(load_dir / SCORE_HEAD_WEIGHTS)))
         return model
+
+
+@contextlib.contextmanager
+def loading(folder: Path) -> Iterator[None]:
+    """Turn what transformers and safetensors raise on a damaged or foreign folder into a
+    `UserError` naming the folder."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{folder}: cannot load the model ({reason}); are its files damaged or cut short?"
+        ) from exc
 
 
 def load_causal_lm(path_or_model: str | Path | nn.Module, dtype: torch.dtype | None = None) -> Any:
@@ -124,14 +140,18 @@ def load_causal_lm(path_or_model: str | Path | nn.Module, dtype: torch.dtype | N
         return path_or_model
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path_or_model), dtype=dtype)
+    folder = model_folder(path_or_model, kind="causal-lm", tokenizer=False)
+    with loading(folder):
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
 
 
 def load_tokenizer(path: str | Path) -> Any:
     """A tokenizer from a Hugging Face folder; a missing pad token falls back to eos."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    folder = model_folder(path, kind="any")
+    with loading(folder):
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -192,12 +212,12 @@ def sequence_logprobs(
 def load_score_model(name: str, seed: int = 0) -> tuple[Any, ScoreModel]:
     """(tokenizer, score model) from "toy" (fresh tiny model), a score-model folder, or a causal-LM
     folder (its body with a fresh head, as Safe RLHF starts reward and cost models from SFT)."""
-    if name == "toy":
+    if name == TOY:
         from alignloop.lm.toyworld import build_tokenizer, tiny_config
 
         tokenizer = build_tokenizer()
         return tokenizer, ScoreModel.from_backbone_config(tiny_config(tokenizer), seed=seed)
-    if (Path(name) / SCORE_HEAD_CONFIG).is_file():
+    if is_score_folder(model_folder(name, kind="any")):
         return load_tokenizer(name), ScoreModel.from_pretrained(name)
     torch.manual_seed(seed)
     return load_tokenizer(name), ScoreModel.from_causal_lm(name)

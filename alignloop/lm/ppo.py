@@ -41,10 +41,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from alignloop.config import ConfigError
 from alignloop.core.advantages import gae, kl_k1, masked_mean, masked_whiten
 from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage, mean_recent_cost
 from alignloop.core.losses import entropy_from_logits, ppo_policy_loss, value_loss
+from alignloop.errors import UserError
 from alignloop.lm.data import PromptCollator
+from alignloop.lm.folders import check_inputs
 from alignloop.lm.generation import Rollout, generate
 from alignloop.lm.models import (
     ScoreModel,
@@ -237,13 +240,13 @@ def _load_prompts(path: Path | None, world: Any, n: int, seed: int) -> list[str]
 
     prompts = [r.prompt for r in read_prompts(path)]
     if not prompts:
-        raise ValueError(f"{path}: no prompts in the file")
+        raise UserError(f"--prompts {path}: holds no prompts")
     return prompts
 
 
 def _check_same_vocab(tokenizer: Any, model: ScoreModel, path: Path) -> None:
     if model.config.vocab_size < len(tokenizer):
-        raise ValueError(
+        raise UserError(
             f"{path}: the model's vocabulary ({model.config.vocab_size}) is smaller than the policy's "
             f"tokenizer ({len(tokenizer)}); reward/cost models must share the policy's tokenizer"
         )
@@ -262,11 +265,21 @@ def _run(cfg: PPOConfig, mode: Mode) -> int:
     from alignloop.lm.evaluate import evaluate_policy
     from alignloop.lm.toyworld import ToyWorld
 
+    cost_path: Path | None = getattr(cfg, "cost_model", None)
+    check_inputs(
+        cfg.output_dir,
+        files={"--prompts": cfg.prompts},
+        models={
+            "--policy": (cfg.policy, "causal-lm"),
+            "--reward-model": (cfg.reward_model, "score"),
+            "--cost-model": (cost_path, "score"),
+        },
+    )
     ctx = init_distributed()
     set_threads(cfg.threads)
     seed_everything(cfg.seed + ctx.rank)
     if cfg.rollout_batch_size % (cfg.batch_size) or cfg.batch_size % (ctx.world_size * cfg.grad_accum):
-        raise ValueError(
+        raise ConfigError(
             f"rollout_batch_size ({cfg.rollout_batch_size}) must be a multiple of batch_size ({cfg.batch_size}), "
             f"and batch_size a multiple of processes x grad_accum ({ctx.world_size} x {cfg.grad_accum})"
         )
@@ -274,7 +287,10 @@ def _run(cfg: PPOConfig, mode: Mode) -> int:
     tokenizer = load_tokenizer(cfg.policy)
     prompts = _load_prompts(cfg.prompts, world, cfg.toy_prompts, cfg.seed)
     if len(prompts) < cfg.rollout_batch_size:
-        raise ValueError(f"{len(prompts)} prompts is fewer than rollout_batch_size={cfg.rollout_batch_size}")
+        raise UserError(
+            f"--rollout-batch-size {cfg.rollout_batch_size} is more than the {len(prompts)} prompts"
+            f"{' in ' + str(cfg.prompts) if cfg.prompts else ''}; pass a smaller one or more prompts"
+        )
     collate = PromptCollator(tokenizer)
 
     policy = load_causal_lm(cfg.policy)
@@ -285,7 +301,6 @@ def _run(cfg: PPOConfig, mode: Mode) -> int:
     _check_same_vocab(tokenizer, reward_model, cfg.reward_model)
     critics: dict[str, nn.Module] = {"reward_critic": ScoreModel.from_pretrained(cfg.reward_model)}
     cost_model: ScoreModel | None = None
-    cost_path: Path | None = getattr(cfg, "cost_model", None)
     if mode != "ppo" and cost_path is not None:
         cost_model = ScoreModel.from_pretrained(cost_path).eval().requires_grad_(False)
         _check_same_vocab(tokenizer, cost_model, cost_path)
