@@ -31,6 +31,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
+from alignloop.errors import UserError
+
 __all__ = [
     "COSTS",
     "VELOCITY_THRESHOLDS",
@@ -68,7 +70,7 @@ COSTS = ("velocity",)
 _SAFE_ID = re.compile(r"^Safe(?P<robot>\w+?)Velocity-v(?P<version>\d+)$")
 
 
-class EnvSpecError(ValueError):
+class EnvSpecError(UserError, ValueError):
     """A task id or cost that cannot be built; the message lists what can."""
 
 

@@ -17,6 +17,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import tyro
 
+from alignloop.checks import output_dir
+from alignloop.errors import UserError
+
 __all__ = ["EvalConfig", "evaluate_policy", "load_policy", "run"]
 
 
@@ -40,17 +43,18 @@ class EvalConfig:
 
 def load_policy(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """Rebuild ``(actor, obs_normalize, checkpoint)`` from a run directory."""
-    import torch
 
     from alignloop.control.envs import ObsNormalizer, make_env
     from alignloop.control.nets import Actor
+    from alignloop.control.ppo import CHECKPOINT, read_checkpoint
 
-    path = run_dir / "checkpoint.pt"
+    path = run_dir / CHECKPOINT
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no checkpoint; is {run_dir} a run directory of `alignloop control train`?"
+        raise UserError(
+            f"{run_dir}: no {CHECKPOINT} here; pass a run folder of `alignloop control train` or `pbrl`"
+            " (runs/control/NAME)"
         )
-    state = torch.load(path, weights_only=True)
+    state = read_checkpoint(path)
     env = make_env(state["env"], state["cost"], max_episode_steps=state["max_episode_steps"])
     obs_dim = int(np.prod(env.observation_space.shape))  # type: ignore[arg-type]
     actor = Actor(obs_dim, env.action_space, tuple(state["hidden"]))
@@ -116,12 +120,14 @@ def run(cfg: EvalConfig) -> int:
     """`alignloop control eval`: prints and writes RUN_DIR/eval.json, renders the video."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     if cfg.episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}")
+        raise UserError(f"--episodes must be >= 1, got {cfg.episodes}")
     if cfg.video == "mp4":
         try:
             import imageio_ffmpeg  # noqa: F401
         except ImportError as exc:
-            raise ValueError("--video mp4 needs the imageio-ffmpeg package; use --video gif") from exc
+            raise UserError("--video mp4 needs the imageio-ffmpeg package; use --video gif") from exc
+    if cfg.run_dir.is_dir():
+        output_dir(cfg.run_dir, "RUN_DIR")  # eval.json and the video are written there
     render_steps = 0 if cfg.video == "none" else cfg.video_steps
     returns, costs, frames = evaluate_policy(
         cfg.run_dir, cfg.episodes, cfg.seed, deterministic=cfg.deterministic, render_steps=render_steps

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignloop.checks import output_dir
 from alignloop.control.nets import CostModel, StepModel
 from alignloop.control.ppo import PPOSettings, Rollout, check_setup, train_policy
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
@@ -506,7 +507,7 @@ def train(cfg: PbrlConfig) -> int:
     )
     teacher = SegmentTeacher(noise, gamma=cfg.teacher_gamma, seed=cfg.seed)
     name = cfg.name or f"{cfg.env.replace('/', '_')}-pbrl-{cfg.select}-s{cfg.seed}"
-    (cfg.out / name).mkdir(parents=True, exist_ok=True)
+    output_dir(cfg.out / name, "--out")
     writer = SummaryWriter(str(cfg.out / name / "tb"), filename_suffix=".pbrl")
 
     def log(stats: dict[str, float], iteration: int) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import sys
 import time
 from collections import deque
@@ -41,11 +42,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from alignloop.checks import output_dir
 from alignloop.control.envs import ObsNormalizer, ReturnScaler, make_vec_env, resolve_env, step_costs
 from alignloop.control.nets import Actor, Critic
 from alignloop.core.advantages import gae, masked_whiten
 from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage, mean_recent_cost
 from alignloop.core.losses import ppo_policy_loss, value_loss
+from alignloop.errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -359,7 +362,41 @@ def check_setup(
         raise ValueError(f"--ppo.cost-limit must be >= 0, got {s.cost_limit}")
     if resume_dir is not None and not (resume_dir / CHECKPOINT).is_file():
         raise ValueError(f"--resume: no checkpoint at {resume_dir / CHECKPOINT}")
+    if resume_dir is not None:
+        fix = "start the run afresh (without --resume) or under another --name"
+        check_resume(read_checkpoint(resume_dir / CHECKPOINT, fix), env_id, base_id, cost, s)
     return base_id, cost
+
+
+def read_checkpoint(path: Path, fix: str = "") -> dict[str, Any]:
+    """A run's checkpoint; a `UserError` naming the file (and `fix`) when it cannot be read."""
+    try:
+        return dict(torch.load(path, weights_only=True))
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0]
+        raise UserError(
+            f"{path}: the checkpoint is damaged and cannot be read ({reason}){'; ' + fix if fix else ''}"
+        ) from exc
+
+
+def check_resume(state: dict[str, Any], env_id: str, base_id: str, cost: str | None, s: PPOSettings) -> None:
+    """A `UserError` naming every option the checkpoint was trained with that differs now."""
+    rows = (  # option, (saved, now) to compare, (saved, now) to show where it differs
+        ("--env", (state["base_env"], base_id), (state["env"], env_id)),
+        ("--cost", (state["cost"], cost), None),
+        ("--ppo.hidden", (tuple(state["hidden"]), s.hidden), None),
+        ("--ppo.num-envs", (len(state["scaler"]["ret"]), s.num_envs), None),
+    )
+    differ = [
+        f"{o} {(shown or pair)[0]} (now {(shown or pair)[1]})"
+        for o, pair, shown in rows
+        if pair[0] != pair[1]
+    ]
+    if differ:
+        raise UserError(
+            f"--resume: the run was trained with {', '.join(differ)}; resume it with the same options, "
+            "or start a new run under another --name"
+        )
 
 
 Relabel = Callable[[Rollout, int], tuple[np.ndarray, np.ndarray]]
@@ -414,7 +451,7 @@ def train_policy(
     cost_window: deque[float] = deque(maxlen=s.cost_window)  # J_c is their mean over these episodes
     start, global_step = 0, 0
     if resume:
-        state = torch.load(ckpt_path, weights_only=True)
+        state = read_checkpoint(ckpt_path)
         agent.load_state_dict(state["agent"])
         optimizer.load_state_dict(state["optimizer"])
         collector.obs_norm.load_state_dict(_to_numpy(state["obs_norm"]))
@@ -429,7 +466,7 @@ def train_policy(
         cost_window.extend(state["cost_window"])
         start, global_step = state["iteration"], state["global_step"]
     elif init_from is not None:
-        state = torch.load(init_from / CHECKPOINT, weights_only=True)
+        state = read_checkpoint(init_from / CHECKPOINT)
         agent.load_state_dict(state["agent"])
         collector.obs_norm.load_state_dict(_to_numpy(state["obs_norm"]))
         lagrange.load_state_dict(state["lagrange"])
@@ -564,6 +601,7 @@ def train(cfg: TrainConfig) -> int:
     except ValueError as exc:
         print(f"alignloop control train: {exc}", file=sys.stderr)
         return 2
+    output_dir(cfg.out / name, "--out")
     stats = train_policy(
         cfg.out / name,
         cfg.env,

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from alignloop.checks import output_dir
+
 PRESETS: dict[str, dict[str, int]] = {
     # steps of each stage and the number of held-out prompts judged
     "full": {"sft": 600, "reward": 250, "cost": 250, "ppo": 60, "dpo": 150, "eval_prompts": 500},
@@ -93,8 +95,9 @@ def run(cfg: DemoConfig) -> int:
 
     console = Console()
     steps = PRESETS[cfg.preset]
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(cfg.output_dir, "--output-dir")
+    stages = 8 - cfg.skip_dpo  # sft, reward, cost, ppo, ppo-lag, reward-shaping, (dpo), evaluation
+    number = (f"{n}/{stages}" for n in range(1, stages + 1))
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     common: dict[str, Any] = {"seed": cfg.seed, "progress": cfg.progress, "threads": cfg.threads}
@@ -107,7 +110,7 @@ def run(cfg: DemoConfig) -> int:
 
     seconds["sft"] = _stage(
         console,
-        "1/4 supervised fine-tuning",
+        f"{next(number)} supervised fine-tuning",
         sft_final,
         cfg.reuse,
         lambda: sft.train(
@@ -133,7 +136,7 @@ def run(cfg: DemoConfig) -> int:
     }
     seconds["reward"] = _stage(
         console,
-        "2/4 reward model",
+        f"{next(number)} reward model",
         reward_final,
         cfg.reuse,
         lambda: reward.train(
@@ -148,7 +151,7 @@ def run(cfg: DemoConfig) -> int:
     )
     seconds["cost"] = _stage(
         console,
-        "2/4 cost model",
+        f"{next(number)} cost model",
         cost_final,
         cfg.reuse,
         lambda: cost.train(
@@ -179,14 +182,14 @@ def run(cfg: DemoConfig) -> int:
     }
     seconds["ppo"] = _stage(
         console,
-        "3/4 PPO (reward only)",
+        f"{next(number)} PPO (reward only)",
         out / "ppo" / "final",
         cfg.reuse,
         lambda: ppo.train(ppo.PPOConfig(output_dir=out / "ppo", **rl)),
     )
     seconds["ppo-lag"] = _stage(
         console,
-        "3/4 Safe RLHF (PPO-Lagrangian)",
+        f"{next(number)} Safe RLHF (PPO-Lagrangian)",
         out / "ppo-lag" / "final",
         cfg.reuse,
         lambda: ppo.train_lagrangian(
@@ -195,7 +198,7 @@ def run(cfg: DemoConfig) -> int:
     )
     seconds["reward-shaping"] = _stage(
         console,
-        "3/4 reward shaping (fixed lambda)",
+        f"{next(number)} reward shaping (fixed lambda)",
         out / "reward-shaping" / "final",
         cfg.reuse,
         lambda: ppo.train_shaping(
@@ -206,7 +209,7 @@ def run(cfg: DemoConfig) -> int:
     if "dpo" in methods:
         seconds["dpo"] = _stage(
             console,
-            "3/4 DPO",
+            f"{next(number)} DPO",
             out / "dpo" / "final",
             cfg.reuse,
             lambda: dpo.train(
@@ -223,7 +226,7 @@ def run(cfg: DemoConfig) -> int:
             ),
         )
 
-    console.rule("[bold]4/4 evaluation on held-out prompts")
+    console.rule(f"[bold]{next(number)} evaluation on held-out prompts")
     report = evaluate_all(out, methods, seed=cfg.seed, n_prompts=steps["eval_prompts"])
     report["cost_limit"] = cost_limit
     report["seconds"] = {**seconds, "total": time.perf_counter() - started}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
+
+from alignloop.errors import UserError
 
 Scheduler = Literal["cosine", "linear", "constant"]
 
@@ -349,9 +352,21 @@ class Checkpointer:
         schedulers: dict[str, Any] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Restore states in place (and this process's RNG); return (step, extra)."""
-        state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+        file = Path(path) / "state.pt"
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=False)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0]
+            raise UserError(f"{file}: the checkpoint is damaged and cannot be read ({reason})") from exc
         for k, m in models.items():
-            unwrap(m).load_state_dict(state["models"][k])
+            try:
+                unwrap(m).load_state_dict(state["models"][k])
+            except RuntimeError as exc:  # another architecture or size than the run was started with
+                raise UserError(
+                    f"--resume: {file} holds a model of another shape than --model gives "
+                    f"({str(exc).splitlines()[-1].strip()}); resume with the run's own options, or "
+                    "start afresh in another --output-dir"
+                ) from exc
         for k, o in (optimizers or {}).items():
             o.load_state_dict(state["optimizers"][k])
         for k, s in (schedulers or {}).items():

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from alignloop.checks import http_url
+from alignloop.config import ConfigError
 from alignloop.loop.domain import Candidate, Domain, Judged, Selection
 from alignloop.loop.state import (
     JudgementStore,
@@ -120,13 +122,14 @@ def identity(cfg: LoopConfig) -> dict[str, Any]:
 def check_config(cfg: LoopConfig) -> None:
     """Every option checked before anything is built or sent."""
     if cfg.rounds < 1 or cfg.pairs < 1 or cfg.overlap < 1:
-        raise ValueError(
+        raise ConfigError(
             f"--rounds, --pairs and --overlap must be >= 1 (got {cfg.rounds}, {cfg.pairs}, {cfg.overlap})"
         )
     if not 0 < cfg.quota <= 1:
-        raise ValueError(f"--quota must be in (0, 1], got {cfg.quota}")
+        raise ConfigError(f"--quota must be in (0, 1], got {cfg.quota}")
     if cfg.timeout <= 0 or cfg.poll <= 0:
-        raise ValueError("--timeout and --poll must be > 0")
+        raise ConfigError("--timeout and --poll must be > 0")
+    http_url(cfg.url)
 
 
 def make_domain(cfg: LoopConfig) -> Domain:
@@ -134,7 +137,7 @@ def make_domain(cfg: LoopConfig) -> Domain:
         from alignloop.loop import toyworld
 
         if preset_of(cfg) not in toyworld.PRESETS:
-            raise ValueError(f"--preset {cfg.preset!r}: toyworld has {sorted(toyworld.PRESETS)}")
+            raise ConfigError(f"--preset {cfg.preset!r}: toyworld has {sorted(toyworld.PRESETS)}")
         return toyworld.ToyWorldDomain(
             **toyworld.PRESETS[preset_of(cfg)],
             seed=cfg.seed,
@@ -145,7 +148,7 @@ def make_domain(cfg: LoopConfig) -> Domain:
     from alignloop.loop import control
 
     if preset_of(cfg) not in control.PRESETS:
-        raise ValueError(f"--preset {cfg.preset!r}: control has {sorted(control.PRESETS)}")
+        raise ConfigError(f"--preset {cfg.preset!r}: control has {sorted(control.PRESETS)}")
     return control.ControlDomain(
         **{**control.PRESETS[preset_of(cfg)], "env": cfg.env},
         seed=cfg.seed,
@@ -353,23 +356,18 @@ def _read_ids(rd: Path) -> dict[str, int]:
 
 
 def run(cfg: LoopConfig) -> int:
-    import sys
-
+    """Every option, the run directory and the account are checked before any work starts; a
+    mistake is a `UserError` (`alignloop.cli` prints it)."""
     from alignloop.loop.annotate import connect
-    from alignloop.platform.client import PlatformError
 
-    try:  # every option, the run directory and the account are checked before any work starts
-        check_config(cfg)
-        if cfg.demo is not None:
-            from alignloop.loop.demo import demo_config, run_demo
+    check_config(cfg)
+    if cfg.demo is not None:
+        from alignloop.loop.demo import demo_config, run_demo
 
-            LoopState.check(Path(demo_config(cfg).run_dir), identity(demo_config(cfg)))
-            return run_demo(cfg)
-        LoopState.check(Path(cfg.run_dir), identity(cfg))
-        domain = make_domain(cfg)
-        client = connect(cfg.url, cfg.user, cfg.password_file)
-    except (ValueError, PlatformError) as exc:
-        print(f"alignloop loop: {exc}", file=sys.stderr)
-        return 2
+        LoopState.check(Path(demo_config(cfg).run_dir), identity(demo_config(cfg)))
+        return run_demo(cfg)
+    LoopState.check(Path(cfg.run_dir), identity(cfg))
+    domain = make_domain(cfg)
+    client = connect(cfg.url, cfg.user, cfg.password_file)
     with client:
         return drive(cfg, client, domain)

@@ -37,6 +37,10 @@ def test_demo_smoke_writes_the_report(tmp_path: Path):
     for plot in ("training.png", "tradeoff.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "evaluation on held-out prompts" in result.stdout
+    stages = ["supervised fine-tuning", "reward model", "cost model", "PPO (reward only)"]
+    stages += ["Safe RLHF (PPO-Lagrangian)", "reward shaping (fixed lambda)", "DPO", "evaluation on held-out"]
+    for number, stage in enumerate(stages, 1):  # each stage its own number, in order
+        assert f"{number}/8 {stage}" in result.stdout, result.stdout
 
 
 def test_markdown_report_lists_every_method_and_check():
