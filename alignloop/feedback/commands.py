@@ -30,7 +30,7 @@ class ValidateConfig:
     """Check a feedback file and report each bad row by file, line (or row index) and field."""
 
     file: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="FILE")]]
-    """The file to check: .jsonl, .json (a list), .parquet, or a folder saved by `datasets`."""
+    """The file to check: .jsonl, .json (a list), .csv, .parquet, or a folder saved by `datasets`."""
     format: InputFormat = "auto"
     """The file's format; `auto` tells it from the fields of the first row."""
     max_errors: int = 20
@@ -42,9 +42,9 @@ class ConvertConfig:
     """Convert a feedback file to another format or container (the output's suffix picks it)."""
 
     input: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="IN")]]
-    """The file to read: .jsonl, .json, .parquet, or a folder saved by `datasets`."""
+    """The file to read: .jsonl, .json, .csv, .parquet, or a folder saved by `datasets`."""
     output: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="OUT")]]
-    """Where to write: .jsonl, .json, .parquet, or a path without suffix for a `datasets` folder."""
+    """Where to write: .jsonl, .json, .csv, .parquet, or a path without suffix for a `datasets` folder."""
     to: OutputFormat
     """The format to write."""
     format: InputFormat = "auto"

@@ -16,7 +16,7 @@ Input format (always this plain text, whatever the tokenizer's chat template):
 followed by " {corrected}" and the end-of-sequence token; only the corrected tokens (and the
 end token) are trained on. The tokenizer's special tokens (e.g. <bos>) open the input.
 
-Data (`read_corrections`): JSONL, JSON, Parquet or a `datasets` folder whose rows are either
+Data (`read_corrections`): JSONL, JSON, CSV, Parquet or a `datasets` folder whose rows are either
 `{prompt, original, corrected}` or a supervised pair `{prompt, response, original}` (the
 response being the corrected answer). Errors name the file, line and field. Without a file,
 the toy world makes corrections (`toy_corrections`): an unsafe answer is rewritten into the
@@ -46,7 +46,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from alignloop.feedback.formats import FormatError, container_of, iter_rows, write_rows
+from alignloop.feedback.formats import FormatError, iter_rows, place_unit, write_rows
 from alignloop.feedback.schema import Correction
 from alignloop.lm.data import check_batches, pad
 from alignloop.lm.evaluate import decode_responses
@@ -90,7 +90,7 @@ def read_corrections(path: str | Path, *, skip_invalid: bool = False) -> list[Co
     A bad row raises `FormatError` naming the file, the line (JSONL) or row index, and the
     field; with `skip_invalid` bad rows are skipped and their number logged.
     """
-    unit: Literal["line", "row index"] = "line" if container_of(path) == "jsonl" else "row index"
+    unit = place_unit(path)
     out: list[Correction] = []
     skipped, first_error = 0, None
     for place, row in iter_rows(path):
@@ -124,7 +124,7 @@ def read_corrections(path: str | Path, *, skip_invalid: bool = False) -> list[Co
 
 
 def write_corrections(records: Sequence[Correction], path: str | Path) -> Path:
-    """Write `{prompt, original, corrected}` rows (JSONL, JSON, Parquet or datasets by suffix)."""
+    """Write `{prompt, original, corrected}` rows (JSONL, JSON, CSV, Parquet or datasets by suffix)."""
     rows = [{"prompt": r.prompt, "original": r.original, "corrected": r.corrected} for r in records]
     write_rows(rows, path, "supervised")
     return Path(path)

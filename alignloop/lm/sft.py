@@ -59,7 +59,7 @@ class SFTConfig(TrainCommon):
     model: str = "toy"
     """A Hugging Face model folder, or "toy" for a fresh tiny model on the toy world's tokenizer."""
     train_file: Path | None = None
-    """Supervised or comparison file (JSONL, JSON, Parquet, datasets folder); none = toy-world SFT data."""
+    """Supervised or comparison file (JSONL, JSON, CSV, Parquet, datasets folder); none = toy-world SFT data."""
     eval_file: Path | None = None
     """Held-out file (none = the toy world's eval split, or eval_fraction of train_file)."""
     eval_fraction: float = 0.05
