@@ -52,6 +52,8 @@ def test_help_on_every_level(path: tuple[str, ...]) -> None:
     result = run_cli(*path, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout.lower()
+    if isinstance(node, Command):  # every command can start from a YAML file, and says so
+        assert "--config FILE.yaml" in result.stdout and "YAML file of options" in result.stdout
 
 
 def test_unknown_command_is_a_clear_error() -> None:
