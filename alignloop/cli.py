@@ -179,6 +179,23 @@ def _usage(prog: str, help_text: str, tree: Tree) -> str:
     return "\n".join(lines)
 
 
+QUIET_LIBRARIES = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+"""alignloop draws its own progress; the bars transformers, huggingface_hub and datasets draw for
+every model loaded or saved ("Loading weights", "Writing model shards") would break into it.
+Set either variable to 0 to see them."""
+
+
+def quiet_libraries() -> None:
+    """Turn the libraries' own progress bars off for this process and its children, before
+    they are imported (or, where they already are, through their switches)."""
+    for name, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(name, value)
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] != "0" and "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] != "0" and "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+
+
 def debugging() -> bool:
     """Whether tracebacks of user errors are wanted (`ALIGNLOOP_DEBUG` set to anything but 0)."""
     return os.environ.get(DEBUG_ENV, "0").strip().lower() not in ("", "0", "false", "no")
@@ -214,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if not available(node):
         print(f"{prog}: this command is not part of this version of alignloop", file=sys.stderr)
         return 2
+    quiet_libraries()
     try:
         config = parse(_load(node.config), args, prog=prog, description=node.help)
         result = _load(node.run)(config)

@@ -41,6 +41,8 @@ def test_demo_smoke_writes_the_report(tmp_path: Path):
     stages += ["Safe RLHF (PPO-Lagrangian)", "reward shaping (fixed lambda)", "DPO", "evaluation on held-out"]
     for number, stage in enumerate(stages, 1):  # each stage its own number, in order
         assert f"{number}/8 {stage}" in result.stdout, result.stdout
+    for bar in ("Loading weights", "Writing model shards"):  # transformers' bars stay out of ours
+        assert bar not in result.stdout + result.stderr
 
 
 def test_markdown_report_lists_every_method_and_check():
