@@ -278,7 +278,8 @@ class ControlDomain:
         if n_pairs > len(every):
             raise ConfigError(
                 f"--pairs {n_pairs} exceeds the {len(every)} pairs of {len(shown)} segments; pass --pairs "
-                f"{len(every)} or less, or raise pool_episodes or max_clips, or lower segment_length"
+                f"{len(every)} or less (the preset's pool_episodes, max_clips and segment_length set how "
+                "many segments there are)"
             )
         models = self._load_models(self._round_dir(run_dir, round - 1) / "models") if round > 1 else None
         if select == "disagreement" and models is not None:
