@@ -49,6 +49,7 @@ from alignloop.core.advantages import gae, masked_whiten
 from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage, mean_recent_cost
 from alignloop.core.losses import ppo_policy_loss, value_loss
 from alignloop.errors import UserError
+from alignloop.lm.training import ReportTo, WandbSink, check_report_to
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -418,9 +419,11 @@ def train_policy(
     init_from: Path | None = None,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
+    report_to: tuple[str, ...] = ("tensorboard",),
 ) -> dict[str, float]:
     """Train a policy with PPO (``lagrangian=False``) or PPO-Lagrangian; returns the last
-    iteration's statistics. Writes TensorBoard logs and ``checkpoint.pt`` under ``run_dir``.
+    iteration's statistics. Writes ``checkpoint.pt`` and the metrics (TensorBoard logs in
+    ``run_dir/tb``, and Weights & Biases, as ``report_to`` says) under ``run_dir``.
 
     ``init_from`` (a run directory; ignored when resuming) starts from that run's policy and
     critics, its observation statistics and its Lagrange multiplier; the optimiser, the return
@@ -504,7 +507,8 @@ def train_policy(
         }
         _save_atomic(state, ckpt_path)
 
-    writer = SummaryWriter(str(run_dir / "tb"))
+    writer = SummaryWriter(str(run_dir / "tb")) if "tensorboard" in report_to else None
+    wandb = WandbSink(run_dir, run_dir.name) if "wandb" in report_to else None
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -552,8 +556,11 @@ def train_policy(
                     stats["episode/length"] = float(np.mean(collector.lengths))
                 stats["time/steps_per_second"] = (global_step - steps0) / (time.perf_counter() - t0)
                 stats["time/rollout_seconds"], stats["time/update_seconds"] = rollout_seconds, update_seconds
-                for key, value in stats.items():
-                    writer.add_scalar(key, value, global_step)
+                if writer is not None:
+                    for key, value in stats.items():
+                        writer.add_scalar(key, value, global_step)
+                if wandb is not None:
+                    wandb.log(stats, global_step)
                 done = iteration + 1
                 if done == iterations or (s.checkpoint_every and done % s.checkpoint_every == 0):
                     checkpoint(done)
@@ -562,7 +569,10 @@ def train_policy(
                     info += f" cost {stats.get('episode/cost', float('nan')):.1f} lambda {lagrange.value:.3f}"
                 bar.update(task, completed=global_step, info=info)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
+        if wandb is not None:
+            wandb.close()
         envs.close()
     stats["global_step"] = global_step
     return stats
@@ -590,6 +600,9 @@ class TrainConfig:
     """Continue the run in OUT/NAME from its last checkpoint."""
     progress: bool = True
     """Show a progress bar."""
+    report_to: tuple[ReportTo, ...] = ("tensorboard",)
+    """Where metrics go: tensorboard (OUT/NAME/tb), wandb (Weights & Biases, the `alignloop[wandb]`
+    extra; project $WANDB_PROJECT, default alignloop), both, or none."""
     ppo: PPOSettings = PPOSettings()
 
 
@@ -602,6 +615,7 @@ def train(cfg: TrainConfig) -> int:
         print(f"alignloop control train: {exc}", file=sys.stderr)
         return 2
     output_dir(cfg.out / name, "--out")
+    check_report_to(cfg.report_to)
     stats = train_policy(
         cfg.out / name,
         cfg.env,
@@ -612,6 +626,7 @@ def train(cfg: TrainConfig) -> int:
         cfg.ppo,
         resume=cfg.resume,
         progress=cfg.progress,
+        report_to=cfg.report_to,
     )
     shown = {
         k: round(v, 3) for k, v in stats.items() if k.startswith(("episode/", "time/")) or k == "train/lambda"

@@ -382,6 +382,7 @@ def train(cfg: AlignerConfig) -> int:
         progress=cfg.progress,
         resume_step=step if latest is not None else None,
         description="aligner",
+        report_to=cfg.report_to,
     )
 
     with logger:

@@ -169,6 +169,7 @@ def train(cfg: CostConfig) -> int:
         progress=cfg.progress,
         resume_step=step if latest is not None else None,
         description="cost model",
+        report_to=cfg.report_to,
     )
 
     with logger:

@@ -480,6 +480,7 @@ def train(cfg: DPOConfig) -> int:
         progress=cfg.progress,
         resume_step=step if latest is not None else None,
         description=f"dpo ({cfg.loss})",
+        report_to=cfg.report_to,
     )
 
     with logger:

@@ -345,6 +345,7 @@ def _run(cfg: PPOConfig, mode: Mode) -> int:
         progress=cfg.progress,
         resume_step=step if cfg.resume else None,
         description={"ppo": "PPO", "lagrangian": "PPO-Lagrangian", "shaping": "reward shaping"}[mode],
+        report_to=cfg.report_to,
     )
     batches_per_epoch = len(prompts) // cfg.rollout_batch_size
     with logger:

@@ -157,6 +157,7 @@ def train(cfg: RewardConfig) -> int:
         progress=cfg.progress,
         resume_step=step if latest is not None else None,
         description="reward model",
+        report_to=cfg.report_to,
     )
 
     with logger:

@@ -165,6 +165,7 @@ def train(cfg: SFTConfig) -> int:
         progress=cfg.progress,
         resume_step=step if latest is not None else None,
         description="sft",
+        report_to=cfg.report_to,
     )
 
     with logger:

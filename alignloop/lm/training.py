@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import random
+import secrets
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from torch import nn
 from alignloop.errors import UserError
 
 Scheduler = Literal["cosine", "linear", "constant"]
+ReportTo = Literal["tensorboard", "wandb", "none"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class TrainCommon:
     """torch CPU threads (0 = leave torch's default)."""
     progress: bool = True
     """Show a progress bar."""
+    report_to: tuple[ReportTo, ...] = ("tensorboard",)
+    """Where metrics go besides metrics.jsonl: tensorboard (log_dir), wandb (Weights & Biases, the
+    `alignloop[wandb]` extra; project $WANDB_PROJECT, default alignloop), both, or none."""
 
 
 # ------------------------------------------------------------------------ seeds and processes
@@ -380,6 +385,40 @@ class Checkpointer:
 
 
 # ------------------------------------------------------------------------ metrics
+def check_report_to(report_to: tuple[str, ...] | list[str]) -> None:
+    """A `UserError` for `--report-to` values that cannot be used: none with others, wandb missing."""
+    if "none" in report_to and len(report_to) > 1:
+        raise UserError(f"--report-to {' '.join(report_to)}: none means no other sink; give it alone")
+    if "wandb" in report_to:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError(
+                "--report-to wandb needs the wandb package: pip install 'alignloop[wandb]'"
+            ) from None
+
+
+class WandbSink:
+    """Metrics to Weights & Biases: one wandb run per run folder, continued when the run resumes
+    (its id is kept in `run_dir/wandb-run-id`). `WANDB_MODE=offline` keeps it on disk."""
+
+    def __init__(self, run_dir: str | Path, name: str):
+        import wandb
+
+        id_file = Path(run_dir) / "wandb-run-id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id + "\n")
+        project = os.environ.get("WANDB_PROJECT", "alignloop")
+        self.run = wandb.init(project=project, name=name, id=run_id, resume="allow", dir=str(run_dir))
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        self.run.log(values, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class MetricsLogger:
     """Metrics to TensorBoard and `run_dir/metrics.jsonl` (one JSON line per call), plus a
     rich progress bar. Only the main process writes; on resume, lines past the checkpoint's
@@ -395,10 +434,13 @@ class MetricsLogger:
         progress: bool = True,
         resume_step: int | None = None,
         description: str = "training",
+        report_to: tuple[str, ...] | list[str] = ("tensorboard",),
     ):
+        check_report_to(report_to)
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._writer: Any = None
+        self._wandb: WandbSink | None = None
         self._progress: Any = None
         if not enabled:
             return
@@ -410,9 +452,12 @@ class MetricsLogger:
                 line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
-        from torch.utils.tensorboard import SummaryWriter
+        if "tensorboard" in report_to:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(str(log_dir or Path(run_dir) / "tb"))
+            self._writer = SummaryWriter(str(log_dir or Path(run_dir) / "tb"))
+        if "wandb" in report_to:
+            self._wandb = WandbSink(run_dir, Path(run_dir).name)
         if progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -435,8 +480,11 @@ class MetricsLogger:
         values = {k: float(v) for k, v in metrics.items()}
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-        for k, v in values.items():
-            self._writer.add_scalar(f"{split}/{k}", v, step)
+        if self._writer is not None:
+            for k, v in values.items():
+                self._writer.add_scalar(f"{split}/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{split}/{k}": v for k, v in values.items()}, step)
 
     def advance(self, step: int, info: str = "") -> None:
         """Move the progress bar to `step`, with a short status text."""
@@ -450,6 +498,9 @@ class MetricsLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
 
     def __enter__(self) -> MetricsLogger:
         return self
