@@ -55,14 +55,20 @@ def input_file(path: str | Path, option: str | None = None, *, folder_ok: bool =
     return path
 
 
-def output_dir(path: str | Path, option: str | None = None) -> Path:
+def output_dir(path: str | Path, option: str | None = None, *, create: bool = True) -> Path:
     """`path`, created if needed, if this process can write files in it; a `UserError` naming
-    the option and the first part of the path that stands in the way otherwise."""
+    the option and the first part of the path that stands in the way otherwise. With `create`
+    False nothing is made: the nearest folder that exists must be one this process may write in."""
     path = Path(path)
     where = _named(option, path)
     for part in (path, *path.parents):
         if part.exists() and not part.is_dir():
             raise UserError(f"{where}: {part} is a file, not a folder; choose another {option or 'folder'}")
+    if not create:
+        existing = next(part for part in (path, *path.parents, Path(".")) if part.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"{where}: cannot write in {existing} (permission denied)")
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -72,15 +78,6 @@ def output_dir(path: str | Path, option: str | None = None) -> Path:
             pass
     except OSError as exc:
         raise UserError(f"{where}: cannot write in the folder ({exc.strerror or exc})") from None
-    return path
-
-
-def output_file(path: str | Path, option: str | None = None) -> Path:
-    """`path` if a file can be written there (its folder created if needed)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{_named(option, path)}: is a folder; give a file name")
-    output_dir(path.parent if str(path.parent) else Path("."), option and f"{option} {path}: folder")
     return path
 
 
@@ -112,9 +109,3 @@ def http_url(url: str, option: str = "--url") -> str:
     if port == 0:
         raise UserError(f"{option} {url!r}: port 0 is not a port to connect to")
     return url.rstrip("/")
-
-
-def at_least(value: float, minimum: float, option: str) -> None:
-    """A `UserError` unless `value >= minimum`."""
-    if not value >= minimum:
-        raise UserError(f"{option} must be >= {minimum:g}, got {value}")

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -44,6 +45,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     import datasets
     import torch
 
+    from alignloop.control.ppo import PPOSettings, train_policy
     from alignloop.lm.models import ScoreModel
     from alignloop.lm.toyworld import build_policy, build_tokenizer, tiny_config
 
@@ -68,10 +70,24 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (run / "final").mkdir(parents=True)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         (run / "final" / name).write_bytes((model / name).read_bytes())
+    # language-model runs to --resume: one whose checkpoint is cut short, one of a smaller model
+    from alignloop.lm.training import Checkpointer
+
+    small = build_policy(tokenizer, hidden_size=32, intermediate_size=64)
+    Checkpointer(root / "lm-small").save(1, {"model": small})
+    state = Checkpointer(root / "lm-damaged").save(1, {"model": small})
+    assert state is not None
+    (state / "state.pt").write_bytes((state / "state.pt").read_bytes()[:1000])
     data_folder = root / "data-folder"
     datasets.Dataset.from_dict({"prompt": ["a"], "chosen": ["b"], "rejected": ["c"]}).save_to_disk(
         str(data_folder)
     )
+    control = root / "control-runs" / "control"
+    settings = PPOSettings(num_steps=32, minibatch_size=16, epochs=1)
+    train_policy(control, "SafeSliderVelocity-v0", None, True, 32, 0, settings, progress=False, report_to=())
+    control_damaged = root / "control-runs" / "control-damaged"
+    control_damaged.mkdir()
+    (control_damaged / "checkpoint.pt").write_bytes((control / "checkpoint.pt").read_bytes()[:300])
     pair = {"prompt": "how do I boil an egg", "chosen": "in water", "rejected": "no"}
     (root / "three.jsonl").write_text("".join(json.dumps(pair) + "\n" for _ in range(3)))
     (root / "empty.jsonl").write_text("")
@@ -79,6 +95,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         json.dumps(pair) + "\n" + json.dumps({"prompt": 3, "chosen": "x"}) + "\n"
     )
     (root / "not-json.jsonl").write_text("{not json\n")
+    (root / "conversation.jsonl").write_text(json.dumps({"prompt": [{"role": "user", "content": 1}]}) + "\n")
     (root / "pairs.txt").write_text("prompt chosen rejected\n")
     (root / "prompts.jsonl").write_text(json.dumps({"prompt": "hi"}) + "\n")
     (root / "config.yaml").write_text("max-stepz: 3\n")
@@ -86,31 +103,61 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "empty-password.txt").write_text("\n")
     (root / "password.txt").write_text("secret\n")
     (root / "a-file").write_text("x")
+    names = ("three.jsonl", "empty.jsonl", "bad-row.jsonl", "not-json.jsonl", "conversation.jsonl", "pairs.txt",
+             "prompts.jsonl", "config.yaml", "not-yaml.yaml", "empty-password.txt", "password.txt", "a-file")  # fmt: skip
     return {
         "model": str(model),
         "score": str(score),
         "no_tokenizer": str(weights_only),
         "damaged": str(damaged),
         "run": str(run),
+        "lm_damaged": str(root / "lm-damaged"),
+        "lm_damaged_state": str(state / "state.pt"),
+        "lm_small": str(root / "lm-small"),
         "data_folder": str(data_folder),
+        "control": str(control),
+        "control_damaged": str(control_damaged),
+        "control_runs": str(root / "control-runs"),
         "missing": str(root / "missing.jsonl"),
         "missing_dir": str(root / "missing"),
-        **{
-            name.replace("-", "_").replace(".", "_"): str(root / name)
-            for name in ("three.jsonl", "empty.jsonl", "bad-row.jsonl", "not-json.jsonl", "pairs.txt")
-            + (
-                "prompts.jsonl",
-                "config.yaml",
-                "not-yaml.yaml",
-                "empty-password.txt",
-                "password.txt",
-                "a-file",
-            )
-        },
+        **{name.replace("-", "_").replace(".", "_"): str(root / name) for name in names},
         "out": str(root / "out"),
         "under_file": str(root / "a-file" / "out"),
         "dead_url": f"http://127.0.0.1:{_free_port()}",
     }
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real platform (SQLite) with an admin, an annotator and one project."""
+    from alignloop.loop.demo import local_platform
+    from alignloop.platform.client import PlatformClient
+
+    root = tmp_path_factory.mktemp("platform")
+    platform, admin_password = local_platform(root)
+    platform.start()
+    try:
+        with PlatformClient.login(platform.url, "admin", admin_password.read_text().splitlines()[0]) as admin:
+            admin.create_project("round-one")
+            admin.create_user("ann", "annotator password", role="annotator")
+        (root / "ann.txt").write_text("annotator password\n")
+        (root / "wrong.txt").write_text("not the password\n")
+        yield {
+            "url": platform.url,
+            "ann_password": str(root / "ann.txt"),
+            "wrong_password": str(root / "wrong.txt"),
+        }
+    finally:
+        platform.stop()
+
+
+@pytest.fixture(scope="session")
+def taken_port() -> Iterator[dict[str, str]]:
+    """A port something listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield {"taken_port": str(taken.getsockname()[1])}
 
 
 TRAIN = [
@@ -144,32 +191,151 @@ TRAIN = [
     Mistake("config file with a typo", ("train", "sft", "--config", "{config_yaml}"), ("{config_yaml}", "max-stepz")),
 ]  # fmt: skip
 
-TABLE = TRAIN
+TRAIN += [
+    Mistake("dpo bad message in a conversation", ("train", "dpo", "--train-file", "{conversation_jsonl}"), ("{conversation_jsonl}:1", "prompt[0].content: expected text")),
+    Mistake("sft resume from a damaged checkpoint", ("train", "sft", "--output-dir", "{lm_damaged}", "--resume"), ("{lm_damaged_state}", "damaged")),
+    Mistake("sft resume with another model", ("train", "sft", "--output-dir", "{lm_small}", "--resume"), ("--resume", "another shape")),
+    Mistake("sft option of the wrong type", ("train", "sft", "--batch-size", "lots"), ("--batch-size", "lots")),
+    Mistake("sft unknown flag", ("train", "sft", "--max-stepz", "3"), ("--max-stepz",)),
+    Mistake("sft report to none and wandb", ("train", "sft", "--report-to", "none", "tensorboard"), ("--report-to none tensorboard",)),
+]  # fmt: skip
+
+DATA = [
+    Mistake("validate missing file", ("data", "validate", "{missing}"), ("{missing}", "no such file")),
+    Mistake("validate unknown file type", ("data", "validate", "{pairs_txt}"), ("{pairs_txt}", "unknown file type")),
+    Mistake("validate bad row", ("data", "validate", "{bad_row_jsonl}"), ("{bad_row_jsonl}:2: prompt",)),
+    Mistake("validate empty file", ("data", "validate", "{empty_jsonl}"), ("{empty_jsonl}", "no records")),
+    Mistake("validate a model folder", ("data", "validate", "{model}"), ("{model}", "not a datasets folder")),
+    Mistake("validate unknown format", ("data", "validate", "{three_jsonl}", "--format", "trl"), ("--format", "trl")),
+    Mistake("convert over an existing file", ("data", "convert", "{three_jsonl}", "{prompts_jsonl}", "--to", "prompt"), ("{prompts_jsonl}", "--overwrite")),
+    Mistake("convert under a file", ("data", "convert", "{three_jsonl}", "{under_file}/x.jsonl", "--to", "prompt"), ("OUT", "{a_file} is a file")),
+    Mistake("convert into a format that cannot hold it", ("data", "convert", "{prompts_jsonl}", "{out}/p.jsonl", "--to", "preference"), ("{out}/p.jsonl", "record 0", "cannot be written as preference")),
+    Mistake("convert config with a typo", ("data", "convert", "--config", "{config_yaml}"), ("{config_yaml}", "max-stepz")),
+]  # fmt: skip
+
+DEMO = [
+    Mistake("demo output under a file", ("demo", "--output-dir", "{under_file}"), ("--output-dir", "{a_file} is a file")),
+    Mistake("demo unknown preset", ("demo", "--preset", "huge"), ("--preset", "huge")),
+]  # fmt: skip
+
+CONTROL = [
+    Mistake("train unknown env", ("control", "train", "--env", "Hoper-v5"), ("Hoper-v5", "did you mean Hopper-v5")),
+    Mistake("train ppo-lag without a cost", ("control", "train", "--env", "Hopper-v5", "--algo", "ppo-lag"), ("--algo ppo-lag needs a cost",)),
+    Mistake("train minibatch larger than the rollout", ("control", "train", "--ppo.minibatch-size", "5000"), ("--ppo.minibatch-size 5000",)),
+    Mistake("train resume without a checkpoint", ("control", "train", "--out", "{out}", "--name", "none", "--resume"), ("--resume", "no checkpoint")),
+    Mistake("train resume with another env", ("control", "train", "--env", "Hopper-v5", "--out", "{control_runs}", "--name", "control", "--resume"), ("--resume", "--env SafeSliderVelocity-v0 (now Hopper-v5)")),
+    Mistake("train resume with other sizes", ("control", "train", "--env", "SafeSliderVelocity-v0", "--algo", "ppo-lag", "--ppo.hidden", "8", "--ppo.num-steps", "32", "--ppo.minibatch-size", "16", "--out", "{control_runs}", "--name", "control", "--resume"), ("--ppo.hidden (64, 64) (now (8,))",)),
+    Mistake("train resume from a damaged checkpoint", ("control", "train", "--env", "SafeSliderVelocity-v0", "--out", "{control_runs}", "--name", "control-damaged", "--resume"), ("{control_damaged}/checkpoint.pt", "damaged")),
+    Mistake("train output under a file", ("control", "train", "--out", "{under_file}"), ("--out", "{a_file} is a file")),
+    Mistake("pbrl budget below one round", ("control", "pbrl", "--feedback", "10"), ("--feedback 10",)),
+    Mistake("pbrl unknown env", ("control", "pbrl", "--env", "HalfCheeta-v5"), ("HalfCheeta-v5", "did you mean")),
+    Mistake("eval missing run", ("control", "eval", "{missing_dir}"), ("{missing_dir}", "no checkpoint.pt")),
+    Mistake("eval a language-model folder", ("control", "eval", "{model}"), ("{model}", "no checkpoint.pt")),
+    Mistake("eval no episodes", ("control", "eval", "{control}", "--episodes", "0"), ("--episodes must be >= 1",)),
+    Mistake("eval damaged checkpoint", ("control", "eval", "{control_damaged}", "--video", "none"), ("{control_damaged}/checkpoint.pt", "damaged")),
+]  # fmt: skip
+
+SERVE = [
+    Mistake("db not a URL", ("serve", "--db", "nonsense", "--migrate-only"), ("--db 'nonsense'", "not a database URL")),
+    Mistake("db of an unknown kind", ("serve", "--db", "mysqlx://u@h/d", "--migrate-only"), ("--db mysqlx://u@h/d", "unknown database kind")),
+    Mistake("db file under a file", ("serve", "--db", "sqlite:///{a_file}/x.db", "--migrate-only"), ("--db sqlite:///{a_file}/x.db", "{a_file} is a file")),
+    Mistake("db file in a folder it cannot create", ("serve", "--db", "sqlite:////proc/no/x.db", "--migrate-only"), ("--db sqlite:////proc/no/x.db", "cannot open the database")),
+    Mistake("db a data file", ("serve", "--db", "sqlite:///{three_jsonl}", "--migrate-only"), ("--db sqlite:///{three_jsonl}", "not a database")),
+    Mistake("db server down", ("serve", "--db", "postgresql+psycopg://u:pw@127.0.0.1:1/db", "--migrate-only"), ("--db postgresql+psycopg://u:***@127.0.0.1:1/db", "cannot open")),
+    Mistake("port in use", ("serve", "--db", "sqlite:///{out}/p.db", "--port", "{taken_port}"), ("--port {taken_port}", "already in use")),
+    Mistake("port out of range", ("serve", "--port", "70000"), ("--port must be between 1 and 65535",)),
+    Mistake("no workers", ("serve", "--workers", "0"), ("--workers must be >= 1",)),
+    Mistake("host unknown", ("serve", "--db", "sqlite:///{out}/p.db", "--host", "no-such-host.invalid"), ("--host 'no-such-host.invalid'",)),
+    Mistake("password file missing", ("serve", "--db", "sqlite:///{out}/p.db", "--create-admin", "a", "--password-file", "{missing}", "--migrate-only"), ("--password-file {missing}", "no such file")),
+    Mistake("password file empty", ("serve", "--db", "sqlite:///{out}/p.db", "--create-admin", "a", "--password-file", "{empty_password_txt}", "--migrate-only"), ("--password-file {empty_password_txt}", "first line is empty")),
+    Mistake("password file a folder", ("serve", "--db", "sqlite:///{out}/p.db", "--create-admin", "a", "--password-file", "{out}", "--migrate-only"), ("--password-file {out}", "is a folder")),
+    Mistake("media folder under a file", ("serve", "--media-dir", "{under_file}"), ("--media-dir", "{a_file} is a file")),
+]  # fmt: skip
+
+LOOP = [
+    Mistake("url not http", ("loop", "--url", "localhost:8000", "--run-dir", "{out}/loop"), ("--url 'localhost:8000'", "not an http(s) address")),
+    Mistake("server down", ("loop", "--url", "{dead_url}", "--user", "a", "--password-file", "{password_txt}", "--run-dir", "{out}/loop"), ("cannot reach the platform at {dead_url}", "--url")),
+    Mistake("password file missing", ("loop", "--user", "a", "--password-file", "{missing}", "--run-dir", "{out}/loop"), ("--user a needs --password-file",)),
+    Mistake("password file empty", ("loop", "--user", "a", "--password-file", "{empty_password_txt}", "--run-dir", "{out}/loop"), ("--password-file {empty_password_txt}", "first line is empty")),
+    Mistake("wrong password", ("loop", "--url", "{url}", "--user", "ann", "--password-file", "{wrong_password}", "--run-dir", "{out}/loop"), ("{url}", "refused to log in 'ann'")),
+    Mistake("quota out of range", ("loop", "--quota", "2"), ("--quota must be in (0, 1]",)),
+    Mistake("unknown preset", ("loop", "--preset", "huge"), ("--preset 'huge'",)),
+    Mistake("run folder under a file", ("loop", "--run-dir", "{under_file}"), ("--run-dir", "{a_file} is a file")),
+    Mistake("demo run folder under a file", ("loop", "--demo", "toyworld", "--run-dir", "{under_file}"), ("--run-dir", "{a_file} is a file")),
+]  # fmt: skip
+
+ANNOTATE = [
+    Mistake("server down", ("annotate", "--url", "{dead_url}", "--user", "ann", "--password-file", "{password_txt}"), ("cannot reach the platform at {dead_url}",)),
+    Mistake("url not http", ("annotate", "--url", "ftp://x", "--user", "ann", "--password-file", "{password_txt}"), ("--url 'ftp://x'",)),
+    Mistake("unknown project", ("annotate", "--url", "{url}", "--project", "round-1", "--user", "ann", "--password-file", "{ann_password}", "--idle-exit", "0.1"), ("--project 'round-1'", "did you mean round-one")),
+    Mistake("wrong password", ("annotate", "--url", "{url}", "--user", "ann", "--password-file", "{wrong_password}"), ("refused to log in 'ann'",)),
+    Mistake("oracle without a file", ("annotate", "--teacher", "oracle"), ("--teacher oracle needs --oracle",)),
+    Mistake("no poll", ("annotate", "--poll", "0"), ("--poll > 0",)),
+    Mistake("no credentials", ("annotate", "--url", "{url}"), ("give --user and --password-file",)),
+]  # fmt: skip
+
+EVAL = [
+    Mistake("policy missing", ("eval", "{missing_dir}", "--toyworld"), ("{missing_dir}", "no such folder")),
+    Mistake("policy is a data folder", ("eval", "{data_folder}", "--toyworld"), ("{data_folder}", "datasets folder")),
+    Mistake("reward model is a policy", ("eval", "{model}", "--toyworld", "--reward-model", "{model}"), ("--reward-model {model}", "not a reward or cost model")),
+    Mistake("cost model missing", ("eval", "{model}", "--toyworld", "--cost-model", "{missing_dir}"), ("--cost-model {missing_dir}",)),
+    Mistake("prompts missing", ("eval", "{model}", "--prompts", "{missing}"), ("{missing}", "no such file")),
+    Mistake("prompts and toy world", ("eval", "{model}", "--prompts", "{prompts_jsonl}", "--toyworld"), ("exactly one",)),
+    Mistake("output under a file", ("eval", "{model}", "--toyworld", "--output-dir", "{under_file}"), ("--output-dir", "{a_file} is a file")),
+    Mistake("no CUDA", ("eval", "{model}", "--toyworld", "--device", "cuda"), ("'cuda'", "CUDA is not available")),
+]  # fmt: skip
+
+TABLE = TRAIN + DATA + DEMO + CONTROL + SERVE + LOOP + ANNOTATE + EVAL
 
 
-def _fill(text: str, files: dict[str, str]) -> str:
-    return text.format(**files)
+def test_the_table_covers_every_command_group() -> None:
+    from alignloop.cli import COMMANDS, Group
+
+    groups = {m.argv[0] for m in TABLE}
+    assert groups == set(COMMANDS)
+    for name, node in COMMANDS.items():
+        if isinstance(node, Group):  # every command of a group
+            assert {m.argv[1] for m in TABLE if m.argv[0] == name} == set(node.commands), name
 
 
-def _argv(mistake: Mistake, files: dict[str, str]) -> list[str]:
-    argv = [_fill(a, files) for a in mistake.argv]
+def _fill(text: str, places: dict[str, str]) -> str:
+    return text.format(**places)
+
+
+def _argv(mistake: Mistake, places: dict[str, str]) -> list[str]:
+    argv = [_fill(a, places) for a in mistake.argv]
     if argv[0] == "train" and "--output-dir" not in argv:
-        argv += ["--output-dir", files["out"]]
-    if argv[0] == "train":
+        argv += ["--output-dir", places["out"]]
+    if argv[0] in ("train", "control", "loop") and argv[1:2] != ["eval"]:
         argv.append("--no-progress")
     return argv
 
 
-@pytest.mark.parametrize("mistake", TABLE, ids=lambda m: m.name)
+@pytest.mark.parametrize("mistake", TABLE, ids=lambda m: f"{m.argv[0]}: {m.name}")
 def test_a_mistake_is_one_message(
-    mistake: Mistake, files: dict[str, str], capsys: pytest.CaptureFixture[str]
+    mistake: Mistake,
+    files: dict[str, str],
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    code = main(_argv(mistake, files))
+    monkeypatch.delenv("ALIGNLOOP_TOKEN", raising=False)
+    monkeypatch.delenv("ALIGNLOOP_ADMIN_PASSWORD", raising=False)
+    places = dict(files)
+    command = " ".join(mistake.argv)
+    if any(key in command for key in ("{url}", "{ann_password}", "{wrong_password}")):
+        places |= request.getfixturevalue("server")
+    if "{taken_port}" in command:
+        places |= request.getfixturevalue("taken_port")
+    try:
+        code = main(_argv(mistake, places))
+    except SystemExit as exit_:  # tyro's own refusals of a flag: a boxed message, exit code 2
+        code = exit_.code
     out, err = capsys.readouterr()
-    assert code != 0, out + err
+    assert code not in (0, None), out + err
     assert "Traceback" not in out + err
     for text in mistake.named:
-        assert _fill(text, files) in err, err
+        assert _fill(text, places) in err, err
 
 
 def test_debug_shows_the_traceback(files: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,15 +360,20 @@ def _alignloop(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_user_sees_one_line_and_exit_code_2(files: dict[str, str]) -> None:
-    """As a real process: the message and nothing else on stderr; --debug adds the traceback."""
-    args = ("train", "dpo", "--model", files["data_folder"], "--output-dir", files["out"])
-    result = _alignloop(*args)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == [
-        f"alignloop train dpo: --model {files['data_folder']}: not a model folder (no config.json): a "
-        "datasets folder (data, not a model; pass it as --train-file); pass a causal-LM folder (e.g. "
-        "runs/sft/final, written by `alignloop train sft`)"
-    ]
-    debug = _alignloop("--debug", *args)
+    """As real processes: the message and nothing else on stderr; --debug adds the traceback."""
+    dead, password = files["dead_url"], files["password_txt"]
+    cases = [
+        (("serve", "--db", f"sqlite:///{files['a_file']}/platform.db", "--migrate-only"), 2,
+         f"alignloop serve: --db sqlite:///{files['a_file']}/platform.db: {files['a_file']} is a file, not a "
+         "folder; give the database another path"),
+        (("annotate", "--url", dead, "--user", "ann", "--password-file", password, "--teacher", "oracle",
+          "--oracle", files["missing"]), 2,
+         f"alignloop annotate: cannot reach the platform at {dead} ([Errno 111] Connection refused); is "
+         "`alignloop serve` running there? check --url"),
+        (("data", "validate", files["missing"]), 1, f"error: {files['missing']}: no such file or folder"),
+    ]  # fmt: skip
+    for args, code, line in cases:
+        result = _alignloop(*args)
+        assert (result.returncode, result.stderr.splitlines()) == (code, [line])
+    debug = _alignloop("--debug", *cases[0][0])
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "UserError" in debug.stderr

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from alignloop.checks import output_dir
 from alignloop.feedback.formats import (
     FormatError,
     ReadResult,
@@ -136,6 +137,7 @@ def convert(cfg: ConvertConfig) -> int:
     if cfg.output.exists() and not cfg.overwrite:
         _error(f"{cfg.output}: already exists; pass --overwrite to replace it")
         return 1
+    output_dir(cfg.output.parent, "OUT", create=False)
     try:
         container_of(cfg.output, for_writing=True)
         with _row_progress(cfg.input) as progress:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from alignloop.checks import http_url
+from alignloop.checks import http_url, output_dir
 from alignloop.config import ConfigError
 from alignloop.loop.domain import Candidate, Domain, Judged, Selection
 from alignloop.loop.state import (
@@ -364,8 +364,10 @@ def run(cfg: LoopConfig) -> int:
     if cfg.demo is not None:
         from alignloop.loop.demo import demo_config, run_demo
 
+        output_dir(demo_config(cfg).run_dir, "--run-dir", create=False)
         LoopState.check(Path(demo_config(cfg).run_dir), identity(demo_config(cfg)))
         return run_demo(cfg)
+    output_dir(cfg.run_dir, "--run-dir", create=False)
     LoopState.check(Path(cfg.run_dir), identity(cfg))
     domain = make_domain(cfg)
     client = connect(cfg.url, cfg.user, cfg.password_file)

@@ -109,6 +109,14 @@ def open_database(url: str) -> None:
         shown = make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         raise UserError(f"--db {url!r}: not a database URL; give {example}") from None
+    database = make_url(url).database if is_sqlite(url) else None
+    if database and database != ":memory:":
+        folder = Path(database).parent
+        blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise UserError(
+                f"--db {shown}: {blocking} is a file, not a folder; give the database another path"
+            )
     try:
         migrate(url)
     except NoSuchModuleError as exc:
