@@ -111,13 +111,28 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _by_field(data: dict[Any, Any], names: set[str], where: str) -> dict[str, Any]:
-    """`data` keyed by field name: `max-steps` and `max_steps` both mean `max_steps`, and a dotted
-    key (`ppo.cost-limit`) goes into its group. Unknown keys are refused, with the closest option."""
+def _renamed(hints: dict[str, Any]) -> dict[str, str]:
+    """Fields whose flag tyro names otherwise (``tyro.conf.arg(name="output-dir")``): flag -> field."""
+    out = {}
+    for name, tp in hints.items():
+        for meta in get_args(tp)[1:] if get_origin(tp) is typing.Annotated else ():
+            flag = getattr(meta, "name", None)
+            if isinstance(flag, str):
+                out[flag.replace("-", "_")] = name
+    return out
+
+
+def _by_field(
+    data: dict[Any, Any], names: set[str], where: str, renamed: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`data` keyed by field name: `max-steps` and `max_steps` both mean `max_steps`, a field's
+    own flag name (`renamed`) means it too, and a dotted key (`ppo.cost-limit`) goes into its
+    group. Unknown keys are refused, with the closest option."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         head, dot, rest = str(key).partition(".")
         name = head.replace("-", "_")
+        name = (renamed or {}).get(name, name)
         if name not in names:
             match = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
             hint = f"; did you mean {_flag(match[0])}?" if match else ""
@@ -139,7 +154,7 @@ def from_mapping(cls: type[T], data: dict[str, Any], where: str = "config", base
     """Build `cls` from a mapping, checking every key and value; unknown keys are errors."""
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    data = _by_field(data, set(fields), where)
+    data = _by_field(data, set(fields), where, _renamed(hints))
     if base is None:  # fields without a default stay required (tyro asks for them on the command line)
         import tyro
 
@@ -193,6 +208,9 @@ def parse(cls: type[T], args: list[str], prog: str, description: str | None = No
     """Parse `args` into `cls` with tyro; `--config FILE.yaml` pre-fills the defaults."""
     import tyro
 
+    upgrade = getattr(cls, "upgrade_args", None)  # a command's deprecated spellings of options
+    if upgrade is not None:
+        args = upgrade(list(args), prog)
     default: T | None = None
     config: Path | None = None
     rest: list[str] = []

@@ -76,3 +76,10 @@ def test_the_command_line_overrides_the_file_and_required_fields_stay_required(t
     assert parse(ValidateConfig, ["--config", str(config), "data.jsonl"], prog="x") == ValidateConfig(
         Path("data.jsonl"), max_errors=3
     )
+
+
+def test_a_key_may_be_the_flag_of_an_option_named_otherwise(tmp_path: Path) -> None:
+    from alignloop.loop.rounds import LoopConfig  # run_dir is --output-dir on the command line
+
+    loaded = load_yaml(LoopConfig, _yaml(tmp_path, "output-dir: runs/x\nrounds: 2\n"))
+    assert (loaded.run_dir, loaded.rounds) == (Path("runs/x"), 2)

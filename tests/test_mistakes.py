@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -86,8 +87,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     settings = PPOSettings(num_steps=32, minibatch_size=16, epochs=1)
     train_policy(control, "SafeSliderVelocity-v0", None, True, 32, 0, settings, progress=False, report_to=())
     control_damaged = root / "control-runs" / "control-damaged"
-    control_damaged.mkdir()
-    (control_damaged / "checkpoint.pt").write_bytes((control / "checkpoint.pt").read_bytes()[:300])
+    shutil.copytree(control, control_damaged)
+    [control_state] = control_damaged.glob("checkpoints/step_*/state.pt")
+    control_state.write_bytes(control_state.read_bytes()[:300])
     pair = {"prompt": "how do I boil an egg", "chosen": "in water", "rejected": "no"}
     (root / "three.jsonl").write_text("".join(json.dumps(pair) + "\n" for _ in range(3)))
     (root / "empty.jsonl").write_text("")
@@ -194,7 +196,7 @@ TRAIN = [
 TRAIN += [
     Mistake("dpo bad message in a conversation", ("train", "dpo", "--train-file", "{conversation_jsonl}"), ("{conversation_jsonl}:1", "prompt[0].content: expected text")),
     Mistake("sft resume from a damaged checkpoint", ("train", "sft", "--output-dir", "{lm_damaged}", "--resume"), ("{lm_damaged_state}", "damaged")),
-    Mistake("sft resume with another model", ("train", "sft", "--output-dir", "{lm_small}", "--resume"), ("--resume", "another shape")),
+    Mistake("sft resume with another model", ("train", "sft", "--output-dir", "{lm_small}", "--resume"), ("{lm_small}", "does not fit this run")),
     Mistake("sft option of the wrong type", ("train", "sft", "--batch-size", "lots"), ("--batch-size", "lots")),
     Mistake("sft unknown flag", ("train", "sft", "--max-stepz", "3"), ("--max-stepz",)),
     Mistake("sft report to none and wandb", ("train", "sft", "--report-to", "none", "tensorboard"), ("--report-to none tensorboard",)),
@@ -222,17 +224,17 @@ CONTROL = [
     Mistake("train unknown env", ("control", "train", "--env", "Hoper-v5"), ("Hoper-v5", "did you mean Hopper-v5")),
     Mistake("train ppo-lag without a cost", ("control", "train", "--env", "Hopper-v5", "--algo", "ppo-lag"), ("--algo ppo-lag needs a cost",)),
     Mistake("train minibatch larger than the rollout", ("control", "train", "--ppo.minibatch-size", "5000"), ("--ppo.minibatch-size 5000",)),
-    Mistake("train resume without a checkpoint", ("control", "train", "--out", "{out}", "--name", "none", "--resume"), ("--resume", "no checkpoint")),
-    Mistake("train resume with another env", ("control", "train", "--env", "Hopper-v5", "--out", "{control_runs}", "--name", "control", "--resume"), ("--resume", "--env SafeSliderVelocity-v0 (now Hopper-v5)")),
-    Mistake("train resume with other sizes", ("control", "train", "--env", "SafeSliderVelocity-v0", "--algo", "ppo-lag", "--ppo.hidden", "8", "--ppo.num-steps", "32", "--ppo.minibatch-size", "16", "--out", "{control_runs}", "--name", "control", "--resume"), ("--ppo.hidden (64, 64) (now (8,))",)),
-    Mistake("train resume from a damaged checkpoint", ("control", "train", "--env", "SafeSliderVelocity-v0", "--out", "{control_runs}", "--name", "control-damaged", "--resume"), ("{control_damaged}/checkpoint.pt", "damaged")),
-    Mistake("train output under a file", ("control", "train", "--out", "{under_file}"), ("--out", "{a_file} is a file")),
+    Mistake("train resume without a checkpoint", ("control", "train", "--output-dir", "{out}/none", "--resume"), ("--resume", "no checkpoint")),
+    Mistake("train resume with another env", ("control", "train", "--env", "Hopper-v5", "--output-dir", "{control}", "--resume"), ("--resume", "--env 'SafeSliderVelocity-v0' -> 'Hopper-v5'")),
+    Mistake("train resume with other sizes", ("control", "train", "--env", "SafeSliderVelocity-v0", "--algo", "ppo-lag", "--ppo.hidden", "8", "--ppo.num-steps", "32", "--ppo.minibatch-size", "16", "--output-dir", "{control}", "--resume"), ("--ppo.hidden [64, 64] -> [8]",)),
+    Mistake("train resume from a damaged checkpoint", ("control", "train", "--env", "SafeSliderVelocity-v0", "--output-dir", "{control_damaged}", "--resume"), ("{control_damaged}/checkpoints/step_00000001/state.pt: truncated", "--resume: no checkpoint in {control_damaged}")),
+    Mistake("train output under a file", ("control", "train", "--output-dir", "{under_file}"), ("--output-dir", "{a_file} is a file")),
     Mistake("pbrl budget below one round", ("control", "pbrl", "--feedback", "10"), ("--feedback 10",)),
     Mistake("pbrl unknown env", ("control", "pbrl", "--env", "HalfCheeta-v5"), ("HalfCheeta-v5", "did you mean")),
-    Mistake("eval missing run", ("control", "eval", "{missing_dir}"), ("{missing_dir}", "no checkpoint.pt")),
-    Mistake("eval a language-model folder", ("control", "eval", "{model}"), ("{model}", "no checkpoint.pt")),
+    Mistake("eval missing run", ("control", "eval", "{missing_dir}"), ("{missing_dir}", "no intact checkpoint")),
+    Mistake("eval a language-model folder", ("control", "eval", "{model}"), ("{model}", "no intact checkpoint")),
     Mistake("eval no episodes", ("control", "eval", "{control}", "--episodes", "0"), ("--episodes must be >= 1",)),
-    Mistake("eval damaged checkpoint", ("control", "eval", "{control_damaged}", "--video", "none"), ("{control_damaged}/checkpoint.pt", "damaged")),
+    Mistake("eval damaged checkpoint", ("control", "eval", "{control_damaged}", "--video", "none"), ("{control_damaged}/checkpoints/step_00000001/state.pt: truncated", "no intact checkpoint")),
 ]  # fmt: skip
 
 SERVE = [
@@ -253,15 +255,15 @@ SERVE = [
 ]  # fmt: skip
 
 LOOP = [
-    Mistake("url not http", ("loop", "--url", "localhost:8000", "--run-dir", "{out}/loop"), ("--url 'localhost:8000'", "not an http(s) address")),
-    Mistake("server down", ("loop", "--url", "{dead_url}", "--user", "a", "--password-file", "{password_txt}", "--run-dir", "{out}/loop"), ("cannot reach the platform at {dead_url}", "--url")),
-    Mistake("password file missing", ("loop", "--user", "a", "--password-file", "{missing}", "--run-dir", "{out}/loop"), ("--user a needs --password-file",)),
-    Mistake("password file empty", ("loop", "--user", "a", "--password-file", "{empty_password_txt}", "--run-dir", "{out}/loop"), ("--password-file {empty_password_txt}", "first line is empty")),
-    Mistake("wrong password", ("loop", "--url", "{url}", "--user", "ann", "--password-file", "{wrong_password}", "--run-dir", "{out}/loop"), ("{url}", "refused to log in 'ann'")),
+    Mistake("url not http", ("loop", "--url", "localhost:8000", "--output-dir", "{out}/loop"), ("--url 'localhost:8000'", "not an http(s) address")),
+    Mistake("server down", ("loop", "--url", "{dead_url}", "--user", "a", "--password-file", "{password_txt}", "--output-dir", "{out}/loop"), ("cannot reach the platform at {dead_url}", "--url")),
+    Mistake("password file missing", ("loop", "--user", "a", "--password-file", "{missing}", "--output-dir", "{out}/loop"), ("--user a needs --password-file",)),
+    Mistake("password file empty", ("loop", "--user", "a", "--password-file", "{empty_password_txt}", "--output-dir", "{out}/loop"), ("--password-file {empty_password_txt}", "first line is empty")),
+    Mistake("wrong password", ("loop", "--url", "{url}", "--user", "ann", "--password-file", "{wrong_password}", "--output-dir", "{out}/loop"), ("{url}", "refused to log in 'ann'")),
     Mistake("quota out of range", ("loop", "--quota", "2"), ("--quota must be in (0, 1]",)),
     Mistake("unknown preset", ("loop", "--preset", "huge"), ("--preset 'huge'",)),
-    Mistake("run folder under a file", ("loop", "--run-dir", "{under_file}"), ("--run-dir", "{a_file} is a file")),
-    Mistake("demo run folder under a file", ("loop", "--demo", "toyworld", "--run-dir", "{under_file}"), ("--run-dir", "{a_file} is a file")),
+    Mistake("run folder under a file", ("loop", "--output-dir", "{under_file}"), ("--output-dir", "{a_file} is a file")),
+    Mistake("demo run folder under a file", ("loop", "--demo", "toyworld", "--output-dir", "{under_file}"), ("--output-dir", "{a_file} is a file")),
 ]  # fmt: skip
 
 ANNOTATE = [

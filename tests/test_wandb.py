@@ -10,7 +10,7 @@ import pytest
 
 from alignloop.cli import main
 from alignloop.errors import UserError
-from alignloop.lm.training import check_report_to, read_metrics
+from alignloop.runstack.metrics import check_report_to, read_metrics
 
 wandb = pytest.importorskip("wandb", reason="wandb is an optional extra: pip install 'alignloop[wandb]'")
 
@@ -46,6 +46,19 @@ def _history(run_dir: Path) -> list[dict]:
     return rows
 
 
+def _logged(run_dir: Path) -> dict:
+    """(step, "split/name") -> value of every record in the run's metrics.jsonl."""
+    return {(m["step"], f"{m['split']}/{k}"): v for m in read_metrics(run_dir) for k, v in m.items()
+            if k not in ("step", "split")}  # fmt: skip
+
+
+def _recorded(run_dir: Path) -> dict:
+    """The same, as the offline wandb run recorded it."""
+    return {
+        (row["_step"], k): v for row in _history(run_dir) for k, v in row.items() if not k.startswith("_")
+    }
+
+
 def test_metrics_go_to_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
                         "WANDB_DISABLE_CODE": "true", "WANDB_X_DISABLE_META": "true",
@@ -55,30 +68,27 @@ def test_metrics_go_to_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyP
     argv = ["train", "sft", "--output-dir", str(sft), "--max-steps", "2", "--batch-size", "8"]
     argv += ["--toy-train-size", "32", "--toy-eval-size", "8", "--no-progress", "--report-to", "wandb"]
     assert main(argv) == 0
-    logged = {(m["step"], f"{m['split']}/{k}"): v for m in read_metrics(sft) for k, v in m.items()
-              if k not in ("step", "split")}  # fmt: skip
-    history = {(row["_step"], k): v for row in _history(sft) for k, v in row.items() if not k.startswith("_")}
-    assert history == logged  # every metric of metrics.jsonl, at its step
     assert not (sft / "tb").exists()  # TensorBoard only when asked for
 
     control = tmp_path / "control"
-    argv = ["control", "train", "--env", "SafeSliderVelocity-v0", "--algo", "ppo-lag", "--total-steps", "128"]
-    argv += [
-        "--ppo.num-steps",
-        "64",
-        "--ppo.minibatch-size",
-        "32",
-        "--ppo.epochs",
-        "1",
-        "--out",
-        str(control),
+    argv = [
+        "control",
+        "train",
+        "--env",
+        "SafeSliderVelocity-v0",
+        "--algo",
+        "ppo-lag",
+        "--total-env-steps",
+        "128",
     ]
-    argv += ["--name", "run", "--no-progress", "--report-to", "tensorboard", "wandb"]
+    argv += ["--ppo.num-steps", "64", "--ppo.minibatch-size", "32", "--ppo.epochs", "1"]
+    argv += ["--output-dir", str(control), "--no-progress", "--report-to", "tensorboard", "wandb"]
     assert main(argv) == 0
-    rows = _history(control / "run")  # two iterations of 64 steps
-    assert [row["_step"] for row in rows] == [64, 128]
-    assert all(row["train/lambda"] >= 0 and row["time/steps_per_second"] > 0 for row in rows)
-    assert list((control / "run" / "tb").glob("events.out.tfevents.*"))
+    wandb.teardown()  # the wandb service writes a finished run's file on its own time; wait for it
+    assert _logged(sft) == _recorded(sft)  # every metric of metrics.jsonl, at its step
+    assert _logged(control) == _recorded(control)  # two iterations' metrics
+    assert {step for step, _ in _logged(control)} == {1, 2}
+    assert list((control / "tb").glob("events.out.tfevents.*"))
 
 
 def test_report_to_mistakes_are_named() -> None:

@@ -35,7 +35,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -44,10 +44,24 @@ from torch import Tensor
 
 from alignloop.checks import output_dir
 from alignloop.control.nets import CostModel, StepModel
-from alignloop.control.ppo import PPOSettings, Rollout, check_setup, train_policy
+from alignloop.control.ppo import (
+    PPOSettings,
+    TrainConfig,
+    check_setup,
+    fill_run_dir,
+    has_checkpoint,
+    train_policy,
+    upgrade_output_args,
+)
+from alignloop.control.rollouts import Rollout
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
 from alignloop.core.selection import sign_uncertainty
-from alignloop.feedback.teachers import TIE, SegmentTeacher, TeacherNoise
+from alignloop.feedback.pairs import preference, safety_order
+from alignloop.feedback.teachers import SegmentTeacher, TeacherNoise, answer_letter
+from alignloop.runstack.checkpoint import to_numpy, to_plain
+from alignloop.runstack.layout import RunLayout
+from alignloop.runstack.metrics import check_report_to
+from alignloop.runstack.options import RunOptions, upgrade_args
 
 
 def segment_cost_logit(step_logits: Tensor) -> Tensor:
@@ -226,7 +240,9 @@ def label_steps(
 
 class PreferenceLearner:
     """The segment pool, the teacher, the labelled pairs and the models; called by PPO once
-    per iteration as its ``relabel`` hook."""
+    per iteration as its ``relabel`` hook. The statistics of each fit wait in `pop_stats` for
+    the run's logger; `state_dict` holds everything a resumed run needs (checkpointed with PPO's
+    state at the same iteration)."""
 
     def __init__(
         self,
@@ -249,9 +265,9 @@ class PreferenceLearner:
         fit_steps: int,
         lr: float,
         seed: int,
-        log: Callable[[dict[str, float], int], None] | None = None,
     ):
-        self.teacher, self.safe, self.budget, self.log = teacher, safe, budget, log
+        self.teacher, self.safe, self.budget = teacher, safe, budget
+        self.stats: dict[str, float] = {}
         self.queries_per_round, self.round_every = queries_per_round, round_every
         self.h, self.pool_size, self.candidates, self.select = segment_length, pool_size, candidates, select
         self.fit_steps, self.cost_queries, self.threshold_pairs = fit_steps, cost_queries, threshold_pairs
@@ -331,27 +347,67 @@ class PreferenceLearner:
     def fit(self, iteration: int) -> None:
         obs = torch.as_tensor(np.concatenate(self.pairs["obs"]))
         act = torch.as_tensor(np.concatenate(self.pairs["act"]))
-        better = torch.as_tensor(np.concatenate(self.pairs["better"]))
         stats = {"pbrl/queries": float(self.asked), "pbrl/skipped": float(self.skipped)}
-        decided = better != TIE  # ties carry no Bradley-Terry preference
+        # the teacher's answers read by the rule of `feedback.pairs`: ties give no preference
+        # pair; a safety tie keeps its two sign terms (ranked False)
+        wins = [preference(answer_letter(b)) for b in np.concatenate(self.pairs["better"])]
+        decided = torch.as_tensor([w is not None for w in wins])
+        chosen = torch.as_tensor([w[0] if w is not None else 0 for w in wins])
         if decided.sum() > 1:
             stats["pbrl/reward_accuracy"] = fit_reward_models(
-                self.reward_models, self.reward_opts, obs[decided], act[decided], better[decided].long(),
+                self.reward_models, self.reward_opts, obs[decided], act[decided], chosen[decided],
                 self.fit_steps, 64, self.gen,
             )  # fmt: skip
         if self.safe:
-            safer = torch.as_tensor(np.concatenate(self.pairs["safer"]))
-            is_safe = torch.as_tensor(np.concatenate(self.pairs["is_safe"]))
-            ranked = safer != TIE  # ties (e.g. two safe segments) keep their safety labels
+            flags = np.concatenate(self.pairs["is_safe"])
+            orders = [
+                safety_order(answer_letter(s), (bool(f[0]), bool(f[1])))
+                for s, f in zip(np.concatenate(self.pairs["safer"]), flags, strict=True)
+            ]
+            safer = torch.as_tensor([o.safer for o in orders if o is not None]).long()
+            ranked = torch.as_tensor([o.ranked for o in orders if o is not None])
             stats["pbrl/cost_sign_accuracy"] = fit_cost_model(
-                self.cost_model, self.cost_opt, obs, act, torch.where(ranked, safer, 0).long(),
-                is_safe, ranked, self.fit_steps, 64, self.gen, self.threshold_pairs,
+                self.cost_model, self.cost_opt, obs, act, safer, torch.as_tensor(flags), ranked,
+                self.fit_steps, 64, self.gen, self.threshold_pairs,
             )  # fmt: skip
             stats["pbrl/cost_threshold"] = float(self.cost_model.threshold.mean())
             stats |= self.cost_calibration()
         self.fitted = True
-        if self.log is not None:
-            self.log(stats, iteration)
+        self.stats = stats
+
+    def pop_stats(self) -> dict[str, float]:
+        """The statistics of the fit since the last call (none when there was none)."""
+        stats, self.stats = self.stats, {}
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        """The models and their optimisers, the pool, the judged pairs, the counters and the
+        random generators, as tensors and plain values."""
+        return {
+            "reward_models": [m.state_dict() for m in self.reward_models],
+            "reward_opts": [o.state_dict() for o in self.reward_opts],
+            "cost_model": self.cost_model.state_dict(),
+            "cost_opt": self.cost_opt.state_dict(),
+            "pool": to_plain(self.pool),
+            "pairs": to_plain(self.pairs),
+            "counts": [self.asked, self.skipped, int(self.fitted)],
+            "gen": self.gen.get_state(),
+            "teacher_rng": self.teacher.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for model, weights in zip(self.reward_models, state["reward_models"], strict=True):
+            model.load_state_dict(weights)
+        for optimizer, saved in zip(self.reward_opts, state["reward_opts"], strict=True):
+            optimizer.load_state_dict(saved)
+        self.cost_model.load_state_dict(state["cost_model"])
+        self.cost_opt.load_state_dict(state["cost_opt"])
+        self.pool = to_numpy(state["pool"])
+        self.pairs = to_numpy(state["pairs"])
+        self.asked, self.skipped, fitted = state["counts"]
+        self.fitted = bool(fitted)
+        self.gen.set_state(state["gen"])
+        self.teacher.rng.bit_generator.state = state["teacher_rng"]
 
     @torch.no_grad()
     def cost_calibration(self) -> dict[str, float]:
@@ -383,9 +439,12 @@ class PreferenceLearner:
 
 
 @dataclass(frozen=True)
-class PbrlConfig:
+class PbrlConfig(RunOptions):
     """Safe preference-based RL: learned reward and cost from a scripted teacher's judgements."""
 
+    output_dir: Path = Path("runs/control/{env}-pbrl-{select}-s{seed}")
+    """Run folder ({env}, {select} and {seed} are filled in): run.json, metrics.jsonl, tb/,
+    checkpoints/ and the learned reward and cost models in final/models.pt."""
     env: str = "HalfCheetah-v5"
     """Gymnasium id or a safe task (SafeHalfCheetahVelocity-v5: learn a cost model too)."""
     cost: Literal["velocity"] | None = None
@@ -436,17 +495,27 @@ class PbrlConfig:
     """Skip a pair when both segment returns are below this."""
     teacher_equal: float = 0.0
     """Call a tie when the segment returns differ by less than this."""
-    total_steps: int = 1_000_000
+    total_env_steps: int = 1_000_000
     """Environment steps of the policy's training."""
-    seed: int = 0
-    """Seed of the policy, the models, the teacher and the environments."""
-    out: Path = Path("runs/control")
-    """Runs are written to OUT/NAME."""
-    name: str | None = None
-    """Run name (default: ENV-pbrl-SELECT-sSEED)."""
-    progress: bool = True
-    """Show a progress bar."""
+    save_every: int = 10
+    """Checkpoint every this many PPO iterations, and at the end (0 = only at the end); the envs
+    are re-seeded at each checkpoint, so it is part of what a seed's run is."""
     ppo: PPOSettings = PPOSettings()
+
+    RENAMED: ClassVar[dict[str, str]] = TrainConfig.RENAMED
+    """Deprecated spellings of options (they still work, with a note)."""
+
+    @classmethod
+    def upgrade_args(cls, args: list[str], prog: str) -> list[str]:
+        """The command line with the deprecated spellings replaced (old --name: ENV-pbrl-SELECT-sSEED)."""
+        args = upgrade_output_args(upgrade_args(args, cls.RENAMED, prog), prog)
+        return [a.replace("{env}-{algo}-s{seed}", "{env}-pbrl-{select}-s{seed}") for a in args]
+
+    def run_dir(self) -> Path:
+        """The output folder with {env}, {select} and {seed} filled in."""
+        return fill_run_dir(
+            self.output_dir, env=self.env.replace("/", "_"), select=self.select, seed=self.seed
+        )
 
 
 def check_config(cfg: PbrlConfig) -> str | None:
@@ -483,15 +552,19 @@ def train(cfg: PbrlConfig) -> int:
     import json
 
     import gymnasium as gym
-    from torch.utils.tensorboard import SummaryWriter
 
     from alignloop.control.envs import make_env
 
+    run_dir = cfg.run_dir()
     try:
         cost = check_config(cfg)
+        if cfg.resume and not has_checkpoint(run_dir):
+            raise ValueError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
     except ValueError as exc:
         print(f"alignloop control pbrl: {exc}", file=sys.stderr)
         return 2
+    output_dir(run_dir, "--output-dir")
+    check_report_to(cfg.report_to)
     probe = make_env(cfg.env, cost)
     obs_dim = int(np.prod(probe.observation_space.shape))  # type: ignore[arg-type]
     space = probe.action_space
@@ -506,14 +579,6 @@ def train(cfg: PbrlConfig) -> int:
         safety_equal_threshold=cfg.teacher_safety_equal,
     )
     teacher = SegmentTeacher(noise, gamma=cfg.teacher_gamma, seed=cfg.seed)
-    name = cfg.name or f"{cfg.env.replace('/', '_')}-pbrl-{cfg.select}-s{cfg.seed}"
-    output_dir(cfg.out / name, "--out")
-    writer = SummaryWriter(str(cfg.out / name / "tb"), filename_suffix=".pbrl")
-
-    def log(stats: dict[str, float], iteration: int) -> None:
-        for key, value in stats.items():
-            writer.add_scalar(key, value, iteration)
-
     learner = PreferenceLearner(
         obs_dim,
         act_dim,
@@ -533,38 +598,39 @@ def train(cfg: PbrlConfig) -> int:
         fit_steps=cfg.fit_steps,
         lr=cfg.model_lr,
         seed=cfg.seed,
-        log=log,
     )
     stats = train_policy(
-        cfg.out / name,
+        run_dir,
         cfg.env,
         cost,
         cost is not None,
-        cfg.total_steps,
+        cfg.total_env_steps,
         cfg.seed,
         cfg.ppo,
+        save_every=cfg.save_every,
+        keep_checkpoints=cfg.keep_checkpoints,
         relabel=learner,
+        relabel_stats=learner.pop_stats,
+        extra_states={"learner": learner},
+        resume=cfg.resume,
         progress=cfg.progress,
-        meta={
-            "pbrl": {
-                "feedback": cfg.feedback,
-                "select": cfg.select,
-                "queries_per_round": cfg.queries_per_round,
-            }
-        },
+        command="control pbrl",
+        config=cfg,
+        report_to=cfg.report_to,
     )
+    final = RunLayout(run_dir).final
+    final.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "reward_models": [m.state_dict() for m in learner.reward_models],
             "cost_model": learner.cost_model.state_dict(),
         },
-        cfg.out / name / "models.pt",
+        final / "models.pt",
     )
-    writer.close()
     shown = {
         k: round(v, 3)
         for k, v in stats.items()
         if k.startswith(("episode/", "time/")) or k in ("train/episode_cost", "train/lambda")
     }
-    print(json.dumps({"run_dir": str(cfg.out / name), "queries": learner.asked, **shown}))
+    print(json.dumps({"run_dir": str(run_dir), "queries": learner.asked, **shown}))
     return 0

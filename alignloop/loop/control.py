@@ -50,10 +50,11 @@ from alignloop.control.pbrl import (
     new_models,
     segment_cost_logit,
 )
-from alignloop.control.ppo import CHECKPOINT, PPOSettings, train_policy
+from alignloop.control.ppo import PPOSettings, has_checkpoint, read_checkpoint, train_policy
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
-from alignloop.feedback.schema import LabelError, check_safety_consistency
-from alignloop.loop.domain import Candidate, Judged, Selection
+from alignloop.feedback.pairs import preference, safety_order
+from alignloop.feedback.schema import Candidate, IsSafe, Item, LabelError, Pairwise, Question, SaferChoice
+from alignloop.loop.domain import Judged, Proposal, Selection
 from alignloop.loop.segments import append_new_lines, cut_segments, record_episodes
 from alignloop.loop.state import write_atomic
 
@@ -66,7 +67,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps_per_round": 51_200,
         "pool_episodes": 1,
         "segment_length": 50,
-        "ppo": PPOSettings(cost_limit=25.0, checkpoint_every=5),
+        "ppo": PPOSettings(cost_limit=25.0),
+        "save_every": 5,
         "fit_steps": 300,
         "eval_episodes": 3,
         "clip_stride": 2,
@@ -102,7 +104,6 @@ the same task cut to 100-step episodes, a few hundred PPO steps a round and 4-fr
 _ROBOT_NAMES = {"HalfCheetah": "cheetah", "Walker2d": "walker", "Slider": "slider"}
 
 
-_BETTER = {"A": 0, "B": 1}
 LEARN_METRICS = (
     "judged", "judged_newest", "reward/train_pairs", "reward/train_accuracy", "reward/loss",
     "reward/heldout_accuracy", "reward/accuracy_before_fit", "cost/train_pairs", "cost/train_sign_accuracy",
@@ -132,6 +133,7 @@ class ControlDomain:
             which bounds the rendering work of a round; None: the whole pool.
         candidates: disagreement scores this many candidate pairs per pair asked.
         ppo: PPO settings (``cost_limit`` is the limit on the learned episode cost).
+        save_every: PPO iterations between the checkpoints of align (where the envs are re-seeded).
         ensemble, fit_steps, model_lr: reward ensemble size, gradient steps per model and
             round, Adam learning rate (cost model too).
         cost_ensemble: members of the cost model, each on its own bootstrap of the pairs; a step
@@ -144,6 +146,7 @@ class ControlDomain:
     """
 
     name = "control"
+    questions: tuple[Question, ...]
 
     def __init__(
         self,
@@ -156,6 +159,7 @@ class ControlDomain:
         pool_deterministic: int = 1,
         candidates: int = 10,
         ppo: PPOSettings = PPOSettings(),
+        save_every: int = 10,
         ensemble: int = 3,
         cost_ensemble: int = 3,
         fit_steps: int = 200,
@@ -203,6 +207,7 @@ class ControlDomain:
         self.segment_length, self.pool_episodes, self.candidates = segment_length, pool_episodes, candidates
         self.pool_deterministic, self.cost_ensemble = pool_deterministic, cost_ensemble
         self.ppo = dataclasses.replace(ppo, threads=threads)
+        self.save_every = save_every
         self.ensemble, self.fit_steps, self.model_lr, self.threads = ensemble, fit_steps, model_lr, threads
         self.heldout, self.eval_episodes = heldout, eval_episodes
         self.carry_pool, self.max_clips, self.render, self.progress = carry_pool, max_clips, render, progress
@@ -217,6 +222,12 @@ class ControlDomain:
             self.prompt = f"Which clip does the {self.base_env} task better?"
         if threshold is not None:
             self.prompt += f" Is each one safe (speed under {threshold:.2f} m/s)?"
+        self.questions = (Pairwise("better", "Which clip does the task better?"),)
+        if self.safe:  # clips have no harm categories: only safe or not
+            self.questions += (
+                SaferChoice("safer", "Which clip is safer?"),
+                IsSafe("is_safe", "Is the clip safe?"),
+            )
 
     # ---- where things live -------------------------------------------------------------------
 
@@ -250,24 +261,25 @@ class ControlDomain:
         """The starting policy: the untrained actor of ``seed``, with observation statistics of
         one rollout of it (PPO at learning rate 0 on zero rewards writes it in PPO's format)."""
         out = self._policy_dir(run_dir, 0)
-        if not (out / CHECKPOINT).is_file():
-            frozen = dataclasses.replace(self.ppo, lr=0.0, epochs=1, checkpoint_every=0)
+        if not has_checkpoint(out):
+            frozen = dataclasses.replace(self.ppo, lr=0.0, epochs=1)
 
             def zeros(ro: Any, iteration: int) -> tuple[np.ndarray, np.ndarray]:
                 return np.zeros(ro.rewards.shape), np.zeros(ro.rewards.shape)
 
             steps = frozen.num_envs * frozen.num_steps
             train_policy(
-                out, self.env, self.cost, False, steps, self.seed, frozen, relabel=zeros, progress=False
-            )
+                out, self.env, self.cost, False, steps, self.seed, frozen, relabel=zeros, progress=False,
+                save_every=0, command="loop setup",
+            )  # fmt: skip
         return self._evaluate(out, None)
 
-    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Candidate]:
+    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Proposal]:
         """Roll out the round's starting policy, cut segments, choose and render ``n_pairs`` pairs.
         A second call returns the saved proposal (whatever its arguments)."""
         saved = round_dir / "proposal.json"
         if saved.is_file():
-            return [Candidate.from_json(c) for c in json.loads(saved.read_text())["candidates"]]
+            return [Proposal.from_json(c) for c in json.loads(saved.read_text())["candidates"]]
         run_dir = round_dir.parent
         round_dir.mkdir(parents=True, exist_ok=True)
         segments = self._segments(round_dir, round)
@@ -299,12 +311,16 @@ class ControlDomain:
         candidates, oracle = [], []
         for i, (a, b) in enumerate(pairs.tolist()):
             key = f"r{round}-{i:05d}"
-            candidates.append(
+            segment_candidates = tuple(  # without clips, a segment is named by text (tests without rendering)
                 Candidate(
-                    key=key, prompt=self.prompt, media_a=clips.get(a), media_b=clips.get(b),
-                    model_a=f"policy-r{round - 1}", model_b=f"policy-r{round - 1}", priority=float(priority[i]),
+                    text="" if s in clips else f"segment {s}",
+                    media=clips.get(s),
+                    model=f"policy-r{round - 1}",
                 )
-            )  # fmt: skip
+                for s in (a, b)
+            )
+            item = Item(self.prompt, segment_candidates, key=key)
+            candidates.append(Proposal(item, priority=float(priority[i])))
             oracle.append(
                 {
                     "key": key,
@@ -388,7 +404,9 @@ class ControlDomain:
         judgements is kept out of the fit and scored. Every name in `LEARN_METRICS` is returned
         (NaN where there was nothing to measure)."""
         run_dir = round_dir.parent
-        obs, act, better, safer, is_safe, newest, rejected = self._judged_arrays(run_dir, round, judged)
+        obs, act, better, safer, ranked_all, is_safe, newest, rejected = self._judged_arrays(
+            run_dir, round, judged
+        )
         rng = np.random.default_rng([self.seed, round, 2])
         held = np.zeros(len(better), bool)
         new_idx = np.flatnonzero(newest)
@@ -434,13 +452,13 @@ class ControlDomain:
                 loss, _ = bradley_terry_loss(scores[rows, chosen], scores[rows, 1 - chosen])
             stats["reward/loss"] = float(loss)
         stats["reward/heldout_accuracy"] = _reward_accuracy(reward_models, obs, act, better, held & decided)
-        known = (is_safe >= 0).all(1)  # both flags given (and consistent)
+        known = safer >= 0  # a safety pair: both flags given (and consistent)
         fit = known & ~held  # a tie in "safer" still gives both safety labels
         stats["cost/train_pairs"] = float(fit.sum())
         if self.safe and fit.sum() > 1:
             opt = torch.optim.Adam(cost_model.parameters(), lr=self.model_lr)
-            ranked = torch.as_tensor(safer[fit] >= 0)
-            safer_t = torch.as_tensor(np.where(safer[fit] >= 0, safer[fit], 0)).long()
+            ranked = torch.as_tensor(ranked_all[fit])
+            safer_t = torch.as_tensor(safer[fit]).long()
             flags = torch.as_tensor(is_safe[fit] == 1)
             stats["cost/train_sign_accuracy"] = fit_cost_model(
                 cost_model, opt, obs[fit], act[fit], safer_t, flags, ranked, self.fit_steps, 64, gen
@@ -472,11 +490,14 @@ class ControlDomain:
         return stats
 
     def _judged_arrays(self, run_dir: Path, round: int, judged: list[Judged]) -> tuple[Any, ...]:
-        """Judgements as arrays: obs (J, 2, H, D), act (J, 2, H, A) tensors; better, safer (J,)
-        with 0 = A, 1 = B, -1 = none; is_safe (J, 2) with 1 safe, 0 unsafe, -1 unknown; newest (J,)
-        bool (judged in ``round``); and the count of pairs whose safety labels contradicted."""
+        """Judgements as arrays, read by the rule of `feedback.pairs`: obs (J, 2, H, D), act
+        (J, 2, H, A) tensors; better (J,) the preferred segment (0 = A, 1 = B, -1 = none: a tie or
+        both bad); safer (J,) the safer one of a safety pair (-1: no pair), ranked (J,) bool
+        (False: a tie or two alike, only the sign terms count); is_safe (J, 2) with 1 safe,
+        0 unsafe, -1 unknown; newest (J,) bool (judged in ``round``); and the count of pairs whose
+        safety labels contradicted."""
         proposals: dict[int, tuple[dict[str, list[int]], dict[str, np.ndarray]]] = {}
-        obs, act, better, safer, is_safe, newest = [], [], [], [], [], []
+        obs, act, better, safer, ranked, is_safe, newest = [], [], [], [], [], [], []
         rejected = 0
         for j in judged:
             r = j.round
@@ -486,27 +507,23 @@ class ControlDomain:
                 keys = {c["key"]: pair for c, pair in zip(saved["candidates"], saved["pairs"], strict=True)}
                 proposals[r] = (keys, self._segments(rd, r))
             keys, seg = proposals[r]
-            if j.candidate.key not in keys:
-                raise ValueError(
-                    f"judgement {j.judgement_id}: key {j.candidate.key!r} is not in round {r}'s proposal"
-                )
-            pair = keys[j.candidate.key]
-            s = _BETTER.get(j.safer or "", -1)
-            flags = (j.safe_a, j.safe_b)
-            try:
-                check_safety_consistency(None if s < 0 else s, flags)
+            if j.key not in keys:
+                raise ValueError(f"judgement {j.judgement_id}: key {j.key!r} is not in round {r}'s proposal")
+            pair = keys[j.key]
+            answers = j.judgement.answers
+            entries = answers.get("is_safe") or [None, None]
+            flags = tuple(None if e is None else e["safe"] for e in entries)
+            try:  # the rule of `feedback.pairs`: a tie, or two alike, keeps only its sign terms
+                order = safety_order(answers.get("safer"), flags)
             except LabelError:
                 rejected += 1
-                s, flags = -1, (None, None)
-            if s < 0 and flags[0] is not None and flags[1] is not None:  # "tie" or no "safer" given
-                # the safe one of a mixed pair is the safer; two alike are ordered by a seeded coin
-                # (as the scripted teacher does), so that their safe/unsafe labels still train the model
-                coin = int(np.random.default_rng([self.seed, j.judgement_id]).integers(2))
-                s = (0 if flags[0] else 1) if flags[0] != flags[1] else coin
+                order, flags = None, (None, None)
+            win = preference(answers.get("better"))
             obs.append(seg["obs"][pair])
             act.append(seg["actions"][pair])
-            better.append(_BETTER.get(j.better or "", -1))
-            safer.append(s)
+            better.append(-1 if win is None else win[0])
+            safer.append(-1 if order is None else order.safer)
+            ranked.append(order is not None and order.ranked)
             is_safe.append([-1 if f is None else int(f) for f in flags])
             newest.append(r == round)
         shape = (0, 2, self.segment_length)
@@ -515,6 +532,7 @@ class ControlDomain:
             torch.as_tensor(np.stack(act) if act else np.zeros((*shape, self.act_dim)), dtype=torch.float32),
             np.asarray(better, dtype=np.int64),
             np.asarray(safer, dtype=np.int64),
+            np.asarray(ranked, dtype=bool),
             np.asarray(is_safe, dtype=np.int64).reshape(-1, 2),
             np.asarray(newest, dtype=bool),
             rejected,
@@ -522,7 +540,7 @@ class ControlDomain:
 
     def align(self, round_dir: Path, round: int) -> dict[str, float]:
         """PPO-Lagrangian (PPO without a cost) on the round's learned reward and cost, from the
-        previous policy; resumes from ``policy/checkpoint.pt`` after a crash."""
+        previous policy; resumes from the checkpoints in ``policy/`` after a crash."""
         out = round_dir / "policy"
         done = out / "align.json"
         if done.is_file():
@@ -542,11 +560,11 @@ class ControlDomain:
 
         stats = train_policy(
             out, self.env, self.cost, self.safe, self.steps_per_round, self.seed + 1000 * round, self.ppo,
-            relabel=relabel, resume=(out / CHECKPOINT).is_file(),
-            init_from=self._policy_dir(round_dir.parent, round - 1), progress=self.progress, meta={"loop_round": round},
+            relabel=relabel, resume=has_checkpoint(out), save_every=self.save_every,
+            init_from=self._policy_dir(round_dir.parent, round - 1), progress=self.progress, command="loop align",
         )  # fmt: skip
         if "train/lambda" not in stats:  # stopped after the last checkpoint: the figures are in it
-            state = torch.load(out / CHECKPOINT, weights_only=True)
+            _, state = read_checkpoint(out)
             stats["train/lambda"] = float(state["lagrange"]["lambda"])
             for key, values in (
                 ("train/episode_cost", "cost_window"),

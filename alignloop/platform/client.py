@@ -1,11 +1,14 @@
 """A Python client for the platform's JSON API (httpx).
 
 Trainers push items, set priorities and pull judgements; annotators (people's tools, or scripted
-teachers) fetch their next assignment and submit labels. Submissions carry an idempotency key
+teachers) fetch their next assignment and submit answers. Submissions carry an idempotency key
 and are retried on connection errors and 5xx answers, so a retry never stores a judgement twice.
+Items and judgements travel in the JSON form of `alignloop.feedback.schema` (`item_json`,
+`judgement_from_json`).
 
     trainer = PlatformClient.login("http://127.0.0.1:8000", "trainer", password)
-    ids = trainer.push_items(project_id, [{"key": "r1-0001", "prompt": ..., "response_a": ..., "response_b": ...}])
+    item = Item("...", (Candidate("first answer", model="sft"), Candidate("second", model="ppo")), key="r1-0001")
+    ids = trainer.push_items(project_id, [item_json(item)])
     trainer.set_priorities(project_id, {ids[0]: 2.5})
     judgements = trainer.wait_for_judgements(project_id, ids, per_item=3)
 
@@ -15,6 +18,7 @@ and are retried on connection errors and 5xx answers, so a retry never stores a 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -24,17 +28,46 @@ from typing import Any
 import httpx
 
 from alignloop.errors import UserError
-from alignloop.feedback.schema import Comparison
+from alignloop.feedback.schema import Candidate, Comparison, Item, Judgement, judgement_of
 
 RETRY_STATUSES = {502, 503, 504}
 
 
-class PlatformError(UserError, RuntimeError):
-    """The platform refused a request; `status` and the server's `detail` say why."""
+def item_json(item: Item, *, priority: float = 0.0, **fields: Any) -> dict[str, Any]:
+    """An item as the items route takes it (candidates' media must be uploaded names)."""
+    candidates = [dataclasses.asdict(c) for c in item.candidates]
+    return {
+        "key": item.key,
+        "prompt": item.prompt,
+        "candidates": candidates,
+        "priority": priority,
+        "meta": dict(item.meta),
+        **fields,
+    }
 
-    def __init__(self, status: int, detail: str, method: str, path: str):
+
+def item_from_json(row: Mapping[str, Any]) -> Item:
+    """An item as the platform sends it (in an assignment)."""
+    meta = {str(k): str(v) for k, v in (row.get("meta") or {}).items()}
+    return Item(
+        row["prompt"], tuple(Candidate(**c) for c in row["candidates"]), key=row.get("key"), meta=meta
+    )
+
+
+def judgement_from_json(row: Mapping[str, Any], item: Item, annotator: str = "") -> Judgement:
+    """A judgement as the platform sends it, about `item`."""
+    return Judgement(
+        item, dict(row["answers"]), annotator or str(row["annotator_id"]), row["skipped"], row["skip_reason"]
+    )
+
+
+class PlatformError(UserError, RuntimeError):
+    """The platform refused a request; `status` and the server's `detail` say why (and for a 429,
+    `retry_after` how many seconds to wait)."""
+
+    def __init__(self, status: int, detail: str, method: str, path: str, retry_after: float | None = None):
         super().__init__(f"{method} {path} -> {status}: {detail}")
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.retry_after = status, detail, retry_after
 
 
 class PlatformUnreachable(UserError, ConnectionError):
@@ -42,23 +75,10 @@ class PlatformUnreachable(UserError, ConnectionError):
 
 
 def labels_from_comparison(judged: Comparison | None) -> dict[str, Any]:
-    """A `feedback.schema.Comparison` (or None: declined) as the API's judgement fields."""
+    """A `feedback.schema.Comparison` (or None: declined) as a submission of the default questions."""
     if judged is None:
         return {"skipped": True, "skip_reason": "declined to judge"}
-    side = {0: "A", 1: "B", None: "tie"}
-    labels: dict[str, Any] = {
-        "better": side[judged.better],
-        "safe_a": judged.is_safe[0],
-        "safe_b": judged.is_safe[1],
-    }
-    if judged.safer is not None or None not in judged.is_safe:
-        labels["safer"] = side[judged.safer]
-    for i, s in enumerate("ab"):
-        if judged.is_safe[i] is False:
-            labels[f"harm_{s}"] = list(judged.harm_categories[i])
-            severity = judged.severity[i]
-            labels[f"severity_{s}"] = severity.value if severity is not None else None
-    return labels
+    return {"answers": judgement_of(judged).answers}
 
 
 class PlatformClient:
@@ -78,11 +98,25 @@ class PlatformClient:
         self.retries = retries
 
     @classmethod
-    def login(cls, base_url: str, name: str, password: str, **kwargs: Any) -> PlatformClient:
-        """Exchange a name and password for an API token and return a client that uses it."""
+    def login(
+        cls,
+        base_url: str,
+        name: str,
+        password: str,
+        *,
+        label: str = "api",
+        expires_in_s: int | None = None,
+        **kwargs: Any,
+    ) -> PlatformClient:
+        """Exchange a name and password for an API token (valid `expires_in_s` seconds, default
+        the server's: 30 days) and return a client that uses it. Too many wrong passwords for the
+        name or from this address: PlatformError 429 with `retry_after`."""
         client = cls(base_url, **kwargs)
+        body: dict[str, Any] = {"name": name, "password": password, "label": label}
+        if expires_in_s is not None:
+            body["expires_in_s"] = expires_in_s
         try:
-            answer = client._request("POST", "/api/tokens", json={"name": name, "password": password})
+            answer = client._request("POST", "/api/tokens", json=body)
         except PlatformError as exc:
             client.close()
             if exc.status in (401, 403, 422):
@@ -93,6 +127,24 @@ class PlatformClient:
             raise
         client.http.headers["Authorization"] = f"Bearer {answer['token']}"
         return client
+
+    def logout(self) -> None:
+        """Revoke the token this client uses; it stops working at once."""
+        self._request("DELETE", "/api/tokens/current")
+
+    def tokens(self, user_id: int | None = None) -> list[dict[str, Any]]:
+        """This client's user's API tokens (an admin: `user_id`'s), without the tokens themselves."""
+        path = "/api/tokens" if user_id is None else f"/api/users/{user_id}/tokens"
+        return [dict(t) for t in self._request("GET", path, retry=True)]
+
+    def revoke_token(self, token_id: int) -> None:
+        """Revoke one of one's own tokens by id (an admin: anyone's)."""
+        self._request("DELETE", f"/api/tokens/{token_id}")
+
+    def change_password(self, current_password: str, new_password: str) -> None:
+        """Change one's own password; one's web sessions end, API tokens stay."""
+        body = {"current_password": current_password, "new_password": new_password}
+        self._request("PUT", "/api/me/password", json=body)
 
     @property
     def base_url(self) -> str:
@@ -137,7 +189,14 @@ class PlatformClient:
                     detail = response.json().get("detail", response.text)
                 except ValueError:
                     detail = response.text
-                raise PlatformError(response.status_code, str(detail), method, path)
+                retry_after = response.headers.get("retry-after")
+                raise PlatformError(
+                    response.status_code,
+                    str(detail),
+                    method,
+                    path,
+                    float(retry_after) if retry_after and retry_after.isdigit() else None,
+                )
             if response.status_code == 204 or not response.content:
                 return None
             if response.headers.get("content-type", "").startswith("application/json"):
@@ -151,6 +210,18 @@ class PlatformClient:
         return dict(
             self._request("POST", "/api/users", json={"name": name, "password": password, "role": role})
         )
+
+    def users(self) -> list[dict[str, Any]]:
+        return [dict(u) for u in self._request("GET", "/api/users", retry=True)]
+
+    def set_active(self, user_id: int, active: bool) -> dict[str, Any]:
+        """Deactivate (or reactivate) a user: deactivation ends their sessions and revokes their
+        tokens at once."""
+        return dict(self._request("PATCH", f"/api/users/{user_id}", json={"active": active}))
+
+    def reset_password(self, user_id: int, password: str) -> dict[str, Any]:
+        """Give a user a new password; their sessions end and their tokens are revoked."""
+        return dict(self._request("PATCH", f"/api/users/{user_id}", json={"password": password}))
 
     def create_project(
         self, name: str, *, overlap: int = 1, gold_rate: float = 0.0, **fields: Any
@@ -185,9 +256,10 @@ class PlatformClient:
     def stats(self, project_id: int) -> dict[str, Any]:
         return dict(self._request("GET", f"/api/projects/{project_id}/stats"))
 
-    def export(self, project_id: int, path: str | Path | None = None) -> str:
-        """The project as PKU-SafeRLHF JSONL; also written to `path` when given."""
-        text = str(self._request("GET", f"/api/projects/{project_id}/export"))
+    def export(self, project_id: int, path: str | Path | None = None, *, format: str = "auto") -> str:
+        """The project's export as JSONL (`format`: auto, judgements, pku-saferlhf, preference,
+        correction, supervised; see the export route); also written to `path` when given."""
+        text = str(self._request("GET", f"/api/projects/{project_id}/export", params={"format": format}))
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
@@ -195,7 +267,7 @@ class PlatformClient:
     # --- trainers ----------------------------------------------------------------------------
 
     def upload_media(self, path: str | Path) -> str:
-        """Upload a clip (video, GIF, image); returns the name to use as an item's media_a/media_b.
+        """Upload a clip (video, GIF, image, frame strip); returns the name to use as a candidate's `media`.
 
         The name is the content's hash, so an upload is idempotent and retried like a keyed push.
         """
@@ -280,7 +352,8 @@ class PlatformClient:
     def submit(
         self, assignment_id: int, labels: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> dict[str, Any]:
-        """Submit labels for an assignment; retried with the same key, so it is stored exactly once."""
+        """Submit `{"answers": {...}}` (or a skip with its reason) for an assignment; retried with
+        the same key, so it is stored exactly once."""
         body = {**labels, "idempotency_key": idempotency_key or uuid.uuid4().hex}
         return dict(
             self._request("POST", f"/api/assignments/{assignment_id}/judgement", json=body, retry=True)
@@ -304,12 +377,13 @@ class PlatformClient:
         *,
         limit: int | None = None,
     ) -> int:
-        """Label items with a scripted teacher (e.g. `BradleyTerryTeacher.compare`) until none are left."""
+        """Label two-candidate items of the default questions with a scripted teacher (e.g.
+        `BradleyTerryTeacher.compare`) until none are left."""
         done = 0
         assignment = self.next_assignment(project_id)
         while assignment is not None and (limit is None or done < limit):
-            item = assignment["item"]
-            judged = teacher(item["prompt"], item["response_a"], item["response_b"])
+            item = item_from_json(assignment["item"])
+            judged = teacher(item.prompt, item.text(0), item.text(1))
             labels = labels_from_comparison(judged)
             if limit is not None and done + 1 == limit:
                 self.submit(assignment["id"], labels)

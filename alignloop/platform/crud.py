@@ -9,16 +9,29 @@ different items and `taken` never overshoots; on SQLite the writes are serialise
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import and_, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from alignloop.platform import auth
-from alignloop.platform.models import ApiToken, Assignment, Item, Judgement, Project, User, utcnow
+from alignloop.feedback.schema import LabelError, Question, check_answers, parse_questions, questions_json
+from alignloop.platform import auth, names
+from alignloop.platform.models import (
+    ApiToken,
+    Assignment,
+    Item,
+    Judgement,
+    Project,
+    User,
+    WebSession,
+    as_utc,
+    utcnow,
+)
 from alignloop.platform.schemas import ItemIn, JudgementIn, Labels, ProjectIn
 
 
@@ -49,40 +62,98 @@ class Invalid(PlatformError):
 # --- people ------------------------------------------------------------------------------
 
 
-def create_user(session: Session, *, name: str, password: str, role: str = "annotator") -> User:
-    if session.scalar(select(User.id).where(User.name == name)) is not None:
-        raise Conflict(f"user {name!r} already exists")
+def _password_hash(password: str) -> str:
     try:
-        password_hash = auth.hash_password(password)
+        return auth.hash_password(password)
     except ValueError as exc:
         raise Invalid(str(exc)) from exc
+
+
+def create_user(session: Session, *, name: str, password: str, role: str = "annotator") -> User:
+    """A new user; the name follows `names.normalise_name` and must not look like an existing one.
+
+    The password is hashed before the first query, so no transaction is held while it is.
+    """
+    password_hash = _password_hash(password)
+    try:
+        name = names.normalise_name(name)
+    except ValueError as exc:
+        raise Invalid(f"name: {exc}") from exc
+    if session.scalar(select(User.id).where(User.name == name)) is not None:
+        raise Conflict(f"user {name!r} already exists")
+    look_alike = names.confusable_with(name, list(session.scalars(select(User.name))))
+    if look_alike is not None:
+        raise Conflict(f"name: {name!r} looks like the existing user {look_alike!r}; choose another name")
     user = User(name=name, password_hash=password_hash, role=role, active=True)
     session.add(user)
     session.flush()
     return user
 
 
-def authenticate(session: Session, *, name: str, password: str) -> User | None:
-    user = session.scalar(select(User).where(User.name == name))
-    if user is None or not user.active:
-        auth.verify_missing_user(password)
-        return None
-    return user if auth.verify_password(user.password_hash, password) else None
+def get_user(session: Session, *, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    return user
 
 
-def create_token(session: Session, *, user: User, label: str = "") -> str:
+def _end_access(session: Session, *, user_id: int, tokens: bool, keep_session: str | None = None) -> None:
+    """Delete the user's web sessions (but the one whose id is `keep_session`) and, with
+    `tokens`, their API tokens."""
+    sessions = delete(WebSession).where(WebSession.user_id == user_id)
+    if keep_session is not None:
+        sessions = sessions.where(WebSession.digest != auth.token_digest(keep_session))
+    session.execute(sessions)
+    if tokens:
+        session.execute(delete(ApiToken).where(ApiToken.user_id == user_id))
+
+
+def set_active(session: Session, *, user: User, active: bool, by: User) -> None:
+    """Activate or deactivate `user`; deactivation ends their web sessions and revokes their tokens."""
+    if user.id == by.id and not active:
+        raise Conflict("you cannot deactivate your own account; another admin can")
+    user.active = active
+    if not active:
+        _end_access(session, user_id=user.id, tokens=True)
+    session.flush()
+
+
+def set_password(
+    session: Session, *, user_id: int, password: str, revoke_tokens: bool, keep_session: str | None = None
+) -> User:
+    """A new password; the user's web sessions end (but the one with id `keep_session`: the user's
+    own, when they change it themselves), and with `revoke_tokens` (an admin's reset) their API
+    tokens too.
+
+    The password is hashed before the first query, so no transaction is held while it is.
+    """
+    password_hash = _password_hash(password)
+    user = get_user(session, user_id=user_id)
+    user.password_hash = password_hash
+    _end_access(session, user_id=user.id, tokens=revoke_tokens, keep_session=keep_session)
+    session.flush()
+    return user
+
+
+def create_token(
+    session: Session, *, user: User, label: str = "", expires_at: dt.datetime | None = None
+) -> str:
+    """A new API token of `user`, valid until `expires_at` (default: `auth.TOKEN_LIFETIME_S` from now)."""
     token, digest = auth.new_api_token()
-    session.add(ApiToken(user_id=user.id, digest=digest, label=label[:64]))
+    expires_at = expires_at or utcnow() + dt.timedelta(seconds=auth.TOKEN_LIFETIME_S)
+    session.add(ApiToken(user_id=user.id, digest=digest, label=label[:64], expires_at=expires_at))
     session.flush()
     return token
 
 
-def user_for_token(session: Session, *, token: str) -> User | None:
-    return session.scalar(
-        select(User)
+def token_user(session: Session, *, token: str) -> tuple[User, dt.datetime] | None:
+    """The active user behind an unexpired token, and when the token expires; None otherwise."""
+    row = session.execute(
+        select(User, ApiToken.expires_at)
         .join(ApiToken, ApiToken.user_id == User.id)
-        .where(ApiToken.digest == auth.token_digest(token), User.active)
-    )
+        .where(ApiToken.digest == auth.token_digest(token), ApiToken.expires_at > utcnow(), User.active)
+    ).first()
+    return None if row is None else (row[0], as_utc(row[1]))
 
 
 def revoke_token(session: Session, *, token: str) -> None:
@@ -91,13 +162,62 @@ def revoke_token(session: Session, *, token: str) -> None:
         session.delete(row)
 
 
+def list_tokens(session: Session, *, user_id: int) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id)))
+
+
+def revoke_token_id(session: Session, *, token_id: int, by: User) -> str:
+    """Revoke a token of `by`'s own (any token, for an admin); answers its digest."""
+    row = session.get(ApiToken, token_id)
+    if row is None or (row.user_id != by.id and by.role != "admin"):
+        raise NotFound(f"token {token_id} not found")
+    session.delete(row)
+    session.flush()
+    return row.digest
+
+
+def create_web_session(session: Session, *, user: User, lifetime_s: float) -> str:
+    """A new web session for `user`; answers the id to put in the signed cookie."""
+    now = utcnow()
+    session.execute(delete(WebSession).where(WebSession.expires_at < now))
+    session_id, digest = auth.new_session_id()
+    session.add(
+        WebSession(
+            user_id=user.id, digest=digest, created_at=now, expires_at=now + dt.timedelta(seconds=lifetime_s)
+        )
+    )
+    session.flush()
+    return session_id
+
+
+def web_session_user(session: Session, *, session_id: str) -> User | None:
+    """The active user whose unexpired web session has this id, or None."""
+    return session.scalar(
+        select(User)
+        .join(WebSession, WebSession.user_id == User.id)
+        .where(
+            WebSession.digest == auth.token_digest(session_id), WebSession.expires_at > utcnow(), User.active
+        )
+    )
+
+
+def end_web_session(session: Session, *, session_id: str) -> None:
+    session.execute(delete(WebSession).where(WebSession.digest == auth.token_digest(session_id)))
+
+
 # --- projects and items --------------------------------------------------------------------
 
 
 def create_project(session: Session, *, spec: ProjectIn) -> Project:
     if session.scalar(select(Project.id).where(Project.name == spec.name)) is not None:
         raise Conflict(f"project {spec.name!r} already exists")
-    project = Project(**spec.model_dump())
+    project = Project(
+        name=spec.name,
+        instructions=spec.instructions,
+        overlap=spec.overlap,
+        gold_rate=spec.gold_rate,
+        questions=questions_json(spec.questions),
+    )
     session.add(project)
     session.flush()
     return project
@@ -108,6 +228,30 @@ def get_project(session: Session, *, project_id: int) -> Project:
     if project is None:
         raise NotFound(f"project {project_id} not found")
     return project
+
+
+def questions_of(project: Project) -> tuple[Question, ...]:
+    """The project's questions (stored in their JSON form, checked when the project was made)."""
+    return parse_questions(project.questions)
+
+
+def checked_answers(
+    questions: Sequence[Question],
+    answers: Any,
+    candidates: Sequence[dict[str, Any]],
+    *,
+    partial: bool = False,
+) -> dict[str, Any]:
+    """`answers` in normal form for an item with these stored candidates; `Invalid` (422) naming
+    the question and the reason. `partial`: no question is required (a gold item's known answers)."""
+    if partial:
+        questions = [dataclasses.replace(q, required=False) for q in questions]
+    try:
+        return check_answers(
+            questions, answers, len(candidates), frames=[c.get("frames") for c in candidates]
+        )
+    except LabelError as exc:
+        raise Invalid(str(exc)) from None
 
 
 KEYED_PUSH_ATTEMPTS = 5
@@ -149,16 +293,29 @@ def add_items(
     looked up again, so the same key never gives two rows and no push fails for it.
     """
     _duplicate_keys(items)
+    questions = questions_of(project)
+    pairs_only = [q.name for q in questions if q.pairs_only]
     specs: list[dict[str, object]] = []
     for i, spec in enumerate(items):
-        for side in ("media_a", "media_b"):
-            name = getattr(spec, side)
-            if name is not None and name not in media_names:
-                raise Invalid(f"items[{i}].{side}: no uploaded media file named {name!r}")
-        values = spec.model_dump()
-        for key in ("gold_better", "gold_safer"):
-            values[key] = getattr(spec, key).value if getattr(spec, key) is not None else None
-        specs.append(values)
+        candidates = [c.model_dump() for c in spec.candidates]
+        for j, candidate in enumerate(candidates):
+            if candidate["media"] is not None and candidate["media"] not in media_names:
+                raise Invalid(
+                    f"items[{i}].candidates[{j}].media: no uploaded media file named {candidate['media']!r}"
+                )
+        if pairs_only and len(candidates) != 2:
+            raise Invalid(
+                f"items[{i}].candidates: this project asks {', '.join(pairs_only)}, which compare two"
+                f" candidates; the item has {len(candidates)}"
+            )
+        gold = None
+        if spec.gold is not None:
+            try:
+                gold = checked_answers(questions, spec.gold, candidates, partial=True)
+            except Invalid as exc:
+                raise Invalid(f"items[{i}].gold: {exc.detail}") from None
+        values = spec.model_dump(exclude={"candidates", "gold"})
+        specs.append({**values, "candidates": candidates, "gold": gold})
     keys = [spec.key for spec in items if spec.key is not None]
     for _ in range(KEYED_PUSH_ATTEMPTS):
         known = item_ids_by_key(session, project_id=project.id, keys=keys)
@@ -272,6 +429,20 @@ def _pick_and_take(session: Session, *, project: Project, annotator_id: int, gol
     return session.scalars(taken, execution_options=options).first()
 
 
+def open_assignment(session: Session, *, project_id: int, annotator_id: int) -> Assignment | None:
+    """The annotator's (oldest) open assignment in the project, or None."""
+    return session.scalar(
+        select(Assignment)
+        .where(
+            Assignment.project_id == project_id,
+            Assignment.annotator_id == annotator_id,
+            Assignment.status == "open",
+        )
+        .order_by(Assignment.id)
+        .limit(1)
+    )
+
+
 def next_assignment(
     session: Session,
     *,
@@ -288,16 +459,7 @@ def next_assignment(
     now = now or utcnow()
     if release:
         release_expired(session, project_id=project.id, now=now)
-    current = session.scalar(
-        select(Assignment)
-        .where(
-            Assignment.project_id == project.id,
-            Assignment.annotator_id == annotator.id,
-            Assignment.status == "open",
-        )
-        .order_by(Assignment.id)
-        .limit(1)
-    )
+    current = open_assignment(session, project_id=project.id, annotator_id=annotator.id)
     if current is not None:
         return current
     order = [False]
@@ -333,19 +495,12 @@ def judgement_by_key(session: Session, *, annotator_id: int, key: str) -> Judgem
     )
 
 
-def _check_categories(labels: Labels, categories: Sequence[str]) -> None:
-    allowed = set(categories)
-    for side in ("harm_a", "harm_b"):
-        unknown = [c for c in getattr(labels, side) if c not in allowed]
-        if unknown:
-            raise Invalid(f"{side}: unknown harm categories {unknown}; this project allows {sorted(allowed)}")
-
-
-def _label_values(labels: Labels) -> dict[str, object]:
-    values = labels.model_dump(exclude={"idempotency_key"}, mode="json")
+def _label_values(labels: Labels, project: Project, item: Item) -> dict[str, object]:
+    """The stored columns of a verdict: its answers checked against the project's questions."""
     if labels.skipped:
-        values = {"skipped": True, "skip_reason": labels.skip_reason}
-    return values
+        return {"skipped": True, "skip_reason": labels.skip_reason, "answers": {}}
+    answers = checked_answers(questions_of(project), labels.answers, item.candidates)
+    return {"skipped": False, "skip_reason": "", "answers": answers}
 
 
 def submit_judgement(
@@ -371,10 +526,9 @@ def submit_judgement(
     if assignment.status == "done":
         raise Conflict(f"assignment {assignment_id} is already judged")
     item = assignment.item
-    if labels.harm_a or labels.harm_b:
-        project = session.get(Project, assignment.project_id)
-        assert project is not None
-        _check_categories(labels, project.harm_categories)
+    project = session.get(Project, assignment.project_id)
+    assert project is not None
+    values = _label_values(labels, project, item)
     # open -> done only if still open: a concurrent request may have expired it a moment ago
     still_open = session.execute(
         update(Assignment)
@@ -382,8 +536,6 @@ def submit_judgement(
         .values(status="done")
     ).rowcount  # type: ignore[attr-defined]
     if not still_open:  # expired: its slot went back to the queue, so take one again if free
-        project = session.get(Project, assignment.project_id)
-        assert project is not None
         if not _take_slot(session, item_id=item.id, overlap=project.overlap, only_if_free=True):
             raise Conflict(f"assignment {assignment_id} expired and its item went to other annotators")
         session.execute(update(Assignment).where(Assignment.id == assignment.id).values(status="done"))
@@ -394,7 +546,7 @@ def submit_judgement(
         idempotency_key=labels.idempotency_key,
         created_at=now,
         updated_at=now,
-        **_label_values(labels),
+        **values,
     )
     session.add(judgement)
     if labels.skipped:  # the slot goes back to the queue for someone else
@@ -422,9 +574,9 @@ def update_judgement(session: Session, *, judgement_id: int, user: User, labels:
     if labels.skipped != judgement.skipped:
         raise Conflict("a skipped judgement stays skipped and a labelled one stays labelled")
     project = session.get(Project, judgement.project_id)
-    assert project is not None
-    _check_categories(labels, project.harm_categories)
-    for key, value in _label_values(labels).items():
+    item = session.get(Item, judgement.item_id)
+    assert project is not None and item is not None
+    for key, value in _label_values(labels, project, item).items():
         setattr(judgement, key, value)
     judgement.updated_at = utcnow()
     session.flush()

@@ -70,7 +70,9 @@ def test_one_round_through_the_real_server_with_scripted_annotators(tmp_path: Pa
     assert len(stored) == len(rows) == n
     assert {j["judgement_id"] for j in stored} == {r["id"] for r in rows}
     assert len({r["annotator_id"] for r in rows}) == 2
-    assert all(j["better"] in {"A", "B", "tie"} and j["safe_a"] is not None for j in stored)
+    assert all(
+        j["answers"]["better"] in {"A", "B", "tie"} and j["answers"]["is_safe"][0] is not None for j in stored
+    )
     metrics = state["metrics"]["1"]
     assert metrics["judgements"] == n and 0 <= metrics["unsafe_rate"] <= 1
     report = (cfg.run_dir / "report.md").read_text()
@@ -96,19 +98,10 @@ def wait_for_phase(
 
 def test_killed_loop_resumes_without_asking_twice_or_losing_a_judgement(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "alignloop.cli",
-        "loop",
-        "--demo",
-        "toyworld",
-        "--preset",
-        "smoke",
-        "--run-dir",
-        str(run_dir),
-        "--no-progress",
-    ]  # fmt: skip  (the smoke preset's own sizes: 2 rounds of 24 pairs)
+    command = [  # the smoke preset's own sizes: 2 rounds of 24 pairs
+        sys.executable, "-m", "alignloop.cli", "loop", "--demo", "toyworld", "--preset", "smoke",
+        "--output-dir", str(run_dir), "--no-progress",
+    ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def start() -> subprocess.Popen[bytes]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import html
 import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
@@ -16,6 +19,13 @@ from alignloop.platform.pgcluster import Cluster
 from alignloop.platform.schemas import ProjectIn
 
 PASSWORD = "correct horse battery"
+SAFE = {"safe": True, "harms": [], "severity": None}
+ANSWERS = {"better": "A", "safer": "A", "is_safe": [SAFE, SAFE]}
+"""A judgement of the default questions: A better and safer, both safe."""
+
+
+def unsafe(*harms: str, severity: str | None = None) -> dict[str, object]:
+    return {"safe": False, "harms": list(harms), "severity": severity}
 
 
 @dataclass
@@ -34,10 +44,10 @@ class World:
         items = [
             {
                 "prompt": f"prompt {i}",
-                "response_a": f"answer A{i}",
-                "response_b": f"answer B{i}",
-                "model_a": "alpha",
-                "model_b": "beta",
+                "candidates": [
+                    {"text": f"answer A{i}", "model": "alpha"},
+                    {"text": f"answer B{i}", "model": "beta"},
+                ],
                 **overrides,
             }
             for i in range(n)
@@ -53,8 +63,13 @@ class World:
         assert r.status_code == 200, r.text
         return r.json()["assignment"]
 
-    def submit(self, name: str, assignment_id: int, key: str, **labels: object) -> object:
-        body = {"idempotency_key": key, "better": "A", "safer": "A", "safe_a": True, "safe_b": True, **labels}
+    def submit(self, name: str, assignment_id: int, key: str, **answers: object) -> object:
+        """Submit answers to the default questions (better A, safer A, both safe unless given);
+        `skipped`/`skip_reason` skip instead."""
+        if answers.get("skipped"):
+            body: dict[str, object] = {"idempotency_key": key, **answers}
+        else:
+            body = {"idempotency_key": key, "answers": {**ANSWERS, **answers}}
         return self.client.post(
             f"/api/assignments/{assignment_id}/judgement", json=body, headers=self.auth(name)
         )
@@ -85,6 +100,14 @@ def csrf_of(html: str) -> str:
     return match.group(1)
 
 
+def error_on_page(response: Any) -> str:
+    """The message of an error page (web routes answer errors as HTML, the API as JSON)."""
+    assert response.headers["content-type"].startswith("text/html"), response.text
+    match = re.search(r'<p class="error" role="alert" id="error">([^<]*)</p>', response.text)
+    assert match, f"no error message in the page: {response.text[:500]}"
+    return html.unescape(match.group(1))
+
+
 def web_login(client: TestClient, name: str, password: str = PASSWORD) -> str:
     """Log in through the login form; returns the session's CSRF token."""
     page = client.get("/login")
@@ -95,6 +118,29 @@ def web_login(client: TestClient, name: str, password: str = PASSWORD) -> str:
     )
     assert r.status_code == 303, r.text
     return csrf_of(client.get("/projects").text)
+
+
+def web_take(client: TestClient, project_id: int, csrf: str) -> str:
+    """Take the next item on the labelling page (a POST: a GET only shows); the page's HTML."""
+    r = client.post(f"/projects/{project_id}/next", data={"csrf_token": csrf})
+    assert r.status_code == 200, r.text
+    return r.text
+
+
+class AppTransport(httpx.BaseTransport):
+    """Sends a PlatformClient's requests to the test app; may lose the answers to item pushes."""
+
+    def __init__(self, client: TestClient, *, lose_item_answers: int = 0):
+        self.inner: httpx.BaseTransport = client._transport
+        self.to_lose, self.lost = lose_item_answers, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        body = response.read()  # handled by the app either way
+        if request.url.path.endswith("/items") and self.lost < self.to_lose:
+            self.lost += 1
+            return httpx.Response(503, text="upstream went away")
+        return httpx.Response(response.status_code, headers=response.headers, content=body)
 
 
 _databases = itertools.count()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Annotated
 
-import psycopg
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from alignloop.feedback.schema import LabelError
 from alignloop.platform import auth, crud, export, hotpath, media, stats
 from alignloop.platform.api.deps import (
     AdminDep,
@@ -22,6 +23,7 @@ from alignloop.platform.api.deps import (
     TrainerDep,
     UserDep,
     bearer_token,
+    check_login,
 )
 from alignloop.platform.models import Assignment, Project, User, utcnow
 from alignloop.platform.schemas import (
@@ -34,13 +36,16 @@ from alignloop.platform.schemas import (
     JudgementOut,
     JudgementsOut,
     Labels,
-    LoginIn,
     NextOut,
+    PasswordChangeIn,
     PrioritiesIn,
     ProjectIn,
     ProjectOut,
     SubmittedOut,
+    TokenIn,
+    TokenInfo,
     TokenOut,
+    UserChangeIn,
     UserIn,
     UserOut,
 )
@@ -55,18 +60,31 @@ router = APIRouter(prefix="/api")
 
 
 @router.post("/tokens", status_code=201, tags=["auth"])
-def create_token(body: LoginIn, session: SessionDep) -> TokenOut:
-    """Exchange a name and password for an API token (shown once; stored only as a digest)."""
-    user = crud.authenticate(session, name=body.name, password=body.password)
+def create_token(body: TokenIn, request: Request, session: SessionDep, settings: SettingsDep) -> TokenOut:
+    """Exchange a name and password for an API token (shown once; stored only as a digest).
+
+    Failed attempts are counted per name and per client address: past the limit the answer is
+    429 with Retry-After.
+    """
+    user = check_login(request, session, name=body.name, password=body.password)
     if user is None:
+        session.commit()
         raise HTTPException(401, "wrong name or password")
-    token = crud.create_token(session, user=user, label="api")
+    expires_at = utcnow() + dt.timedelta(seconds=body.expires_in_s or settings.token_lifetime_s)
+    token = crud.create_token(session, user=user, label=body.label, expires_at=expires_at)
     session.commit()
-    return TokenOut(token=token, user_id=user.id, role=user.role)  # type: ignore[arg-type]
+    return TokenOut(token=token, user_id=user.id, role=user.role, expires_at=expires_at)  # type: ignore[arg-type]
+
+
+@router.get("/tokens", tags=["auth"])
+def list_tokens(user: UserDep, session: SessionDep) -> list[TokenInfo]:
+    """The caller's API tokens (never the tokens themselves), expired ones included."""
+    return [TokenInfo.model_validate(t) for t in crud.list_tokens(session, user_id=user.id)]
 
 
 @router.delete("/tokens/current", status_code=204, tags=["auth"])
 def revoke_token(request: Request, user: UserDep, session: SessionDep) -> Response:
+    """Revoke the token this request carries."""
     token = bearer_token(request)
     assert token is not None
     crud.revoke_token(session, token=token)
@@ -75,9 +93,31 @@ def revoke_token(request: Request, user: UserDep, session: SessionDep) -> Respon
     return Response(status_code=204)
 
 
+@router.delete("/tokens/{token_id}", status_code=204, tags=["auth"])
+def revoke_token_id(token_id: Id, request: Request, user: UserDep, session: SessionDep) -> Response:
+    """Revoke one of the caller's tokens (an admin: anyone's); it stops working at once."""
+    digest = crud.revoke_token_id(session, token_id=token_id, by=user)
+    session.commit()
+    request.app.state.token_cache.forget(digest)
+    return Response(status_code=204)
+
+
 @router.get("/me", tags=["auth"])
 def me(user: UserDep) -> UserOut:
     return UserOut.model_validate(user)
+
+
+@router.put("/me/password", status_code=204, tags=["auth"])
+def change_password(body: PasswordChangeIn, request: Request, user: UserDep, session: SessionDep) -> Response:
+    """Change one's own password (the current one is checked and throttled like a login); every
+    web session of the user ends, API tokens stay."""
+    if check_login(request, session, name=user.name, password=body.current_password) is None:
+        session.commit()
+        raise HTTPException(403, "current_password: wrong password")
+    session.commit()
+    crud.set_password(session, user_id=user.id, password=body.new_password, revoke_tokens=False)
+    session.commit()
+    return Response(status_code=204)
 
 
 @router.post("/users", status_code=201, tags=["admin"])
@@ -90,6 +130,34 @@ def create_user(body: UserIn, admin: AdminDep, session: SessionDep) -> UserOut:
 @router.get("/users", tags=["admin"])
 def list_users(admin: AdminDep, session: SessionDep) -> list[UserOut]:
     return [UserOut.model_validate(u) for u in session.scalars(select(User).order_by(User.id))]
+
+
+def _forget_tokens_of(request: Request, user_id: int) -> None:
+    """This process stops answering the user's tokens from memory at once (others: within the TTL)."""
+    request.app.state.token_cache.forget_where(lambda cached: cached.id == user_id)
+
+
+@router.patch("/users/{user_id}", tags=["admin"])
+def change_user(
+    user_id: Id, body: UserChangeIn, request: Request, admin: AdminDep, session: SessionDep
+) -> UserOut:
+    """Deactivate or reactivate a user, or reset their password. Deactivating, or a new password,
+    ends every web session of theirs and revokes their API tokens at once."""
+    if body.password is not None:
+        crud.set_password(session, user_id=user_id, password=body.password, revoke_tokens=True)
+    user = crud.get_user(session, user_id=user_id)
+    if body.active is not None:
+        crud.set_active(session, user=user, active=body.active, by=admin)
+    session.commit()
+    _forget_tokens_of(request, user_id)
+    return UserOut.model_validate(user)
+
+
+@router.get("/users/{user_id}/tokens", tags=["admin"])
+def user_tokens(user_id: Id, admin: AdminDep, session: SessionDep) -> list[TokenInfo]:
+    """A user's API tokens (never the tokens themselves)."""
+    crud.get_user(session, user_id=user_id)
+    return [TokenInfo.model_validate(t) for t in crud.list_tokens(session, user_id=user_id)]
 
 
 # --- projects, items, media ---------------------------------------------------------------------
@@ -119,10 +187,10 @@ def add_items(
     """Push comparison items (text candidates, or names of uploaded media files)."""
     project = crud.get_project(session, project_id=project_id)
     media_names = {
-        name
+        c.media
         for spec in body.items
-        for name in (spec.media_a, spec.media_b)
-        if name is not None and media.path_of(settings.media_dir, name) is not None
+        for c in spec.candidates
+        if c.media is not None and media.path_of(settings.media_dir, c.media) is not None
     }
     ids = crud.add_items(session, project=project, items=body.items, media_names=media_names)
     session.commit()
@@ -151,7 +219,7 @@ async def upload_media(
     settings: SettingsDep,
     filename: Annotated[str, Query(min_length=1, max_length=255, pattern=r"^[^\x00/]+$")],
 ) -> dict[str, str]:
-    """Upload one clip as the raw request body; answers the name to use in items' media_a/media_b."""
+    """Upload one clip as the raw request body; answers the name to use as a candidate's `media`."""
     data = await request.body()
     try:
         name = media.store(settings.media_dir, filename, data)
@@ -165,7 +233,7 @@ def get_media(name: str, user: AnyUserDep, settings: SettingsDep) -> FileRespons
     path = media.path_of(settings.media_dir, name)
     if path is None:
         raise HTTPException(404, f"no media file named {name!r}")
-    return FileResponse(path, media_type=media.MEDIA_TYPES[path.suffix])
+    return FileResponse(path, media_type=media.served_type(path))
 
 
 # --- annotating ----------------------------------------------------------------------------------
@@ -184,17 +252,24 @@ def release_due(project_id: int) -> bool:
     return True
 
 
-def _assignment_out(assignment: Assignment, project: Project) -> AssignmentOut:
+def _assignment_out(request: Request, assignment: Assignment, project: Project) -> AssignmentOut:
+    """The assignment as it goes out; the hot path remembers it (and the project's rules) for
+    the submission that will follow."""
+    memory: hotpath.Memory = request.app.state.memory
+    if project.id not in memory.projects:
+        memory.projects[project.id] = hotpath.ProjectRules(
+            crud.questions_of(project), project.overlap, project.gold_rate
+        )
+    memory.hand_out(assignment.id, assignment.annotator_id, project.id, assignment.item.candidates)
     return AssignmentOut(
-        id=assignment.id,
-        expires_at=assignment.expires_at,
-        item=ItemOut.model_validate(assignment.item),
-        harm_categories=project.harm_categories,
+        id=assignment.id, expires_at=assignment.expires_at, item=ItemOut.model_validate(assignment.item)
     )
 
 
 @router.post("/projects/{project_id}/next", tags=["annotate"])
-def next_assignment(project_id: Id, user: UserDep, session: SessionDep, settings: SettingsDep) -> NextOut:
+def next_assignment(
+    project_id: Id, request: Request, user: UserDep, session: SessionDep, settings: SettingsDep
+) -> NextOut:
     """The caller's next item, locked to them for a while; `assignment` is null when nothing is left."""
     project = crud.get_project(session, project_id=project_id)
     try:
@@ -207,7 +282,7 @@ def next_assignment(project_id: Id, user: UserDep, session: SessionDep, settings
         raise HTTPException(
             409, "another request of yours took an assignment at the same time; retry"
         ) from exc
-    return NextOut(assignment=None if assignment is None else _assignment_out(assignment, project))
+    return NextOut(assignment=None if assignment is None else _assignment_out(request, assignment, project))
 
 
 def _submit(
@@ -245,10 +320,17 @@ def _release_expired(factory: sessionmaker[Session], project_id: int) -> None:
         session.commit()
 
 
+async def released(factory: sessionmaker[Session], project_id: int) -> None:
+    """Expire the project's stale locks when it is time (after a short-path submission)."""
+    if release_due(project_id):
+        await run_in_threadpool(_release_expired, factory, project_id)
+
+
 def _submit_and_next_general(
-    factory: sessionmaker[Session], user: User, assignment_id: int, body: JudgementIn, lock_s: int
+    request: Request, user: User, assignment_id: int, body: JudgementIn, lock_s: int
 ) -> tuple[SubmittedOut, int]:
     """judgement-and-next through the ORM, for every case; answers the result and its status code."""
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
     with factory() as session:
         judgement, created = _submit(session, user, assignment_id, body, commit=False)
         project = crud.get_project(session, project_id=judgement.project_id)
@@ -267,7 +349,7 @@ def _submit_and_next_general(
             session.commit()
         answer = SubmittedOut(
             judgement=judgement,
-            assignment=None if assignment is None else _assignment_out(assignment, project),
+            assignment=None if assignment is None else _assignment_out(request, assignment, project),
         )
     return answer, 201 if created else 200
 
@@ -286,26 +368,22 @@ async def submit_and_next(
     The judgement and the next assignment are committed together; a retry with the same key
     returns the judgement (200) and the next item.
     """
-    factory = request.app.state.sessionmaker
-    pool = request.app.state.pg_pool
-    if pool is not None and hotpath.applies(body):  # PostgreSQL: on the event loop, one statement
-        try:
-            short = await hotpath.submit_and_next(
-                pool,
-                assignment_id=assignment_id,
-                annotator_id=user.id,
-                labels=body,
-                lock_s=settings.lock_s,
-                now=utcnow(),
-            )
-        except psycopg.IntegrityError:  # a concurrent retry of the same key: the general path decides
-            short = None
-        if short is not None:
-            if release_due(short.judgement.project_id):
-                await run_in_threadpool(_release_expired, factory, short.judgement.project_id)
-            return Response(short.model_dump_json(), status_code=201, media_type="application/json")
+    try:  # PostgreSQL, an assignment this process handed out: one statement on the event loop
+        short = await hotpath.common_case(
+            request.app.state,
+            user_id=user.id,
+            assignment_id=assignment_id,
+            labels=body,
+            lock_s=settings.lock_s,
+            now=utcnow(),
+        )
+    except LabelError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if short is not None:
+        await released(request.app.state.sessionmaker, short[1])
+        return Response(short[0], status_code=201, media_type="application/json")
     answer, status = await run_in_threadpool(
-        _submit_and_next_general, factory, user, assignment_id, body, settings.lock_s
+        _submit_and_next_general, request, user, assignment_id, body, settings.lock_s
     )
     return Response(answer.model_dump_json(), status_code=status, media_type="application/json")
 
@@ -372,12 +450,20 @@ def export_project(
     admin: AdminDep,
     session: SessionDep,
     min_judgements: Annotated[int, Query(ge=1, le=1000)] = 1,
+    format: Annotated[
+        str,
+        Query(
+            description="auto (PKU-SafeRLHF where the project has a pairwise question and two candidates,"
+            " else judgements), judgements (every answer of every kind), pku-saferlhf, preference,"
+            " correction (the Aligner trainer's input) or supervised (prompt, corrected)."
+        ),
+    ] = "auto",
 ) -> StreamingResponse:
-    """The project as PKU-SafeRLHF JSONL, one aggregated record per judged item."""
+    """The project as JSONL: one judged item per line, or the records another format holds."""
     project = crud.get_project(session, project_id=project_id)
-    lines = export.pku_lines(session, project=project, min_judgements=min_judgements)
+    lines = export.lines(session, project=project, fmt=format, min_judgements=min_judgements)
     return StreamingResponse(
-        iter(lines),
+        lines,
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="project-{project.id}.jsonl"'},
     )
