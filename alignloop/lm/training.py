@@ -235,12 +235,11 @@ def fit(
     starting model (step 0) of a fresh run.
     """
     ctx, o = run.ctx, options
-    per_epoch = steps_per_epoch(len(examples), o.batch_size)
-    if per_epoch == 0:
-        raise UserError(
-            f"--batch-size {o.batch_size} is larger than the {len(examples)} training examples; "
-            "lower --batch-size or give more data"
-        )
+    from alignloop.lm.data import check_batches  # the trainers call it first, naming their file
+
+    per_epoch = check_batches(
+        len(examples), o.batch_size, o.grad_accum, what="training examples", source=None
+    )
     n_steps = o.max_steps or o.epochs * per_epoch
     schedule_steps = o.total_steps or n_steps
     optimizer = make_optimizer(model, o.lr, o.weight_decay)
