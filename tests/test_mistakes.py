@@ -202,6 +202,21 @@ TRAIN += [
     Mistake("sft report to none and wandb", ("train", "sft", "--report-to", "none", "tensorboard"), ("--report-to none tensorboard",)),
 ]  # fmt: skip
 
+CRITIC_FREE = [
+    Mistake("grpo policy missing", ("train", "grpo", "--policy", "{missing_dir}"), ("--policy", "{missing_dir}", "no such folder")),
+    Mistake("grpo policy is a data folder", ("train", "grpo", "--policy", "{data_folder}"), ("--policy", "{data_folder}", "datasets folder")),
+    Mistake("grpo prompts missing", ("train", "grpo", "--policy", "{model}", "--reward-model", "{score}", "--prompts", "{missing}"), ("--prompts", "{missing}", "no such file")),
+    Mistake("grpo no reward", ("train", "grpo", "--policy", "{model}", "--reward-model"), ("no reward: pass --reward-model",)),
+    Mistake("grpo groups of one", ("train", "grpo", "--policy", "{model}", "--reward-model", "{score}", "--group-size", "1", "--batch-size", "4"), ("--group-size (1) must be at least 2",)),
+    Mistake("grpo-lag cost model is a causal LM", ("train", "grpo-lag", "--policy", "{model}", "--reward-model", "{score}", "--cost-model", "{model}"), ("--cost-model", "{model}", "not a reward or cost model")),
+    Mistake("grpo-lag no cost", ("train", "grpo-lag", "--policy", "{model}", "--reward-model", "{score}", "--cost-model"), ("no cost: pass --cost-model",)),
+    Mistake("rloo reward model missing", ("train", "rloo", "--policy", "{model}", "--reward-model", "{missing_dir}"), ("--reward-model", "{missing_dir}", "no such folder")),
+    Mistake("rloo fewer prompts than a rollout", ("train", "rloo", "--policy", "{model}", "--reward-model", "{score}", "--prompts", "{prompts_jsonl}"), ("--rollout-batch-size 32", "the 1 prompts in {prompts_jsonl}")),
+    Mistake("reinforce-pp batch that does not divide a rollout", ("train", "reinforce-pp", "--policy", "{model}", "--reward-model", "{score}", "--batch-size", "6"), ("--batch-size (6) must divide",)),
+    Mistake("remax reward function cannot be imported", ("train", "remax", "--policy", "{model}", "--reward-model", "--reward-function", "no_such_module_here:f"), ("--reward-function", "no_such_module_here")),
+    Mistake("remax reward weights that do not match", ("train", "remax", "--policy", "{model}", "--reward-model", "{score}", "--reward-weights", "1", "2"), ("--reward-weights", "2 weight")),
+]  # fmt: skip
+
 DATA = [
     Mistake("validate missing file", ("data", "validate", "{missing}"), ("{missing}", "no such file")),
     Mistake("validate unknown file type", ("data", "validate", "{pairs_txt}"), ("{pairs_txt}", "unknown file type")),
@@ -287,7 +302,7 @@ EVAL = [
     Mistake("no CUDA", ("eval", "{model}", "--toyworld", "--device", "cuda"), ("'cuda'", "CUDA is not available")),
 ]  # fmt: skip
 
-TABLE = TRAIN + DATA + DEMO + CONTROL + SERVE + LOOP + ANNOTATE + EVAL
+TABLE = TRAIN + CRITIC_FREE + DATA + DEMO + CONTROL + SERVE + LOOP + ANNOTATE + EVAL
 
 
 def test_the_table_covers_every_command_group() -> None:

@@ -51,7 +51,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from alignloop.core.advantages import gae, masked_mean, masked_whiten
+from alignloop.core.advantages import gae, kl_shaped_rewards, masked_mean, masked_whiten
 from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage, mean_recent_cost
 from alignloop.core.losses import entropy_from_logits, ppo_policy_loss, value_loss
 from alignloop.errors import UserError
@@ -70,7 +70,6 @@ from alignloop.lm.rollouts import (
     forward_values,
     frozen_score_model,
     gather_rollout,
-    kl_shaped_rewards,
     load_prompts,
     sample_share,
     score_rollout,
@@ -427,12 +426,9 @@ def _run(
         )
     world = ToyWorld(cfg.toyworld_seed)
     tokenizer = load_tokenizer(cfg.policy)
-    prompts = load_prompts(cfg.prompts, world, cfg.toy_prompts, cfg.seed)
-    if len(prompts) < cfg.rollout_batch_size:
-        raise UserError(
-            f"--rollout-batch-size {cfg.rollout_batch_size} is more than the {len(prompts)} prompts"
-            f"{' in ' + str(cfg.prompts) if cfg.prompts else ''}; pass a smaller one or more prompts"
-        )
+    prompts = load_prompts(
+        cfg.prompts, world, cfg.toy_prompts, cfg.seed, rollout_batch_size=cfg.rollout_batch_size
+    )
     collate = PromptCollator(tokenizer)
 
     policy: nn.Module = load_causal_lm(cfg.policy)

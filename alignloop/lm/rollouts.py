@@ -32,7 +32,6 @@ __all__ = [
     "forward_values",
     "frozen_score_model",
     "gather_rollout",
-    "kl_shaped_rewards",
     "load_prompts",
     "sample_share",
     "score_rollout",
@@ -89,15 +88,6 @@ def forward_values(
 ) -> Tensor:
     """Values ``(B, R)``: the critic's score at the position just before each response token."""
     return critic(sequences, attention_mask).scores[:, prompt_length - 1 : -1]
-
-
-def kl_shaped_rewards(end_scores: Tensor, kl: Tensor, response_mask: Tensor, kl_coef: float) -> Tensor:
-    """Per-token rewards ``(B, R)``: ``-kl_coef * kl`` on every response token plus the end score
-    ``(B,)`` on the last one (``response_mask`` True = response token; a negative ``kl_coef``
-    gives the cost stream's ``+beta * kl``)."""
-    rewards = -kl_coef * kl * response_mask  # (B, R)
-    last = response_mask.long().cumsum(-1).argmax(-1)  # (B,) index of the last response token
-    return rewards.scatter_add(1, last[:, None], end_scores[:, None].to(rewards.dtype))
 
 
 @dataclass
@@ -166,15 +156,26 @@ def gather_rollout(rollout: Rollout, scores: Scores, ctx: DistributedContext) ->
     return whole, Scores(*(cat(getattr(scores, f.name)) for f in fields(scores)))
 
 
-def load_prompts(path: Path | None, world: Any, n: int, seed: int) -> list[str]:
-    """The prompts of a prompt file (any feedback format), or `n` of the toy world's train prompts."""
+def load_prompts(
+    path: Path | None, world: Any, n: int, seed: int, *, rollout_batch_size: int = 1
+) -> list[str]:
+    """The prompts of a prompt file (any feedback format), or `n` of the toy world's train prompts;
+    a `UserError` when there are fewer than one rollout batch of them."""
     if path is None:
-        return [p.text for p in world.prompts("train", n, seed=seed)]
-    from alignloop.feedback.formats import read_prompts
+        prompts = [p.text for p in world.prompts("train", n, seed=seed)]
+        source = f"--toy-prompts {n}"
+    else:
+        from alignloop.feedback.formats import read_prompts
 
-    prompts = [r.prompt for r in read_prompts(path)]
-    if not prompts:
-        raise UserError(f"{path}: no prompts in the file")
+        prompts = [r.prompt for r in read_prompts(path)]
+        if not prompts:
+            raise UserError(f"{path}: no prompts in the file")
+        source = f"the {len(prompts)} prompts in {path}"
+    if len(prompts) < rollout_batch_size:
+        raise UserError(
+            f"--rollout-batch-size {rollout_batch_size} is more than {source}; "
+            "pass a smaller --rollout-batch-size or more prompts"
+        )
     return prompts
 
 
