@@ -1,5 +1,5 @@
 """`--report-to wandb` (the optional `alignloop[wandb]` extra), offline: the language-model
-trainers' metrics and `control train`'s reach Weights & Biases beside (or instead of) TensorBoard."""
+trainers' metrics (the supervised loop's and the critic-free one's) and `control train`'s reach Weights & Biases beside (or instead of) TensorBoard."""
 
 from __future__ import annotations
 
@@ -70,6 +70,15 @@ def test_metrics_go_to_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert main(argv) == 0
     assert not (sft / "tb").exists()  # TensorBoard only when asked for
 
+    grpo = tmp_path / "grpo"  # the critic-free trainers: rewards from a function, on the SFT policy
+    scores = Path(__file__).parent / "lm" / "toy_scores.py"
+    argv = ["train", "grpo", "--policy", str(sft / "final"), "--reward-model", "--reward-function",
+            f"{scores}:helpfulness", "--toy-prompts", "16", "--rollout-batch-size", "4", "--group-size", "2",
+            "--batch-size", "8", "--max-new-tokens", "4", "--eval-prompts", "0", "--max-steps", "2"]  # fmt: skip
+    argv += ["--output-dir", str(grpo), "--no-progress", "--report-to", "wandb"]
+    assert main(argv) == 0
+    assert not (grpo / "tb").exists()
+
     control = tmp_path / "control"
     argv = [
         "control",
@@ -86,6 +95,7 @@ def test_metrics_go_to_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert main(argv) == 0
     wandb.teardown()  # the wandb service writes a finished run's file on its own time; wait for it
     assert _logged(sft) == _recorded(sft)  # every metric of metrics.jsonl, at its step
+    assert _logged(grpo) == _recorded(grpo) and {step for step, _ in _logged(grpo)} == {1, 2}
     assert _logged(control) == _recorded(control)  # two iterations' metrics
     assert {step for step, _ in _logged(control)} == {1, 2}
     assert list((control / "tb").glob("events.out.tfevents.*"))

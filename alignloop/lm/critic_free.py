@@ -332,6 +332,7 @@ def run(
         resume_step=step,
         progress=cfg.progress,
         log_dir=cfg.log_dir,
+        report_to=cfg.report_to,
     )
     batches_per_epoch = len(prompts) // cfg.rollout_batch_size
     share = n_rows // ctx.world_size
