@@ -154,3 +154,29 @@ def test_the_aligner_reads_csv_and_conversational_prompts(tmp_path: Path) -> Non
     path.write_text('prompt,original,corrected\n"[{""role"": ""user"", ""content"": ""Hi""}]",1,2\n')
     [fix] = read_corrections(path)
     assert (fix.prompt, fix.original, fix.corrected) == ("Hi", "1", "2")
+
+
+def test_judged_items_round_trip_through_csv_and_name_the_line(tmp_path: Path) -> None:
+    """The `judgements` format in CSV: nested cells are JSON, a key or text that looks like a
+    number stays text, and a bad answer names its CSV line and field."""
+    from alignloop.feedback.judged import judged_item
+    from alignloop.feedback.schema import DEFAULT_QUESTIONS, Candidate, Item, Judgement
+
+    records = []
+    for key, prompt, text in (("r1-0001", "which?", "x"), ("12", "true", "1")):
+        item = Item(
+            prompt, (Candidate(text, model="2"), Candidate(media="clip.mp4", model="m", frames=5)), key=key
+        )
+        votes = [Judgement(item, {"better": "A"}, "ann1"), Judgement(item, {}, "ann2", True, "cannot tell")]
+        records.append(judged_item(item, DEFAULT_QUESTIONS, votes))
+    path = tmp_path / "judged.csv"
+    write_records(records, path, "judgements")
+    result = read_records(path)
+    assert (result.format, result.records) == ("judgements", records)
+    assert result.records[1].item.key == "12" and result.records[1].item.candidates[0].text == "1"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[1] + lines[2].replace('""better"": ""A""', '""better"": ""Q""'))
+    with pytest.raises(
+        FormatError, match=rf"^{path}:3: judgements\[0\]\.questions\.better: expected one of A, B"
+    ):
+        read_records(path)
