@@ -108,7 +108,8 @@ def run(cfg: DemoConfig) -> int:
     console = Console()
     steps = PRESETS[cfg.preset]
     out = output_dir(cfg.output_dir, "--output-dir")
-    stages = 8 - cfg.skip_dpo  # sft, reward, cost, ppo, ppo-lag, reward-shaping, (dpo), evaluation
+    methods = [m for m in METHODS if not (m == "dpo" and cfg.skip_dpo)]
+    stages = len(methods) + 3  # each method's training, the reward and cost models, the evaluation
     number = (f"{n}/{stages}" for n in range(1, stages + 1))
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -236,7 +237,7 @@ def run(cfg: DemoConfig) -> int:
     }
     seconds["grpo"] = _stage(
         console,
-        "3/4 GRPO (reward only)",
+        f"{next(number)} GRPO (reward only)",
         out / "grpo" / "final",
         cfg.reuse,
         lambda: grpo.train(grpo.GRPOConfig(output_dir=out / "grpo", **critic_free)),
@@ -257,12 +258,11 @@ def run(cfg: DemoConfig) -> int:
         )
         seconds[name] = _stage(
             console,
-            f"3/4 Safe GRPO ({mix} mix)",
+            f"{next(number)} Safe GRPO ({mix} mix)",
             out / name / "final",
             cfg.reuse,
             functools.partial(grpo.train_lagrangian, lagrangian),
         )
-    methods = [m for m in METHODS if not (m == "dpo" and cfg.skip_dpo)]
     if "dpo" in methods:
         seconds["dpo"] = _stage(
             console,
