@@ -204,6 +204,7 @@ TRAIN += [
 
 CRITIC_FREE = [
     Mistake("grpo policy missing", ("train", "grpo", "--policy", "{missing_dir}"), ("--policy", "{missing_dir}", "no such folder")),
+    Mistake("grpo policy toy", ("train", "grpo", "--policy", "toy"), ("--policy toy", "no such folder")),
     Mistake("grpo policy is a data folder", ("train", "grpo", "--policy", "{data_folder}"), ("--policy", "{data_folder}", "datasets folder")),
     Mistake("grpo prompts missing", ("train", "grpo", "--policy", "{model}", "--reward-model", "{score}", "--prompts", "{missing}"), ("--prompts", "{missing}", "no such file")),
     Mistake("grpo no reward", ("train", "grpo", "--policy", "{model}", "--reward-model"), ("no reward: pass --reward-model",)),

@@ -125,14 +125,17 @@ def check_inputs(
     files: dict[str, Path | None] | None = None,
     models: dict[str, tuple[str | Path | None, FolderKind]] | None = None,
 ) -> None:
-    """A trainer's first call: every model option (name -> (value, kind); None and "toy" pass),
+    """A trainer's first call: every model option (name -> (value, kind); None passes, and so
+    does "toy" for the options typed `str` that take it, while a `Path` option must be a folder),
     every input file (option -> path or None) and the run folder (`--output-dir`, created and
     written to once), so that a mistake stops the command before anything is loaded."""
     from alignloop import checks
 
     for option, (value, kind) in (models or {}).items():
-        if value is not None:
+        if isinstance(value, str):
             model_option(value, option, kind)
+        elif value is not None:
+            model_folder(value, option, kind)
     for option, path in (files or {}).items():
         if path is not None:
             checks.input_file(path, option)
