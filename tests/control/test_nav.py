@@ -216,10 +216,9 @@ def test_pressing_the_goal_button_pays_and_a_wrong_button_costs() -> None:
     env.reset(seed=4)
     park(env, *[f"hazard{i}" for i in range(4)])
     for i in range(4):  # gremlins circle far away
-        name = f"gremlin{i}"
-        env.layout[name] = np.array([-8.0 - i, -8.0])
-        adr = env.scene.qpos[name]
-        env.data.qpos[adr : adr + 2] = env.layout[name]
+        env._gremlin_centre[i, :2] = -8.0 - i, -8.0
+        adr = env.scene.qpos[f"gremlin{i}"]
+        env.data.qpos[adr : adr + 2] = env._gremlin_centre[i, :2]
     goal = env.rule.goal_button  # type: ignore[attr-defined]
     bx, by = env.body_xy(f"button{goal}")
     place(env, bx - 0.19, by)  # the sphere (radius 0.1) overlaps the button (radius 0.1)

@@ -27,6 +27,7 @@ layout that is not in it (x, y of every fixed object, then the gremlins' mocap p
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -35,7 +36,7 @@ import numpy as np
 from gymnasium.envs.mujoco.mujoco_rendering import MujocoRenderer
 
 from alignloop.control.nav.layout import ResamplingError, sample_goal, sample_layout, sample_yaws
-from alignloop.control.nav.lidar import egocentric_xy, pseudo_lidar
+from alignloop.control.nav.lidar import egocentric_xy, pseudo_lidars
 from alignloop.control.nav.objects import KINDS, Placement, placement, quat_z
 from alignloop.control.nav.robots import ROBOTS
 from alignloop.control.nav.scene import Scene
@@ -71,6 +72,7 @@ class NavEnv(gym.Env):
         self.task = task_spec(task, level, robot)
         self.scene = Scene.build(self.robot, self.task)
         self.model, self.data = self.scene.model, self.scene.data
+        self._xpos, self._xmat = self.data.xpos, self.data.xmat  # views into MjData, kept for speed
         self.rule = RULES[task](self.task)
         self.rs = np.random.RandomState(0)
         self._seeded = False
@@ -85,6 +87,10 @@ class NavEnv(gym.Env):
         self._fixed = [i.name for i in objects if i.kind.placed == "fixed"]
         self._fixed_ids = np.array([self.scene.body[n] for n in self._fixed], dtype=np.int64)
         self._gremlins = [i for i in objects if i.kind.placed == "gremlin"]
+        self._gremlin_mocap = np.array([self.scene.mocap[i.name] for i in self._gremlins], dtype=np.int64)
+        self._gremlin_centre = np.zeros((len(self._gremlins), 3))  # (G, 3) the circles' centres, set on reset
+        travel = [(i.objects.travel, i.objects.travel, 0.0) for i in self._gremlins]
+        self._gremlin_travel = np.array(travel).reshape(-1, 3)
         self._goal_id = self.scene.body.get("goal", -1)
         self._agent_id = self.model.body("agent").id
 
@@ -100,17 +106,18 @@ class NavEnv(gym.Env):
             o.kind: np.array([self.scene.body[i.name] for i in objects if i.objects is o], dtype=np.int64)
             for o in self.task.objects
         }
-        self._lidars: list[tuple[slice, np.ndarray]] = []  # (obs slice, body ids of the kind)
-        for o in self.task.objects:
-            if KINDS[o.kind].lidar:
-                self.obs_slices[f"{o.kind}_lidar"] = slice(start, start + LIDAR_BINS)
-                self._lidars.append((self.obs_slices[f"{o.kind}_lidar"], self._bodies[o.kind]))
-                start += LIDAR_BINS
+        seen = [o.kind for o in self.task.objects if KINDS[o.kind].lidar]
+        self._lidar_start = start  # the lidars fill obs[start:], one kind after the other
+        for kind in seen:
+            self.obs_slices[f"{kind}_lidar"] = slice(start, start + LIDAR_BINS)
+            start += LIDAR_BINS
+        self._lidar_bodies = np.concatenate([self._bodies[k] for k in seen])  # (M,) every object seen
+        self._lidar_kind = np.concatenate([np.full(len(self._bodies[k]), i) for i, k in enumerate(seen)])
         low = np.full(start, -np.inf)
         high = np.full(start, np.inf)
-        for sl, _ in self._lidars:
-            low[sl], high[sl] = 0.0, 1.0
+        low[self._lidar_start :], high[self._lidar_start :] = 0.0, 1.0
         self.observation_space = gym.spaces.Box(low, high, dtype=np.float64)
+        self._ctrl_low, self._ctrl_high = self.model.actuator_ctrlrange.T.copy()
         ctrl = self.model.actuator_ctrlrange.astype(np.float32).astype(np.float64)  # the reference's rounding
         self.action_space = gym.spaces.Box(ctrl[:, 0], ctrl[:, 1], dtype=np.float64)
 
@@ -120,6 +127,7 @@ class NavEnv(gym.Env):
         vases = [self.scene.qvel[i.name] for i in objects if i.objects.kind == "vases"]
         self._vase_lin = np.array(vases, dtype=np.int64).reshape(-1, 1) + np.arange(3)  # (V, 3) qvel indices
         self._touched: np.ndarray | None = None
+        self._robot_geoms: list[bool] = self.scene.robot_geoms.tolist()
 
         self.render_mode = render_mode
         self.model.vis.global_.offwidth = max(width, self.model.vis.global_.offwidth)
@@ -134,7 +142,7 @@ class NavEnv(gym.Env):
     @property
     def agent_pos(self) -> np.ndarray:
         """The robot body's position (3,)."""
-        return self.data.xpos[self._agent_id].copy()
+        return self._xpos[self._agent_id].copy()
 
     def agent_velocity(self) -> np.ndarray:
         """The linear velocity (3,) of the robot body's origin, in world axes."""
@@ -143,15 +151,16 @@ class NavEnv(gym.Env):
         return vel[3:]
 
     def body_pos(self, name: str) -> np.ndarray:
-        return self.data.xpos[self.scene.body[name]].copy()
+        return self._xpos[self.scene.body[name]].copy()
 
     def body_xy(self, name: str) -> np.ndarray:
-        return self.data.xpos[self.scene.body[name], :2].copy()
+        return self._xpos[self.scene.body[name], :2].copy()
 
     def distance_xy(self, name: str) -> float:
         """The robot's distance to an object in the floor plane."""
-        delta = self.data.xpos[self.scene.body[name], :2] - self.data.xpos[self._agent_id, :2]
-        return float(np.sqrt(np.sum(np.square(delta))))
+        (x, y), (ax, ay) = self._xpos[self.scene.body[name], :2], self._xpos[self._agent_id, :2]
+        dx, dy = float(x - ax), float(y - ay)
+        return math.sqrt(dx * dx + dy * dy)  # the reference's np.sqrt(np.sum(np.square(delta))), bit for bit
 
     def touches(self, geom_name: str) -> int:
         """How many contacts the robot has with the geom ``geom_name``."""
@@ -160,10 +169,12 @@ class NavEnv(gym.Env):
     def _touch_counts(self) -> np.ndarray:
         """(ngeom,) the robot's contacts with each geom in the current state (cached per step)."""
         if self._touched is None:
-            pairs = self.data.contact.geom[: self.data.ncon]  # (C, 2)
-            robot = self.scene.robot_geoms[pairs]  # (C, 2)
-            other = np.where(robot[:, 0], pairs[:, 1], pairs[:, 0])[robot[:, 0] ^ robot[:, 1]]
-            self._touched = np.bincount(other, minlength=self.model.ngeom)
+            counts = np.zeros(self.model.ngeom, dtype=np.int64)
+            robot = self._robot_geoms
+            for g1, g2 in self.data.contact.geom[: self.data.ncon].tolist():  # a few contacts a step
+                if robot[g1] != robot[g2]:
+                    counts[g2 if robot[g1] else g1] += 1
+            self._touched = counts
         return self._touched
 
     # ----------------------------------------------------------------------------- goal
@@ -184,9 +195,9 @@ class NavEnv(gym.Env):
         so the next goal keeps clear of where things are now."""
         for name in self.layout:
             if name == "agent":
-                self.layout[name] = self.data.xpos[self._agent_id, :2].copy()
+                self.layout[name] = self._xpos[self._agent_id, :2].copy()
             elif not name.startswith("gremlin"):
-                self.layout[name] = self.data.xpos[self.scene.body[name], :2].copy()
+                self.layout[name] = self._xpos[self.scene.body[name], :2].copy()
 
     # ----------------------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -213,6 +224,8 @@ class NavEnv(gym.Env):
             if inst.kind.placed == "gremlin":
                 data.mocap_pos[self.scene.mocap[inst.name]] = xy[0], xy[1], height
                 data.mocap_quat[self.scene.mocap[inst.name]] = quat_z(yaw)
+        for g, inst in enumerate(self._gremlins):
+            self._gremlin_centre[g] = *self.layout[inst.name], 2 * inst.objects.size
         mujoco.mj_forward(model, data)
         self._touched = None
         self.rule.reset(self)
@@ -224,7 +237,7 @@ class NavEnv(gym.Env):
         if action.shape != self.action_space.shape:
             raise ValueError(f"action: expected shape {self.action_space.shape}, got {action.shape}")
         model, data = self.model, self.data
-        np.clip(action, model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1], out=data.ctrl)
+        data.ctrl[:] = np.minimum(np.maximum(action, self._ctrl_low), self._ctrl_high)
         substeps = int(self.rs.binomial(FRAME_SKIP, 1.0))  # always 10; drawn to keep the reference's stream
         if self._gremlins:
             for _ in range(substeps):
@@ -236,7 +249,7 @@ class NavEnv(gym.Env):
         self._touched = None
 
         met = self.rule.met(self)
-        reward = float(np.clip(self.rule.reward(self, met), -REWARD_CLIP, REWARD_CLIP))
+        reward = min(max(self.rule.reward(self, met), -REWARD_CLIP), REWARD_CLIP)
         parts = self._cost_parts()
         cost = float(sum(parts.values()) > 0.0)
         self.rule.tick()
@@ -255,16 +268,15 @@ class NavEnv(gym.Env):
     def _move_gremlins(self) -> None:
         """Each gremlin's mocap goes round its layout point at angular speed 1 rad/s (before a substep)."""
         phase = float(self.data.time)
-        for inst in self._gremlins:
-            x, y = self.layout[inst.name] + np.array([np.sin(phase), np.cos(phase)]) * inst.objects.travel
-            self.data.mocap_pos[self.scene.mocap[inst.name]] = x, y, 2 * inst.objects.size
+        offset = np.array([np.sin(phase), np.cos(phase), 0.0]) * self._gremlin_travel  # (3,)
+        self.data.mocap_pos[self._gremlin_mocap] = self._gremlin_centre + offset
 
     def _cost_parts(self) -> dict[str, float]:
         """The raw cost parts of the current state (each counts when positive)."""
         parts: dict[str, float] = {}
         for objs in self._constrained:
             if objs.kind == "hazards":
-                delta = self.data.xpos[self._bodies["hazards"], :2] - self.data.xpos[self._agent_id, :2]
+                delta = self._xpos[self._bodies["hazards"], :2] - self._xpos[self._agent_id, :2]
                 dist = np.sqrt(np.sum(np.square(delta), axis=1))
                 parts["cost_hazards"] = float(np.sum((objs.size - dist) * (dist <= objs.size)))
             elif objs.kind == "vases":
@@ -283,7 +295,7 @@ class NavEnv(gym.Env):
             elif objs.kind in ("pillars", "gremlins"):
                 parts[f"cost_{objs.kind}"] = float(self._touch_counts()[self._geom_kind[objs.kind]].sum())
             elif objs.kind == "sigwalls":
-                x, y = self.data.xpos[self._agent_id, :2]
+                x, y = self._xpos[self._agent_id, :2]
                 out = abs(x) > WALL or (objs.num == 4 and abs(y) > WALL)
                 parts["cost_out_of_boundary"] = float(out)
         return parts
@@ -296,11 +308,11 @@ class NavEnv(gym.Env):
                 mujoco.mju_quat2Mat(obs[sl], sensordata[adr : adr + 4])
             else:
                 obs[sl] = sensordata[adr : adr + sl.stop - sl.start]
-        pos, mat = self.data.xpos[self._agent_id], self.data.xmat[self._agent_id].reshape(3, 3)
-        for sl, ids in self._lidars:
-            obs[sl] = pseudo_lidar(
-                egocentric_xy(self.data.xpos[ids], pos, mat), LIDAR_BINS, self.task.lidar_max_dist
-            )
+        pos, mat = self._xpos[self._agent_id], self._xmat[self._agent_id].reshape(3, 3)
+        ego = egocentric_xy(self._xpos[self._lidar_bodies], pos, mat)
+        kinds = int(self._lidar_kind[-1]) + 1
+        lidars = pseudo_lidars(ego, self._lidar_kind, kinds, LIDAR_BINS, self.task.lidar_max_dist)
+        obs[self._lidar_start :] = lidars.ravel()
         if isinstance(self.rule, ButtonRule) and self.rule.timer != 0:
             obs[self.obs_slices["buttons_lidar"]] = 0.0  # buttons are unseen while they cannot be pressed
         return obs

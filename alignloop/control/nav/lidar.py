@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["egocentric_xy", "pseudo_lidar"]
+__all__ = ["egocentric_xy", "pseudo_lidar", "pseudo_lidars"]
 
 
 def egocentric_xy(points: np.ndarray, agent_pos: np.ndarray, agent_mat: np.ndarray) -> np.ndarray:
@@ -30,24 +30,41 @@ def egocentric_xy(points: np.ndarray, agent_pos: np.ndarray, agent_mat: np.ndarr
     return ((world - agent_pos) @ agent_mat)[:, :2]
 
 
+def pseudo_lidars(
+    ego: np.ndarray,
+    kind: np.ndarray,
+    kinds: int,
+    bins: int = 16,
+    max_dist: float | None = 3.0,
+    exp_gain: float = 1.0,
+    alias: bool = True,
+) -> np.ndarray:
+    """The lidars (kinds, bins) of objects at egocentric positions ``ego`` (N, 2), object i seen
+    by lidar ``kind[i]`` (N,) in [0, kinds): every kind at once, as one env step needs them."""
+    obs = np.zeros(kinds * bins)
+    if len(ego):
+        dist = np.hypot(ego[:, 0], ego[:, 1])  # (N,)
+        angle = np.arctan2(ego[:, 1], ego[:, 0]) % (np.pi * 2)
+        bin_size = (np.pi * 2) / bins
+        index = (angle / bin_size).astype(np.int64)  # (N,) the bin of each object
+        reading = (
+            np.exp(-exp_gain * dist) if max_dist is None else np.maximum(0.0, max_dist - dist) / max_dist
+        )
+        base = np.asarray(kind, dtype=np.int64) * bins
+        if alias:
+            share = (angle - bin_size * index) / bin_size  # (N,) in [0, 1): how far into its bin
+            where = np.concatenate(
+                [base + index % bins, base + (index + 1) % bins, base + (index - 1) % bins]
+            )
+            value = np.concatenate([reading, share * reading, (1 - share) * reading])
+        else:
+            where, value = base + index % bins, reading
+        np.maximum.at(obs, where, value)  # a bin keeps the largest reading that falls in it
+    return obs.reshape(kinds, bins)
+
+
 def pseudo_lidar(
     ego: np.ndarray, bins: int = 16, max_dist: float | None = 3.0, exp_gain: float = 1.0, alias: bool = True
 ) -> np.ndarray:
     """The lidar reading (bins,) of objects at egocentric positions ``ego`` (N, 2)."""
-    obs = np.zeros(bins)
-    if len(ego) == 0:
-        return obs
-    dist = np.hypot(ego[:, 0], ego[:, 1])  # (N,)
-    angle = np.arctan2(ego[:, 1], ego[:, 0]) % (np.pi * 2)
-    bin_size = (np.pi * 2) / bins
-    index = (angle / bin_size).astype(np.int64)
-    if max_dist is None:
-        reading = np.exp(-exp_gain * dist)
-    else:
-        reading = np.maximum(0.0, max_dist - dist) / max_dist
-    np.maximum.at(obs, index % bins, reading)
-    if alias:
-        share = (angle - bin_size * index) / bin_size  # (N,) in [0, 1)
-        np.maximum.at(obs, (index + 1) % bins, share * reading)
-        np.maximum.at(obs, (index - 1) % bins, (1 - share) * reading)
-    return obs
+    return pseudo_lidars(ego, np.zeros(len(ego), dtype=np.int64), 1, bins, max_dist, exp_gain, alias)[0]
