@@ -17,19 +17,24 @@ Compared, for every task id:
    the cost rate inside hazards, under a uniform random policy and a scripted target-seeking
    policy (reads the goal, box or circle lidar and steers towards it, blind to hazards), over
    paired episodes (the same seeds, hence the same layouts, and the same random actions on both
-   sides). A metric holds when the mean paired difference is within ``max(floor, 10% of the
-   reference's mean)`` (floors: reward 0.002/step, cost and hazard share 0.01/step); its 95%
-   confidence interval (t, paired) is shown;
+   sides). The tolerance of a metric is ``max(floor, 10% of the reference's mean)`` (floors:
+   reward 0.002/step, cost and hazard share 0.01/step); it holds when the 95% confidence
+   interval (t, paired episodes) of the difference reaches into +-tolerance, that is when the
+   episodes give no evidence of a difference larger than the tolerance. Trajectories of the
+   two engines part after tens of steps, so a robot that lingers in a hazard in one episode
+   makes the interval wide: read the interval's half-width beside the verdict (a half-width
+   above the tolerance means the episodes could not show a difference that small);
 4. **speed**: reset and step time, interleaved process by process, as medians and ratios. The
    reference's reset is timed as shipped (it rebuilds the model from XML and decodes a 24 MB
    skybox) and with the skybox swapped for a gradient in the worker's memory (what the
    statistics runs use, to make 1,000 resets affordable; the skybox only colours the
    background).
 
-    python bench/nav_vs_safety_gymnasium.py                              # every task (about an hour)
+    python bench/nav_vs_safety_gymnasium.py                              # every task (hours on 2 cores)
     python bench/nav_vs_safety_gymnasium.py --tasks SafetyPointGoal1-v0 --episodes 10 --steps 200
 
-Results: bench/results/nav_vs_safety_gymnasium.json and .md (the tables of BENCHMARKS.md).
+Results: bench/results/nav_vs_safety_gymnasium.json and .md (the tables of BENCHMARKS.md); every
+finished worker is kept in .rows.jsonl, so the same command after an interruption goes on.
 """
 
 from __future__ import annotations
@@ -285,7 +290,7 @@ def compare_stats(ours: dict, ref: dict) -> dict[str, Any]:
     for name, f in metrics.items():
         m = _paired([f(a[s]) for s in seeds], [f(b[s]) for s in seeds])
         m["tol"] = max(FLOORS[name], 0.1 * abs(m["ref"]))
-        m["holds"] = abs(m["delta"]) <= m["tol"]
+        m["holds"] = abs(m["delta"]) - m["ci"] <= m["tol"]  # the CI reaches into +-tol
         out[name] = m
     for label, eps in (("ours", a), ("ref", b)):
         inside = sum(eps[s]["inside"] for s in seeds)
@@ -314,41 +319,67 @@ def compare_spaces(ours: dict, ref: dict) -> dict[str, Any]:
     if "Car" in ours["env"]:
         keep[:3] = False  # the accelerometer at reset (see the module docstring)
     reset = np.abs(np.array(ours["reset_obs"]) - np.array(ref["reset_obs"]))
-    steps = np.abs(np.array(ours["trajectory"]) - np.array(ref["trajectory"])).max(axis=1)
+    drift = np.abs(np.array(ours["trajectory"]) - np.array(ref["trajectory"]))  # (3, D)
+    lidar = np.zeros(drift.shape[1], dtype=bool)
+    start = 0
+    for key, size in ours["keys"]:
+        lidar[start : start + size] = key.endswith("_lidar")
+        start += size
     return {
         "spaces_equal": all(same.values()),
         "differing": [f for f, ok in same.items() if not ok],
         "reset_max_diff": float(reset[:, keep].max()),
         "car_reset_accelerometer_max_diff": float(reset[:, ~keep].max()) if (~keep).any() else None,
-        "after_1_5_20_steps_max_diff": steps.tolist(),
+        "after_1_5_20_steps_max_diff": drift.max(axis=1).tolist(),
+        "lidar_after_1_5_20_steps_max_diff": drift[:, lidar].max(axis=1).tolist(),
     }
 
 
-def run(specs: list[dict], jobs: int) -> list[dict]:
+def run(specs: list[dict], jobs: int, cache: Path) -> list[dict]:
+    """Every spec's worker row, ``jobs`` at a time; finished rows are appended to ``cache`` (JSON
+    lines) and a spec found there is not run again, so a long run that stops loses nothing."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     sys.path.insert(0, str(HERE))
     from control_common import run_worker
 
     ref_python = str(REFERENCE_VENV / "bin" / "python")
+    done: dict[str, dict] = {}
+    if cache.is_file():
+        for line in cache.read_text().splitlines():
+            row = json.loads(line)
+            done[row["key"]] = row
+    lock = threading.Lock()
 
-    def one(spec: dict) -> dict:
+    def one(spec: dict, key: str) -> dict:
+        if key in done:
+            return done[key]
         python = ref_python if spec["side"] == "reference" else sys.executable
-        row = run_worker(str(Path(__file__).resolve()), spec, python=python)
+        row = {**run_worker(str(Path(__file__).resolve()), spec, python=python), "key": key}
+        with lock, cache.open("a") as f:
+            f.write(json.dumps(row) + "\n")
         print(f"done {spec['kind']} {spec['side']} {spec['env']} {spec.get('policy', '')}", flush=True)
         return row
 
+    keys, seen = [], {}  # a spec's key: the spec and which repeat of it this is
+    for spec in specs:
+        text = json.dumps(spec, sort_keys=True)
+        seen[text] = seen.get(text, 0) + 1
+        keys.append(f"{text}#{seen[text]}")
+    cache.parent.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(one, specs))
+        return list(pool.map(one, specs, keys))
 
 
 def markdown(report: dict) -> str:
-    lines = ["| task | spaces equal | reset obs max diff (10 seeds) | obs diff after 1 / 5 / 20 steps |",
-             "| --- | --- | --- | --- |"]  # fmt: skip
+    lines = ["| task | spaces equal | reset obs max diff (10 seeds) | obs diff after 1 / 5 / 20 steps "
+             "| lidar diff after 1 / 5 / 20 steps |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for env_id, s in report["spaces"].items():
         diffs = " / ".join(f"{d:.0e}" for d in s["after_1_5_20_steps_max_diff"])
+        lidar = " / ".join(f"{d:.0e}" for d in s["lidar_after_1_5_20_steps_max_diff"])
         equal = "yes" if s["spaces_equal"] else "no: " + ", ".join(s["differing"])
-        lines.append(f"| {env_id} | {equal} | {s['reset_max_diff']:.0e} | {diffs} |")
+        lines.append(f"| {env_id} | {equal} | {s['reset_max_diff']:.0e} | {diffs} | {lidar} |")
     lines += ["", "| task | policy | episodes | reward/step: ours, ref, diff [95% CI] | cost/step: ours, ref, diff [95% CI] "
               "| hazard share: diff [95% CI] | cost rate in hazards: ours, ref | goals/episode: ours, ref | holds |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
@@ -392,8 +423,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--tasks", nargs="+", default=ALL_IDS, help="task ids (default: all 24)")
-    parser.add_argument("--episodes", type=int, default=20, help="paired episodes per task and policy")
-    parser.add_argument("--steps", type=int, default=500, help="steps per statistics episode (at most)")
+    parser.add_argument("--episodes", type=int, default=16, help="paired episodes per task and policy")
+    parser.add_argument("--steps", type=int, default=300, help="steps per statistics episode (at most)")
     parser.add_argument(
         "--speed-rounds", type=int, default=2, help="interleaved speed runs per side and task"
     )
@@ -415,9 +446,9 @@ def main() -> None:
                               "steps": args.steps})  # fmt: skip
         for _ in range(args.speed_rounds):
             for side, fast in (("alignloop", True), ("reference", False), ("reference", True)):
-                specs.append({"kind": "speed", "side": side, "env": env_id, "resets": 3, "steps": 300,
+                specs.append({"kind": "speed", "side": side, "env": env_id, "resets": 2, "steps": 300,
                               "gradient_skybox": fast})  # fmt: skip
-    rows = run(specs, args.jobs)
+    rows = run(specs, args.jobs, args.out.with_suffix(".rows.jsonl"))
     report: dict[str, Any] = {
         "spaces": {},
         "stats": {},
