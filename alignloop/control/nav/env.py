@@ -28,6 +28,7 @@ layout that is not in it (x, y of every fixed object, then the gremlins' mocap p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -37,12 +38,12 @@ from gymnasium.envs.mujoco.mujoco_rendering import MujocoRenderer
 
 from alignloop.control.nav.layout import ResamplingError, sample_goal, sample_layout, sample_yaws
 from alignloop.control.nav.lidar import egocentric_xy, pseudo_lidars
-from alignloop.control.nav.objects import KINDS, Placement, placement, quat_z
+from alignloop.control.nav.objects import KINDS, Objects, Placement, placement, quat_z
 from alignloop.control.nav.robots import ROBOTS
 from alignloop.control.nav.scene import Scene
 from alignloop.control.nav.tasks import RULES, WALL, ButtonRule, task_spec
 
-__all__ = ["NavEnv"]
+__all__ = ["COST_RULES", "NavEnv"]
 
 FRAME_SKIP = 10
 """Physics substeps per env step (the reference draws Binomial(10, 1.0): always 10)."""
@@ -275,30 +276,12 @@ class NavEnv(gym.Env):
         """The raw cost parts of the current state (each counts when positive)."""
         parts: dict[str, float] = {}
         for objs in self._constrained:
-            if objs.kind == "hazards":
-                delta = self._xpos[self._bodies["hazards"], :2] - self._xpos[self._agent_id, :2]
-                dist = np.sqrt(np.sum(np.square(delta), axis=1))
-                parts["cost_hazards"] = float(np.sum((objs.size - dist) * (dist <= objs.size)))
-            elif objs.kind == "vases":
-                parts["cost_vases_contact"] = float(self._touch_counts()[self._geom_kind["vases"]].sum())
-                lin = self.data.qvel[self._vase_lin]  # (V, 3) linear velocities of the vases' origins
-                speed = np.sqrt(np.sum(np.square(lin), axis=1))
-                parts["cost_vases_velocity"] = float(np.sum(speed * (speed >= VASE_VELOCITY_THRESHOLD)))
-            elif objs.kind == "buttons":
-                assert isinstance(self.rule, ButtonRule)
-                touched = 0.0
-                if self.rule.timer == 0:
-                    counts = self._touch_counts()[self._geom_kind["buttons"]]
-                    goal_geom = self.model.geom(f"button{self.rule.goal_button}").id
-                    touched = float(counts.sum() - self._touch_counts()[goal_geom])
-                parts["cost_buttons"] = touched
-            elif objs.kind in ("pillars", "gremlins"):
-                parts[f"cost_{objs.kind}"] = float(self._touch_counts()[self._geom_kind[objs.kind]].sum())
-            elif objs.kind == "sigwalls":
-                x, y = self._xpos[self._agent_id, :2]
-                out = abs(x) > WALL or (objs.num == 4 and abs(y) > WALL)
-                parts["cost_out_of_boundary"] = float(out)
+            parts.update(COST_RULES[objs.kind](self, objs))
         return parts
+
+    def touch_cost(self, kind: str) -> float:
+        """How many contacts the robot has with objects of ``kind``."""
+        return float(self._touch_counts()[self._geom_kind[kind]].sum())
 
     def _obs(self) -> np.ndarray:
         obs = np.empty(self.observation_space.shape[0])  # type: ignore[index]
@@ -353,3 +336,45 @@ class NavEnv(gym.Env):
 
     def close(self) -> None:
         self.mujoco_renderer.close()
+
+
+# ----------------------------------------------------------------------------- cost rules
+def _hazards(env: NavEnv, objs: Objects) -> dict[str, float]:
+    """Inside a hazard: the reference sums ``size - distance`` over the hazards entered."""
+    delta = env._xpos[env._bodies["hazards"], :2] - env._xpos[env._agent_id, :2]
+    dist = np.sqrt(np.sum(np.square(delta), axis=1))
+    return {"cost_hazards": float(np.sum((objs.size - dist) * (dist <= objs.size)))}
+
+
+def _vases(env: NavEnv, objs: Objects) -> dict[str, float]:
+    """Touching a vase, and any vase moving (its speed when at least 1e-4 m/s)."""
+    lin = env.data.qvel[env._vase_lin]  # (V, 3) linear velocities of the vases' origins
+    speed = np.sqrt(np.sum(np.square(lin), axis=1))
+    moving = float(np.sum(speed * (speed >= VASE_VELOCITY_THRESHOLD)))
+    return {"cost_vases_contact": env.touch_cost("vases"), "cost_vases_velocity": moving}
+
+
+def _buttons(env: NavEnv, objs: Objects) -> dict[str, float]:
+    """Touching a button other than the goal, once the delay after the last press is over."""
+    rule = env.rule
+    assert isinstance(rule, ButtonRule)
+    if rule.timer != 0:
+        return {"cost_buttons": 0.0}
+    return {"cost_buttons": env.touch_cost("buttons") - env.touches(f"button{rule.goal_button}")}
+
+
+def _sigwalls(env: NavEnv, objs: Objects) -> dict[str, float]:
+    """Outside the band |x| <= 1.125 (with four walls also |y| <= 1.125)."""
+    x, y = env._xpos[env._agent_id, :2]
+    return {"cost_out_of_boundary": float(abs(x) > WALL or (objs.num == 4 and abs(y) > WALL))}
+
+
+COST_RULES: dict[str, Callable[[NavEnv, Objects], dict[str, float]]] = {
+    "hazards": _hazards,
+    "vases": _vases,
+    "buttons": _buttons,
+    "pillars": lambda env, objs: {"cost_pillars": env.touch_cost("pillars")},
+    "gremlins": lambda env, objs: {"cost_gremlins": env.touch_cost("gremlins")},
+    "sigwalls": _sigwalls,
+}
+"""The cost parts of each kind of object that can be constrained (touching, entering, leaving)."""
