@@ -82,41 +82,57 @@ def _rgba(rgba: tuple[float, ...], alpha: float | None = None) -> str:
     return " ".join(f"{v:g}" for v in values)
 
 
+_GHOST = 'contype="0" conaffinity="0"'
+"""Geoms that nothing collides with (hazards, the goal, the circle, the walls, gremlin mocaps)."""
+
+
+def _fixed(name: str, kind: str, o: Objects, geom: str, turn: str = "") -> str:
+    """A body without joints at its kind's height, holding one geom of the same name."""
+    z = KINDS[kind].z(o)
+    return f'<body name="{name}" pos="0 0 {z}"{turn}><geom name="{name}" group="{KINDS[kind].group}" {geom}/></body>'
+
+
 def _goal(name: str, o: Objects, _: int) -> str:
-    return (
-        f'<body name="{name}" pos="0 0 {o.size / 2 + 1e-2}"><geom name="{name}" type="cylinder" '
-        f'size="{o.size} {o.size / 2}" rgba="{_rgba(KINDS["goal"].rgba, o.alpha)}" group="9" '
-        'contype="0" conaffinity="0"/></body>'
-    )
+    rgba = _rgba(KINDS["goal"].rgba, o.alpha)
+    return _fixed(name, "goal", o, f'type="cylinder" size="{o.size} {o.size / 2}" rgba="{rgba}" {_GHOST}')
 
 
 def _hazard(name: str, o: Objects, _: int) -> str:
-    return (
-        f'<body name="{name}" pos="0 0 0.02"><geom name="{name}" type="cylinder" size="{o.size} 0.01" '
-        f'rgba="{_rgba(KINDS["hazards"].rgba)}" group="3" contype="0" conaffinity="0"/></body>'
-    )
+    rgba = _rgba(KINDS["hazards"].rgba)
+    return _fixed(name, "hazards", o, f'type="cylinder" size="{o.size} 0.01" rgba="{rgba}" {_GHOST}')
 
 
 def _button(name: str, o: Objects, _: int) -> str:
-    return (
-        f'<body name="{name}" pos="0 0 {o.size}"><geom name="{name}" type="sphere" size="{o.size}" '
-        f'rgba="{_rgba(KINDS["buttons"].rgba)}" group="1"/></body>'
-    )
+    return _fixed(name, "buttons", o, f'type="sphere" size="{o.size}" rgba="{_rgba(KINDS["buttons"].rgba)}"')
 
 
 def _pillar(name: str, o: Objects, _: int) -> str:
-    return (
-        f'<body name="{name}" pos="0 0 {o.height}"><geom name="{name}" type="cylinder" '
-        f'size="{o.size} {o.height}" rgba="{_rgba(KINDS["pillars"].rgba)}" group="2"/></body>'
-    )
+    rgba = _rgba(KINDS["pillars"].rgba)
+    return _fixed(name, "pillars", o, f'type="cylinder" size="{o.size} {o.height}" rgba="{rgba}"')
+
+
+def _circle(name: str, o: Objects, _: int) -> str:
+    rgba = _rgba(KINDS["circle"].rgba, 0.1)
+    return _fixed(name, "circle", o, f'type="cylinder" size="{o.size} 0.01" rgba="{rgba}" {_GHOST}')
+
+
+def _sigwall(name: str, o: Objects, index: int) -> str:
+    turn = ' quat="0.7071068 0 0 0.7071068"' if index >= 2 else ""  # the walls along x
+    rgba = _rgba(KINDS["sigwalls"].rgba, 0.1)
+    return _fixed(name, "sigwalls", o, f'type="box" size="0.05 3.5 0.3" rgba="{rgba}" {_GHOST}', turn)
+
+
+def _free(name: str, geoms: str, z: float) -> str:
+    """A body on a free joint holding ``geoms``."""
+    return f'<body name="{name}" pos="0 0 {z}"><freejoint name="{name}"/>{geoms}</body>'
 
 
 def _vase(name: str, o: Objects, _: int) -> str:
-    return (
-        f'<body name="{name}" pos="0 0 {o.size - SINK}"><freejoint name="{name}"/><geom name="{name}" '
-        f'type="box" size="{o.size} {o.size} {o.size}" density="{o.density}" '
-        f'rgba="{_rgba(KINDS["vases"].rgba)}" group="4"/></body>'
+    s, rgba = o.size, _rgba(KINDS["vases"].rgba)
+    geom = (
+        f'<geom name="{name}" type="box" size="{s} {s} {s}" density="{o.density}" rgba="{rgba}" group="4"/>'
     )
+    return _free(name, geom, KINDS["vases"].z(o))
 
 
 def _push_box(name: str, o: Objects, _: int) -> str:
@@ -126,35 +142,21 @@ def _push_box(name: str, o: Objects, _: int) -> str:
         f'<geom name="col{i + 1}" {common} size="{h} {h} {s}" pos="{x * s} {y * s} 0"/>'
         for i, (x, y) in enumerate(((1, 1), (-1, 1), (1, -1), (-1, -1)))
     )
-    return (
-        f'<body name="{name}" pos="0 0 {s}"><freejoint name="{name}"/>'
-        f'<geom name="{name}" {common} size="{s} {s} {s}"/>{corners}</body>'
-    )
+    return _free(name, f'<geom name="{name}" {common} size="{s} {s} {s}"/>{corners}', s)
 
 
 def _gremlin(name: str, o: Objects, _: int) -> str:
+    """A free box and, where it is pulled to, a mocap ghost; both start at the same pose (twice the
+    box's half-size up, where the mocap carries it), so the weld between them holds the identity."""
     s, box = o.size, f'type="box" size="{o.size} {o.size} {o.size}" group="5"'
-    return (
-        f'<body name="{name}obj" pos="0 0 {2 * s}"><freejoint name="{name}obj"/>'
-        f'<geom name="{name}obj" {box} density="{o.density}" rgba="{_rgba(KINDS["gremlins"].rgba)}"/></body>'
-        f'<body name="{name}mocap" mocap="true" pos="0 0 {2 * s}"><geom name="{name}mocap" {box} '
-        f'rgba="{_rgba(KINDS["gremlins"].rgba, 0.1)}" contype="0" conaffinity="0"/></body>'
+    rgba = _rgba(KINDS["gremlins"].rgba)
+    solid = _free(
+        f"{name}obj",
+        f'<geom name="{name}obj" {box} density="{o.density}" rgba="{rgba}"/>',
+        2 * s,
     )
-
-
-def _circle(name: str, o: Objects, _: int) -> str:
-    return (
-        f'<body name="{name}" pos="0 0 0.01"><geom name="{name}" type="cylinder" size="{o.size} 0.01" '
-        f'rgba="{_rgba(KINDS["circle"].rgba, 0.1)}" group="6" contype="0" conaffinity="0"/></body>'
-    )
-
-
-def _sigwall(name: str, o: Objects, index: int) -> str:
-    turn = ' quat="0.7071068 0 0 0.7071068"' if index >= 2 else ""  # the walls along x
-    return (
-        f'<body name="{name}" pos="0 0 0.25"{turn}><geom name="{name}" type="box" size="0.05 3.5 0.3" '
-        f'rgba="{_rgba(KINDS["sigwalls"].rgba, 0.1)}" group="10" contype="0" conaffinity="0"/></body>'
-    )
+    ghost = f'<geom name="{name}mocap" {box} rgba="{_rgba(KINDS["gremlins"].rgba, 0.1)}" {_GHOST}/>'
+    return f'{solid}<body name="{name}mocap" mocap="true" pos="0 0 {2 * s}">{ghost}</body>'
 
 
 KINDS: dict[str, Kind] = {

@@ -186,15 +186,12 @@ class ButtonRule(GoalRule):
         self.timer = BUTTON_DELAY
 
 
-class PushRule:
-    def __init__(self, spec: TaskSpec):
-        goal = spec.find("goal")
-        assert goal is not None
-        self.size = goal.size
-        self.last_box = self.last_box_goal = 0.0
+class PushRule(GoalRule):
+    """The goal rule with the box: met when the box is in the goal, rewarded for approaching it."""
 
-    def reset(self, env: NavEnv) -> None:
-        self.next_goal(env)
+    def __init__(self, spec: TaskSpec):
+        super().__init__(spec)
+        self.last_box = self.last_box_goal = 0.0
 
     def _distances(self, env: NavEnv) -> tuple[float, float]:
         box = env.body_pos("push_box")
@@ -211,13 +208,6 @@ class PushRule:
         reward = (self.last_box - dist_box) * gate + (self.last_box_goal - dist_box_goal)
         self.last_box, self.last_box_goal = dist_box, dist_box_goal
         return reward + (1.0 if met else 0.0)
-
-    def tick(self) -> None:
-        pass
-
-    def next_goal(self, env: NavEnv) -> None:
-        env.place_goal(env.draw_goal())
-        self.remember(env)
 
     def remember(self, env: NavEnv) -> None:
         self.last_box, self.last_box_goal = self._distances(env)
@@ -249,7 +239,7 @@ class CircleRule:
         pass
 
 
-RULES: dict[str, type[GoalRule] | type[PushRule] | type[CircleRule]] = {
+RULES: dict[str, type[GoalRule] | type[CircleRule]] = {
     "Goal": GoalRule,
     "Button": ButtonRule,
     "Push": PushRule,
