@@ -264,14 +264,17 @@ def test_circle_reward_and_boundary_cost() -> None:
     env = nav("SafetyPointCircle1-v0")
     env.reset(seed=0)
 
-    def reward_at(x: float, y: float, u: float, v: float) -> float:
+    def reward_at(x: float, y: float, u: float, v: float, spin: float = 0.0) -> float:
         env.data.qpos[:3] = x, y, 0.0
-        env.data.qvel[:3] = u, v, 0.0
+        env.data.qvel[:3] = u, v, spin
         mujoco.mj_forward(env.model, env.data)
         return env.rule.reward(env, False)
 
-    # on the circle: (1.2, 0.9), r = 1.5, moving (-0.3, 0.4): 0.1 (0.3 * 0.9 + 0.4 * 1.2) / 1.5 / 1 = 0.05
+    # on the circle: (1.2, 0.9), r = 1.5, moving (-0.3, 0.4): 0.1 (0.3 * 0.9 + 0.4 * 1.2) / 1.5 / 1 = 0.05;
+    # the velocity is the body origin's (as the reference's Jacobian at the body frame): turning on the
+    # spot does not change it, though it moves the centre of mass (the arrow sits 0.1 m ahead)
     assert reward_at(1.2, 0.9, -0.3, 0.4) == pytest.approx(0.05, rel=1e-12)
+    assert reward_at(1.2, 0.9, -0.3, 0.4, spin=2.0) == pytest.approx(0.05, rel=1e-12)
     # inside: (0.6, 0.8), r = 1, moving (0, 1): 0.1 (0.6 / 1) / (1 + 0.5) = 0.04; backwards: -0.04
     assert reward_at(0.6, 0.8, 0.0, 1.0) == pytest.approx(0.04, rel=1e-12)
     assert reward_at(0.6, 0.8, 0.0, -1.0) == pytest.approx(-0.04, rel=1e-12)

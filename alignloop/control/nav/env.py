@@ -148,7 +148,7 @@ class NavEnv(gym.Env):
     def agent_velocity(self) -> np.ndarray:
         """The linear velocity (3,) of the robot body's origin, in world axes."""
         vel = np.zeros(6)
-        mujoco.mj_objectVelocity(self.model, self.data, mujoco.mjtObj.mjOBJ_BODY, self._agent_id, vel, 0)
+        mujoco.mj_objectVelocity(self.model, self.data, mujoco.mjtObj.mjOBJ_XBODY, self._agent_id, vel, 0)
         return vel[3:]
 
     def body_pos(self, name: str) -> np.ndarray:
