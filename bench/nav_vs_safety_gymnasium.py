@@ -481,7 +481,9 @@ def main() -> None:
             "step_ref": _median(speed, "reference", False, "step_s"),
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"report": report, "runs": rows}, indent=1))
+    bulky = ("reset_obs", "trajectory", "obs_low", "obs_high", "key")  # compared above; kept in .rows.jsonl
+    slim = [{k: v for k, v in r.items() if k not in bulky} for r in rows]
+    args.out.write_text(json.dumps({"report": report, "runs": slim}, indent=1))
     table = markdown(report)
     args.out.with_suffix(".md").write_text(table + "\n")
     print(table)
