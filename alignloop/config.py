@@ -132,6 +132,9 @@ def parse(cls: type[T], args: list[str], prog: str, description: str | None = No
     """Parse `args` into `cls` with tyro; `--config FILE.yaml` pre-fills the defaults."""
     import tyro
 
+    upgrade = getattr(cls, "upgrade_args", None)  # a command's deprecated spellings of options
+    if upgrade is not None:
+        args = upgrade(list(args), prog)
     default: T | None = None
     rest: list[str] = []
     i = 0

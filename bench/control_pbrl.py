@@ -62,13 +62,21 @@ def worker(spec: dict) -> dict:
     from alignloop.control.pbrl import PbrlConfig, train
     from alignloop.control.ppo import PPOSettings, train_policy
 
-    settings = PPOSettings(checkpoint_every=0, cost_window=100, cost_limit=25.0, **spec.get("ppo", {}))
+    settings = PPOSettings(cost_window=100, cost_limit=25.0, **spec.get("ppo", {}))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if spec["rule"] == "ppo-true-reward":
             lag = spec["env"].startswith("Safe")
             stats = train_policy(
-                Path(tmp) / "r", spec["env"], None, lag, spec["steps"], spec["seed"], settings, progress=False
+                Path(tmp) / "r",
+                spec["env"],
+                None,
+                lag,
+                spec["steps"],
+                spec["seed"],
+                settings,
+                save_every=0,
+                progress=False,
             )
             return {
                 "return": stats["episode/return"],
@@ -84,10 +92,10 @@ def worker(spec: dict) -> dict:
             cost_queries=spec.get("cost_queries", 0.5),
             threshold_pairs=spec.get("threshold_pairs", 250),
             cost_ensemble=spec.get("cost_ensemble", 3),
-            total_steps=spec["steps"],
+            total_env_steps=spec["steps"],
             seed=spec["seed"],
-            out=Path(tmp),
-            name="r",
+            output_dir=Path(tmp) / "r",
+            save_every=0,
             progress=False,
             ppo=settings,
         )

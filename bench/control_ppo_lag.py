@@ -33,9 +33,7 @@ from control_common import (  # noqa: E402
 def worker(spec: dict) -> dict:
     from alignloop.control.ppo import PPOSettings, train_policy
 
-    settings = PPOSettings(
-        checkpoint_every=0, cost_window=100, cost_limit=spec["cost_limit"], **spec.get("ppo", {})
-    )
+    settings = PPOSettings(cost_window=100, cost_limit=spec["cost_limit"], **spec.get("ppo", {}))
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         stats = train_policy(
@@ -46,6 +44,7 @@ def worker(spec: dict) -> dict:
             spec["steps"],
             spec["seed"],
             settings,
+            save_every=0,
             progress=False,
         )
         seconds = time.perf_counter() - start

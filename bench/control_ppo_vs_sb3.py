@@ -37,10 +37,12 @@ from control_common import markdown, run_all, save, summarise  # noqa: E402
 def run_alignloop(env_id: str, steps: int, seed: int) -> dict[str, Any]:
     from alignloop.control.ppo import PPOSettings, train_policy
 
-    settings = PPOSettings(checkpoint_every=0, cost_window=100)
+    settings = PPOSettings(cost_window=100)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        stats = train_policy(Path(tmp) / "run", env_id, None, False, steps, seed, settings, progress=False)
+        stats = train_policy(
+            Path(tmp) / "run", env_id, None, False, steps, seed, settings, save_every=0, progress=False
+        )
         seconds = time.perf_counter() - start
     return {"return": stats["episode/return"], "steps": stats["global_step"], "seconds": seconds}
 

@@ -80,12 +80,12 @@ def run_alignloop(seed: int, steps: int, comparisons: int, select: str) -> dict:
             round_every=2,
             select=select,  # type: ignore[arg-type]
             segment_length=FRAGMENT,
-            total_steps=imitation_agent_steps(steps),
+            total_env_steps=imitation_agent_steps(steps),
             seed=seed,
-            out=Path(tmp),
-            name="r",
+            output_dir=Path(tmp) / "r",
+            save_every=0,
             progress=False,
-            ppo=PPOSettings(checkpoint_every=0),
+            ppo=PPOSettings(),
         )
         with contextlib.redirect_stdout(io.StringIO()):
             train(cfg)

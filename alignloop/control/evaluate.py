@@ -1,6 +1,6 @@
 """`alignloop control eval RUN_DIR`: mean return and cost of a trained policy, and a video.
 
-The policy is rebuilt from the run's ``checkpoint.pt`` (actor weights, hidden sizes, the
+The policy is rebuilt from the run's newest intact checkpoint (actor weights, hidden sizes, the
 observation statistics it was trained with, the task and its cost). Episodes are seeded
 ``seed, seed + 1, ...``. MuJoCo renders offscreen; set ``MUJOCO_GL=egl`` on a machine without a
 display (done here when unset).
@@ -25,7 +25,7 @@ class EvalConfig:
     """Evaluate a control policy trained by `alignloop control train` or `pbrl`."""
 
     run_dir: Annotated[Path, tyro.conf.Positional] = Path("runs/control/latest")
-    """The run directory (holds checkpoint.pt)."""
+    """The run folder (holds checkpoints/)."""
     episodes: int = 10
     """Episodes to average over."""
     seed: int = 10_000
@@ -39,33 +39,28 @@ class EvalConfig:
 
 
 def load_policy(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """Rebuild ``(actor, obs_normalize, checkpoint)`` from a run directory."""
-    import torch
-
+    """Rebuild ``(actor, obs_normalize, checkpoint extra)`` from a run folder's newest intact
+    checkpoint (the extra holds the task: ``env``, ``cost``, ``hidden``, ``norm_obs``, ...)."""
     from alignloop.control.envs import ObsNormalizer, make_env
     from alignloop.control.nets import Actor
+    from alignloop.control.ppo import read_checkpoint
+    from alignloop.runstack.checkpoint import NumpyState
 
-    path = run_dir / "checkpoint.pt"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no checkpoint; is {run_dir} a run directory of `alignloop control train`?"
-        )
-    state = torch.load(path, weights_only=True)
-    env = make_env(state["env"], state["cost"], max_episode_steps=state["max_episode_steps"])
+    state, extra = read_checkpoint(run_dir)
+    env = make_env(extra["env"], extra["cost"], max_episode_steps=extra["max_episode_steps"])
     obs_dim = int(np.prod(env.observation_space.shape))  # type: ignore[arg-type]
-    actor = Actor(obs_dim, env.action_space, tuple(state["hidden"]))
-    actor.load_state_dict(
-        {k.removeprefix("actor."): v for k, v in state["agent"].items() if k.startswith("actor.")}
-    )
+    actor = Actor(obs_dim, env.action_space, tuple(extra["hidden"]))
+    agent = state["models"]["agent"]
+    actor.load_state_dict({k.removeprefix("actor."): v for k, v in agent.items() if k.startswith("actor.")})
     env.close()
     norm = ObsNormalizer((obs_dim,))
-    norm.load_state_dict({k: v.numpy() if hasattr(v, "numpy") else v for k, v in state["obs_norm"].items()})
+    NumpyState(norm).load_state_dict(state["states"]["obs_norm"])
 
     def normalize(obs: np.ndarray) -> np.ndarray:
         flat = np.asarray(obs, dtype=np.float64).reshape(1, -1)
-        return norm.normalize(flat) if state["norm_obs"] else flat.astype(np.float32)
+        return norm.normalize(flat) if extra["norm_obs"] else flat.astype(np.float32)
 
-    return actor, normalize, state
+    return actor, normalize, extra
 
 
 def evaluate_policy(

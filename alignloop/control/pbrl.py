@@ -35,7 +35,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -43,10 +43,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignloop.control.nets import CostModel, StepModel
-from alignloop.control.ppo import PPOSettings, Rollout, check_setup, train_policy
+from alignloop.control.ppo import (
+    PPOSettings,
+    TrainConfig,
+    check_setup,
+    fill_run_dir,
+    has_checkpoint,
+    train_policy,
+    upgrade_output_args,
+)
+from alignloop.control.rollouts import Rollout
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
 from alignloop.core.selection import sign_uncertainty
 from alignloop.feedback.teachers import TIE, SegmentTeacher, TeacherNoise
+from alignloop.runstack.checkpoint import to_numpy, to_plain
+from alignloop.runstack.layout import RunLayout
+from alignloop.runstack.options import RunOptions, upgrade_args
 
 
 def segment_cost_logit(step_logits: Tensor) -> Tensor:
@@ -225,7 +237,9 @@ def label_steps(
 
 class PreferenceLearner:
     """The segment pool, the teacher, the labelled pairs and the models; called by PPO once
-    per iteration as its ``relabel`` hook."""
+    per iteration as its ``relabel`` hook. The statistics of each fit wait in `pop_stats` for
+    the run's logger; `state_dict` holds everything a resumed run needs (checkpointed with PPO's
+    state at the same iteration)."""
 
     def __init__(
         self,
@@ -248,9 +262,9 @@ class PreferenceLearner:
         fit_steps: int,
         lr: float,
         seed: int,
-        log: Callable[[dict[str, float], int], None] | None = None,
     ):
-        self.teacher, self.safe, self.budget, self.log = teacher, safe, budget, log
+        self.teacher, self.safe, self.budget = teacher, safe, budget
+        self.stats: dict[str, float] = {}
         self.queries_per_round, self.round_every = queries_per_round, round_every
         self.h, self.pool_size, self.candidates, self.select = segment_length, pool_size, candidates, select
         self.fit_steps, self.cost_queries, self.threshold_pairs = fit_steps, cost_queries, threshold_pairs
@@ -349,8 +363,41 @@ class PreferenceLearner:
             stats["pbrl/cost_threshold"] = float(self.cost_model.threshold.mean())
             stats |= self.cost_calibration()
         self.fitted = True
-        if self.log is not None:
-            self.log(stats, iteration)
+        self.stats = stats
+
+    def pop_stats(self) -> dict[str, float]:
+        """The statistics of the fit since the last call (none when there was none)."""
+        stats, self.stats = self.stats, {}
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        """The models and their optimisers, the pool, the judged pairs, the counters and the
+        random generators, as tensors and plain values."""
+        return {
+            "reward_models": [m.state_dict() for m in self.reward_models],
+            "reward_opts": [o.state_dict() for o in self.reward_opts],
+            "cost_model": self.cost_model.state_dict(),
+            "cost_opt": self.cost_opt.state_dict(),
+            "pool": to_plain(self.pool),
+            "pairs": to_plain(self.pairs),
+            "counts": [self.asked, self.skipped, int(self.fitted)],
+            "gen": self.gen.get_state(),
+            "teacher_rng": self.teacher.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for model, weights in zip(self.reward_models, state["reward_models"], strict=True):
+            model.load_state_dict(weights)
+        for optimizer, saved in zip(self.reward_opts, state["reward_opts"], strict=True):
+            optimizer.load_state_dict(saved)
+        self.cost_model.load_state_dict(state["cost_model"])
+        self.cost_opt.load_state_dict(state["cost_opt"])
+        self.pool = to_numpy(state["pool"])
+        self.pairs = to_numpy(state["pairs"])
+        self.asked, self.skipped, fitted = state["counts"]
+        self.fitted = bool(fitted)
+        self.gen.set_state(state["gen"])
+        self.teacher.rng.bit_generator.state = state["teacher_rng"]
 
     @torch.no_grad()
     def cost_calibration(self) -> dict[str, float]:
@@ -382,9 +429,12 @@ class PreferenceLearner:
 
 
 @dataclass(frozen=True)
-class PbrlConfig:
+class PbrlConfig(RunOptions):
     """Safe preference-based RL: learned reward and cost from a scripted teacher's judgements."""
 
+    output_dir: Path = Path("runs/control/{env}-pbrl-{select}-s{seed}")
+    """Run folder ({env}, {select} and {seed} are filled in): run.json, metrics.jsonl, tb/,
+    checkpoints/ and the learned reward and cost models in final/models.pt."""
     env: str = "HalfCheetah-v5"
     """Gymnasium id or a safe task (SafeHalfCheetahVelocity-v5: learn a cost model too)."""
     cost: Literal["velocity"] | None = None
@@ -435,17 +485,27 @@ class PbrlConfig:
     """Skip a pair when both segment returns are below this."""
     teacher_equal: float = 0.0
     """Call a tie when the segment returns differ by less than this."""
-    total_steps: int = 1_000_000
+    total_env_steps: int = 1_000_000
     """Environment steps of the policy's training."""
-    seed: int = 0
-    """Seed of the policy, the models, the teacher and the environments."""
-    out: Path = Path("runs/control")
-    """Runs are written to OUT/NAME."""
-    name: str | None = None
-    """Run name (default: ENV-pbrl-SELECT-sSEED)."""
-    progress: bool = True
-    """Show a progress bar."""
+    save_every: int = 10
+    """Checkpoint every this many PPO iterations, and at the end (0 = only at the end); the envs
+    are re-seeded at each checkpoint, so it is part of what a seed's run is."""
     ppo: PPOSettings = PPOSettings()
+
+    RENAMED: ClassVar[dict[str, str]] = TrainConfig.RENAMED
+    """Deprecated spellings of options (they still work, with a note)."""
+
+    @classmethod
+    def upgrade_args(cls, args: list[str], prog: str) -> list[str]:
+        """The command line with the deprecated spellings replaced (old --name: ENV-pbrl-SELECT-sSEED)."""
+        args = upgrade_output_args(upgrade_args(args, cls.RENAMED, prog), prog)
+        return [a.replace("{env}-{algo}-s{seed}", "{env}-pbrl-{select}-s{seed}") for a in args]
+
+    def run_dir(self) -> Path:
+        """The output folder with {env}, {select} and {seed} filled in."""
+        return fill_run_dir(
+            self.output_dir, env=self.env.replace("/", "_"), select=self.select, seed=self.seed
+        )
 
 
 def check_config(cfg: PbrlConfig) -> str | None:
@@ -482,12 +542,14 @@ def train(cfg: PbrlConfig) -> int:
     import json
 
     import gymnasium as gym
-    from torch.utils.tensorboard import SummaryWriter
 
     from alignloop.control.envs import make_env
 
+    run_dir = cfg.run_dir()
     try:
         cost = check_config(cfg)
+        if cfg.resume and not has_checkpoint(run_dir):
+            raise ValueError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
     except ValueError as exc:
         print(f"alignloop control pbrl: {exc}", file=sys.stderr)
         return 2
@@ -505,14 +567,6 @@ def train(cfg: PbrlConfig) -> int:
         safety_equal_threshold=cfg.teacher_safety_equal,
     )
     teacher = SegmentTeacher(noise, gamma=cfg.teacher_gamma, seed=cfg.seed)
-    name = cfg.name or f"{cfg.env.replace('/', '_')}-pbrl-{cfg.select}-s{cfg.seed}"
-    (cfg.out / name).mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(str(cfg.out / name / "tb"), filename_suffix=".pbrl")
-
-    def log(stats: dict[str, float], iteration: int) -> None:
-        for key, value in stats.items():
-            writer.add_scalar(key, value, iteration)
-
     learner = PreferenceLearner(
         obs_dim,
         act_dim,
@@ -532,38 +586,38 @@ def train(cfg: PbrlConfig) -> int:
         fit_steps=cfg.fit_steps,
         lr=cfg.model_lr,
         seed=cfg.seed,
-        log=log,
     )
     stats = train_policy(
-        cfg.out / name,
+        run_dir,
         cfg.env,
         cost,
         cost is not None,
-        cfg.total_steps,
+        cfg.total_env_steps,
         cfg.seed,
         cfg.ppo,
+        save_every=cfg.save_every,
+        keep_checkpoints=cfg.keep_checkpoints,
         relabel=learner,
+        relabel_stats=learner.pop_stats,
+        extra_states={"learner": learner},
+        resume=cfg.resume,
         progress=cfg.progress,
-        meta={
-            "pbrl": {
-                "feedback": cfg.feedback,
-                "select": cfg.select,
-                "queries_per_round": cfg.queries_per_round,
-            }
-        },
+        command="control pbrl",
+        config=cfg,
     )
+    final = RunLayout(run_dir).final
+    final.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "reward_models": [m.state_dict() for m in learner.reward_models],
             "cost_model": learner.cost_model.state_dict(),
         },
-        cfg.out / name / "models.pt",
+        final / "models.pt",
     )
-    writer.close()
     shown = {
         k: round(v, 3)
         for k, v in stats.items()
         if k.startswith(("episode/", "time/")) or k in ("train/episode_cost", "train/lambda")
     }
-    print(json.dumps({"run_dir": str(cfg.out / name), "queries": learner.asked, **shown}))
+    print(json.dumps({"run_dir": str(run_dir), "queries": learner.asked, **shown}))
     return 0

@@ -14,40 +14,55 @@ the rewards and costs by learned ones (the ``relabel`` hook, used by preference-
 each stream with ``V(final observation)`` bootstrapped at time-limit truncations; update lambda;
 ``epochs`` passes of minibatch updates.
 
-Exact resume. Checkpoints are written at rollout boundaries, every ``checkpoint_every``
-iterations, with the networks, the optimiser, the normalisers, lambda, the episode-cost window
-and the torch and numpy RNG states. The simulator state itself is not saved (it is not portable
-across tasks); instead the envs are re-seeded and reset at every checkpoint boundary, in the
-uninterrupted run exactly as in a resumed one (seeds ``seed + 10007 * iteration + i``). A
-resumed run is therefore step-for-step identical to an uninterrupted one with the same seed.
-The episodes cut by those resets are treated as truncations (bootstrapped, not counted in the
-episode statistics).
+Exact resume. The run stack (`alignloop.runstack`) keeps the run folder: run.json,
+metrics.jsonl, TensorBoard in tb/ and checkpoints/, written at rollout boundaries every
+``save_every`` iterations with the networks, the optimiser, the normalisers, lambda, the
+episode records and every random-generator state (torch's and the update's numpy generator).
+The simulator state itself is not saved (it is not portable across tasks); instead the envs are
+re-seeded and reset at every checkpoint boundary, in the uninterrupted run exactly as in a
+resumed one (seeds ``seed + 10007 * iteration + i``). A resumed run is therefore step-for-step
+identical to an uninterrupted one with the same seed. The episodes cut by those resets are
+treated as truncations (bootstrapped, not counted in the episode statistics).
+
+The rollout, its advantages, the Lagrangian mix and the episode-cost window are the plain
+functions of `alignloop.control.rollouts`, which other learners reuse; `ppo_update` (the
+minibatch step on given advantages) is PPO's own; `train_policy` wires them to the run stack.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from alignloop.control.envs import ObsNormalizer, ReturnScaler, make_vec_env, resolve_env, step_costs
-from alignloop.control.nets import Actor, Critic
-from alignloop.core.advantages import gae, masked_whiten
-from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage, mean_recent_cost
+from alignloop.control.envs import ReturnScaler, make_vec_env, resolve_env
+from alignloop.control.rollouts import (
+    Agent,
+    Collector,
+    Rollout,
+    RolloutAdvantages,
+    lagrangian_mix,
+    record_episode_costs,
+    rollout_advantages,
+)
+from alignloop.core.lagrange import LagrangeMultiplier, mean_recent_cost
 from alignloop.core.losses import ppo_policy_loss, value_loss
+from alignloop.errors import UserError
+from alignloop.runstack.checkpoint import Checkpointer, NumpyState, Stateful
+from alignloop.runstack.options import RunOptions, upgrade_args
+from alignloop.runstack.run import Run, check_schedule
 
-CHECKPOINT = "checkpoint.pt"
+MODEL_OPTIONS = ("env", "cost", "algo", "ppo.hidden", "ppo.norm_obs", "ppo.num_envs", "ppo.max_episode_steps")
+"""Options that define what a control run trains; a resume must not change them."""
 
 
 @dataclass(frozen=True)
@@ -104,179 +119,28 @@ class PPOSettings:
     """PPO-Lagrangian: step size of lambda per iteration, per unit of J_c - cost_limit."""
     lagrange_max: float | None = 100.0
     """PPO-Lagrangian: upper bound on lambda (None: unbounded)."""
-    checkpoint_every: int = 10
-    """Checkpoint (and re-seed the envs) every this many iterations; 0: at the end only."""
     threads: int = 1
     """torch threads (1 is fastest for these small networks)."""
-
-
-class Agent(nn.Module):
-    """The actor and the two critics (reward and cost)."""
-
-    def __init__(self, obs_dim: int, action_space: Any, hidden: tuple[int, ...]):
-        super().__init__()
-        self.actor = Actor(obs_dim, action_space, hidden)
-        self.critic_r = Critic(obs_dim, hidden)
-        self.critic_c = Critic(obs_dim, hidden)
-
-
-@dataclass
-class Rollout:
-    """One iteration's data, time-major: ``(T, N)`` for T steps of N envs."""
-
-    obs: np.ndarray  # (T, N, obs_dim) normalised, what the policy saw
-    raw_obs: np.ndarray  # (T, N, obs_dim) as the env returned it
-    actions: np.ndarray  # (T, N, act_dim) float32, or (T, N) int64 for discrete actions
-    logprobs: np.ndarray  # (T, N)
-    rewards: np.ndarray  # (T, N) true rewards
-    costs: np.ndarray  # (T, N) true costs (0 for a task without a cost)
-    terminated: np.ndarray  # (T, N) bool: episode ended after step t, no bootstrap
-    truncated: np.ndarray  # (T, N) bool: episode cut after step t, bootstrap from V(final obs)
-    values_r: np.ndarray  # (T, N) V_r(s_t)
-    values_c: np.ndarray  # (T, N) V_c(s_t)
-    next_values_r: np.ndarray = field(init=False)  # (T, N) V_r(s_{t+1}), V_r(final obs) at truncations
-    next_values_c: np.ndarray = field(init=False)
-
-
-class Collector:
-    """Steps a vector env with the current policy; keeps the normaliser and episode records.
-
-    The observation statistics are folded in once per rollout, after it (the first rollout
-    sees mean 0, variance 1): within a rollout the policy, the stored observations and the
-    critics' bootstrap values all use the same normalisation, and the step loop stays free of
-    statistics updates."""
-
-    def __init__(self, envs: Any, norm_obs: bool, cost_window: int):
-        self.envs = envs
-        self.obs_dim = int(np.prod(envs.single_observation_space.shape))
-        self.obs_norm = ObsNormalizer((self.obs_dim,))
-        self.norm_obs = norm_obs
-        space = envs.single_action_space
-        self.discrete = not hasattr(space, "low")
-        self.low = None if self.discrete else space.low
-        self.high = None if self.discrete else space.high
-        n = envs.num_envs
-        self.ep_return, self.ep_cost, self.ep_len = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
-        self.returns: deque[float] = deque(maxlen=cost_window)
-        self.costs: deque[float] = deque(maxlen=cost_window)
-        self.lengths: deque[int] = deque(maxlen=cost_window)
-        self.num_episodes = 0
-        self.obs = np.zeros((n, self.obs_dim))
-
-    def reset(self, seeds: list[int]) -> None:
-        """Start new episodes in every env; unfinished ones are dropped from the records."""
-        obs, _ = self.envs.reset(seed=seeds)
-        self.obs = obs.reshape(len(seeds), -1)
-        self.ep_return[:], self.ep_cost[:], self.ep_len[:] = 0.0, 0.0, 0
-
-    def normalize(self, obs: np.ndarray) -> np.ndarray:
-        return self.obs_norm.normalize(obs) if self.norm_obs else obs.astype(np.float32)
-
-    @torch.inference_mode()
-    def collect(self, agent: Agent, num_steps: int, with_cost: bool) -> Rollout:
-        n, d = self.envs.num_envs, self.obs_dim
-        ro = Rollout(
-            obs=np.zeros((num_steps, n, d), np.float32),
-            raw_obs=np.zeros((num_steps, n, d)),
-            actions=np.zeros((num_steps, n), np.int64)
-            if self.discrete
-            else np.zeros((num_steps, n, *self.low.shape), np.float32),  # type: ignore[union-attr]
-            logprobs=np.zeros((num_steps, n), np.float32),
-            rewards=np.zeros((num_steps, n)),
-            costs=np.zeros((num_steps, n)),
-            terminated=np.zeros((num_steps, n), bool),
-            truncated=np.zeros((num_steps, n), bool),
-            values_r=np.zeros((num_steps, n), np.float32),
-            values_c=np.zeros((num_steps, n), np.float32),
-        )
-        final_values: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
-        for t in range(num_steps):
-            obs_n = self.normalize(self.obs)
-            obs_t = torch.from_numpy(obs_n)
-            actions, logp = agent.actor.sample(obs_t)
-            ro.values_r[t] = agent.critic_r(obs_t).numpy()
-            if with_cost:
-                ro.values_c[t] = agent.critic_c(obs_t).numpy()
-            act = actions.numpy()
-            env_act = act if self.discrete else np.clip(act, self.low, self.high)
-            next_obs, reward, term, trunc, info = self.envs.step(env_act)
-            done = term | trunc
-            cost = step_costs(info, done)
-            ro.obs[t], ro.raw_obs[t], ro.actions[t], ro.logprobs[t] = obs_n, self.obs, act, logp.numpy()
-            ro.rewards[t], ro.costs[t], ro.terminated[t], ro.truncated[t] = reward, cost, term, trunc
-            self.ep_return += reward
-            self.ep_cost += cost
-            self.ep_len += 1
-            self.obs = next_obs.reshape(n, -1)
-            if done.any():
-                ended = np.flatnonzero(done)
-                for i in ended:
-                    self.returns.append(float(self.ep_return[i]))
-                    self.costs.append(float(self.ep_cost[i]))
-                    self.lengths.append(int(self.ep_len[i]))
-                self.num_episodes += len(ended)
-                self.ep_return[ended], self.ep_cost[ended], self.ep_len[ended] = 0.0, 0.0, 0
-                cut = np.flatnonzero(trunc & ~term)
-                if len(cut):
-                    final = np.stack([info["final_obs"][i] for i in cut]).reshape(len(cut), -1)
-                    final_t = torch.from_numpy(self.normalize(final))
-                    v_c = agent.critic_c(final_t).numpy() if with_cost else np.zeros(len(cut))
-                    final_values.append((t, cut, agent.critic_r(final_t).numpy(), v_c))
-        last = torch.from_numpy(self.normalize(self.obs))
-        ro.next_values_r = np.concatenate([ro.values_r[1:], agent.critic_r(last).numpy()[None]])
-        ro.next_values_c = np.concatenate(
-            [ro.values_c[1:], (agent.critic_c(last).numpy() if with_cost else np.zeros(n))[None]]
-        )
-        for t, cut, v_r, v_c in final_values:
-            ro.next_values_r[t, cut], ro.next_values_c[t, cut] = v_r, v_c
-        if self.norm_obs:  # statistics move between rollouts, never within one
-            self.obs_norm.update(ro.raw_obs.reshape(-1, d))
-        return ro
-
-
-def _gae(
-    rewards: np.ndarray, ro: Rollout, values: np.ndarray, next_values: np.ndarray, gamma: float, lam: float
-) -> tuple[Tensor, Tensor]:
-    """GAE of one stream over a time-major rollout; returns ``(advantages, returns)`` (T*N,)."""
-
-    def to_bt(x: np.ndarray) -> Tensor:  # (T, N) -> (N, T): core's layout, time on dim 1
-        return torch.as_tensor(np.ascontiguousarray(x.T), dtype=torch.float32)
-
-    adv, ret = gae(
-        to_bt(rewards),
-        to_bt(values),
-        gamma=gamma,
-        lam=lam,
-        next_values=to_bt(next_values),
-        terminated=to_bt(ro.terminated).bool(),
-        truncated=to_bt(ro.truncated).bool(),
-    )  # (N, T) each
-    return adv.T.reshape(-1), ret.T.reshape(-1)  # (T*N,) time-major like the rollout
 
 
 def ppo_update(
     agent: Agent,
     optimizer: torch.optim.Optimizer,
     ro: Rollout,
-    rewards: np.ndarray,
-    costs: np.ndarray | None,
-    lam: float,
+    adv: Tensor,
+    returns: RolloutAdvantages,
     s: PPOSettings,
     rng: np.random.Generator,
 ) -> dict[str, float]:
-    """One PPO(-Lagrangian) update on a rollout with the given (possibly scaled or learned)
-    ``rewards`` and ``costs`` (T, N); ``costs=None`` is plain PPO."""
-    adv_r, ret_r = _gae(rewards, ro, ro.values_r, ro.next_values_r, s.gamma, s.gae_lambda)  # (B,)
-    everywhere = torch.ones_like(adv_r, dtype=torch.bool)
-    adv = masked_whiten(adv_r, everywhere)  # reward advantages standardised
-    if costs is not None:
-        adv_c, ret_c = _gae(costs, ro, ro.values_c, ro.next_values_c, s.gamma, s.gae_lambda)
-        adv = lagrangian_advantage(adv, adv_c - adv_c.mean(), lam)  # cost advantages centred
+    """``s.epochs`` passes of minibatch updates on a rollout: the clipped surrogate on `adv`
+    (T*N,), the value losses on the returns of each stream (the cost critic's only when the
+    returns have a cost stream). Stops early once the approximate KL exceeds ``s.target_kl``."""
     obs = torch.from_numpy(ro.obs.reshape(-1, ro.obs.shape[-1]))  # (B, obs_dim)
     actions = torch.from_numpy(ro.actions.reshape(ro.logprobs.size, *ro.actions.shape[2:]))
     old_logp = torch.from_numpy(ro.logprobs.reshape(-1))
     old_v_r = torch.from_numpy(ro.values_r.reshape(-1))
     old_v_c = torch.from_numpy(ro.values_c.reshape(-1))
+    ret_r, ret_c = returns.reward_returns, returns.cost_returns
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums: dict[str, Tensor] = {}
     batch, count = obs.shape[0], 0
@@ -291,7 +155,7 @@ def ppo_update(
                 agent.critic_r(obs[idx]), old_v_r[idx], ret_r[idx], clip_eps=s.vf_clip_eps
             )
             loss = pg_loss - s.ent_coef * entropy.mean() + s.vf_coef * v_loss
-            if costs is not None:
+            if ret_c is not None:
                 c_loss, _ = value_loss(
                     agent.critic_c(obs[idx]), old_v_c[idx], ret_c[idx], clip_eps=s.vf_clip_eps
                 )
@@ -314,27 +178,22 @@ def ppo_update(
     return {key: float(value) / count for key, value in sums.items()}
 
 
-def _to_torch(obj: Any) -> Any:
-    """numpy arrays -> tensors, recursively (checkpoints load with ``weights_only=True``)."""
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(obj.copy())
-    if isinstance(obj, dict):
-        return {k: _to_torch(v) for k, v in obj.items()}
-    return obj
+# ------------------------------------------------------------------------ checkpoints
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether `run_dir` holds an intact checkpoint (a run `--resume` can continue)."""
+    return Checkpointer(run_dir).latest() is not None
 
 
-def _to_numpy(obj: Any) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.numpy()
-    if isinstance(obj, dict):
-        return {k: _to_numpy(v) for k, v in obj.items()}
-    return obj
-
-
-def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(state, extra)`` of a control run's newest intact checkpoint: ``state["models"]["agent"]``
+    (the actor and critics), ``state["states"]["obs_norm"]`` (tensors) and the rest; ``extra``
+    holds the task (``env``, ``cost``, ``hidden``, ``norm_obs``, ``max_episode_steps``), lambda,
+    the episode records and the counters. Raises `UserError` when there is none."""
+    checkpointer = Checkpointer(run_dir)
+    path = checkpointer.latest()
+    if path is None:
+        raise UserError(f"{run_dir}: no intact checkpoint; is it a run folder of `alignloop control train`?")
+    return checkpointer.read_state(path), checkpointer.read_meta(path)["extra"]
 
 
 def check_setup(
@@ -357,14 +216,23 @@ def check_setup(
         )
     if not s.cost_limit >= 0:
         raise ValueError(f"--ppo.cost-limit must be >= 0, got {s.cost_limit}")
-    if resume_dir is not None and not (resume_dir / CHECKPOINT).is_file():
-        raise ValueError(f"--resume: no checkpoint at {resume_dir / CHECKPOINT}")
+    if resume_dir is not None and not has_checkpoint(resume_dir):
+        raise ValueError(f"--resume: no checkpoint in {resume_dir}; start the run without --resume")
     return base_id, cost
 
 
 Relabel = Callable[[Rollout, int], tuple[np.ndarray, np.ndarray]]
 """``relabel(rollout, iteration) -> (rewards, costs)``, both (T, N): what to train on instead
 of the rollout's true rewards and costs (preference-based RL passes its learned models here)."""
+
+
+def _grouped(stats: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``{"train/loss": 1}`` -> ``{"train": {"loss": 1}}``: the logger's splits."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in stats.items():
+        split, _, name = key.partition("/")
+        out.setdefault(split, {})[name] = value
+    return out
 
 
 def train_policy(
@@ -376,27 +244,50 @@ def train_policy(
     seed: int,
     s: PPOSettings,
     *,
+    save_every: int = 10,
+    keep_checkpoints: int = 2,
     relabel: Relabel | None = None,
+    relabel_stats: Callable[[], dict[str, float]] | None = None,
+    extra_states: dict[str, Stateful] | None = None,
     resume: bool = False,
     init_from: Path | None = None,
     progress: bool = True,
-    meta: dict[str, Any] | None = None,
+    command: str = "control train",
+    config: Any = None,
 ) -> dict[str, float]:
-    """Train a policy with PPO (``lagrangian=False``) or PPO-Lagrangian; returns the last
-    iteration's statistics. Writes TensorBoard logs and ``checkpoint.pt`` under ``run_dir``.
+    """Train a policy with PPO (``lagrangian=False``) or PPO-Lagrangian for ``total_steps``
+        environment steps; returns the last iteration's statistics. The run folder is the run
+        stack's: ``run.json`` (`config`, by default these arguments), ``metrics.jsonl``, ``tb/`` and
+        ``checkpoints/`` every ``save_every`` iterations (the envs are re-seeded there; 0: at the end
+        only). `relabel_stats` gives further statistics (``"split/name": value``) to log each
+    iteration; `extra_states` are further objects (a ``relabel`` hook's models) checkpointed and resumed
+    with the policy.
 
-    ``init_from`` (a run directory; ignored when resuming) starts from that run's policy and
-    critics, its observation statistics and its Lagrange multiplier; the optimiser, the return
-    scaler, the episode records and the iteration count start afresh, as in a new run."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-    from torch.utils.tensorboard import SummaryWriter
-
-    base_id, cost = check_setup(env_id, cost, lagrangian and relabel is None, s, run_dir if resume else None)
+        ``init_from`` (a run directory; ignored when resuming) starts from that run's policy and
+        critics, its observation statistics and its Lagrange multiplier; the optimiser, the return
+        scaler, the episode records and the iteration count start afresh, as in a new run."""
+    base_id, cost = check_setup(env_id, cost, lagrangian and relabel is None, s)
     batch = s.num_envs * s.num_steps
     iterations = max(1, total_steps // batch)
     torch.set_num_threads(s.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / CHECKPOINT
+    algo = "ppo-lag" if lagrangian else "ppo"
+    if config is None:
+        config = {
+            "env": env_id,
+            "cost": cost,
+            "algo": algo,
+            "seed": seed,
+            "total_env_steps": total_steps,
+            "ppo": s,
+        }
+    run = Run.start(
+        run_dir,
+        command=command,
+        config=config,
+        resume=resume,
+        keep_checkpoints=keep_checkpoints,
+        must_match=MODEL_OPTIONS,
+    )
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -412,52 +303,41 @@ def train_policy(
     )
     run_cost = np.zeros(s.num_envs)  # (N,) running episode cost of the costs trained on
     cost_window: deque[float] = deque(maxlen=s.cost_window)  # J_c is their mean over these episodes
-    start, global_step = 0, 0
-    if resume:
-        state = torch.load(ckpt_path, weights_only=True)
-        agent.load_state_dict(state["agent"])
-        optimizer.load_state_dict(state["optimizer"])
-        collector.obs_norm.load_state_dict(_to_numpy(state["obs_norm"]))
-        scaler.load_state_dict(_to_numpy(state["scaler"]))
-        lagrange.load_state_dict(state["lagrange"])
-        torch.set_rng_state(state["torch_rng"])
-        rng.bit_generator.state = state["numpy_rng"]
-        collector.returns.extend(state["returns"])
-        collector.costs.extend(state["costs"])
-        collector.lengths.extend(state["lengths"])
-        collector.num_episodes = state["num_episodes"]
-        cost_window.extend(state["cost_window"])
-        start, global_step = state["iteration"], state["global_step"]
-    elif init_from is not None:
-        state = torch.load(init_from / CHECKPOINT, weights_only=True)
-        agent.load_state_dict(state["agent"])
-        collector.obs_norm.load_state_dict(_to_numpy(state["obs_norm"]))
-        lagrange.load_state_dict(state["lagrange"])
-    header: dict[str, Any] = {
-        "env": env_id,
-        "cost": cost,
-        "algo": "ppo-lag" if lagrangian else "ppo",
-        "seed": seed,
+    models, optimizers = {"agent": agent}, {"opt": optimizer}
+    states = {
+        "obs_norm": NumpyState(collector.obs_norm),
+        "scaler": NumpyState(scaler),
+        **(extra_states or {}),
     }
-    header |= {"settings": dataclasses.asdict(s), **(meta or {})}
-    (run_dir / "run.json").write_text(json.dumps(header, indent=2, default=str))
+    start, extra = run.restore(models, optimizers, states=states)
+    global_step = 0
+    if run.resume:
+        check_schedule(run_dir, extra["iterations"], iterations, False, not s.anneal_lr, length_option=None)
+        lagrange.load_state_dict(extra["lagrange"])
+        rng.bit_generator.state = extra["numpy_rng"]
+        collector.returns.extend(extra["returns"])
+        collector.costs.extend(extra["costs"])
+        collector.lengths.extend(extra["lengths"])
+        collector.num_episodes = extra["num_episodes"]
+        cost_window.extend(extra["cost_window"])
+        global_step = extra["global_step"]
+    elif init_from is not None:
+        state, extra = read_checkpoint(init_from)
+        agent.load_state_dict(state["models"]["agent"])
+        NumpyState(collector.obs_norm).load_state_dict(state["states"]["obs_norm"])
+        lagrange.load_state_dict(extra["lagrange"])
 
     def checkpoint(iteration: int) -> None:
-        state = {
-            "agent": agent.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "obs_norm": _to_torch(collector.obs_norm.state_dict()),
-            "scaler": _to_torch(scaler.state_dict()),
+        extra = {
             "lagrange": lagrange.state_dict(),
-            "torch_rng": torch.get_rng_state(),
             "numpy_rng": rng.bit_generator.state,
             "returns": list(collector.returns),
             "costs": list(collector.costs),
             "lengths": list(collector.lengths),
             "num_episodes": collector.num_episodes,
             "cost_window": list(cost_window),
-            "iteration": iteration,
             "global_step": global_step,
+            "iterations": iterations,
             "env": env_id,
             "cost": cost,
             "base_env": base_id,
@@ -465,44 +345,38 @@ def train_policy(
             "norm_obs": s.norm_obs,
             "max_episode_steps": s.max_episode_steps,
         }
-        _save_atomic(state, ckpt_path)
+        run.checkpointer.save(iteration, models, optimizers, extra=extra, states=states)
 
-    writer = SummaryWriter(str(run_dir / "tb"))
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-    ]
+    logger = run.logger(
+        total_steps=iterations, description=f"{algo} {env_id}", resume_step=start, progress=progress
+    )
     stats: dict[str, float] = {}
     t0, steps0 = time.perf_counter(), global_step
     try:
-        with Progress(*columns, disable=not progress, transient=False) as bar:
-            task = bar.add_task(
-                f"{header['algo']} {env_id}", total=iterations * batch, completed=global_step, info=""
-            )
+        with logger:
             for iteration in range(start, iterations):
-                if iteration == start or (s.checkpoint_every and iteration % s.checkpoint_every == 0):
+                if iteration == start or (save_every and iteration % save_every == 0):
                     collector.reset([seed + 10007 * iteration + i for i in range(s.num_envs)])
                     scaler.ret[:], run_cost[:] = 0.0, 0.0
                 if s.anneal_lr:
                     optimizer.param_groups[0]["lr"] = s.lr * (1.0 - iteration / iterations)
                 tic = time.perf_counter()
-                ro = collector.collect(agent, s.num_steps, with_cost=lagrangian)
+                ro = collector.collect(agent.actor.sample, s.num_steps, agent.values(with_cost=lagrangian))
                 rollout_seconds = time.perf_counter() - tic
                 global_step += batch
                 rewards, costs = (ro.rewards, ro.costs) if relabel is None else relabel(ro, iteration)
                 dones = ro.terminated | ro.truncated
                 train_rewards = scaler.scale(rewards, dones) if s.norm_reward else rewards
-                for t in range(s.num_steps if lagrangian else 0):  # episode costs of what is trained on
-                    run_cost += costs[t]
-                    cost_window.extend(run_cost[dones[t]].tolist())
-                    run_cost[dones[t]] = 0.0
-                if lagrangian and cost_window:
-                    lagrange.update(mean_recent_cost(cost_window), s.cost_limit)
+                if lagrangian:  # episode costs of what is trained on
+                    record_episode_costs(costs, dones, run_cost, cost_window)
+                    if cost_window:
+                        lagrange.update(mean_recent_cost(cost_window), s.cost_limit)
                 tic = time.perf_counter()
+                returns = rollout_advantages(
+                    ro, train_rewards, costs if lagrangian else None, s.gamma, s.gae_lambda
+                )
                 metrics = ppo_update(
-                    agent, optimizer, ro, train_rewards, costs if lagrangian else None, lagrange.value, s, rng
+                    agent, optimizer, ro, lagrangian_mix(returns, lagrange.value), returns, s, rng
                 )
                 update_seconds = time.perf_counter() - tic
                 stats = {f"train/{k}": v for k, v in metrics.items()}
@@ -513,70 +387,117 @@ def train_policy(
                     stats["episode/return"] = float(np.mean(collector.returns))
                     stats["episode/cost"] = float(np.mean(collector.costs))
                     stats["episode/length"] = float(np.mean(collector.lengths))
+                stats["time/env_steps"] = float(global_step)
                 stats["time/steps_per_second"] = (global_step - steps0) / (time.perf_counter() - t0)
                 stats["time/rollout_seconds"], stats["time/update_seconds"] = rollout_seconds, update_seconds
-                for key, value in stats.items():
-                    writer.add_scalar(key, value, global_step)
                 done = iteration + 1
-                if done == iterations or (s.checkpoint_every and done % s.checkpoint_every == 0):
+                for split, values in _grouped(
+                    {**stats, **(relabel_stats() if relabel_stats else {})}
+                ).items():
+                    logger.log(done, values, split=split)
+                if done == iterations or (save_every and done % save_every == 0):
                     checkpoint(done)
                 info = f"return {stats.get('episode/return', float('nan')):.1f}"
                 if lagrangian:
                     info += f" cost {stats.get('episode/cost', float('nan')):.1f} lambda {lagrange.value:.3f}"
-                bar.update(task, completed=global_step, info=info)
+                logger.advance(done, info)
     finally:
-        writer.close()
         envs.close()
     stats["global_step"] = global_step
     return stats
 
 
+def upgrade_output_args(args: list[str], prog: str) -> list[str]:
+    """The deprecated ``--out DIR`` / ``--name NAME`` as ``--output-dir DIR/NAME`` (each part
+    defaulting to its old default), with a note on stderr."""
+    out, name, kept = None, None, []
+    i = 0
+    while i < len(args):
+        flag, _, inline = args[i].partition("=")
+        if flag in ("--out", "--name"):
+            value = inline if inline else (args[i + 1] if i + 1 < len(args) else "")
+            i += 1 if inline else 2
+            if flag == "--out":
+                out = value
+            else:
+                name = value
+            continue
+        kept.append(args[i])
+        i += 1
+    if out is None and name is None:
+        return args
+    print(f"{prog}: --out and --name are deprecated; use --output-dir DIR/NAME", file=sys.stderr)
+    folder = Path(out or "runs/control") / (name or "{env}-{algo}-s{seed}")
+    return [*kept, "--output-dir", str(folder)]
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunOptions):
     """PPO or PPO-Lagrangian on a task's true reward and cost."""
 
+    output_dir: Path = Path("runs/control/{env}-{algo}-s{seed}")
+    """Run folder ({env}, {algo} and {seed} are filled in): run.json, metrics.jsonl, tb/ and checkpoints/."""
     env: str = "Hopper-v5"
     """Gymnasium id, or a safe task such as SafeHalfCheetahVelocity-v5."""
     algo: Literal["ppo", "ppo-lag"] = "ppo"
     """ppo: reward only; ppo-lag: PPO-Lagrangian, mean episode cost held under --ppo.cost-limit."""
     cost: Literal["velocity"] | None = None
     """Safety cost added to the task (Safe ids imply velocity)."""
-    total_steps: int = 1_000_000
+    total_env_steps: int = 1_000_000
     """Environment steps (rounded down to whole rollouts of num_envs * num_steps)."""
-    seed: int = 0
-    """Seed of torch, numpy and the environments: equal seeds give equal runs."""
-    out: Path = Path("runs/control")
-    """Runs are written to OUT/NAME."""
-    name: str | None = None
-    """Run name (default: ENV-ALGO-sSEED)."""
-    resume: bool = False
-    """Continue the run in OUT/NAME from its last checkpoint."""
-    progress: bool = True
-    """Show a progress bar."""
+    save_every: int = 10
+    """Checkpoint every this many iterations, and at the end (0 = only at the end); the envs are
+    re-seeded at each checkpoint, so it is part of what a seed's run is."""
     ppo: PPOSettings = PPOSettings()
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "--total-steps": "--total-env-steps",
+        "--ppo.checkpoint-every": "--save-every",
+    }
+    """Deprecated spellings of options (they still work, with a note)."""
+
+    @classmethod
+    def upgrade_args(cls, args: list[str], prog: str) -> list[str]:
+        """The command line with the deprecated spellings replaced."""
+        return upgrade_output_args(upgrade_args(args, cls.RENAMED, prog), prog)
+
+    def run_dir(self) -> Path:
+        """The output folder with {env}, {algo} and {seed} filled in."""
+        return fill_run_dir(self.output_dir, env=self.env.replace("/", "_"), algo=self.algo, seed=self.seed)
+
+
+def fill_run_dir(template: Path, **values: Any) -> Path:
+    """A run folder template with its ``{name}`` fields filled in (a folder without fields is kept)."""
+    try:
+        return Path(str(template).format(**values))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"--output-dir {template}: unknown field {exc}; use {', '.join(values)}") from exc
 
 
 def train(cfg: TrainConfig) -> int:
     """`alignloop control train`."""
-    name = cfg.name or f"{cfg.env.replace('/', '_')}-{cfg.algo}-s{cfg.seed}"
+    run_dir = cfg.run_dir()
     try:
-        check_setup(cfg.env, cfg.cost, cfg.algo == "ppo-lag", cfg.ppo, cfg.out / name if cfg.resume else None)
+        check_setup(cfg.env, cfg.cost, cfg.algo == "ppo-lag", cfg.ppo, run_dir if cfg.resume else None)
     except ValueError as exc:
         print(f"alignloop control train: {exc}", file=sys.stderr)
         return 2
     stats = train_policy(
-        cfg.out / name,
+        run_dir,
         cfg.env,
         cfg.cost,
         cfg.algo == "ppo-lag",
-        cfg.total_steps,
+        cfg.total_env_steps,
         cfg.seed,
         cfg.ppo,
+        save_every=cfg.save_every,
+        keep_checkpoints=cfg.keep_checkpoints,
         resume=cfg.resume,
         progress=cfg.progress,
+        config=cfg,
     )
     shown = {
         k: round(v, 3) for k, v in stats.items() if k.startswith(("episode/", "time/")) or k == "train/lambda"
     }
-    print(json.dumps({"run_dir": str(cfg.out / name), **shown}))
+    print(json.dumps({"run_dir": str(run_dir), **shown}))
     return 0

@@ -34,7 +34,6 @@ are, benign helpfulness is kept (0.41 -> 0.41) and the unsafe rate stays at 0%.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
@@ -51,7 +50,7 @@ from alignloop.feedback.schema import Correction
 from alignloop.lm.data import pad
 from alignloop.lm.evaluate import decode_responses
 from alignloop.lm.generation import generate
-from alignloop.lm.models import apply_lora, load_causal_lm, load_tokenizer, merge_lora
+from alignloop.lm.models import load_causal_lm, load_tokenizer
 from alignloop.lm.sft import response_nll
 from alignloop.lm.toyworld import (
     CONNECTORS,
@@ -62,20 +61,12 @@ from alignloop.lm.toyworld import (
     build_tokenizer,
 )
 from alignloop.lm.training import (
-    Checkpointer,
     DistributedContext,
-    MetricsLogger,
     TrainCommon,
-    autocast,
-    batch_indices,
-    clip_grad_norm,
-    init_distributed,
-    make_optimizer,
-    make_scheduler,
-    micro_batches,
-    seed_everything,
-    set_threads,
-    steps_per_epoch,
+    fit,
+    prepare_model,
+    save_final,
+    start_run,
     unwrap,
 )
 
@@ -277,6 +268,8 @@ class AlignerConfig(TrainCommon):
     """Peak learning rate."""
     max_steps: int = 1000
     """Stop after this many optimiser steps (0 = run `epochs`)."""
+    disable_dropout: bool = False
+    """Turn dropout off in the trained model (the aligner keeps the model's own dropout by default)."""
 
 
 def load_data(cfg: AlignerConfig) -> tuple[list[Correction], list[Correction]]:
@@ -344,97 +337,41 @@ def load_model(name: str, seed: int) -> tuple[Any, Any]:
 
 
 def train(cfg: AlignerConfig) -> int:
-    ctx = init_distributed()
-    set_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    run = start_run(cfg, "train aligner")
     model: Any
     tokenizer, model = load_model(cfg.model, cfg.seed)
-    if cfg.lora_r > 0:
-        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     train_records, eval_records = load_data(cfg)
     collate = CorrectionCollator(tokenizer, cfg.max_length)
     world = ToyWorld(seed=cfg.seed) if cfg.train_file is None else None
+    model = prepare_model(model, run, cfg)
 
-    model = ctx.wrap(model)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    per_epoch = steps_per_epoch(len(train_records), cfg.batch_size)
-    if per_epoch == 0:
-        raise ValueError(
-            f"batch_size {cfg.batch_size} is larger than the {len(train_records)} training corrections"
-        )
-    n_steps = cfg.max_steps or cfg.epochs * per_epoch
-    scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_steps, cfg.total_steps or n_steps)
-    checkpointer = Checkpointer(cfg.output_dir, cfg.keep_checkpoints, ctx)
-    step = 0
-    latest = checkpointer.latest() if cfg.resume else None
-    if latest is not None:
-        step, _ = checkpointer.load(latest, {"model": model}, {"opt": optimizer}, {"sched": scheduler})
-    logger = MetricsLogger(
-        cfg.output_dir,
-        total_steps=n_steps,
-        log_dir=cfg.log_dir,
-        enabled=ctx.is_main,
-        progress=cfg.progress,
-        resume_step=step if latest is not None else None,
+    def loss(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        nll, tokens = response_nll(model, batch)
+        return nll / tokens.clamp(min=1), {}
+
+    def held_out(model: Any) -> dict[str, float]:
+        metrics = evaluate(model, eval_records, collate, run.ctx, cfg.batch_size)
+        if world is not None:  # every process generates: a sharded model's forward is a collective
+            metrics |= toy_safety(
+                unwrap(model), tokenizer, world, eval_records, cfg.max_new_tokens, cfg.batch_size
+            )
+        return metrics
+
+    fit(
+        run,
+        model,
+        train_records,
+        collate=collate,
+        loss=loss,
+        weight=lambda batch: batch["response_mask"][:, 1:].sum(),  # the mean is over corrected tokens
+        evaluate=held_out,
+        options=cfg,
         description="aligner",
     )
-
-    with logger:
-        while step < n_steps:
-            epoch, done = divmod(step, per_epoch)
-            batches = batch_indices(
-                len(train_records),
-                cfg.batch_size,
-                seed=cfg.seed,
-                epoch=epoch,
-                rank=ctx.rank,
-                world_size=ctx.world_size,
-            )
-            for indices in batches[done:]:
-                model.train()
-                micro = [
-                    collate([train_records[i] for i in part])
-                    for part in micro_batches(indices, cfg.grad_accum)
-                ]
-                # normalise by the corrected tokens of the whole global batch (all processes)
-                n_tokens = ctx.all_reduce_sum(
-                    sum((m["response_mask"][:, 1:].sum() for m in micro), torch.tensor(0))
-                )
-                total_nll = 0.0
-                for i, batch in enumerate(micro):
-                    batch = {k: v.to(ctx.device) for k, v in batch.items()}
-                    sync = i == len(micro) - 1 or not ctx.distributed
-                    with contextlib.nullcontext() if sync else model.no_sync(), autocast(ctx, cfg.bf16):
-                        nll, _ = response_nll(model, batch)
-                        # DDP averages gradients over processes, hence * world_size
-                        (nll * ctx.world_size / n_tokens.clamp(min=1)).backward()
-                    total_nll += float(nll.detach())
-                grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-
-                loss = ctx.all_reduce_mean(total_nll) * ctx.world_size / max(1, int(n_tokens))
-                logger.log(step, {"loss": loss, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]})
-                logger.advance(step, f"loss {loss:.3f}")
-                if step % cfg.eval_every == 0 or step == n_steps:
-                    metrics = evaluate(model, eval_records, collate, ctx, cfg.batch_size)
-                    if world is not None and ctx.is_main:
-                        metrics |= toy_safety(
-                            unwrap(model), tokenizer, world, eval_records, cfg.max_new_tokens, cfg.batch_size
-                        )
-                    logger.log(step, metrics, split="eval")
-                if cfg.save_every > 0 and (step % cfg.save_every == 0 or step == n_steps):
-                    checkpointer.save(step, {"model": model}, {"opt": optimizer}, {"sched": scheduler})
-                if step >= n_steps:
-                    break
-
-    if ctx.is_main:
-        final = cfg.output_dir / "final"
-        merge_lora(unwrap(model)).save_pretrained(str(final))
-        tokenizer.save_pretrained(str(final))
-        (final / "aligner.json").write_text(json.dumps({"input_format": ALIGNER_FORMAT}, indent=2) + "\n")
-    ctx.barrier()
-    ctx.close()
+    save_final(model, tokenizer, run.layout.final, run.ctx)
+    if run.ctx.is_main:
+        (run.layout.final / "aligner.json").write_text(
+            json.dumps({"input_format": ALIGNER_FORMAT}, indent=2) + "\n"
+        )
+    run.close()
     return 0

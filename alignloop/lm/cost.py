@@ -12,7 +12,6 @@ unsafe, over every held-out response) and the pairwise accuracy (c_unsafer > c_s
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,25 +21,8 @@ import torch
 from alignloop.core.losses import cost_model_loss
 from alignloop.feedback.schema import Comparison
 from alignloop.lm.data import PreferenceCollator, comparison_splits, safety_judged
-from alignloop.lm.models import ScoreModel, apply_lora, load_score_model
-from alignloop.lm.training import (
-    Checkpointer,
-    DistributedContext,
-    MetricsLogger,
-    TrainCommon,
-    autocast,
-    batch_indices,
-    bf16_available,
-    clip_grad_norm,
-    init_distributed,
-    make_optimizer,
-    make_scheduler,
-    micro_batches,
-    seed_everything,
-    set_threads,
-    steps_per_epoch,
-    unwrap,
-)
+from alignloop.lm.models import load_score_model
+from alignloop.lm.training import DistributedContext, TrainCommon, fit, prepare_model, save_final, start_run
 
 
 @dataclass(frozen=True)
@@ -119,14 +101,9 @@ def evaluate(
 
 
 def train(cfg: CostConfig) -> int:
-    ctx = init_distributed()
-    set_threads(cfg.threads)
-    bf16 = bf16_available(ctx, cfg.bf16)
-    seed_everything(cfg.seed)
+    run = start_run(cfg, "train cost")
     model: Any
     tokenizer, model = load_score_model(cfg.model, cfg.seed)
-    if cfg.lora_r > 0:
-        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     train_all, eval_all = comparison_splits(
         cfg.train_file,
         cfg.eval_file,
@@ -138,80 +115,30 @@ def train(cfg: CostConfig) -> int:
     )
     train_pairs, train_left = safety_judged(train_all)
     eval_pairs, eval_left = safety_judged(eval_all)
-    if ctx.is_main and (train_left or eval_left):
+    if run.ctx.is_main and (train_left or eval_left):
         print(f"left out {train_left} training and {eval_left} held-out pairs without safety judgements")
     collate = PreferenceCollator(tokenizer, cfg.max_length, by="safer")
+    model = prepare_model(model, run, cfg)
 
-    model = ctx.wrap(model)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    per_epoch = steps_per_epoch(len(train_pairs), cfg.batch_size)
-    if per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(train_pairs)} training pairs")
-    n_steps = cfg.max_steps or cfg.epochs * per_epoch
-    scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_steps, cfg.total_steps or n_steps)
-    checkpointer = Checkpointer(cfg.output_dir, cfg.keep_checkpoints, ctx)
-    step = 0
-    latest = checkpointer.latest() if cfg.resume else None
-    if latest is not None:
-        step, _ = checkpointer.load(latest, {"model": model}, {"opt": optimizer}, {"sched": scheduler})
-    logger = MetricsLogger(
-        cfg.output_dir,
-        total_steps=n_steps,
-        log_dir=cfg.log_dir,
-        enabled=ctx.is_main,
-        progress=cfg.progress,
-        resume_step=step if latest is not None else None,
+    def loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        c_safer, c_unsafer = pair_scores(model, batch)
+        s_unsafer, s_safer = safety_signs(batch)
+        value, _ = cost_model_loss(c_unsafer, c_safer, s_unsafer, s_safer, score_l2=cfg.score_l2)
+        right = torch.cat([c_safer * s_safer, c_unsafer * s_unsafer]) > 0  # the sign matches the label
+        return value, {"sign_accuracy": right.float().mean()}
+
+    fit(
+        run,
+        model,
+        train_pairs,
+        collate=collate,
+        loss=loss,
+        weight=lambda batch: len(batch["chosen_input_ids"]),  # the mean is over pairs
+        evaluate=lambda model: evaluate(model, eval_pairs, collate, run.ctx, cfg.batch_size),
+        options=cfg,
         description="cost model",
+        shown=("loss", "sign_accuracy"),
     )
-
-    with logger:
-        while step < n_steps:
-            epoch, done = divmod(step, per_epoch)
-            batches = batch_indices(
-                len(train_pairs),
-                cfg.batch_size,
-                seed=cfg.seed,
-                epoch=epoch,
-                rank=ctx.rank,
-                world_size=ctx.world_size,
-            )
-            for indices in batches[done:]:
-                model.train()
-                parts = micro_batches(indices, cfg.grad_accum)
-                totals = {"loss": 0.0, "sign_accuracy": 0.0}
-                for i, part in enumerate(parts):
-                    batch = {k: v.to(ctx.device) for k, v in collate([train_pairs[j] for j in part]).items()}
-                    sync = i == len(parts) - 1 or not ctx.distributed
-                    with contextlib.nullcontext() if sync else model.no_sync(), autocast(ctx, bf16):
-                        c_safer, c_unsafer = pair_scores(model, batch)
-                        s_unsafer, s_safer = safety_signs(batch)
-                        loss, _ = cost_model_loss(
-                            c_unsafer, c_safer, s_unsafer, s_safer, score_l2=cfg.score_l2
-                        )
-                        weight = len(part) / len(indices)  # the micro-batch's share of this batch
-                        (loss * weight).backward()
-                    totals["loss"] += float(loss.detach()) * weight
-                    right = torch.cat([c_safer * s_safer, c_unsafer * s_unsafer]) > 0  # sign matches label
-                    totals["sign_accuracy"] += float(right.float().mean()) * weight
-                grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-
-                logged = {k: ctx.all_reduce_mean(v) for k, v in totals.items()}
-                logger.log(step, {**logged, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]})
-                logger.advance(step, f"loss {logged['loss']:.3f} sign acc {logged['sign_accuracy']:.2f}")
-                if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == n_steps:
-                    logger.log(step, evaluate(model, eval_pairs, collate, ctx, cfg.batch_size), split="eval")
-                if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == n_steps:
-                    checkpointer.save(step, {"model": model}, {"opt": optimizer}, {"sched": scheduler})
-                if step >= n_steps:
-                    break
-
-    if ctx.is_main:
-        final: ScoreModel = unwrap(model)  # type: ignore[assignment]
-        final.save_pretrained(cfg.output_dir / "final", tokenizer=tokenizer)
-    ctx.barrier()
-    ctx.close()
+    save_final(model, tokenizer, run.layout.final, run.ctx)
+    run.close()
     return 0

@@ -41,26 +41,19 @@ import torch
 from torch import Tensor, nn
 
 from alignloop.core.losses import DPO_LOSSES, kto_loss, orpo_loss, simpo_loss
+from alignloop.errors import UserError
 from alignloop.feedback.schema import Comparison
 from alignloop.lm.data import encode_pair, load_comparisons, pad, preferred_pairs
-from alignloop.lm.distributed import FullState, shard_model
-from alignloop.lm.models import apply_lora, merge_lora, position_ids_from_mask, token_logprobs
+from alignloop.lm.models import position_ids_from_mask, token_logprobs
 from alignloop.lm.sft import load_model
 from alignloop.lm.training import (
-    Checkpointer,
     DistributedContext,
-    MetricsLogger,
     TrainCommon,
     autocast,
-    batch_indices,
-    clip_grad_norm,
-    init_distributed,
-    make_optimizer,
-    make_scheduler,
-    micro_batches,
-    seed_everything,
-    set_threads,
-    steps_per_epoch,
+    fit,
+    prepare_model,
+    save_final,
+    start_run,
     unwrap,
 )
 
@@ -111,13 +104,6 @@ class DPOConfig(TrainCommon):
     """KTO weight of undesirable (rejected) examples."""
     reference: Literal["precompute", "online"] = "precompute"
     """Reference log-probs computed once before training (reference freed), or per batch."""
-    strategy: Literal["ddp", "fsdp", "fsdp-grad-op"] = "ddp"
-    """With several processes: replicate the model (ddp), shard parameters, gradients and optimiser
-    state (fsdp, like ZeRO-3), or gradients and optimiser state only (fsdp-grad-op, like ZeRO-2)."""
-    shuffle: bool = True
-    """Shuffle the training pairs each epoch (False: file order, e.g. for benchmarks)."""
-    disable_dropout: bool = True
-    """Turn dropout off in the policy (keeps pi = reference at step 0 and runs reproducible)."""
     lr: float = 5e-4
     """Peak learning rate."""
     batch_size: int = 32
@@ -186,6 +172,14 @@ def collate(examples: Sequence[PairExample], pad_id: int) -> dict[str, Tensor]:
     }
 
 
+def indexed_collate(items: Sequence[tuple[int, PairExample]], pad_id: int) -> dict[str, Tensor]:
+    """`collate` of (index, example) items, with ``index`` (B,): each example's place in its
+    set, where the precomputed reference log-probs are looked up."""
+    batch = collate([e for _, e in items], pad_id)
+    batch["index"] = torch.tensor([i for i, _ in items])
+    return batch
+
+
 def load_pairs(cfg: DPOConfig) -> tuple[list[Comparison], list[Comparison]]:
     """(train, eval) comparisons with a `better` preference; ties are counted and left out."""
     fmt = None if cfg.format == "auto" else cfg.format
@@ -209,7 +203,7 @@ def load_pairs(cfg: DPOConfig) -> tuple[list[Comparison], list[Comparison]]:
     if ties or eval_ties:
         print(f"dpo: left out {ties} training and {eval_ties} held-out pair(s) without a preference (ties)")
     if not train:
-        raise ValueError(
+        raise UserError(
             f"{cfg.train_file or 'toy world'}: no comparison with a 'better' preference to learn from"
         )
     return train, evals
@@ -330,10 +324,10 @@ class ReferenceScorer:
         self.table, self.model, self.adapters_off = table, model, use_adapters_off
 
     @torch.no_grad()
-    def __call__(self, indices: list[int], batch: dict[str, Tensor]) -> Tensor:
-        """(N,) in the row order of `collate`."""
+    def __call__(self, batch: dict[str, Tensor]) -> Tensor:
+        """(N,) in the row order of `collate`, for the examples of `indexed_collate`'s batch."""
         if self.table is not None:
-            return self.table[indices].t().reshape(-1).to(batch["input_ids"].device)
+            return self.table[batch["index"].cpu()].t().reshape(-1).to(batch["input_ids"].device)
         assert self.model is not None
         off: Any = unwrap(self.model)
         context = off.disable_adapter() if self.adapters_off else contextlib.nullcontext()
@@ -354,23 +348,31 @@ def evaluate(
     loss_kwargs: dict[str, Any],
 ) -> dict[str, float]:
     """Held-out loss, chosen-over-rejected margin and accuracy (the share of pairs with a
-    positive margin); each process scores its share."""
+    positive margin); each process scores its share, in the same number of forward passes
+    (a sharded model's forward is a collective): a process whose share has run out scores its
+    first example again, counted nothing."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # loss * n, margin, correct, n
     mine = list(range(ctx.rank, len(examples), ctx.world_size))
-    for start in range(0, len(mine), batch_size):
+    rounds = -(-len(range(0, len(examples), ctx.world_size)) // batch_size)  # the largest share's batches
+    for start in range(0, rounds * batch_size, batch_size):
         idx = mine[start : start + batch_size]
-        batch = {k: v.to(ctx.device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+        counted = len(idx)
+        idx = idx or mine[:1] or [0]
+        batch = {
+            k: v.to(ctx.device) for k, v in indexed_collate([(i, examples[i]) for i in idx], pad_id).items()
+        }
         pi_logps, lengths = response_logps(model, batch)
-        ref_logps = reference(idx, batch) if reference is not None else None
+        ref_logps = reference(batch) if reference is not None else None
         kl_ref = kl_reference(pi_logps, ref_logps, len(idx), ctx=None)
         n = 2 * len(idx)  # the chosen and rejected rows
         ref_pair = None if ref_logps is None else ref_logps[:n]
         value, _ = preference_loss(loss, pi_logps[:n], ref_pair, lengths[:n], kl_ref, **loss_kwargs)
         margin = pair_margin(pi_logps[:n], ref_pair, lengths[:n])  # (b,)
-        sums += torch.tensor(
-            [float(value) * len(idx), float(margin.sum()), float((margin > 0).sum()), float(len(idx))]
-        )
+        if counted:
+            sums += torch.tensor(
+                [float(value) * len(idx), float(margin.sum()), float((margin > 0).sum()), float(len(idx))]
+            )
     sums = ctx.all_reduce_sum(sums)
     count = max(1.0, float(sums[3]))
     return {
@@ -418,39 +420,17 @@ def make_reference(
 
 
 def train(cfg: DPOConfig) -> int:
-    ctx = init_distributed()
-    set_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    fsdp = cfg.strategy != "ddp" and ctx.distributed
-    if fsdp and cfg.lora_r > 0:
-        raise ValueError("strategy: 'fsdp' with lora_r > 0 is not supported; use strategy 'ddp' with LoRA")
+    run = start_run(cfg, "train dpo")
     policy: Any
     tokenizer, policy = load_model(cfg.model, cfg.seed)
     pad_id = int(tokenizer.pad_token_id)
-    if cfg.disable_dropout:
-        disable_dropout(policy)
     train_pairs, eval_pairs = load_pairs(cfg)
     train_set = encode_pairs(tokenizer, train_pairs, cfg.max_length, mismatched=cfg.loss == "kto")
     eval_set = encode_pairs(tokenizer, eval_pairs, cfg.max_length, mismatched=cfg.loss == "kto")
-    reference, eval_reference = make_reference(cfg, train_set, eval_set, pad_id, ctx)
-
-    if cfg.lora_r > 0:
-        policy = apply_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    reference, eval_reference = make_reference(cfg, train_set, eval_set, pad_id, run.ctx)
+    model = prepare_model(policy, run, cfg)
     if reference is not None and reference.adapters_off:
-        reference.model = policy
-    model = shard_model(policy.to(ctx.device), cfg.strategy == "fsdp") if fsdp else ctx.wrap(policy)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    per_epoch = steps_per_epoch(len(train_set), cfg.batch_size)
-    if per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(train_set)} training pairs")
-    n_steps = cfg.max_steps or cfg.epochs * per_epoch
-    scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_steps, cfg.total_steps or n_steps)
-    checkpointer = Checkpointer(cfg.output_dir, cfg.keep_checkpoints, ctx)
-    step = 0
-    latest = checkpointer.latest() if cfg.resume else None
-    if latest is not None:
-        models, optimizers = checkpoint_states(model, optimizer, fsdp)
-        step, _ = checkpointer.load(latest, models, optimizers, {"sched": scheduler})
+        reference.model = unwrap(model)
     loss_kwargs: dict[str, Any] = dict(
         beta=cfg.beta,
         label_smoothing=cfg.label_smoothing,
@@ -459,137 +439,37 @@ def train(cfg: DPOConfig) -> int:
         desirable_weight=cfg.desirable_weight,
         undesirable_weight=cfg.undesirable_weight,
     )
-    eval_batch = max(1, cfg.batch_size // ctx.world_size)
-    logger = MetricsLogger(
-        cfg.output_dir,
-        total_steps=n_steps,
-        log_dir=cfg.log_dir,
-        enabled=ctx.is_main,
-        progress=cfg.progress,
-        resume_step=step if latest is not None else None,
+
+    def loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        pi_logps, lengths = response_logps(model, batch)  # (N,), (N,)
+        ref_logps = reference(batch) if reference is not None else None
+        n_pairs = len(batch["index"])
+        kl_ref = kl_reference(pi_logps, ref_logps, n_pairs, run.ctx)
+        n = 2 * n_pairs  # the chosen and rejected rows
+        return preference_loss(
+            cfg.loss,
+            pi_logps[:n],
+            None if ref_logps is None else ref_logps[:n],
+            lengths[:n],
+            kl_ref,
+            **loss_kwargs,
+        )
+
+    eval_batch = max(1, cfg.batch_size // run.ctx.world_size)
+    fit(
+        run,
+        model,
+        list(enumerate(train_set)),
+        collate=lambda items: indexed_collate(items, pad_id),
+        loss=loss,
+        weight=lambda batch: len(batch["index"]),  # the mean is over pairs
+        evaluate=lambda model: evaluate(
+            model, eval_set, eval_reference, pad_id, eval_batch, run.ctx, cfg.loss, loss_kwargs
+        ),
+        options=cfg,
         description=f"dpo ({cfg.loss})",
+        evaluate_first=True,
     )
-
-    with logger:
-        if latest is None:
-            with autocast(ctx, cfg.bf16):
-                scores = evaluate(
-                    model, eval_set, eval_reference, pad_id, eval_batch, ctx, cfg.loss, loss_kwargs
-                )
-            logger.log(0, scores, split="eval")
-        while step < n_steps:
-            epoch, done = divmod(step, per_epoch)
-            if cfg.shuffle:
-                batches = batch_indices(
-                    len(train_set),
-                    cfg.batch_size,
-                    seed=cfg.seed,
-                    epoch=epoch,
-                    rank=ctx.rank,
-                    world_size=ctx.world_size,
-                )
-            else:
-                batches = in_order(len(train_set), cfg.batch_size, ctx.rank, ctx.world_size)
-            for indices in batches[done:]:
-                model.train()
-                parts = micro_batches(indices, cfg.grad_accum)
-                totals: dict[str, float] = {}
-                for i, part in enumerate(parts):
-                    batch = {
-                        k: v.to(ctx.device) for k, v in collate([train_set[j] for j in part], pad_id).items()
-                    }
-                    sync = i == len(parts) - 1 or not ctx.distributed or fsdp
-                    no_sync: Any = contextlib.nullcontext() if sync else model.no_sync()  # type: ignore[operator]
-                    with no_sync, autocast(ctx, cfg.bf16):
-                        pi_logps, lengths = response_logps(model, batch)  # (N,), (N,)
-                        ref_logps = reference(part, batch) if reference is not None else None
-                        kl_ref = kl_reference(pi_logps, ref_logps, len(part), ctx)
-                        n = 2 * len(part)  # the chosen and rejected rows
-                        loss, metrics = preference_loss(
-                            cfg.loss,
-                            pi_logps[:n],
-                            None if ref_logps is None else ref_logps[:n],
-                            lengths[:n],
-                            kl_ref,
-                            **loss_kwargs,
-                        )
-                        # a mean over this process's pairs; DDP/FSDP then average over processes
-                        weight = len(part) / len(indices)
-                        (loss * weight).backward()
-                    for k, v in {"loss": loss.detach(), **metrics}.items():
-                        totals[k] = totals.get(k, 0.0) + float(v) * weight
-                grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-
-                values = ctx.all_reduce_mean(torch.tensor(list(totals.values()), dtype=torch.float64))
-                logged = dict(zip(totals, values.tolist(), strict=True))
-                logged.update(grad_norm=grad_norm, lr=float(scheduler.get_last_lr()[0]))
-                logger.log(step, logged)
-                logger.advance(step, f"loss {logged['loss']:.3f}")
-                if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == n_steps:
-                    with autocast(ctx, cfg.bf16):
-                        scores = evaluate(
-                            model, eval_set, eval_reference, pad_id, eval_batch, ctx, cfg.loss, loss_kwargs
-                        )
-                    logger.log(step, scores, split="eval")
-                if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == n_steps:
-                    models, optimizers = checkpoint_states(model, optimizer, fsdp, gather=True)
-                    checkpointer.save(step, models, optimizers, {"sched": scheduler})
-                if step >= n_steps:
-                    break
-
-    save_final(model, tokenizer, cfg.output_dir / "final", ctx, sharded=fsdp)
-    ctx.barrier()
-    ctx.close()
+    save_final(model, tokenizer, run.layout.final, run.ctx)
+    run.close()
     return 0
-
-
-def checkpoint_states(
-    model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool, gather: bool = False
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What `Checkpointer` saves and loads: the model and optimiser, or under FSDP their full
-    (unsharded) states; `gather` collects those from every process (a collective) for saving."""
-    if not sharded:
-        return {"model": model}, {"opt": optimizer}
-    states = FullState(model), FullState(model, optimizer)
-    if gather:
-        for state in states:
-            state.gather()
-    return {"model": states[0]}, {"opt": states[1]}
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Dropout off everywhere: `nn.Dropout` modules and attention dropout rates."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0  # type: ignore[assignment]
-
-
-def save_final(model: nn.Module, tokenizer: Any, path: Path, ctx: DistributedContext, sharded: bool) -> None:
-    """The trained policy as a plain Hugging Face folder (LoRA merged, FSDP shards gathered)."""
-    if sharded:
-        state = FullState(model).gather().state_dict()  # every process takes part
-        if ctx.is_main:
-            from transformers import AutoModelForCausalLM
-
-            plain = AutoModelForCausalLM.from_config(model.config)
-            plain.load_state_dict(state)
-            plain.save_pretrained(str(path))
-    elif ctx.is_main:
-        merge_lora(unwrap(model)).save_pretrained(str(path))
-    if ctx.is_main:
-        tokenizer.save_pretrained(str(path))
-
-
-def in_order(n_items: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
-    """Batches in file order (no shuffling), split across processes like `batch_indices`."""
-    per_rank = batch_size // world_size
-    return [
-        list(range(start + rank * per_rank, start + (rank + 1) * per_rank))
-        for start in range(0, n_items - batch_size + 1, batch_size)
-    ]

@@ -17,10 +17,20 @@ path is tested against.
 Log-probs are those of the temperature-scaled distribution ``softmax(logits / temperature)``
 before top-k / top-p filtering: exactly what a training forward pass recomputes, so the
 first PPO ratio is 1.
+
+Sampling draws ``argmax(p / q)`` with ``q ~ Exponential(1)`` per token, which is what
+``torch.multinomial(p, 1)`` computes, with the same random numbers. Drawn that way, the noise of
+each row can be made independent of how a batch is split: with ``rows=(offset, total)`` the
+batch is rows ``offset .. offset + B`` of a global batch of ``total`` rows, the noise is drawn
+for all ``total`` rows and this batch's rows are used, so processes that each sample their share
+of a batch (seeded alike) draw exactly the tokens one process sampling the whole batch draws.
+With ``all_ended`` (a function that says whether every process's rows have ended), they also
+take the same number of steps, as a sharded model, whose forward is a collective, needs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +96,8 @@ def generate(
     greedy: bool = False,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    rows: tuple[int, int] | None = None,
+    all_ended: Callable[[bool], bool] | None = None,
 ) -> Rollout:
     """Sample up to ``max_new_tokens`` tokens for each left-padded prompt.
 
@@ -102,7 +114,11 @@ def generate(
         greedy: take the most likely token instead of sampling (temperature still scales the
             returned log-probs).
         use_cache: reuse ``past_key_values`` (True) or run the whole sequence each step.
-        generator: torch random generator for reproducible sampling.
+        generator: torch random generator for reproducible sampling (None: the default one).
+        rows: ``(offset, total)``: this batch is rows ``offset .. offset + B`` of a global batch
+            of ``total`` rows sampled by several processes (see the module docstring).
+        all_ended: ``all_ended(mine)`` is True once every process's rows have ended, given
+            whether this process's have; the loop stops then (default: when this batch's have).
 
     Returns:
         a `Rollout`; ``R`` is the number of steps actually taken (<= ``max_new_tokens``: the
@@ -119,6 +135,8 @@ def generate(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if rows is not None and not (0 <= rows[0] and rows[0] + input_ids.shape[0] <= rows[1]):
+        raise ValueError(f"rows {rows}: a batch of {input_ids.shape[0]} rows does not fit at that offset")
 
     batch, prompt_length = input_ids.shape
     device = input_ids.device
@@ -154,8 +172,10 @@ def generate(
         if greedy:
             token = logits.argmax(-1)  # (B,)
         else:
-            probs = torch.softmax(filter_logits(logits, top_k=top_k, top_p=top_p), dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+            probs = torch.softmax(filter_logits(logits, top_k=top_k, top_p=top_p), dim=-1)  # (B, V)
+            offset, total = rows if rows is not None else (0, batch)
+            noise = torch.empty((total, probs.shape[-1]), device=device).exponential_(1, generator=generator)
+            token = (probs / noise[offset : offset + batch]).argmax(-1)  # (B,) = multinomial(probs, 1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
         logps.append(step_logps.gather(-1, token[:, None]).squeeze(-1).masked_fill(finished, 0.0))
@@ -166,7 +186,8 @@ def generate(
         step_ids = token[:, None]
         step_pos = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)  # (B, 1) position of the new token
         finished = finished | (token == eos_token_id)
-        if bool(finished.all()):
+        done = bool(finished.all())
+        if all_ended(done) if all_ended is not None else done:
             break
 
     return Rollout(

@@ -5,35 +5,45 @@ Each iteration:
 
 1. **Rollout.** Sample a response to each prompt of a batch (`generation.generate`, KV-cached,
    temperature 1), keep the sampled tokens' log-probs ``pi_old``.
-2. **Score.** The frozen reference (the starting policy) gives ``ref_logprobs``; the reward
-   model gives one end score per response, the cost model (Safe RLHF, shaping) one end cost;
-   the critics give per-token values.
-3. **Per-token rewards.** With the KL estimate ``kl_t = log pi_old - log ref`` on each
-   response token, the reward stream is ``-beta * kl_t`` plus the end reward at the last
-   response token; the cost stream (Safe RLHF) is ``+beta * kl_t`` plus the end cost there
-   (Dai et al. 2023, "Safe RLHF", the PPO-Lagrangian trainer). Shaping puts
-   ``reward - lambda * cost`` (fixed lambda) at the last token of the reward stream.
-4. **Advantages.** GAE (`core.advantages.gae`) on each stream with its own critic; Safe RLHF
-   mixes them as ``(A_r - lambda A_c) / (1 + lambda)`` (`core.lagrange.lagrangian_advantage`).
-   The advantage the policy ascends is then whitened (``whiten_advantages``).
-5. **Lambda.** Safe RLHF moves lambda (`core.lagrange.LagrangeMultiplier`, log space) by
-   ``J_c - cost_limit``, ``J_c`` the mean end cost over a window of recent responses,
-   before the policy update.
-6. **Update.** ``ppo_epochs`` passes over the rollout in mini-batches (``batch_size``, split
-   in ``grad_accum`` micro-batches): the clipped surrogate (`core.losses.ppo_policy_loss`)
-   for the policy, the clipped value loss (`core.losses.value_loss`) for each critic.
+2. **Score** (`score_rollout`). The frozen reference (the starting policy) gives
+   ``ref_logprobs``; the reward model gives one end score per response, the cost model (Safe
+   RLHF, shaping) one end cost; the critics give per-token values.
+3. **Lambda** (`Constraint`). Safe RLHF moves lambda (`core.lagrange.LagrangeMultiplier`, log
+   space) by ``J_c - cost_limit``, ``J_c`` the mean end cost over a window of recent
+   responses, before the policy update.
+4. **Per-token rewards and advantages** (`assemble_experience`). With the KL estimate
+   ``kl_t = log pi_old - log ref`` on each response token, the reward stream is
+   ``-beta * kl_t`` plus the end reward at the last response token; the cost stream (Safe RLHF)
+   is ``+beta * kl_t`` plus the end cost there (Dai et al. 2023, "Safe RLHF", the
+   PPO-Lagrangian trainer). Shaping puts ``reward - lambda * cost`` (fixed lambda) at the last
+   token of the reward stream. GAE (`core.advantages.gae`) on each stream with its own critic;
+   Safe RLHF mixes them as ``(A_r - lambda A_c) / (1 + lambda)``
+   (`core.lagrange.lagrangian_advantage`). The advantage the policy ascends is then whitened
+   (``whiten_advantages``).
+5. **Update** (`ppo_update`). ``ppo_epochs`` passes over the rollout in mini-batches
+   (``batch_size``, split in ``grad_accum`` micro-batches): the clipped surrogate
+   (`core.losses.ppo_policy_loss`) for the policy, the clipped value loss
+   (`core.losses.value_loss`) for each critic, both averaged over the response tokens of the
+   mini-batch.
 
 Critics are score models initialised from the reward and cost models (their per-token
 scores). A step of the progress bar, the metrics and ``max_steps`` is one iteration.
 Tensors of a rollout are aligned on response tokens: ``(B, R)``, with ``response_mask``
 True = response token.
+
+Under torchrun every process samples and scores its share of each rollout batch (the
+sampling noise is drawn per row of the whole batch, so the tokens do not depend on the split),
+then the shares are gathered: every process holds the whole rollout, moves lambda, computes
+the advantages and walks the same mini-batches, each process taking its share of every
+mini-batch. Two processes therefore make the updates one process makes, up to float rounding,
+under ``--strategy ddp``, ``fsdp`` or ``fsdp-grad-op``; the run stack checkpoints it exactly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -44,34 +54,31 @@ from torch import Tensor, nn
 from alignloop.core.advantages import gae, kl_k1, masked_mean, masked_whiten
 from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage, mean_recent_cost
 from alignloop.core.losses import entropy_from_logits, ppo_policy_loss, value_loss
+from alignloop.errors import UserError
 from alignloop.lm.data import PromptCollator
 from alignloop.lm.generation import Rollout, generate
 from alignloop.lm.models import (
     ScoreModel,
-    apply_lora,
     load_causal_lm,
     load_tokenizer,
-    merge_lora,
     position_ids_from_mask,
     token_logprobs,
 )
 from alignloop.lm.training import (
-    Checkpointer,
     DistributedContext,
-    MetricsLogger,
     TrainCommon,
     batch_indices,
     clip_grad_norm,
-    init_distributed,
     make_optimizer,
     make_scheduler,
     micro_batches,
-    seed_everything,
-    set_threads,
+    prepare_model,
+    save_final,
+    start_run,
     unwrap,
 )
-
-Mode = Literal["ppo", "lagrangian", "shaping"]
+from alignloop.runstack.distributed import checkpoint_states, gradient_sync
+from alignloop.runstack.run import check_schedule
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ class PPOConfig(TrainCommon):
     """PPO-RLHF: maximise a reward model's score with a KL penalty to the starting policy."""
 
     output_dir: Path = Path("runs/ppo")
-    """Run folder: checkpoints/, metrics.jsonl, tb/ and the final policy in final/."""
+    """Run folder: run.json, checkpoints/, metrics.jsonl, tb/ and the final policy in final/."""
     policy: Path = Path("runs/sft/final")
     """Starting policy (a causal-LM folder with its tokenizer); also the frozen reference."""
     reward_model: Path = Path("runs/reward/final")
@@ -94,6 +101,9 @@ class PPOConfig(TrainCommon):
     """Held-out toy-world prompts judged every eval_every steps (0 = no evaluation)."""
     max_steps: int = 60
     """PPO iterations (rollout + update)."""
+    total_steps: int = 0
+    """Length of the learning-rate schedule in iterations (0 = max_steps); set it to stop early
+    on the same schedule, or to extend a finished run (a resume that changes the length needs it)."""
     lr: float = 1e-4
     """Policy learning rate."""
     critic_lr: float = 5e-4
@@ -143,13 +153,19 @@ class PPOConfig(TrainCommon):
 
 
 @dataclass(frozen=True)
-class PPOLagConfig(PPOConfig):
+class CostModelConfig(PPOConfig):
+    """PPO with a cost model as well: what Safe RLHF and reward shaping share."""
+
+    cost_model: Path = Path("runs/cost/final")
+    """Cost model folder (`alignloop train cost`); Safe RLHF also initialises the cost critic from it."""
+
+
+@dataclass(frozen=True)
+class PPOLagConfig(CostModelConfig):
     """Safe RLHF: maximise reward while the expected cost stays under a limit (PPO-Lagrangian)."""
 
     output_dir: Path = Path("runs/ppo-lag")
-    """Run folder: checkpoints/, metrics.jsonl, tb/ and the final policy in final/."""
-    cost_model: Path = Path("runs/cost/final")
-    """Cost model folder (`alignloop train cost`); also initialises the cost critic."""
+    """Run folder: run.json, checkpoints/, metrics.jsonl, tb/ and the final policy in final/."""
     cost_limit: float = 0.0
     """d: the limit on the expected end cost (cost 0 is the safe/unsafe boundary)."""
     lambda_init: float = 1.0
@@ -163,17 +179,15 @@ class PPOLagConfig(PPOConfig):
     lambda_method: Literal["log", "projected", "pid"] = "log"
     """Multiplier update rule."""
     cost_window: int = 128
-    """J_c is the mean end cost of this many recent responses (per process)."""
+    """J_c is the mean end cost of this many recent responses (of all processes)."""
 
 
 @dataclass(frozen=True)
-class ShapingConfig(PPOConfig):
+class ShapingConfig(CostModelConfig):
     """Baseline: PPO on reward - lambda * cost with a fixed lambda."""
 
     output_dir: Path = Path("runs/reward-shaping")
-    """Run folder: checkpoints/, metrics.jsonl, tb/ and the final policy in final/."""
-    cost_model: Path = Path("runs/cost/final")
-    """Cost model folder (`alignloop train cost`)."""
+    """Run folder: run.json, checkpoints/, metrics.jsonl, tb/ and the final policy in final/."""
     shaping_lambda: float = 1.0
     """The fixed weight of the cost in the shaped reward."""
 
@@ -208,6 +222,72 @@ def kl_shaped_rewards(end_scores: Tensor, kl: Tensor, response_mask: Tensor, kl_
 
 
 @dataclass
+class Scores:
+    """What the frozen models and the critics say about a rollout, aligned on its responses."""
+
+    kl: Tensor  # (B, R) log pi_old - log ref on response tokens, 0 elsewhere
+    end_reward: Tensor  # (B,) clipped, less the missing-end penalty
+    end_cost: Tensor | None  # (B,) clipped; None without a cost model
+    reward_values: Tensor  # (B, R)
+    cost_values: Tensor | None  # (B, R) Safe RLHF only
+
+
+@torch.no_grad()
+def score_rollout(
+    rollout: Rollout,
+    *,
+    reference: nn.Module,
+    reward_model: nn.Module,
+    cost_model: nn.Module | None,
+    reward_critic: nn.Module,
+    cost_critic: nn.Module | None,
+    temperature: float,
+    score_clip: float,
+    missing_eos_penalty: float,
+    eos_token_id: int,
+) -> Scores:
+    """Score a rollout with the reference, the reward and cost models and the critics."""
+    seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_length
+    mask = rollout.response_mask  # (B, R) True = response token
+    ref_logits = reference(
+        input_ids=seqs, attention_mask=attn, position_ids=position_ids_from_mask(attn)
+    ).logits
+    ref_logprobs = token_logprobs(ref_logits[:, P - 1 : -1] / temperature, seqs[:, P:])  # (B, R)
+    kl = kl_k1(rollout.logprobs, ref_logprobs) * mask  # (B, R)
+    end_reward = reward_model(seqs, attn).end_scores.clamp(-score_clip, score_clip)  # (B,)
+    ended = (rollout.responses == eos_token_id).any(-1)  # (B,) True = the response has an end token
+    end_reward = end_reward - missing_eos_penalty * (~ended).to(end_reward.dtype)
+    end_cost = (
+        None if cost_model is None else cost_model(seqs, attn).end_scores.clamp(-score_clip, score_clip)
+    )
+    return Scores(
+        kl,
+        end_reward,
+        end_cost,
+        forward_values(reward_critic, seqs, attn, P),
+        None if cost_critic is None else forward_values(cost_critic, seqs, attn, P),
+    )
+
+
+def gather_rollout(rollout: Rollout, scores: Scores, ctx: DistributedContext) -> tuple[Rollout, Scores]:
+    """Every process's rollout share and scores, concatenated in rank order (the whole batch)."""
+    if not ctx.distributed:
+        return rollout, scores
+
+    def cat(t: Tensor | None) -> Any:
+        return None if t is None else ctx.all_gather(t)
+
+    whole = Rollout(
+        cat(rollout.sequences),
+        cat(rollout.attention_mask),
+        cat(rollout.response_mask),
+        cat(rollout.logprobs),
+        rollout.prompt_length,
+    )
+    return whole, Scores(*(cat(getattr(scores, f.name)) for f in fields(scores)))
+
+
+@dataclass
 class Experience:
     """One rollout with everything the update needs, aligned on response tokens ``(B, R)``."""
 
@@ -221,6 +301,8 @@ class Experience:
     reward_returns: Tensor  # (B, R)
     cost_values: Tensor | None  # (B, R) Safe RLHF only
     cost_returns: Tensor | None
+    rewards: Tensor | None = None  # (B, R) the per-token reward stream
+    costs: Tensor | None = None  # (B, R) the per-token cost stream (Safe RLHF)
 
     def select(self, rows: list[int]) -> Experience:
         """The rollout restricted to some rows (a mini-batch)."""
@@ -229,305 +311,100 @@ class Experience:
         return replace(self, **changes)
 
 
-# ------------------------------------------------------------------------ the loop
-def _load_prompts(path: Path | None, world: Any, n: int, seed: int) -> list[str]:
-    if path is None:
-        return [p.text for p in world.prompts("train", n, seed=seed)]
-    from alignloop.feedback.formats import read_prompts
-
-    prompts = [r.prompt for r in read_prompts(path)]
-    if not prompts:
-        raise ValueError(f"{path}: no prompts in the file")
-    return prompts
-
-
-def _check_same_vocab(tokenizer: Any, model: ScoreModel, path: Path) -> None:
-    if model.config.vocab_size < len(tokenizer):
-        raise ValueError(
-            f"{path}: the model's vocabulary ({model.config.vocab_size}) is smaller than the policy's "
-            f"tokenizer ({len(tokenizer)}); reward/cost models must share the policy's tokenizer"
-        )
-
-
-def _sync_context(models: list[nn.Module], ctx: DistributedContext, sync: bool) -> contextlib.ExitStack:
-    """Skip DDP's gradient all-reduce on micro-batches before the last one."""
-    stack = contextlib.ExitStack()
-    if ctx.distributed and not sync:
-        for m in models:
-            stack.enter_context(m.no_sync())  # type: ignore[operator]
-    return stack
-
-
-def _run(cfg: PPOConfig, mode: Mode) -> int:
-    from alignloop.lm.evaluate import evaluate_policy
-    from alignloop.lm.toyworld import ToyWorld
-
-    ctx = init_distributed()
-    set_threads(cfg.threads)
-    seed_everything(cfg.seed + ctx.rank)
-    if cfg.rollout_batch_size % (cfg.batch_size) or cfg.batch_size % (ctx.world_size * cfg.grad_accum):
-        raise ValueError(
-            f"rollout_batch_size ({cfg.rollout_batch_size}) must be a multiple of batch_size ({cfg.batch_size}), "
-            f"and batch_size a multiple of processes x grad_accum ({ctx.world_size} x {cfg.grad_accum})"
-        )
-    world = ToyWorld(cfg.toyworld_seed)
-    tokenizer = load_tokenizer(cfg.policy)
-    prompts = _load_prompts(cfg.prompts, world, cfg.toy_prompts, cfg.seed)
-    if len(prompts) < cfg.rollout_batch_size:
-        raise ValueError(f"{len(prompts)} prompts is fewer than rollout_batch_size={cfg.rollout_batch_size}")
-    collate = PromptCollator(tokenizer)
-
-    policy = load_causal_lm(cfg.policy)
-    reference = load_causal_lm(cfg.policy).eval().requires_grad_(False)
-    if cfg.lora_r > 0:  # adapters on the policy only; the reference stays the full starting model
-        policy = apply_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-    reward_model = ScoreModel.from_pretrained(cfg.reward_model).eval().requires_grad_(False)
-    _check_same_vocab(tokenizer, reward_model, cfg.reward_model)
-    critics: dict[str, nn.Module] = {"reward_critic": ScoreModel.from_pretrained(cfg.reward_model)}
-    cost_model: ScoreModel | None = None
-    cost_path: Path | None = getattr(cfg, "cost_model", None)
-    if mode != "ppo" and cost_path is not None:
-        cost_model = ScoreModel.from_pretrained(cost_path).eval().requires_grad_(False)
-        _check_same_vocab(tokenizer, cost_model, cost_path)
-        if mode == "lagrangian":
-            critics["cost_critic"] = ScoreModel.from_pretrained(cost_path)
-    for m in (reference, reward_model, cost_model):
-        if m is not None:
-            m.to(ctx.device)
-    policy = ctx.wrap(policy).eval()  # eval: no dropout in rollouts or updates
-    critics = {k: ctx.wrap(c).eval() for k, c in critics.items()}
-
-    per_rollout = cfg.rollout_batch_size // cfg.batch_size
-    optimizer_steps = cfg.max_steps * cfg.ppo_epochs * per_rollout
-    policy_opt = make_optimizer(policy, cfg.lr, cfg.weight_decay)
-    critic_opt = make_optimizer(list(critics.values()), cfg.critic_lr, cfg.weight_decay)
-    policy_sched = make_scheduler(policy_opt, cfg.scheduler, cfg.warmup_steps, optimizer_steps)
-    critic_sched = make_scheduler(critic_opt, cfg.scheduler, cfg.warmup_steps, optimizer_steps)
-    lagrange = LagrangeMultiplier(
-        getattr(cfg, "lambda_method", "log"),
-        init=getattr(cfg, "lambda_init", 1.0),
-        lr=getattr(cfg, "lambda_lr", 0.1),
-        max_value=getattr(cfg, "lambda_max", None),
-        delay=getattr(cfg, "lambda_delay", 0),
-    )
-    cost_window: deque[float] = deque(maxlen=getattr(cfg, "cost_window", 1))
-
-    models = {"policy": policy, **critics}
-    optimizers = {"policy": policy_opt, "critic": critic_opt}
-    schedulers = {"policy": policy_sched, "critic": critic_sched}
-    checkpointer = Checkpointer(cfg.output_dir, keep=cfg.keep_checkpoints, ctx=ctx)
-    step = 0
-    if cfg.resume and (latest := checkpointer.latest()) is not None:
-        step, extra = checkpointer.load(latest, models, optimizers, schedulers)
-        lagrange.load_state_dict(extra["lagrange"])
-        cost_window.extend(extra["cost_window"])
-    eval_set = world.prompts("eval", cfg.eval_prompts, seed=cfg.seed) if cfg.eval_prompts else []
-    logger = MetricsLogger(
-        cfg.output_dir,
-        total_steps=cfg.max_steps,
-        log_dir=cfg.log_dir,
-        enabled=ctx.is_main,
-        progress=cfg.progress,
-        resume_step=step if cfg.resume else None,
-        description={"ppo": "PPO", "lagrangian": "PPO-Lagrangian", "shaping": "reward shaping"}[mode],
-    )
-    batches_per_epoch = len(prompts) // cfg.rollout_batch_size
-    with logger:
-        while step < cfg.max_steps:
-            started = time.perf_counter()
-            rows = batch_indices(
-                len(prompts),
-                cfg.rollout_batch_size,
-                seed=cfg.seed,
-                epoch=step // batches_per_epoch,
-                rank=ctx.rank,
-                world_size=ctx.world_size,
-            )[step % batches_per_epoch]
-            batch = collate([prompts[i] for i in rows])
-            rollout = generate(
-                unwrap(policy),
-                batch["input_ids"].to(ctx.device),
-                batch["attention_mask"].to(ctx.device),
-                max_new_tokens=cfg.max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                temperature=cfg.temperature,
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
-            )
-            exp, metrics = _make_experience(
-                rollout,
-                policy=unwrap(policy),
-                reference=reference,
-                reward_model=reward_model,
-                cost_model=cost_model,
-                critics={k: unwrap(c) for k, c in critics.items()},
-                mode=mode,
-                lagrange=lagrange,
-                cost_window=cost_window,
-                cost_limit=getattr(cfg, "cost_limit", 0.0),
-                shaping_lambda=getattr(cfg, "shaping_lambda", 0.0),
-                kl_coef=cfg.kl_coef,
-                gamma=cfg.gamma,
-                gae_lambda=cfg.gae_lambda,
-                score_clip=cfg.score_clip,
-                missing_eos_penalty=cfg.missing_eos_penalty,
-                whiten_advantages=cfg.whiten_advantages,
-                eos_token_id=tokenizer.eos_token_id,
-                temperature=cfg.temperature,
-                ctx=ctx,
-            )
-            for _ in range(cfg.ppo_epochs):
-                order = torch.randperm(exp.sequences.shape[0]).tolist()
-                per_rank = cfg.batch_size // ctx.world_size
-                for start in range(0, len(order), per_rank):
-                    update = _ppo_update(
-                        exp,
-                        order[start : start + per_rank],
-                        policy=policy,
-                        critics=critics,
-                        policy_opt=policy_opt,
-                        critic_opt=critic_opt,
-                        grad_accum=cfg.grad_accum,
-                        clip_eps=cfg.clip_eps,
-                        value_clip_eps=cfg.value_clip_eps or None,
-                        entropy_coef=cfg.entropy_coef,
-                        max_grad_norm=cfg.max_grad_norm,
-                        temperature=cfg.temperature,
-                        ctx=ctx,
-                    )
-                    policy_sched.step()
-                    critic_sched.step()
-            metrics.update(update)
-            metrics["seconds"] = time.perf_counter() - started
-            step += 1
-            logger.log(step, metrics)
-            info = f"reward {metrics['reward']:+.2f}"
-            if cost_model is not None:
-                info += f"  cost {metrics['cost']:+.2f}"
-            if mode == "lagrangian":
-                info += f"  lambda {metrics['lambda']:.2f}"
-            due = cfg.eval_every > 0 and step % cfg.eval_every == 0
-            if eval_set and (due or step == cfg.max_steps) and ctx.is_main:
-                judged = evaluate_policy(
-                    unwrap(policy),
-                    tokenizer,
-                    world,
-                    eval_set,
-                    max_new_tokens=cfg.max_new_tokens,
-                    seed=cfg.seed,
-                )
-                logger.log(step, judged, split="eval")
-                info += f"  help {judged['helpfulness']:.2f}  unsafe {judged['unsafe_rate']:.2f}"
-            logger.advance(step, info)
-            if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == cfg.max_steps:
-                extra = {"lagrange": lagrange.state_dict(), "cost_window": list(cost_window)}
-                checkpointer.save(step, models, optimizers, schedulers, extra)
-    if ctx.is_main:
-        final = Path(cfg.output_dir) / "final"
-        final_policy: Any = merge_lora(unwrap(policy))
-        final_policy.save_pretrained(str(final))
-        tokenizer.save_pretrained(str(final))
-    ctx.barrier()
-    ctx.close()
-    return 0
-
-
-@torch.no_grad()
-def _make_experience(
+def assemble_experience(
     rollout: Rollout,
+    scores: Scores,
     *,
-    policy: nn.Module,
-    reference: nn.Module,
-    reward_model: ScoreModel,
-    cost_model: ScoreModel | None,
-    critics: dict[str, nn.Module],
-    mode: Mode,
-    lagrange: LagrangeMultiplier,
-    cost_window: deque[float],
-    cost_limit: float,
-    shaping_lambda: float,
     kl_coef: float,
     gamma: float,
     gae_lambda: float,
-    score_clip: float,
-    missing_eos_penalty: float,
-    whiten_advantages: bool,
-    eos_token_id: int,
-    temperature: float,
-    ctx: DistributedContext,
+    lam: float | None = None,
+    shaping_lambda: float | None = None,
+    whiten: bool = True,
 ) -> tuple[Experience, dict[str, float]]:
-    """Score a rollout, build both reward streams, run GAE and (Safe RLHF) move lambda."""
-    seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_length
+    """The per-token reward (and cost) streams and the advantages of a scored rollout.
+
+    Reward stream: ``-kl_coef * kl`` per response token, the end reward (shaping: end reward
+    ``- shaping_lambda *`` end cost) at the last one. With ``lam`` (Safe RLHF) the cost stream is
+    ``+kl_coef * kl`` plus the end cost at the last token, and the advantage is
+    ``(A_r - lam A_c) / (1 + lam)``; otherwise ``A_r``. Whitened over the response tokens.
+    """
     mask = rollout.response_mask  # (B, R) True = response token
-    old_logprobs = rollout.logprobs  # (B, R)
-    ref_logits = reference(
-        input_ids=seqs, attention_mask=attn, position_ids=position_ids_from_mask(attn)
-    ).logits
-    ref_logprobs = token_logprobs(ref_logits[:, P - 1 : -1] / temperature, seqs[:, P:])  # (B, R)
-    kl = kl_k1(old_logprobs, ref_logprobs) * mask  # (B, R)
-    end_reward = reward_model(seqs, attn).end_scores.clamp(-score_clip, score_clip)  # (B,)
-    ended = (rollout.responses == eos_token_id).any(-1)  # (B,) True = the response has an end token
-    end_reward = end_reward - missing_eos_penalty * (~ended).to(end_reward.dtype)
-    end_cost = None
-    if cost_model is not None:
-        end_cost = cost_model(seqs, attn).end_scores.clamp(-score_clip, score_clip)  # (B,)
+    end_for_policy = scores.end_reward
+    if shaping_lambda is not None:
+        assert scores.end_cost is not None, "reward shaping needs end costs"
+        end_for_policy = scores.end_reward - shaping_lambda * scores.end_cost  # (B,)
+    rewards = kl_shaped_rewards(end_for_policy, scores.kl, mask, kl_coef)  # (B, R)
+    adv_r, reward_returns = gae(rewards, scores.reward_values, gamma=gamma, lam=gae_lambda, mask=mask)
     metrics = {
-        "reward": ctx.all_reduce_mean(end_reward.mean().item()),
-        "kl": ctx.all_reduce_mean(kl.sum(-1).mean().item()),
-        "response_tokens": ctx.all_reduce_mean(mask.sum(-1).float().mean().item()),
+        "reward": scores.end_reward.mean().item(),
+        "kl": scores.kl.sum(-1).mean().item(),
+        "response_tokens": mask.sum(-1).float().mean().item(),
+        "reward_advantage": masked_mean(adv_r, mask).item(),
     }
-    if end_cost is not None:
-        metrics["cost"] = ctx.all_reduce_mean(end_cost.mean().item())
-
-    reward_values = forward_values(critics["reward_critic"], seqs, attn, P)  # (B, R)
-    if mode == "shaping":
-        assert end_cost is not None
-        end_for_policy = end_reward - shaping_lambda * end_cost  # (B,)
-    else:
-        end_for_policy = end_reward
-    rewards = kl_shaped_rewards(end_for_policy, kl, mask, kl_coef)  # (B, R)
-    adv_r, reward_returns = gae(rewards, reward_values, gamma=gamma, lam=gae_lambda, mask=mask)
-
-    cost_values = cost_returns = None
-    if mode == "lagrangian":
-        assert end_cost is not None
-        cost_window.extend(end_cost.tolist())
-        j_c = ctx.all_reduce_mean(mean_recent_cost(cost_window))
-        lam = lagrange.update(j_c, cost_limit)
-        costs = kl_shaped_rewards(end_cost, kl, mask, -kl_coef)  # (B, R) +beta * kl + end cost
-        cost_values = forward_values(critics["cost_critic"], seqs, attn, P)  # (B, R)
-        adv_c, cost_returns = gae(costs, cost_values, gamma=gamma, lam=gae_lambda, mask=mask)
+    if scores.end_cost is not None:
+        metrics["cost"] = scores.end_cost.mean().item()
+    costs = cost_returns = None
+    advantages = adv_r
+    if lam is not None:
+        assert scores.end_cost is not None and scores.cost_values is not None, (
+            "Safe RLHF needs costs and a cost critic"
+        )
+        costs = kl_shaped_rewards(scores.end_cost, scores.kl, mask, -kl_coef)  # (B, R) +beta * kl + end cost
+        adv_c, cost_returns = gae(costs, scores.cost_values, gamma=gamma, lam=gae_lambda, mask=mask)
         advantages = lagrangian_advantage(adv_r, adv_c, lam)
-        metrics.update({"lambda": lam, "J_c": j_c, "cost_advantage": masked_mean(adv_c, mask).item()})
-    else:
-        advantages = adv_r
-    if whiten_advantages:
+        metrics.update({"lambda": lam, "cost_advantage": masked_mean(adv_c, mask).item()})
+    if whiten:
         advantages = masked_whiten(advantages, mask)
-    metrics["reward_advantage"] = masked_mean(adv_r, mask).item()
     exp = Experience(
-        seqs,
-        attn,
+        rollout.sequences,
+        rollout.attention_mask,
         mask,
-        P,
-        old_logprobs,
+        rollout.prompt_length,
+        rollout.logprobs,
         advantages,
-        reward_values,
+        scores.reward_values,
         reward_returns,
-        cost_values,
+        scores.cost_values,
         cost_returns,
+        rewards,
+        costs,
     )
     return exp, metrics
 
 
-def _ppo_update(
+class Constraint:
+    """Safe RLHF's constraint ``E[end cost] <= cost_limit``: the Lagrange multiplier and the
+    window of recent end costs whose mean is ``J_c``."""
+
+    def __init__(self, multiplier: LagrangeMultiplier, cost_limit: float, window: int):
+        self.multiplier, self.cost_limit = multiplier, cost_limit
+        self.window: deque[float] = deque(maxlen=window)
+
+    def update(self, end_costs: list[float]) -> tuple[float, float]:
+        """Add a rollout's end costs to the window and move lambda; returns (lambda, J_c)."""
+        self.window.extend(end_costs)
+        j_c = mean_recent_cost(self.window)
+        return self.multiplier.update(j_c, self.cost_limit), j_c
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lagrange": self.multiplier.state_dict(), "cost_window": list(self.window)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.multiplier.load_state_dict(state["lagrange"])
+        self.window.clear()
+        self.window.extend(state["cost_window"])
+
+
+# ------------------------------------------------------------------------ the update
+def ppo_update(
     exp: Experience,
     rows: list[int],
+    tokens: int,
     *,
     policy: nn.Module,
     critics: dict[str, nn.Module],
-    policy_opt: torch.optim.Optimizer,
-    critic_opt: torch.optim.Optimizer,
+    optimizers: Mapping[str, torch.optim.Optimizer],
     grad_accum: int,
     clip_eps: float,
     value_clip_eps: float | None,
@@ -536,15 +413,18 @@ def _ppo_update(
     temperature: float,
     ctx: DistributedContext,
 ) -> dict[str, float]:
-    """One optimiser step of the policy and of the critics on a mini-batch of the rollout."""
-    policy_opt.zero_grad(set_to_none=True)
-    critic_opt.zero_grad(set_to_none=True)
+    """One optimiser step of the policy and of the critics on a mini-batch: this process's
+    `rows` of it; `tokens` is the number of response tokens in the whole mini-batch (all
+    processes), over which every loss is averaged."""
+    for optimizer in optimizers.values():
+        optimizer.zero_grad(set_to_none=True)
     parts = micro_batches(rows, grad_accum)
-    totals: dict[str, float] = {}
+    sums: dict[str, float] = {}
     for i, part in enumerate(parts):
         mb = exp.select(part)
         mask = mb.response_mask  # (b, R) True = response token
-        with _sync_context([policy, *critics.values()], ctx, sync=i == len(parts) - 1):
+        share = float(mask.sum()) / tokens  # the micro-batch's share of the mini-batch's tokens
+        with gradient_sync([policy, *critics.values()], ctx, sync=i == len(parts) - 1):
             logits = (
                 policy(
                     input_ids=mb.sequences,
@@ -558,11 +438,10 @@ def _ppo_update(
                 pi_logprobs, mb.old_logprobs, mb.advantages, mask, clip_eps=clip_eps
             )
             entropy = masked_mean(entropy_from_logits(logits.float()), mask)
-            loss = pi_loss - entropy_coef * entropy
             reward_values = forward_values(
                 critics["reward_critic"], mb.sequences, mb.attention_mask, mb.prompt_length
             )
-            vf_loss, vf_metrics = value_loss(
+            vf_loss, _ = value_loss(
                 reward_values, mb.reward_values, mb.reward_returns, mask, clip_eps=value_clip_eps
             )
             step_metrics = {
@@ -571,6 +450,7 @@ def _ppo_update(
                 "reward_value_loss": vf_loss,
                 **pi_metrics,
             }
+            loss = pi_loss - entropy_coef * entropy + vf_loss
             if "cost_critic" in critics:
                 assert mb.cost_values is not None and mb.cost_returns is not None
                 cost_values = forward_values(
@@ -579,30 +459,253 @@ def _ppo_update(
                 cost_vf_loss, _ = value_loss(
                     cost_values, mb.cost_values, mb.cost_returns, mask, clip_eps=value_clip_eps
                 )
-                vf_loss = vf_loss + cost_vf_loss
+                loss = loss + cost_vf_loss
                 step_metrics["cost_value_loss"] = cost_vf_loss
-            ((loss + vf_loss) / len(parts)).backward()
+            # DDP and FSDP average gradients over processes, hence * world_size
+            (loss * share * ctx.world_size).backward()
         for k, v in step_metrics.items():
-            totals[k] = totals.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v) / len(parts)
-    totals["grad_norm"] = clip_grad_norm(policy, max_grad_norm)
+            sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v) * share
+    grad_norm = clip_grad_norm(policy, max_grad_norm)
     for critic in critics.values():
         clip_grad_norm(critic, max_grad_norm)
-    policy_opt.step()
-    critic_opt.step()
-    return {k: ctx.all_reduce_mean(v) for k, v in totals.items()}
+    for optimizer in optimizers.values():
+        optimizer.step()
+    reduced = ctx.all_reduce_sum(torch.tensor(list(sums.values()), dtype=torch.float64))
+    return {**dict(zip(sums, reduced.tolist(), strict=True)), "grad_norm": grad_norm}
+
+
+# ------------------------------------------------------------------------ the loop
+def _load_prompts(path: Path | None, world: Any, n: int, seed: int) -> list[str]:
+    if path is None:
+        return [p.text for p in world.prompts("train", n, seed=seed)]
+    from alignloop.feedback.formats import read_prompts
+
+    prompts = [r.prompt for r in read_prompts(path)]
+    if not prompts:
+        raise UserError(f"{path}: no prompts in the file")
+    return prompts
+
+
+def _check_same_vocab(tokenizer: Any, model: ScoreModel, path: Path) -> None:
+    if model.config.vocab_size < len(tokenizer):
+        raise UserError(
+            f"{path}: the model's vocabulary ({model.config.vocab_size}) is smaller than the policy's "
+            f"tokenizer ({len(tokenizer)}); reward/cost models must share the policy's tokenizer"
+        )
+
+
+def _frozen_score_model(path: Path, tokenizer: Any, ctx: DistributedContext) -> ScoreModel:
+    model = ScoreModel.from_pretrained(path).eval().requires_grad_(False)
+    _check_same_vocab(tokenizer, model, path)
+    return model.to(ctx.device)
+
+
+def _run(
+    cfg: PPOConfig,
+    command: str,
+    description: str,
+    *,
+    cost_model_path: Path | None = None,
+    constraint: Constraint | None = None,
+    shaping_lambda: float | None = None,
+) -> int:
+    """The loop of the module docstring. Safe RLHF passes its `constraint` (and the cost model,
+    which also initialises the cost critic); shaping passes the cost model and its fixed lambda."""
+    from alignloop.lm.evaluate import evaluate_policy
+    from alignloop.lm.toyworld import ToyWorld
+
+    run = start_run(cfg, command)
+    ctx = run.ctx
+    if cfg.rollout_batch_size % cfg.batch_size or cfg.batch_size % (ctx.world_size * cfg.grad_accum):
+        raise UserError(
+            f"--rollout-batch-size ({cfg.rollout_batch_size}) must be a multiple of --batch-size ({cfg.batch_size}), "
+            f"and --batch-size a multiple of processes x --grad-accum ({ctx.world_size} x {cfg.grad_accum})"
+        )
+    world = ToyWorld(cfg.toyworld_seed)
+    tokenizer = load_tokenizer(cfg.policy)
+    prompts = _load_prompts(cfg.prompts, world, cfg.toy_prompts, cfg.seed)
+    if len(prompts) < cfg.rollout_batch_size:
+        raise UserError(f"{len(prompts)} prompts is fewer than --rollout-batch-size {cfg.rollout_batch_size}")
+    collate = PromptCollator(tokenizer)
+
+    policy: nn.Module = load_causal_lm(cfg.policy)
+    reference = load_causal_lm(cfg.policy).eval().requires_grad_(False).to(ctx.device)
+    reward_model = _frozen_score_model(cfg.reward_model, tokenizer, ctx)
+    critics: dict[str, nn.Module] = {"reward_critic": ScoreModel.from_pretrained(cfg.reward_model)}
+    cost_model = None if cost_model_path is None else _frozen_score_model(cost_model_path, tokenizer, ctx)
+    if constraint is not None:
+        assert cost_model_path is not None, "Safe RLHF needs a cost model"
+        critics["cost_critic"] = ScoreModel.from_pretrained(cost_model_path)
+    # adapters on the policy only; the reference stays the full starting model
+    policy = prepare_model(policy, run, cfg)
+    critics = {k: prepare_model(c, run, cfg, lora=False) for k, c in critics.items()}
+
+    per_rollout = cfg.rollout_batch_size // cfg.batch_size
+    schedule_steps = cfg.total_steps or cfg.max_steps
+    optimizer_steps = schedule_steps * cfg.ppo_epochs * per_rollout
+    optimizers = {"policy": make_optimizer(policy, cfg.lr, cfg.weight_decay)}
+    optimizers |= {k: make_optimizer(c, cfg.critic_lr, cfg.weight_decay) for k, c in critics.items()}
+    schedulers = {
+        k: make_scheduler(o, cfg.scheduler, cfg.warmup_steps, optimizer_steps) for k, o in optimizers.items()
+    }
+    trained = {"policy": policy, **critics}
+    models, saved_optimizers = checkpoint_states(trained, {k: (trained[k], o) for k, o in optimizers.items()})
+    step, extra = run.restore(models, saved_optimizers, schedulers)
+    if run.resume:
+        check_schedule(
+            run.layout.root,
+            int(extra["schedule_steps"]),
+            schedule_steps,
+            cfg.total_steps > 0,
+            cfg.scheduler == "constant",
+        )
+        if constraint is not None:
+            constraint.load_state_dict(extra["constraint"])
+    eval_set = world.prompts("eval", cfg.eval_prompts, seed=cfg.seed) if cfg.eval_prompts else []
+    logger = run.logger(
+        total_steps=cfg.max_steps,
+        description=description,
+        resume_step=step,
+        progress=cfg.progress,
+        log_dir=cfg.log_dir,
+    )
+    batches_per_epoch = len(prompts) // cfg.rollout_batch_size
+    per_rank = cfg.rollout_batch_size // ctx.world_size
+    mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)  # this process's rows of a rollout batch
+    with logger:
+        while step < cfg.max_steps:
+            started = time.perf_counter()
+            rows = batch_indices(
+                len(prompts), cfg.rollout_batch_size, seed=cfg.seed, epoch=step // batches_per_epoch
+            )[step % batches_per_epoch]
+            batch = collate([prompts[i] for i in rows])  # the whole batch: the same padding everywhere
+            for model in trained.values():
+                model.eval()
+            rollout = generate(
+                unwrap(policy),
+                batch["input_ids"][mine].to(ctx.device),
+                batch["attention_mask"][mine].to(ctx.device),
+                max_new_tokens=cfg.max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                rows=(mine.start, cfg.rollout_batch_size),
+                all_ended=(lambda ended: not ctx.any(not ended)) if ctx.distributed else None,
+            )
+            scores = score_rollout(
+                rollout,
+                reference=reference,
+                reward_model=reward_model,
+                cost_model=cost_model,
+                reward_critic=unwrap(critics["reward_critic"]),
+                cost_critic=unwrap(critics["cost_critic"]) if "cost_critic" in critics else None,
+                temperature=cfg.temperature,
+                score_clip=cfg.score_clip,
+                missing_eos_penalty=cfg.missing_eos_penalty,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            rollout, scores = gather_rollout(rollout, scores, ctx)  # every process: the whole batch
+            lam = j_c = None
+            if constraint is not None:
+                assert scores.end_cost is not None
+                lam, j_c = constraint.update(scores.end_cost.tolist())
+            exp, metrics = assemble_experience(
+                rollout,
+                scores,
+                kl_coef=cfg.kl_coef,
+                gamma=cfg.gamma,
+                gae_lambda=cfg.gae_lambda,
+                lam=lam,
+                shaping_lambda=shaping_lambda,
+                whiten=cfg.whiten_advantages,
+            )
+            if j_c is not None:
+                metrics["J_c"] = j_c
+            for model in trained.values():
+                model.train()
+            share = cfg.batch_size // ctx.world_size
+            for _ in range(cfg.ppo_epochs):
+                order = torch.randperm(cfg.rollout_batch_size).tolist()  # the same on every process
+                for start in range(0, len(order), cfg.batch_size):
+                    minibatch = order[start : start + cfg.batch_size]
+                    update = ppo_update(
+                        exp,
+                        minibatch[ctx.rank * share : (ctx.rank + 1) * share],
+                        int(exp.response_mask[minibatch].sum()),
+                        policy=policy,
+                        critics=critics,
+                        optimizers=optimizers,
+                        grad_accum=cfg.grad_accum,
+                        clip_eps=cfg.clip_eps,
+                        value_clip_eps=cfg.value_clip_eps or None,
+                        entropy_coef=cfg.entropy_coef,
+                        max_grad_norm=cfg.max_grad_norm,
+                        temperature=cfg.temperature,
+                        ctx=ctx,
+                    )
+                    for scheduler in schedulers.values():
+                        scheduler.step()
+            metrics.update(update)
+            metrics["seconds"] = time.perf_counter() - started
+            step += 1
+            logger.log(step, metrics)
+            info = f"reward {metrics['reward']:+.2f}"
+            if cost_model is not None:
+                info += f"  cost {metrics['cost']:+.2f}"
+            if lam is not None:
+                info += f"  lambda {lam:.2f}"
+            due = cfg.eval_every > 0 and step % cfg.eval_every == 0
+            if eval_set and (
+                due or step == cfg.max_steps
+            ):  # every process: a sharded forward is a collective
+                judged = evaluate_policy(
+                    unwrap(policy),
+                    tokenizer,
+                    world,
+                    eval_set,
+                    max_new_tokens=cfg.max_new_tokens,
+                    seed=cfg.seed,
+                )
+                logger.log(step, judged, split="eval")
+                info += f"  help {judged['helpfulness']:.2f}  unsafe {judged['unsafe_rate']:.2f}"
+            logger.advance(step, info)
+            if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == cfg.max_steps:
+                extra = {"schedule_steps": schedule_steps}
+                if constraint is not None:
+                    extra["constraint"] = constraint.state_dict()
+                run.checkpointer.save(step, models, saved_optimizers, schedulers, extra)
+    save_final(policy, tokenizer, run.layout.final, ctx)
+    run.close()
+    return 0
 
 
 # ------------------------------------------------------------------------ commands
 def train(cfg: PPOConfig) -> int:
     """`alignloop train ppo`: PPO-RLHF with a reward model."""
-    return _run(cfg, "ppo")
+    return _run(cfg, "train ppo", "PPO")
 
 
 def train_lagrangian(cfg: PPOLagConfig) -> int:
     """`alignloop train ppo-lag`: Safe RLHF, PPO-Lagrangian with reward and cost models."""
-    return _run(cfg, "lagrangian")
+    multiplier = LagrangeMultiplier(
+        cfg.lambda_method,
+        init=cfg.lambda_init,
+        lr=cfg.lambda_lr,
+        max_value=cfg.lambda_max,
+        delay=cfg.lambda_delay,
+    )
+    constraint = Constraint(multiplier, cfg.cost_limit, cfg.cost_window)
+    return _run(cfg, "train ppo-lag", "PPO-Lagrangian", cost_model_path=cfg.cost_model, constraint=constraint)
 
 
 def train_shaping(cfg: ShapingConfig) -> int:
     """`alignloop train reward-shaping`: PPO on reward - lambda * cost, lambda fixed."""
-    return _run(cfg, "shaping")
+    return _run(
+        cfg,
+        "train reward-shaping",
+        "reward shaping",
+        cost_model_path=cfg.cost_model,
+        shaping_lambda=cfg.shaping_lambda,
+    )

@@ -12,7 +12,6 @@ one big batch. Data: a supervised file (`prompt, response`) or a comparison file
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,33 +20,9 @@ import torch
 
 from alignloop.feedback.schema import SupervisedPair
 from alignloop.lm.data import SFTCollator, load_supervised
-from alignloop.lm.models import (
-    apply_lora,
-    load_causal_lm,
-    load_tokenizer,
-    merge_lora,
-    position_ids_from_mask,
-    token_logprobs,
-)
+from alignloop.lm.models import load_causal_lm, load_tokenizer, position_ids_from_mask, token_logprobs
 from alignloop.lm.toyworld import ToyWorld, build_policy, build_tokenizer
-from alignloop.lm.training import (
-    Checkpointer,
-    DistributedContext,
-    MetricsLogger,
-    TrainCommon,
-    autocast,
-    batch_indices,
-    bf16_available,
-    clip_grad_norm,
-    init_distributed,
-    make_optimizer,
-    make_scheduler,
-    micro_batches,
-    seed_everything,
-    set_threads,
-    steps_per_epoch,
-    unwrap,
-)
+from alignloop.lm.training import DistributedContext, TrainCommon, fit, prepare_model, save_final, start_run
 
 
 @dataclass(frozen=True)
@@ -78,6 +53,8 @@ class SFTConfig(TrainCommon):
     """Examples per optimiser step across all processes (before accumulation splits it)."""
     max_steps: int = 600
     """Stop after this many optimiser steps (0 = run `epochs`)."""
+    disable_dropout: bool = False
+    """Turn dropout off in the trained model (SFT keeps the model's own dropout by default)."""
 
 
 def load_data(cfg: SFTConfig) -> tuple[list[SupervisedPair], list[SupervisedPair]]:
@@ -127,89 +104,27 @@ def evaluate(
 
 
 def train(cfg: SFTConfig) -> int:
-    ctx = init_distributed()
-    set_threads(cfg.threads)
-    bf16 = bf16_available(ctx, cfg.bf16)
-    seed_everything(cfg.seed)
-    model: Any
+    run = start_run(cfg, "train sft")
     tokenizer, model = load_model(cfg.model, cfg.seed)
-    if cfg.lora_r > 0:
-        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     train_pairs, eval_pairs = load_data(cfg)
     collate = SFTCollator(tokenizer, cfg.max_length)
+    model = prepare_model(model, run, cfg)
 
-    model = ctx.wrap(model)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    per_epoch = steps_per_epoch(len(train_pairs), cfg.batch_size)
-    if per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(train_pairs)} training pairs")
-    n_steps = cfg.max_steps or cfg.epochs * per_epoch
-    scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_steps, cfg.total_steps or n_steps)
-    checkpointer = Checkpointer(cfg.output_dir, cfg.keep_checkpoints, ctx)
-    step = 0
-    latest = checkpointer.latest() if cfg.resume else None
-    if latest is not None:
-        step, _ = checkpointer.load(latest, {"model": model}, {"opt": optimizer}, {"sched": scheduler})
-    logger = MetricsLogger(
-        cfg.output_dir,
-        total_steps=n_steps,
-        log_dir=cfg.log_dir,
-        enabled=ctx.is_main,
-        progress=cfg.progress,
-        resume_step=step if latest is not None else None,
+    def loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        nll, tokens = response_nll(model, batch)
+        return nll / tokens.clamp(min=1), {}
+
+    fit(
+        run,
+        model,
+        train_pairs,
+        collate=collate,
+        loss=loss,
+        weight=lambda batch: batch["response_mask"][:, 1:].sum(),  # the mean is over response tokens
+        evaluate=lambda model: evaluate(model, eval_pairs, collate, run.ctx, cfg.batch_size),
+        options=cfg,
         description="sft",
     )
-
-    with logger:
-        while step < n_steps:
-            epoch, done = divmod(step, per_epoch)
-            batches = batch_indices(
-                len(train_pairs),
-                cfg.batch_size,
-                seed=cfg.seed,
-                epoch=epoch,
-                rank=ctx.rank,
-                world_size=ctx.world_size,
-            )
-            for indices in batches[done:]:
-                model.train()
-                micro = [
-                    collate([train_pairs[i] for i in part]) for part in micro_batches(indices, cfg.grad_accum)
-                ]
-                # normalise by the response tokens of the whole global batch (all processes)
-                n_tokens = ctx.all_reduce_sum(
-                    sum((m["response_mask"][:, 1:].sum() for m in micro), torch.tensor(0))
-                )
-                total_nll = 0.0
-                for i, batch in enumerate(micro):
-                    batch = {k: v.to(ctx.device) for k, v in batch.items()}
-                    sync = i == len(micro) - 1 or not ctx.distributed
-                    with contextlib.nullcontext() if sync else model.no_sync(), autocast(ctx, bf16):
-                        nll, _ = response_nll(model, batch)
-                        # DDP averages gradients over processes, hence * world_size
-                        (nll * ctx.world_size / n_tokens.clamp(min=1)).backward()
-                    total_nll += float(nll.detach())
-                grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-
-                loss = ctx.all_reduce_mean(total_nll) * ctx.world_size / max(1, int(n_tokens))
-                logger.log(step, {"loss": loss, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]})
-                logger.advance(step, f"loss {loss:.3f}")
-                if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == n_steps:
-                    metrics = evaluate(model, eval_pairs, collate, ctx, cfg.batch_size)
-                    logger.log(step, metrics, split="eval")
-                if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == n_steps:
-                    checkpointer.save(step, {"model": model}, {"opt": optimizer}, {"sched": scheduler})
-                if step >= n_steps:
-                    break
-
-    if ctx.is_main:
-        final = merge_lora(unwrap(model))
-        final.save_pretrained(str(cfg.output_dir / "final"))
-        tokenizer.save_pretrained(str(cfg.output_dir / "final"))
-    ctx.barrier()
-    ctx.close()
+    save_final(model, tokenizer, run.layout.final, run.ctx)
+    run.close()
     return 0

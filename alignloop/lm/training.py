@@ -1,37 +1,104 @@
-"""What every language-model trainer shares: seeds, processes, optimiser and schedule,
-deterministic batches, checkpoints that resume exactly, and metric logging.
+"""The one training loop of the supervised language-model trainers, and what every LM trainer shares.
 
-No training math lives here (that is `alignloop.core`); these are the plain pieces each trainer
-wires together top to bottom in its own file.
+`alignloop.runstack` holds the pieces (run folder, processes and strategies, checkpoints,
+metrics, resume); this module puts them together for language models:
+
+- `TrainCommon`: the options every LM trainer has (on top of `RunOptions`);
+- `start_run`: threads, seeds and `Run.start` (the ``--resume`` rule, run.json);
+- `prepare_model`: dropout off, LoRA, gradient checkpointing, then DDP or FSDP;
+- `fit`: the supervised loop SFT, the reward and cost models, DPO and the aligner share. A
+  trainer gives it its examples, its collate function, its loss and its evaluation; the loop
+  does the rest: the data order (shuffled by seed and epoch, or in file order), micro-batches,
+  the loss averaged over the global batch, clipping, the schedule, evaluation, checkpoints,
+  metrics and exact resume;
+- `save_final`: the trained model as a plain Hugging Face folder (LoRA merged, FSDP gathered).
+
+The loss a trainer returns is a mean over the "units" of its micro-batch (pairs, or response
+tokens), and ``weight(batch)`` says how many units the micro-batch has. The loop scales each
+micro-batch by its share of the units of the whole global batch (all micro-batches of all
+processes), so one process, N processes and gradient accumulation make the same update up to
+float rounding, whatever the padding.
+
+A step of the progress bar, the metrics and ``--max-steps`` is one optimiser step. The
+learning-rate schedule is ``--total-steps`` long, or the run's length; a resume that would
+change that length is refused unless ``--total-steps`` says (`runstack.run.check_schedule`).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import random
-import shutil
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-Scheduler = Literal["cosine", "linear", "constant"]
+from alignloop.errors import UserError
+from alignloop.runstack.batches import batch_indices, in_order, micro_batches, steps_per_epoch
+from alignloop.runstack.checkpoint import Checkpointer, CheckpointError
+from alignloop.runstack.distributed import (
+    DistributedContext,
+    Strategy,
+    autocast,
+    bf16_available,
+    checkpoint_states,
+    full_model_state,
+    gradient_sync,
+    init_distributed,
+    is_sharded,
+    set_threads,
+    unwrap,
+    wrap_model,
+)
+from alignloop.runstack.metrics import MetricsLogger, read_metrics
+from alignloop.runstack.optim import Scheduler, clip_grad_norm, make_optimizer, make_scheduler
+from alignloop.runstack.options import RunOptions
+from alignloop.runstack.run import Run, check_schedule
+from alignloop.runstack.seeding import seed_everything
+
+__all__ = [
+    "MODEL_OPTIONS",
+    "CheckpointError",
+    "Checkpointer",
+    "DistributedContext",
+    "MetricsLogger",
+    "Scheduler",
+    "TrainCommon",
+    "autocast",
+    "batch_indices",
+    "bf16_available",
+    "clip_grad_norm",
+    "disable_dropout",
+    "fit",
+    "in_order",
+    "init_distributed",
+    "make_optimizer",
+    "make_scheduler",
+    "micro_batches",
+    "prepare_model",
+    "read_metrics",
+    "save_final",
+    "seed_everything",
+    "set_threads",
+    "start_run",
+    "steps_per_epoch",
+    "unwrap",
+]
+
+MODEL_OPTIONS = ("model", "ref_model", "policy", "reward_model", "cost_model", "lora_r", "lora_alpha")
+"""Options that define what a language-model run trains; a resume must not change them."""
+
+Batch = dict[str, Tensor]
+Loss = Callable[[nn.Module, Batch], tuple[Tensor, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
-class TrainCommon:
-    """Options every trainer has."""
+class TrainCommon(RunOptions):
+    """Options every language-model trainer has."""
 
-    seed: int = 0
-    """Random seed (model init, data order, sampling)."""
     output_dir: Path = Path("runs/train")
-    """Run folder: checkpoints/, metrics.jsonl, tb/ and the final model in final/."""
+    """Run folder: run.json, checkpoints/, metrics.jsonl, tb/ and the final model in final/."""
     lr: float = 1e-3
     """Peak learning rate."""
     weight_decay: float = 0.0
@@ -39,7 +106,7 @@ class TrainCommon:
     batch_size: int = 32
     """Examples per optimiser step across all processes (before accumulation splits it)."""
     grad_accum: int = 1
-    """Split each batch into this many micro-batches, accumulating gradients."""
+    """Split each process's share of a batch into this many micro-batches, accumulating gradients."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this (0 = no clipping)."""
     warmup_steps: int = 10
@@ -51,15 +118,20 @@ class TrainCommon:
     max_steps: int = 0
     """Stop after this many optimiser steps (0 = run `epochs`)."""
     total_steps: int = 0
-    """Length of the schedule (0 = the run's length); set it to stop early on the same schedule."""
+    """Length of the learning-rate schedule (0 = the run's length); set it to stop early on the
+    same schedule, or to extend a finished run (a resume that changes the length needs it)."""
     eval_every: int = 50
     """Evaluate every this many steps, and at the end (0 = only at the end)."""
-    save_every: int = 100
-    """Save a checkpoint every this many steps, and at the end (0 = only at the end)."""
-    keep_checkpoints: int = 2
-    """Newest checkpoints kept on disk."""
-    resume: bool = False
-    """Continue from the newest checkpoint in output_dir/checkpoints."""
+    shuffle: bool = True
+    """Shuffle the training data each epoch (False: file order, e.g. for benchmarks)."""
+    strategy: Strategy = "ddp"
+    """With several processes (torchrun): replicate the model (ddp), shard parameters,
+    gradients and optimiser state (fsdp, like ZeRO-3), or gradients and optimiser state only
+    (fsdp-grad-op, like ZeRO-2)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them (less memory, more compute)."""
+    disable_dropout: bool = True
+    """Turn dropout off in the trained model (keeps runs reproducible; RLHF and DPO expect it)."""
     lora_r: int = 0
     """LoRA rank (0 = full fine-tuning)."""
     lora_alpha: float = 16.0
@@ -69,383 +141,210 @@ class TrainCommon:
     log_dir: Path | None = None
     """TensorBoard folder (default output_dir/tb)."""
     bf16: bool = False
-    """bfloat16 autocast on a GPU; ignored (with a note) on CPU."""
+    """bfloat16 autocast on a GPU that supports it; on CPU a note says so and training runs in float32."""
     threads: int = 0
     """torch CPU threads (0 = leave torch's default)."""
-    progress: bool = True
-    """Show a progress bar."""
 
 
-# ------------------------------------------------------------------------ seeds and processes
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+# ------------------------------------------------------------------------ set-up
+def start_run(cfg: TrainCommon, command: str, seed_offset: int = 0) -> Run:
+    """Threads, the process group, seeds (``seed + seed_offset``) and `Run.start`."""
+    set_threads(cfg.threads)
+    ctx = init_distributed()
+    if cfg.batch_size % ctx.world_size:
+        raise UserError(
+            f"--batch-size {cfg.batch_size} is not divisible by the {ctx.world_size} processes; "
+            "choose a multiple of the process count"
+        )
+    seed_everything(cfg.seed + seed_offset)
+    return Run.start(
+        cfg.output_dir,
+        command=command,
+        config=cfg,
+        resume=cfg.resume,
+        keep_checkpoints=cfg.keep_checkpoints,
+        must_match=MODEL_OPTIONS,
+        ctx=ctx,
+    )
 
 
-@dataclass
-class DistributedContext:
-    """This process's place in a (possibly single-process) run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """The model in DistributedDataParallel when several processes run, else as is."""
-        model.to(self.device)
-        if not self.distributed:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [self.local_rank] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
-
-    def all_reduce_mean(self, value: torch.Tensor | float) -> Any:
-        """Mean over processes (a float in, a float out; a tensor in, a tensor out)."""
-        if not self.distributed:
-            return value
-        t = value.detach().clone() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-        t = t.to(self.device, torch.float64 if t.is_floating_point() else t.dtype)
-        torch.distributed.all_reduce(t)
-        t /= self.world_size
-        return t.to(value.dtype) if isinstance(value, torch.Tensor) else float(t)
-
-    def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
-        if not self.distributed:
-            return value
-        t = value.detach().clone().to(self.device)
-        torch.distributed.all_reduce(t)
-        return t
-
-    def gather_objects(self, obj: Any) -> list[Any]:
-        if not self.distributed:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.distributed:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.distributed and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off everywhere: `nn.Dropout` modules and attention dropout rates."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0  # type: ignore[assignment]
 
 
-def init_distributed() -> DistributedContext:
-    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; join a process group (gloo on CPU, nccl on CUDA)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Hugging Face gradient checkpointing (non-reentrant) on a causal LM or a score model's backbone."""
+    target: Any = getattr(model, "backbone", model)
+    kwargs = {"use_reentrant": False}
+    if hasattr(target, "activation_checkpointing_enable"):  # transformers >= 5
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(target, "gradient_checkpointing_enable"):
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     else:
-        device = torch.device("cpu")
-    if world_size > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world_size)
-    return DistributedContext(rank, world_size, local_rank, device)
+        raise UserError(f"--gradient-checkpointing: {type(target).__name__} does not support it")
+    if getattr(target, "config", None) is not None:
+        target.config.use_cache = False
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP wrapper."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+def prepare_model(model: nn.Module, run: Run, cfg: TrainCommon, lora: bool = True) -> nn.Module:
+    """The model ready to train under `cfg`: dropout off (``--disable-dropout``), LoRA
+    adapters (``--lora-r``; not with ``lora=False``, e.g. for PPO's critics), gradient
+    checkpointing, then on this process's device under ``--strategy`` when several processes run."""
+    from alignloop.lm.models import apply_lora
+
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    if lora and cfg.lora_r > 0:
+        if run.ctx.distributed and cfg.strategy != "ddp":
+            raise UserError(
+                f"--strategy {cfg.strategy} with --lora-r {cfg.lora_r} is not supported; use --strategy ddp "
+                "with LoRA (the frozen base model is then the only full copy, the adapters are small)"
+            )
+        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return wrap_model(model, run.ctx, cfg.strategy)
 
 
-def set_threads(threads: int) -> None:
-    """Set torch's CPU threads when asked (0 = keep the default)."""
-    if threads > 0:
-        torch.set_num_threads(threads)
+# ------------------------------------------------------------------------ the loop
+def fit(
+    run: Run,
+    model: nn.Module,
+    examples: Sequence[Any],
+    *,
+    collate: Callable[[list[Any]], Batch],
+    loss: Loss,
+    weight: Callable[[Batch], Any],
+    evaluate: Callable[[nn.Module], dict[str, float]],
+    options: TrainCommon,
+    description: str,
+    shown: Sequence[str] = ("loss",),
+    evaluate_first: bool = False,
+) -> int:
+    """Train `model` (from `prepare_model`) on `examples`; returns the steps done.
 
-
-def bf16_available(ctx: DistributedContext, bf16: bool) -> bool:
-    """Whether bf16 autocast will be used; says so once when asked for but unavailable."""
-    usable = ctx.device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if bf16 and not usable and ctx.is_main:
-        print("bf16: needs a CUDA device with bfloat16 support; training in float32")
-    return bf16 and usable
-
-
-def autocast(ctx: DistributedContext, bf16: bool) -> Any:
-    """bf16 autocast on CUDA when asked; a no-op context elsewhere."""
-    enabled = bf16 and ctx.device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-# ------------------------------------------------------------------------ optimiser and schedule
-def make_optimizer(
-    model: nn.Module | Iterable[nn.Module],
-    lr: float,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = (0.9, 0.95),
-) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; no weight decay on biases and norm weights (1-D)."""
-    models = [model] if isinstance(model, nn.Module) else list(model)
-    params = [p for m in models for p in m.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer,
-    kind: Scheduler,
-    warmup_steps: int,
-    total_steps: int,
-    min_lr_ratio: float = 0.0,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over `warmup_steps`, then cosine or linear decay to `min_lr_ratio` of the
-    peak at `total_steps`, or constant."""
-    schedules = ("cosine", "linear", "constant")
-    if kind not in schedules:
-        raise ValueError(f"scheduler: {kind!r} is not one of {', '.join(schedules)}")
-
-    def factor(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
-        return min_lr_ratio + (1.0 - min_lr_ratio) * shape
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
-    """Clip the global gradient norm (when max_norm > 0); return the norm before clipping."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    if max_norm <= 0:
-        return float(torch.norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None])))
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-
-
-# ------------------------------------------------------------------------ data order
-def batch_indices(
-    n_items: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1
-) -> list[list[int]]:
-    """This process's share of each global batch of one epoch, shuffled by (seed, epoch).
-
-    The order depends only on the arguments, so a resumed run skips the batches already
-    done and sees exactly the same data. Each global batch of `batch_size` is split across
-    processes; the last incomplete batch is dropped.
+    ``loss(model, batch) -> (mean loss, metrics)`` over the micro-batch's units, of which
+    ``weight(batch)`` counts; ``evaluate(model)`` gives the held-out metrics (called on every
+    process). `shown` are the metrics on the progress bar; `evaluate_first` also evaluates the
+    starting model (step 0) of a fresh run.
     """
-    if batch_size % world_size:
-        raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} processes")
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(n_items, generator=g).tolist()
-    per_rank = batch_size // world_size
-    return [
-        order[start + rank * per_rank : start + (rank + 1) * per_rank]
-        for start in range(0, n_items - batch_size + 1, batch_size)
-    ]
+    ctx, o = run.ctx, options
+    per_epoch = steps_per_epoch(len(examples), o.batch_size)
+    if per_epoch == 0:
+        raise UserError(
+            f"--batch-size {o.batch_size} is larger than the {len(examples)} training examples; "
+            "lower --batch-size or give more data"
+        )
+    n_steps = o.max_steps or o.epochs * per_epoch
+    schedule_steps = o.total_steps or n_steps
+    optimizer = make_optimizer(model, o.lr, o.weight_decay)
+    scheduler = make_scheduler(optimizer, o.scheduler, o.warmup_steps, schedule_steps)
+    models, optimizers = checkpoint_states({"model": model}, {"opt": (model, optimizer)})
+    step, extra = run.restore(models, optimizers, {"sched": scheduler})
+    if run.resume:
+        constant = o.scheduler == "constant"  # its warm-up does not depend on the length either
+        check_schedule(
+            run.layout.root, int(extra["schedule_steps"]), schedule_steps, o.total_steps > 0, constant
+        )
+    bf16 = bf16_available(ctx, o.bf16)
+    logger = run.logger(
+        total_steps=n_steps, description=description, resume_step=step, progress=o.progress, log_dir=o.log_dir
+    )
+
+    def held_out() -> dict[str, float]:
+        with autocast(ctx, bf16):
+            return evaluate(model)
+
+    with logger:
+        if evaluate_first and step == 0:
+            logger.log(0, held_out(), split="eval")
+        while step < n_steps:
+            epoch, done = divmod(step, per_epoch)
+            if o.shuffle:
+                order = batch_indices(
+                    len(examples),
+                    o.batch_size,
+                    seed=o.seed,
+                    epoch=epoch,
+                    rank=ctx.rank,
+                    world_size=ctx.world_size,
+                )
+            else:
+                order = in_order(len(examples), o.batch_size, ctx.rank, ctx.world_size)
+            for indices in order[done:]:
+                model.train()
+                batches = [
+                    collate([examples[i] for i in part]) for part in micro_batches(indices, o.grad_accum)
+                ]
+                weights = [float(weight(b)) for b in batches]
+                # every unit of the global batch counts once: micro-batches of all processes
+                total = float(ctx.all_reduce_sum(torch.tensor(sum(weights), dtype=torch.float64)))
+                sums: dict[str, float] = {}
+                for i, batch in enumerate(batches):
+                    batch = {k: v.to(ctx.device) for k, v in batch.items()}
+                    with gradient_sync([model], ctx, sync=i == len(batches) - 1), autocast(ctx, bf16):
+                        value, metrics = loss(model, batch)
+                        # DDP and FSDP average gradients over processes, hence * world_size
+                        (value * (weights[i] * ctx.world_size / max(total, 1.0))).backward()
+                    for key, v in {"loss": value, **metrics}.items():
+                        v = v.detach() if isinstance(v, Tensor) else v
+                        sums[key] = sums.get(key, 0.0) + float(v) * weights[i]
+                grad_norm = clip_grad_norm(model, o.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+
+                reduced = ctx.all_reduce_sum(torch.tensor(list(sums.values()), dtype=torch.float64))
+                logged = {k: float(v) / max(total, 1.0) for k, v in zip(sums, reduced.tolist(), strict=True)}
+                logged.update(grad_norm=grad_norm, lr=float(scheduler.get_last_lr()[0]))
+                logger.log(step, logged)
+                logger.advance(step, "  ".join(f"{k} {logged[k]:.3f}" for k in shown))
+                if (o.eval_every > 0 and step % o.eval_every == 0) or step == n_steps:
+                    logger.log(step, held_out(), split="eval")
+                if (o.save_every > 0 and step % o.save_every == 0) or step == n_steps:
+                    extra = {"schedule_steps": schedule_steps}
+                    run.checkpointer.save(step, models, optimizers, {"sched": scheduler}, extra)
+                if step >= n_steps:
+                    break
+    return step
 
 
-def micro_batches(indices: list[int], grad_accum: int) -> list[list[int]]:
-    """Split one batch's indices into `grad_accum` micro-batches (as equal as possible)."""
-    if grad_accum < 1:
-        raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
-    size = math.ceil(len(indices) / grad_accum)
-    return [indices[i : i + size] for i in range(0, len(indices), size)]
+# ------------------------------------------------------------------------ the result
+def save_final(model: nn.Module, tokenizer: Any, path: Path, ctx: DistributedContext) -> None:
+    """The trained model as a plain Hugging Face folder with its tokenizer: LoRA adapters
+    merged, FSDP shards gathered (every process takes part), a score model with its head."""
+    from alignloop.lm.models import ScoreModel, merge_lora
+
+    state = full_model_state(model) if is_sharded(model) else None  # a collective under FSDP
+    if ctx.is_main:
+        plain: Any = unwrap(model)
+        if state is not None:
+            plain = _rebuilt(plain, state)
+        if isinstance(plain, ScoreModel):
+            plain.save_pretrained(path, tokenizer=tokenizer)
+        else:
+            merge_lora(plain).save_pretrained(str(path))
+            tokenizer.save_pretrained(str(path))
+    ctx.barrier()
 
 
-def steps_per_epoch(n_items: int, batch_size: int) -> int:
-    return n_items // batch_size
+def _rebuilt(sharded: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """An unsharded copy of an FSDP model (a causal LM or a score model) holding `state`."""
+    from transformers import AutoModel, AutoModelForCausalLM
 
+    from alignloop.lm.models import ScoreModel
 
-# ------------------------------------------------------------------------ checkpoints
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class Checkpointer:
-    """Checkpoints in `run_dir/checkpoints/step_XXXXXXXX/state.pt`, written atomically.
-
-    A checkpoint holds model, optimiser and scheduler states, every process's RNG states and
-    whatever the trainer puts in `extra` (its data position: epoch and batch). It is written to
-    a temporary folder and renamed into place, so a run killed mid-save leaves the previous
-    checkpoint intact. Under several processes every one must call `save` (RNG states are
-    gathered); only the main process writes.
-    """
-
-    def __init__(self, run_dir: str | Path, keep: int = 2, ctx: DistributedContext | None = None):
-        self.dir = Path(run_dir) / "checkpoints"
-        self.keep = keep
-        self.ctx = ctx or DistributedContext()
-
-    def save(
-        self,
-        step: int,
-        models: dict[str, nn.Module],
-        optimizers: dict[str, Any] | None = None,
-        schedulers: dict[str, Any] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> Path | None:
-        rng_states = self.ctx.gather_objects(_rng_state())
-        final = self.dir / f"step_{step:08d}"
-        if self.ctx.is_main:
-            state = {
-                "step": step,
-                "models": {k: unwrap(m).state_dict() for k, m in models.items()},
-                "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
-                "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
-                "rng": rng_states,
-                "world_size": self.ctx.world_size,
-                "extra": extra or {},
-            }
-            tmp = self.dir / f".tmp_step_{step:08d}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            torch.save(state, tmp / "state.pt")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            for old in self.all()[: -self.keep] if self.keep > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
-        self.ctx.barrier()
-        return final if self.ctx.is_main else None
-
-    def all(self) -> list[Path]:
-        """Complete checkpoints, oldest first."""
-        if not self.dir.is_dir():
-            return []
-        return sorted(p for p in self.dir.glob("step_*") if (p / "state.pt").is_file())
-
-    def latest(self) -> Path | None:
-        found = self.all()
-        return found[-1] if found else None
-
-    def load(
-        self,
-        path: str | Path,
-        models: dict[str, nn.Module],
-        optimizers: dict[str, Any] | None = None,
-        schedulers: dict[str, Any] | None = None,
-    ) -> tuple[int, dict[str, Any]]:
-        """Restore states in place (and this process's RNG); return (step, extra)."""
-        state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
-        for k, m in models.items():
-            unwrap(m).load_state_dict(state["models"][k])
-        for k, o in (optimizers or {}).items():
-            o.load_state_dict(state["optimizers"][k])
-        for k, s in (schedulers or {}).items():
-            s.load_state_dict(state["schedulers"][k])
-        if state["world_size"] != self.ctx.world_size:
-            raise ValueError(
-                f"{path}: saved by {state['world_size']} process(es), resumed with {self.ctx.world_size}"
-            )
-        _set_rng_state(state["rng"][self.ctx.rank])
-        return int(state["step"]), dict(state["extra"])
-
-
-# ------------------------------------------------------------------------ metrics
-class MetricsLogger:
-    """Metrics to TensorBoard and `run_dir/metrics.jsonl` (one JSON line per call), plus a
-    rich progress bar. Only the main process writes; on resume, lines past the checkpoint's
-    step are dropped so the file reads as one uninterrupted run."""
-
-    def __init__(
-        self,
-        run_dir: str | Path,
-        *,
-        total_steps: int | None = None,
-        log_dir: str | Path | None = None,
-        enabled: bool = True,
-        progress: bool = True,
-        resume_step: int | None = None,
-        description: str = "training",
-    ):
-        self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self._writer: Any = None
-        self._progress: Any = None
-        if not enabled:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
-            self.path.write_text("")
-        elif self.path.is_file():
-            kept = [
-                line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer = SummaryWriter(str(log_dir or Path(run_dir) / "tb"))
-        if progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self._progress.start()
-            self._task = self._progress.add_task(
-                description, total=total_steps, completed=resume_step or 0, info=""
-            )
-
-    def log(self, step: int, metrics: dict[str, Any], split: str = "train") -> None:
-        """Record `metrics` (floats or 0-d tensors) at `step` under `split`."""
-        if not self.enabled:
-            return
-        values = {k: float(v) for k, v in metrics.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-        for k, v in values.items():
-            self._writer.add_scalar(f"{split}/{k}", v, step)
-
-    def advance(self, step: int, info: str = "") -> None:
-        """Move the progress bar to `step`, with a short status text."""
-        if self._progress is not None:
-            self._progress.update(self._task, completed=step, info=info)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def __enter__(self) -> MetricsLogger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def read_metrics(run_dir: str | Path, split: str | None = None) -> Iterator[dict[str, Any]]:
-    """The records of a run's metrics.jsonl (optionally one split)."""
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if split is None or record["split"] == split:
-            yield record
+    if isinstance(sharded, ScoreModel):
+        plain: nn.Module = ScoreModel(
+            AutoModel.from_config(sharded.config), sharded.score_head.bias is not None
+        )
+    else:
+        plain = AutoModelForCausalLM.from_config(sharded.config)  # type: ignore[arg-type]
+    plain.load_state_dict(state)
+    return plain

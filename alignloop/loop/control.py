@@ -49,7 +49,7 @@ from alignloop.control.pbrl import (
     new_models,
     segment_cost_logit,
 )
-from alignloop.control.ppo import CHECKPOINT, PPOSettings, train_policy
+from alignloop.control.ppo import PPOSettings, has_checkpoint, read_checkpoint, train_policy
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
 from alignloop.feedback.schema import LabelError, check_safety_consistency
 from alignloop.loop.domain import Candidate, Judged, Selection
@@ -65,7 +65,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps_per_round": 51_200,
         "pool_episodes": 1,
         "segment_length": 50,
-        "ppo": PPOSettings(cost_limit=25.0, checkpoint_every=5),
+        "ppo": PPOSettings(cost_limit=25.0),
+        "save_every": 5,
         "fit_steps": 300,
         "eval_episodes": 3,
         "clip_stride": 2,
@@ -131,6 +132,7 @@ class ControlDomain:
             which bounds the rendering work of a round; None: the whole pool.
         candidates: disagreement scores this many candidate pairs per pair asked.
         ppo: PPO settings (``cost_limit`` is the limit on the learned episode cost).
+        save_every: PPO iterations between the checkpoints of align (where the envs are re-seeded).
         ensemble, fit_steps, model_lr: reward ensemble size, gradient steps per model and
             round, Adam learning rate (cost model too).
         cost_ensemble: members of the cost model, each on its own bootstrap of the pairs; a step
@@ -155,6 +157,7 @@ class ControlDomain:
         pool_deterministic: int = 1,
         candidates: int = 10,
         ppo: PPOSettings = PPOSettings(),
+        save_every: int = 10,
         ensemble: int = 3,
         cost_ensemble: int = 3,
         fit_steps: int = 200,
@@ -202,6 +205,7 @@ class ControlDomain:
         self.segment_length, self.pool_episodes, self.candidates = segment_length, pool_episodes, candidates
         self.pool_deterministic, self.cost_ensemble = pool_deterministic, cost_ensemble
         self.ppo = dataclasses.replace(ppo, threads=threads)
+        self.save_every = save_every
         self.ensemble, self.fit_steps, self.model_lr, self.threads = ensemble, fit_steps, model_lr, threads
         self.heldout, self.eval_episodes = heldout, eval_episodes
         self.carry_pool, self.max_clips, self.render, self.progress = carry_pool, max_clips, render, progress
@@ -249,16 +253,17 @@ class ControlDomain:
         """The starting policy: the untrained actor of ``seed``, with observation statistics of
         one rollout of it (PPO at learning rate 0 on zero rewards writes it in PPO's format)."""
         out = self._policy_dir(run_dir, 0)
-        if not (out / CHECKPOINT).is_file():
-            frozen = dataclasses.replace(self.ppo, lr=0.0, epochs=1, checkpoint_every=0)
+        if not has_checkpoint(out):
+            frozen = dataclasses.replace(self.ppo, lr=0.0, epochs=1)
 
             def zeros(ro: Any, iteration: int) -> tuple[np.ndarray, np.ndarray]:
                 return np.zeros(ro.rewards.shape), np.zeros(ro.rewards.shape)
 
             steps = frozen.num_envs * frozen.num_steps
             train_policy(
-                out, self.env, self.cost, False, steps, self.seed, frozen, relabel=zeros, progress=False
-            )
+                out, self.env, self.cost, False, steps, self.seed, frozen, relabel=zeros, progress=False,
+                save_every=0, command="loop setup",
+            )  # fmt: skip
         return self._evaluate(out, None)
 
     def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Candidate]:
@@ -520,7 +525,7 @@ class ControlDomain:
 
     def align(self, round_dir: Path, round: int) -> dict[str, float]:
         """PPO-Lagrangian (PPO without a cost) on the round's learned reward and cost, from the
-        previous policy; resumes from ``policy/checkpoint.pt`` after a crash."""
+        previous policy; resumes from the checkpoints in ``policy/`` after a crash."""
         out = round_dir / "policy"
         done = out / "align.json"
         if done.is_file():
@@ -540,11 +545,11 @@ class ControlDomain:
 
         stats = train_policy(
             out, self.env, self.cost, self.safe, self.steps_per_round, self.seed + 1000 * round, self.ppo,
-            relabel=relabel, resume=(out / CHECKPOINT).is_file(),
-            init_from=self._policy_dir(round_dir.parent, round - 1), progress=self.progress, meta={"loop_round": round},
+            relabel=relabel, resume=has_checkpoint(out), save_every=self.save_every,
+            init_from=self._policy_dir(round_dir.parent, round - 1), progress=self.progress, command="loop align",
         )  # fmt: skip
         if "train/lambda" not in stats:  # stopped after the last checkpoint: the figures are in it
-            state = torch.load(out / CHECKPOINT, weights_only=True)
+            _, state = read_checkpoint(out)
             stats["train/lambda"] = float(state["lagrange"]["lambda"])
             for key, values in (
                 ("train/episode_cost", "cost_window"),

@@ -29,7 +29,9 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
+
+import tyro
 
 from alignloop.loop.domain import Candidate, Domain, Judged, Selection
 from alignloop.loop.state import (
@@ -54,8 +56,8 @@ class LoopConfig:
     """Run a demo: start a local server (SQLite in the run directory) and scripted annotators,
     then the rounds. toyworld: the toy-world language model; cheetah: safe preference-based RL
     on HalfCheetah with clips (5 rounds). The demo presets replace the options below unless given."""
-    run_dir: Path = Path("runs/loop")
-    """Run directory: loop.json (state), judgements.jsonl, round-NNN/, report.md, rounds.png."""
+    run_dir: Annotated[Path, tyro.conf.arg(name="output-dir")] = Path("runs/loop")
+    """Run folder: loop.json (state), judgements.jsonl, round-NNN/, report.md, rounds.png."""
     domain: Literal["toyworld", "control"] = "toyworld"
     """The policy: the toy-world language model, or a MuJoCo controller (--env)."""
     preset: str | None = None
@@ -94,6 +96,16 @@ class LoopConfig:
     """torch CPU threads."""
     progress: bool = True
     """Show progress bars and the live judgement count."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"--run-dir": "--output-dir"}
+    """Deprecated spellings of options (they still work, with a note)."""
+
+    @classmethod
+    def upgrade_args(cls, args: list[str], prog: str) -> list[str]:
+        """The command line with the deprecated spellings replaced."""
+        from alignloop.runstack.options import upgrade_args
+
+        return upgrade_args(args, cls.RENAMED, prog)
 
 
 DEFAULT_PRESETS = {"toyworld": "demo", "control": "cheetah"}

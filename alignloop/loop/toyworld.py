@@ -221,8 +221,18 @@ class ToyWorldDomain:
         self.world = ToyWorld(self.seed)
 
     # ------------------------------------------------------------------ paths
-    def _trainer_options(self, round: int) -> dict[str, Any]:
-        return {"seed": self.seed + round, "threads": self.threads, "progress": self.progress, "resume": True}
+    def _trainer_options(self, round: int, output_dir: Path) -> dict[str, Any]:
+        """Options of every trainer a round runs in `output_dir`; a run a crash cut short resumes."""
+        from alignloop.runstack.checkpoint import Checkpointer
+
+        resume = Checkpointer(output_dir).latest() is not None
+        return {
+            "output_dir": output_dir,
+            "seed": self.seed + round,
+            "threads": self.threads,
+            "progress": self.progress,
+            "resume": resume,
+        }
 
     @staticmethod
     def _sft_final(run_dir: Path) -> Path:
@@ -251,7 +261,6 @@ class ToyWorldDomain:
         if not final.is_dir():
             status = sft.train(
                 sft.SFTConfig(
-                    output_dir=run_dir / "sft",
                     max_steps=self.sft_steps,
                     batch_size=64,
                     warmup_steps=min(20, self.sft_steps // 4),
@@ -259,7 +268,7 @@ class ToyWorldDomain:
                     save_every=max(self.sft_steps // 4, 1),
                     toy_train_size=self.sft_pairs,
                     toy_eval_size=min(256, self.sft_pairs),
-                    **self._trainer_options(0),
+                    **self._trainer_options(0, run_dir / "sft"),
                 )
             )
             if status not in (None, 0):
@@ -361,7 +370,6 @@ class ToyWorldDomain:
             warm = start if previous is None else previous / kind / "final"
             status = module.train(  # type: ignore[attr-defined]
                 config(
-                    output_dir=round_dir / kind,
                     model=str(warm),
                     train_file=data,
                     eval_file=heldout,
@@ -370,7 +378,7 @@ class ToyWorldDomain:
                     warmup_steps=min(10, steps // 4),
                     eval_every=max(steps, 1),
                     save_every=max(steps // 3, 1),
-                    **self._trainer_options(round),
+                    **self._trainer_options(round, round_dir / kind),
                 )
             )
             if status not in (None, 0):
@@ -402,7 +410,6 @@ class ToyWorldDomain:
         if not (out / "final").is_dir():
             status = ppo.train_lagrangian(
                 ppo.PPOLagConfig(
-                    output_dir=out,
                     policy=self._policy(round_dir, round),
                     reward_model=round_dir / "reward" / "final",
                     cost_model=round_dir / "cost" / "final",
@@ -418,7 +425,7 @@ class ToyWorldDomain:
                     kl_coef=self.kl_coef,
                     lambda_init=self._previous_lambda(round_dir, round),
                     lambda_lr=self.lambda_lr,
-                    **self._trainer_options(round),
+                    **self._trainer_options(round, out),
                 )
             )
             if status not in (None, 0):
@@ -547,7 +554,6 @@ class ToyWorldDomain:
         if not (out / "final").is_dir():
             status = dpo.train(
                 dpo.DPOConfig(
-                    output_dir=out,
                     model=str(self._policy(round_dir, round)),
                     train_file=data,
                     eval_file=round_dir / "heldout-pairs.jsonl",
@@ -556,7 +562,7 @@ class ToyWorldDomain:
                     warmup_steps=min(10, self.dpo_steps // 4),
                     eval_every=max(self.dpo_steps, 1),
                     save_every=max(self.dpo_steps // 3, 1),
-                    **self._trainer_options(round),
+                    **self._trainer_options(round, out),
                 )
             )
             if status not in (None, 0):

@@ -1,7 +1,8 @@
-"""Passwords (argon2), API tokens (random, stored as SHA-256 digests) and CSRF tokens."""
+"""Passwords (argon2), API tokens and web session ids (random, stored as SHA-256 digests), CSRF tokens."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import random
@@ -17,6 +18,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 _hasher = PasswordHasher()
 TOKEN_PREFIX = "al_"
 MIN_PASSWORD_LENGTH = 8
+TOKEN_LIFETIME_S = 30 * 86400  # a new API token's lifetime unless asked otherwise
+MAX_TOKEN_LIFETIME_S = 366 * 86400
 
 
 def hash_password(password: str) -> str:
@@ -32,13 +35,15 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-# A hash to verify against when the user does not exist, so a wrong name costs as much
-# time as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+@functools.cache
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    return hasher.hash(secrets.token_urlsafe(16))
 
 
 def verify_missing_user(password: str) -> bool:
-    verify_password(_DUMMY_HASH, password)
+    """Verify against a hash made with the current parameters and answer False, so that a wrong
+    name costs as much time as a wrong password."""
+    verify_password(_dummy_hash(_hasher), password)
     return False
 
 
@@ -52,6 +57,12 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_session_id() -> tuple[str, str]:
+    """A fresh web session id for the (signed) cookie and the digest the database keeps."""
+    session_id = secrets.token_urlsafe(32)
+    return session_id, token_digest(session_id)
+
+
 T = TypeVar("T")
 
 
@@ -61,9 +72,11 @@ class TokenCache(Generic[T]):
     Each entry lives a random time between `(1 - spread) * ttl_s` and `ttl_s`, so that the tokens
     of people who started together (all of them, after a restart) do not expire together and send
     every lookup to the database in the same moment (a stall of 300 ms at 50 annotators).
-    `forget` drops a digest at once (revocation through this process). A token revoked, or a
-    user deactivated, through another process or directly in the database still works here
-    until its entry expires: at most `ttl_s` seconds.
+    An entry never outlives the token itself (`put(..., expires_in_s=...)`). `forget` drops a
+    digest at once (revocation through this process), `forget_where` every entry of a user
+    (deactivation, a password reset). A token revoked, or a user deactivated, through another
+    process or directly in the database still works here until its entry expires: at most
+    `ttl_s` seconds.
     """
 
     def __init__(
@@ -92,18 +105,27 @@ class TokenCache(Generic[T]):
             return None
         return entry[1]
 
-    def put(self, digest: str, value: T) -> None:
-        if self.ttl_s <= 0:
+    def put(self, digest: str, value: T, *, expires_in_s: float | None = None) -> None:
+        """Remember `value` for `digest`; never past `expires_in_s` from now when given."""
+        lifetime = self.ttl_s * (1.0 - self.spread * self._rng.random())
+        if expires_in_s is not None:
+            lifetime = min(lifetime, expires_in_s)
+        if lifetime <= 0:
             return
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
-            lifetime = self.ttl_s * (1.0 - self.spread * self._rng.random())
             self._entries[digest] = (self.clock() + lifetime, value)
 
     def forget(self, digest: str) -> None:
         with self._lock:
             self._entries.pop(digest, None)
+
+    def forget_where(self, predicate: Callable[[T], bool]) -> None:
+        """Drop every entry whose value matches (e.g. all tokens of a user just deactivated)."""
+        with self._lock:
+            for digest in [d for d, (_, value) in self._entries.items() if predicate(value)]:
+                del self._entries[digest]
 
 
 def new_csrf_token() -> str:

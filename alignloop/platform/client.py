@@ -29,11 +29,12 @@ RETRY_STATUSES = {502, 503, 504}
 
 
 class PlatformError(RuntimeError):
-    """The platform refused a request; `status` and the server's `detail` say why."""
+    """The platform refused a request; `status` and the server's `detail` say why (and for a 429,
+    `retry_after` how many seconds to wait)."""
 
-    def __init__(self, status: int, detail: str, method: str, path: str):
+    def __init__(self, status: int, detail: str, method: str, path: str, retry_after: float | None = None):
         super().__init__(f"{method} {path} -> {status}: {detail}")
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.retry_after = status, detail, retry_after
 
 
 def labels_from_comparison(judged: Comparison | None) -> dict[str, Any]:
@@ -73,12 +74,44 @@ class PlatformClient:
         self.retries = retries
 
     @classmethod
-    def login(cls, base_url: str, name: str, password: str, **kwargs: Any) -> PlatformClient:
-        """Exchange a name and password for an API token and return a client that uses it."""
+    def login(
+        cls,
+        base_url: str,
+        name: str,
+        password: str,
+        *,
+        label: str = "api",
+        expires_in_s: int | None = None,
+        **kwargs: Any,
+    ) -> PlatformClient:
+        """Exchange a name and password for an API token (valid `expires_in_s` seconds, default
+        the server's: 30 days) and return a client that uses it. Too many wrong passwords for the
+        name or from this address: PlatformError 429 with `retry_after`."""
         client = cls(base_url, **kwargs)
-        token = client._request("POST", "/api/tokens", json={"name": name, "password": password})["token"]
+        body: dict[str, Any] = {"name": name, "password": password, "label": label}
+        if expires_in_s is not None:
+            body["expires_in_s"] = expires_in_s
+        token = client._request("POST", "/api/tokens", json=body)["token"]
         client.http.headers["Authorization"] = f"Bearer {token}"
         return client
+
+    def logout(self) -> None:
+        """Revoke the token this client uses; it stops working at once."""
+        self._request("DELETE", "/api/tokens/current")
+
+    def tokens(self, user_id: int | None = None) -> list[dict[str, Any]]:
+        """This client's user's API tokens (an admin: `user_id`'s), without the tokens themselves."""
+        path = "/api/tokens" if user_id is None else f"/api/users/{user_id}/tokens"
+        return [dict(t) for t in self._request("GET", path, retry=True)]
+
+    def revoke_token(self, token_id: int) -> None:
+        """Revoke one of one's own tokens by id (an admin: anyone's)."""
+        self._request("DELETE", f"/api/tokens/{token_id}")
+
+    def change_password(self, current_password: str, new_password: str) -> None:
+        """Change one's own password; one's web sessions end, API tokens stay."""
+        body = {"current_password": current_password, "new_password": new_password}
+        self._request("PUT", "/api/me/password", json=body)
 
     def close(self) -> None:
         self.http.close()
@@ -108,7 +141,14 @@ class PlatformClient:
                     detail = response.json().get("detail", response.text)
                 except ValueError:
                     detail = response.text
-                raise PlatformError(response.status_code, str(detail), method, path)
+                retry_after = response.headers.get("retry-after")
+                raise PlatformError(
+                    response.status_code,
+                    str(detail),
+                    method,
+                    path,
+                    float(retry_after) if retry_after and retry_after.isdigit() else None,
+                )
             if response.status_code == 204 or not response.content:
                 return None
             if response.headers.get("content-type", "").startswith("application/json"):
@@ -122,6 +162,18 @@ class PlatformClient:
         return dict(
             self._request("POST", "/api/users", json={"name": name, "password": password, "role": role})
         )
+
+    def users(self) -> list[dict[str, Any]]:
+        return [dict(u) for u in self._request("GET", "/api/users", retry=True)]
+
+    def set_active(self, user_id: int, active: bool) -> dict[str, Any]:
+        """Deactivate (or reactivate) a user: deactivation ends their sessions and revokes their
+        tokens at once."""
+        return dict(self._request("PATCH", f"/api/users/{user_id}", json={"active": active}))
+
+    def reset_password(self, user_id: int, password: str) -> dict[str, Any]:
+        """Give a user a new password; their sessions end and their tokens are revoked."""
+        return dict(self._request("PATCH", f"/api/users/{user_id}", json={"password": password}))
 
     def create_project(
         self, name: str, *, overlap: int = 1, gold_rate: float = 0.0, **fields: Any

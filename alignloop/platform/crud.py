@@ -13,12 +13,22 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import and_, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from alignloop.platform import auth
-from alignloop.platform.models import ApiToken, Assignment, Item, Judgement, Project, User, utcnow
+from alignloop.platform import auth, names
+from alignloop.platform.models import (
+    ApiToken,
+    Assignment,
+    Item,
+    Judgement,
+    Project,
+    User,
+    WebSession,
+    as_utc,
+    utcnow,
+)
 from alignloop.platform.schemas import ItemIn, JudgementIn, Labels, ProjectIn
 
 
@@ -49,46 +59,147 @@ class Invalid(PlatformError):
 # --- people ------------------------------------------------------------------------------
 
 
-def create_user(session: Session, *, name: str, password: str, role: str = "annotator") -> User:
-    if session.scalar(select(User.id).where(User.name == name)) is not None:
-        raise Conflict(f"user {name!r} already exists")
+def _password_hash(password: str) -> str:
     try:
-        password_hash = auth.hash_password(password)
+        return auth.hash_password(password)
     except ValueError as exc:
         raise Invalid(str(exc)) from exc
+
+
+def create_user(session: Session, *, name: str, password: str, role: str = "annotator") -> User:
+    """A new user; the name follows `names.normalise_name` and must not look like an existing one.
+
+    The password is hashed before the first query, so no transaction is held while it is.
+    """
+    password_hash = _password_hash(password)
+    try:
+        name = names.normalise_name(name)
+    except ValueError as exc:
+        raise Invalid(f"name: {exc}") from exc
+    if session.scalar(select(User.id).where(User.name == name)) is not None:
+        raise Conflict(f"user {name!r} already exists")
+    look_alike = names.confusable_with(name, list(session.scalars(select(User.name))))
+    if look_alike is not None:
+        raise Conflict(f"name: {name!r} looks like the existing user {look_alike!r}; choose another name")
     user = User(name=name, password_hash=password_hash, role=role, active=True)
     session.add(user)
     session.flush()
     return user
 
 
-def authenticate(session: Session, *, name: str, password: str) -> User | None:
-    user = session.scalar(select(User).where(User.name == name))
-    if user is None or not user.active:
-        auth.verify_missing_user(password)
-        return None
-    return user if auth.verify_password(user.password_hash, password) else None
+def get_user(session: Session, *, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    return user
 
 
-def create_token(session: Session, *, user: User, label: str = "") -> str:
+def _end_access(session: Session, *, user_id: int, tokens: bool, keep_session: str | None = None) -> None:
+    """Delete the user's web sessions (but the one whose id is `keep_session`) and, with
+    `tokens`, their API tokens."""
+    sessions = delete(WebSession).where(WebSession.user_id == user_id)
+    if keep_session is not None:
+        sessions = sessions.where(WebSession.digest != auth.token_digest(keep_session))
+    session.execute(sessions)
+    if tokens:
+        session.execute(delete(ApiToken).where(ApiToken.user_id == user_id))
+
+
+def set_active(session: Session, *, user: User, active: bool, by: User) -> None:
+    """Activate or deactivate `user`; deactivation ends their web sessions and revokes their tokens."""
+    if user.id == by.id and not active:
+        raise Conflict("you cannot deactivate your own account; another admin can")
+    user.active = active
+    if not active:
+        _end_access(session, user_id=user.id, tokens=True)
+    session.flush()
+
+
+def set_password(
+    session: Session, *, user_id: int, password: str, revoke_tokens: bool, keep_session: str | None = None
+) -> User:
+    """A new password; the user's web sessions end (but the one with id `keep_session`: the user's
+    own, when they change it themselves), and with `revoke_tokens` (an admin's reset) their API
+    tokens too.
+
+    The password is hashed before the first query, so no transaction is held while it is.
+    """
+    password_hash = _password_hash(password)
+    user = get_user(session, user_id=user_id)
+    user.password_hash = password_hash
+    _end_access(session, user_id=user.id, tokens=revoke_tokens, keep_session=keep_session)
+    session.flush()
+    return user
+
+
+def create_token(
+    session: Session, *, user: User, label: str = "", expires_at: dt.datetime | None = None
+) -> str:
+    """A new API token of `user`, valid until `expires_at` (default: `auth.TOKEN_LIFETIME_S` from now)."""
     token, digest = auth.new_api_token()
-    session.add(ApiToken(user_id=user.id, digest=digest, label=label[:64]))
+    expires_at = expires_at or utcnow() + dt.timedelta(seconds=auth.TOKEN_LIFETIME_S)
+    session.add(ApiToken(user_id=user.id, digest=digest, label=label[:64], expires_at=expires_at))
     session.flush()
     return token
 
 
-def user_for_token(session: Session, *, token: str) -> User | None:
-    return session.scalar(
-        select(User)
+def token_user(session: Session, *, token: str) -> tuple[User, dt.datetime] | None:
+    """The active user behind an unexpired token, and when the token expires; None otherwise."""
+    row = session.execute(
+        select(User, ApiToken.expires_at)
         .join(ApiToken, ApiToken.user_id == User.id)
-        .where(ApiToken.digest == auth.token_digest(token), User.active)
-    )
+        .where(ApiToken.digest == auth.token_digest(token), ApiToken.expires_at > utcnow(), User.active)
+    ).first()
+    return None if row is None else (row[0], as_utc(row[1]))
 
 
 def revoke_token(session: Session, *, token: str) -> None:
     row = session.scalar(select(ApiToken).where(ApiToken.digest == auth.token_digest(token)))
     if row is not None:
         session.delete(row)
+
+
+def list_tokens(session: Session, *, user_id: int) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id)))
+
+
+def revoke_token_id(session: Session, *, token_id: int, by: User) -> str:
+    """Revoke a token of `by`'s own (any token, for an admin); answers its digest."""
+    row = session.get(ApiToken, token_id)
+    if row is None or (row.user_id != by.id and by.role != "admin"):
+        raise NotFound(f"token {token_id} not found")
+    session.delete(row)
+    session.flush()
+    return row.digest
+
+
+def create_web_session(session: Session, *, user: User, lifetime_s: float) -> str:
+    """A new web session for `user`; answers the id to put in the signed cookie."""
+    now = utcnow()
+    session.execute(delete(WebSession).where(WebSession.expires_at < now))
+    session_id, digest = auth.new_session_id()
+    session.add(
+        WebSession(
+            user_id=user.id, digest=digest, created_at=now, expires_at=now + dt.timedelta(seconds=lifetime_s)
+        )
+    )
+    session.flush()
+    return session_id
+
+
+def web_session_user(session: Session, *, session_id: str) -> User | None:
+    """The active user whose unexpired web session has this id, or None."""
+    return session.scalar(
+        select(User)
+        .join(WebSession, WebSession.user_id == User.id)
+        .where(
+            WebSession.digest == auth.token_digest(session_id), WebSession.expires_at > utcnow(), User.active
+        )
+    )
+
+
+def end_web_session(session: Session, *, session_id: str) -> None:
+    session.execute(delete(WebSession).where(WebSession.digest == auth.token_digest(session_id)))
 
 
 # --- projects and items --------------------------------------------------------------------

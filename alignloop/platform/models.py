@@ -43,8 +43,13 @@ class User(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """A stored time as an aware UTC datetime (SQLite hands them back naive, PostgreSQL aware)."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
 class ApiToken(Base):
-    """A bearer token; only its SHA-256 digest is stored."""
+    """A bearer token; only its SHA-256 digest is stored. It stops working at `expires_at`."""
 
     __tablename__ = "api_tokens"
 
@@ -53,7 +58,34 @@ class ApiToken(Base):
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     label: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     user: Mapped[User] = relationship(lazy="joined")
+
+
+class WebSession(Base):
+    """A logged-in browser: the session cookie carries a random id, stored here as its SHA-256
+    digest. Logging out, a password change or a deactivation deletes the row, so a copy of the
+    cookie stops working at once."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class LoginFailure(Base):
+    """One failed (or not yet checked) password check, under one throttling key: `name:<user name>`
+    or `addr:<client address>`. Rows older than the throttling window are deleted as logins come."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_key", "key", "failed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200))
+    failed_at: Mapped[float] = mapped_column(Float, index=True)  # seconds since the epoch
 
 
 class Project(Base):

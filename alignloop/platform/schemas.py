@@ -15,6 +15,9 @@ from alignloop.feedback.schema import (
     Severity,
     check_safety_consistency,
 )
+from alignloop.platform.auth import MAX_TOKEN_LIFETIME_S
+from alignloop.platform.models import as_utc
+from alignloop.platform.names import NAME_RULE, normalise_name
 
 Role = Literal["admin", "trainer", "annotator"]
 KEY_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
@@ -47,20 +50,65 @@ class Strict(BaseModel):
 
 
 class LoginIn(Strict):
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=256)
     password: str = Field(min_length=1, max_length=256)
+
+
+class TokenIn(LoginIn):
+    label: str = Field(default="api", max_length=64, description="What the token is for, shown in listings.")
+    expires_in_s: int | None = Field(
+        default=None,
+        ge=60,
+        le=MAX_TOKEN_LIFETIME_S,
+        description="Lifetime of the token in seconds (default: the server's, 30 days unless set).",
+    )
 
 
 class TokenOut(BaseModel):
     token: str
     user_id: int
     role: Role
+    expires_at: dt.datetime
+
+
+class TokenInfo(BaseModel):
+    """A token as listed: never the token itself, which is shown only once."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    user_id: int
+    label: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+
+    @field_validator("created_at", "expires_at")
+    @classmethod
+    def _utc(cls, value: dt.datetime) -> dt.datetime:
+        return as_utc(value)
 
 
 class UserIn(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    name: str = Field(description=NAME_RULE)
     password: str = Field(min_length=8, max_length=256)
     role: Role = "annotator"
+
+    @field_validator("name")
+    @classmethod
+    def _name_rule(cls, value: str) -> str:
+        return normalise_name(value)
+
+
+class UserChangeIn(Strict):
+    """What an admin changes about a user: deactivating ends their sessions and revokes their
+    tokens; a new password does too."""
+
+    active: bool | None = None
+    password: str | None = Field(default=None, min_length=8, max_length=256)
+
+
+class PasswordChangeIn(Strict):
+    current_password: str = Field(min_length=1, max_length=256)
+    new_password: str = Field(min_length=8, max_length=256)
 
 
 class UserOut(BaseModel):

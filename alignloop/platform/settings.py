@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from alignloop.platform import auth
 
 
 class Settings(BaseSettings):
@@ -23,7 +26,32 @@ class Settings(BaseSettings):
         description="Signs session cookies; set it so sessions survive a restart.",
     )
     cookie_secure: bool = Field(default=False, description="Send the session cookie over HTTPS only.")
-    session_max_age_s: int = Field(default=12 * 3600, description="Lifetime of a login session.")
+    session_max_age_s: int = Field(default=12 * 3600, ge=60, description="Lifetime of a login session.")
+    token_lifetime_s: int = Field(
+        default=auth.TOKEN_LIFETIME_S,
+        ge=60,
+        le=auth.MAX_TOKEN_LIFETIME_S,
+        description="Lifetime of a new API token unless its request asks for another (up to a year).",
+    )
+    login_failures_per_account: int = Field(
+        default=50,
+        ge=1,
+        description="Wrong passwords for one user name within `login_window_s` before further logins"
+        " for that name are refused with 429 until the oldest failure leaves the window.",
+    )
+    login_failures_per_address: int = Field(
+        default=200,
+        ge=1,
+        description="Wrong passwords from one client address within `login_window_s` before further"
+        " logins from it are refused with 429.",
+    )
+    login_window_s: float = Field(default=60.0, gt=0, description="The window failed logins are counted in.")
+    password_checks: int = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 2) // 2),
+        ge=1,
+        description="Password hashes one worker process checks at once (each takes about 0.3 s of a"
+        " core); further logins wait their turn, so a burst of logins leaves CPU for everyone else.",
+    )
     max_body_bytes: int = Field(
         default=1 << 20, description="Largest accepted request body (JSON and forms)."
     )

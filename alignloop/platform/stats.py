@@ -181,8 +181,11 @@ def leaderboard(labelled: list[tuple[Judgement, Item, str]]) -> list[Rating]:
 
 
 def leaderboard_svg(ratings: list[Rating]) -> str:
-    """The leaderboard as an inline SVG plot (ratings with their confidence intervals)."""
-    if not ratings:
+    """The leaderboard as an SVG plot: each model's rating (a point) and its bootstrap interval
+    (a line), drawn as they are, also where a rating lies outside its own interval (the bootstrap
+    percentiles need not contain the full-data estimate); names are plain text, never mathtext."""
+    shown = [r for r in ratings if all(math.isfinite(v) for v in (r.rating, r.lower, r.upper))]
+    if not shown:
         return ""
     import io
 
@@ -191,18 +194,13 @@ def leaderboard_svg(ratings: list[Rating]) -> str:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6, 0.45 * len(ratings) + 1.0))
+    figure = Figure(figsize=(6, 0.45 * len(shown) + 1.0))
     axes = figure.subplots()
-    ordered = list(reversed(ratings))
+    ordered = list(reversed(shown))
     y = list(range(len(ordered)))
-    axes.errorbar(
-        [r.rating for r in ordered],
-        y,
-        xerr=[[r.rating - r.lower for r in ordered], [r.upper - r.rating for r in ordered]],
-        fmt="o",
-        capsize=4,
-    )
-    axes.set_yticks(y, [r.model for r in ordered])
+    axes.hlines(y, [r.lower for r in ordered], [r.upper for r in ordered], linewidth=2)
+    axes.plot([r.rating for r in ordered], y, "o")
+    axes.set_yticks(y, [r.model for r in ordered], parse_math=False)
     axes.set_xlabel("Bradley-Terry rating (95% bootstrap interval)")
     axes.grid(axis="x", alpha=0.3)
     figure.tight_layout()

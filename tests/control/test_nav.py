@@ -7,6 +7,7 @@ are moved out of the way (`park`) where they could interfere.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from alignloop.control.clips import render_clip, segment_states
 from alignloop.control.envs import EnvSpecError, make_env, make_vec_env, resolve_env, step_costs
 from alignloop.control.nav import NAV_IDS
 from alignloop.control.nav.env import NavEnv
+from alignloop.control.ppo import has_checkpoint
 
 SENSORS = {
     "Point": ["accelerometer", "velocimeter", "gyro", "magnetometer"],
@@ -346,11 +348,15 @@ def test_saved_states_carry_the_layout_and_render_to_clips(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_ppo_lagrangian_trains_on_a_navigation_task(tmp_path: Path) -> None:
+    run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "alignloop.cli", "control", "train", "--env", "SafetyPointGoal1-v0",
-        "--algo", "ppo-lag", "--total-steps", "512", "--ppo.num-envs", "2", "--ppo.num-steps", "256",
-        "--ppo.minibatch-size", "128", "--ppo.epochs", "1", "--out", str(tmp_path), "--no-progress",
+        "--algo", "ppo-lag", "--total-env-steps", "512", "--ppo.num-envs", "2", "--ppo.num-steps", "256",
+        "--ppo.minibatch-size", "128", "--ppo.epochs", "1", "--output-dir", str(run), "--no-progress",
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "SafetyPointGoal1-v0-ppo-lag-s0" / "checkpoint.pt").is_file()
+    assert has_checkpoint(run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert train and {"lambda", "cost_value_loss"} <= set(train[-1])  # a cost critic: the task's own cost

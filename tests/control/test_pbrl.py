@@ -25,8 +25,10 @@ from alignloop.control.pbrl import (
     segment_cost_logit,
     train,
 )
-from alignloop.control.ppo import PPOSettings, Rollout
+from alignloop.control.ppo import PPOSettings, read_checkpoint
+from alignloop.control.rollouts import Rollout
 from alignloop.feedback.teachers import SegmentTeacher, TeacherNoise
+from alignloop.runstack.metrics import read_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -197,14 +199,20 @@ def test_reward_model_learns_held_out_scripted_preferences() -> None:
 
 def test_budget_smaller_than_one_round_fails_before_training(tmp_path: Path, capsys) -> None:
     cfg = PbrlConfig(
-        env="alignloop/Slider-v0", feedback=10, queries_per_round=50, out=tmp_path, progress=False
+        env="alignloop/Slider-v0",
+        feedback=10,
+        queries_per_round=50,
+        output_dir=tmp_path / "run",
+        progress=False,
     )
     assert train(cfg) == 2
     assert "--feedback 10 is smaller than one round of --queries-per-round 50" in capsys.readouterr().err
-    cfg = PbrlConfig(env="InvertedPendulum-v5", cost="velocity", out=tmp_path, progress=False)
+    cfg = PbrlConfig(env="InvertedPendulum-v5", cost="velocity", output_dir=tmp_path / "run", progress=False)
     assert train(cfg) == 2
     assert "no velocity threshold" in capsys.readouterr().err
-    cfg = PbrlConfig(env="alignloop/Slider-v0", teacher_mistake=1.5, out=tmp_path, progress=False)
+    cfg = PbrlConfig(
+        env="alignloop/Slider-v0", teacher_mistake=1.5, output_dir=tmp_path / "run", progress=False
+    )
     assert train(cfg) == 2
     assert "mistake_rate must be between 0 and 1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -214,10 +222,10 @@ def test_budget_smaller_than_one_round_fails_before_training(tmp_path: Path, cap
 def test_short_preference_run_improves_true_return(tmp_path: Path) -> None:
     """Slider (reward = speed): a random policy earns about 0 per episode. With 160 scripted
     judgements (disagreement selection) and 12k steps the true return must clearly rise."""
-    ppo = PPOSettings(num_steps=1000, minibatch_size=250, checkpoint_every=0, cost_window=10)
+    ppo = PPOSettings(num_steps=1000, minibatch_size=250, cost_window=10)
     cfg = PbrlConfig(
         env="alignloop/Slider-v0", feedback=160, queries_per_round=40, round_every=2, select="disagreement",
-        fit_steps=100, total_steps=12_000, out=tmp_path, name="pb", progress=False, ppo=ppo,
+        fit_steps=100, total_env_steps=12_000, output_dir=tmp_path / "pb", save_every=0, progress=False, ppo=ppo,
     )  # fmt: skip
     assert train(cfg) == 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -239,8 +247,8 @@ def test_short_preference_run_improves_true_return(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_pbrl_smoke(tmp_path: Path) -> None:
     args = ["pbrl", "--env", "SafeSliderVelocity-v0", "--feedback", "20", "--queries-per-round", "10"]
-    args += ["--select", "entropy", "--total-steps", "800", "--segment-length", "20", "--fit-steps", "5"]
-    args += ["--out", str(tmp_path), "--name", "s", "--ppo.num-steps", "200", "--ppo.minibatch-size", "100"]
+    args += ["--select", "entropy", "--total-env-steps", "800", "--segment-length", "20", "--fit-steps", "5"]
+    args += ["--output-dir", str(tmp_path / "s"), "--ppo.num-steps", "200", "--ppo.minibatch-size", "100"]
     args += ["--ppo.epochs", "1", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
@@ -253,7 +261,7 @@ def test_cli_pbrl_smoke(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["queries"] == 20
-    models = torch.load(tmp_path / "s" / "models.pt", weights_only=True)
+    models = torch.load(tmp_path / "s" / "final" / "models.pt", weights_only=True)
     assert len(models["reward_models"]) == 3
 
 
@@ -322,3 +330,29 @@ def test_cost_model_learns_held_out_safety_labels(members: int) -> None:
     recall, false_pos = float(counted[unsafe_steps].mean()), float(counted[~unsafe_steps].mean())
     assert recall > 0.9 and false_pos < 0.02, (recall, false_pos)
     assert abs(float(counted.sum()) / float(unsafe_steps.sum()) - 1.0) < 0.15
+
+
+def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    """The preference learner (models, optimisers, segment pool, judged pairs, generators) is
+    checkpointed with PPO's state: a run stopped at its checkpoint after 2 of 4 iterations and
+    resumed ends with the policy, models and records of a run never stopped (each iteration asks
+    a round of queries, so the learner's state carries across the resume)."""
+    ppo = PPOSettings(num_steps=100, minibatch_size=50, epochs=1, cost_window=5, cost_limit=2.0)
+    base = dict(
+        env="SafeSliderVelocity-v0", feedback=40, queries_per_round=10, segment_length=20, fit_steps=5,
+        pool_size=50, save_every=2, progress=False, ppo=ppo,
+    )  # fmt: skip
+    assert train(PbrlConfig(output_dir=tmp_path / "whole", total_env_steps=400, **base)) == 0
+    assert train(PbrlConfig(output_dir=tmp_path / "cut", total_env_steps=200, **base)) == 0
+    assert train(PbrlConfig(output_dir=tmp_path / "cut", total_env_steps=400, resume=True, **base)) == 0
+    (a, extra_a), (b, extra_b) = read_checkpoint(tmp_path / "whole"), read_checkpoint(tmp_path / "cut")
+    for key in a["models"]["agent"]:
+        assert torch.equal(a["models"]["agent"][key], b["models"]["agent"][key]), key
+    learned_a, learned_b = a["states"]["learner"], b["states"]["learner"]
+    assert learned_a["counts"] == learned_b["counts"] and learned_a["counts"][0] > 30  # asked, over 4 rounds
+    for x, y in zip(learned_a["reward_models"], learned_b["reward_models"], strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    assert extra_a["lagrange"] == extra_b["lagrange"] and extra_a["costs"] == extra_b["costs"]
+    queries = [r["queries"] for r in read_metrics(tmp_path / "cut", "pbrl")]
+    assert queries == [r["queries"] for r in read_metrics(tmp_path / "whole", "pbrl")]
+    assert len(queries) == 4 and queries[1] < queries[2]  # rounds on both sides of the resume

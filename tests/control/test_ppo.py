@@ -18,9 +18,20 @@ import torch
 from alignloop.config import parse
 from alignloop.control.envs import make_vec_env
 from alignloop.control.nets import Actor
-from alignloop.control.ppo import CHECKPOINT, Agent, Collector, PPOSettings, TrainConfig, train, train_policy
+from alignloop.control.ppo import (
+    PPOSettings,
+    TrainConfig,
+    has_checkpoint,
+    read_checkpoint,
+    train,
+    train_policy,
+)
+from alignloop.control.rollouts import Agent, Collector
+from alignloop.runstack.checkpoint import Checkpointer
+from alignloop.runstack.layout import RunLayout
+from alignloop.runstack.metrics import read_metrics
 
-SMALL = PPOSettings(num_steps=1000, minibatch_size=250, checkpoint_every=0, cost_window=10)
+SMALL = PPOSettings(num_steps=1000, minibatch_size=250, cost_window=10)
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +74,7 @@ def test_truncation_bootstraps_from_the_final_observation() -> None:
     collector = Collector(envs, norm_obs=False, cost_window=10)
     agent = Agent(1, envs.single_action_space, (8,))
     collector.reset([0, 1])
-    ro = collector.collect(agent, 12, with_cost=False)
+    ro = collector.collect(agent.actor.sample, 12, agent.values(with_cost=False))
     envs.close()
     assert ro.truncated.sum() == 4  # steps 5 and 10 of both envs
     with torch.no_grad():
@@ -73,31 +84,33 @@ def test_truncation_bootstraps_from_the_final_observation() -> None:
             expected = agent.critic_r(torch.tensor([[final]], dtype=torch.float32)).item()
             assert ro.next_values_r[t, i] == pytest.approx(expected, rel=1e-5)
             assert ro.next_values_r[t, i] != pytest.approx(ro.values_r[t + 1, i], rel=1e-3)
+            assert ro.next_raw_obs[t, i, 0] == pytest.approx(final, rel=1e-6)  # for off-policy learners
     inside = ~ro.truncated[:-1]
     np.testing.assert_array_equal(ro.next_values_r[:-1][inside], ro.values_r[1:][inside])
+    np.testing.assert_array_equal(ro.next_raw_obs[:-1][inside], ro.raw_obs[1:][inside])
 
 
 def test_bad_input_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = TrainConfig(env="HalfCheeta-v5", total_steps=1000, out=tmp_path, progress=False)
+    cfg = TrainConfig(env="HalfCheeta-v5", total_env_steps=1000, output_dir=tmp_path / "run", progress=False)
     assert train(cfg) == 2
     assert "did you mean HalfCheetah-v5" in capsys.readouterr().err
-    cfg = TrainConfig(env="InvertedPendulum-v5", cost="velocity", out=tmp_path, progress=False)
+    cfg = TrainConfig(env="InvertedPendulum-v5", cost="velocity", output_dir=tmp_path / "run", progress=False)
     assert train(cfg) == 2
     assert "no velocity threshold for robot 'InvertedPendulum'" in capsys.readouterr().err
-    cfg = TrainConfig(env="Hopper-v5", algo="ppo-lag", out=tmp_path, progress=False)
+    cfg = TrainConfig(env="Hopper-v5", algo="ppo-lag", output_dir=tmp_path / "run", progress=False)
     assert train(cfg) == 2
     assert "ppo-lag needs a cost" in capsys.readouterr().err
-    cfg = TrainConfig(env="Hopper-v5", resume=True, out=tmp_path, progress=False)
+    cfg = TrainConfig(env="Hopper-v5", resume=True, output_dir=tmp_path / "run", progress=False)
     assert train(cfg) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing was started
 
 
 def test_cost_limit_zero_stays_finite(tmp_path: Path) -> None:
-    s = PPOSettings(
-        num_steps=200, minibatch_size=100, epochs=2, checkpoint_every=0, cost_limit=0.0, cost_window=2
+    s = PPOSettings(num_steps=200, minibatch_size=100, epochs=2, cost_limit=0.0, cost_window=2)
+    stats = train_policy(
+        tmp_path / "run", "SafeSliderVelocity-v0", None, True, 1200, 0, s, save_every=0, progress=False
     )
-    stats = train_policy(tmp_path / "run", "SafeSliderVelocity-v0", None, True, 1200, 0, s, progress=False)
     assert all(math.isfinite(v) for v in stats.values()), stats
     assert stats["train/lambda"] > 0  # every episode costs something under a random policy
 
@@ -105,15 +118,19 @@ def test_cost_limit_zero_stays_finite(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ppo_solves_inverted_pendulum(tmp_path: Path) -> None:
     """Random policy: about 5-10 steps balanced. Solved: 1000."""
-    s = PPOSettings(num_steps=1000, minibatch_size=250, lr=1e-3, checkpoint_every=0, cost_window=10)
-    stats = train_policy(tmp_path / "ip", "InvertedPendulum-v5", None, False, 20_000, 0, s, progress=False)
+    s = PPOSettings(num_steps=1000, minibatch_size=250, lr=1e-3, cost_window=10)
+    stats = train_policy(
+        tmp_path / "ip", "InvertedPendulum-v5", None, False, 20_000, 0, s, save_every=0, progress=False
+    )
     assert stats["episode/return"] > 300, stats
 
 
 @pytest.mark.slow
 def test_ppo_solves_cartpole_with_discrete_actions(tmp_path: Path) -> None:
     """Random policy: about 22. Max: 500."""
-    stats = train_policy(tmp_path / "cp", "CartPole-v1", None, False, 20_000, 0, SMALL, progress=False)
+    stats = train_policy(
+        tmp_path / "cp", "CartPole-v1", None, False, 20_000, 0, SMALL, save_every=0, progress=False
+    )
     assert stats["episode/return"] > 150, stats
 
 
@@ -124,16 +141,15 @@ def test_lagrangian_keeps_cost_within_limit_where_ppo_does_not(tmp_path: Path) -
     lag = PPOSettings(
         num_steps=1000,
         minibatch_size=250,
-        checkpoint_every=0,
         cost_window=10,
         cost_limit=20.0,
         lagrange_lr=0.1,
     )
     plain = train_policy(
-        tmp_path / "ppo", "SafeSliderVelocity-v0", None, False, 20_000, 0, lag, progress=False
+        tmp_path / "ppo", "SafeSliderVelocity-v0", None, False, 20_000, 0, lag, save_every=0, progress=False
     )
     constrained = train_policy(
-        tmp_path / "lag", "SafeSliderVelocity-v0", None, True, 20_000, 0, lag, progress=False
+        tmp_path / "lag", "SafeSliderVelocity-v0", None, True, 20_000, 0, lag, save_every=0, progress=False
     )
     assert plain["episode/cost"] > 100, plain
     assert constrained["episode/cost"] <= 20.0, constrained
@@ -144,55 +160,71 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "alignloop.cli", "control", *args]
 
 
+def final_state(run_dir: Path) -> tuple[int, dict, dict]:
+    """(step, state, extra) of a run's newest checkpoint."""
+    state, extra = read_checkpoint(run_dir)
+    return RunLayout(run_dir).checkpoint_step(Checkpointer(run_dir).latest()), state, extra  # type: ignore[arg-type]
+
+
 @pytest.mark.slow
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
     """Both runs checkpoint (and re-seed their envs) every 2 iterations; one, in a subprocess,
     is killed (SIGKILL) right after its first checkpoint, then resumed. Final weights, optimiser
-    moments, lambda, normaliser and episode records must be bit-identical."""
-    common = [
-        "--env",
-        "SafeSliderVelocity-v0",
-        "--algo",
-        "ppo-lag",
-        "--total-steps",
-        "4000",
-        "--out",
-        str(tmp_path),
-    ]
+    moments, lambda, normaliser and episode records must be bit-identical, and metrics.jsonl
+    reads as one run."""
+    common = ["--env", "SafeSliderVelocity-v0", "--algo", "ppo-lag", "--total-env-steps", "4000"]
     common += ["--ppo.num-steps", "200", "--ppo.minibatch-size", "100", "--ppo.epochs", "2"]
-    common += ["--ppo.checkpoint-every", "2", "--ppo.cost-limit", "5", "--no-progress"]
+    common += ["--save-every", "2", "--ppo.cost-limit", "5", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    assert (
-        train(parse(TrainConfig, [*common, "--name", "full"], prog="train")) == 0
-    )  # uninterrupted, in-process
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert train(parse(TrainConfig, [*common, "--output-dir", str(full)], prog="train")) == 0  # in-process
     proc = subprocess.Popen(
-        _cli("train", *common, "--name", "cut"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _cli("train", *common, "--output-dir", str(cut)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    ckpt = tmp_path / "cut" / CHECKPOINT
     deadline = time.time() + 240
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+    while not has_checkpoint(cut) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    done = torch.load(ckpt, weights_only=True)["iteration"]
+    done, _, _ = final_state(cut)
     assert done < 20, "the run finished before it could be killed"
-    assert train(parse(TrainConfig, [*common, "--name", "cut", "--resume"], prog="train")) == 0
-    full = torch.load(tmp_path / "full" / CHECKPOINT, weights_only=True)
-    cut = torch.load(ckpt, weights_only=True)
-    assert cut["iteration"] == full["iteration"] == 20
-    for key in full["agent"]:
-        assert torch.equal(full["agent"][key], cut["agent"][key]), key
-    for a, b in zip(full["optimizer"]["state"].values(), cut["optimizer"]["state"].values(), strict=True):
-        assert torch.equal(a["exp_avg"], b["exp_avg"])
-    assert full["lagrange"] == cut["lagrange"]
-    assert torch.equal(full["obs_norm"]["mean"], cut["obs_norm"]["mean"])
-    assert full["returns"] == cut["returns"] and full["costs"] == cut["costs"]
+    assert train(parse(TrainConfig, [*common, "--output-dir", str(cut), "--resume"], prog="train")) == 0
+    (step_a, a, extra_a), (step_b, b, extra_b) = final_state(full), final_state(cut)
+    assert step_a == step_b == 20
+    for key in a["models"]["agent"]:
+        assert torch.equal(a["models"]["agent"][key], b["models"]["agent"][key]), key
+    moments_a, moments_b = a["optimizers"]["opt"]["state"].values(), b["optimizers"]["opt"]["state"].values()
+    for x, y in zip(moments_a, moments_b, strict=True):
+        assert torch.equal(x["exp_avg"], y["exp_avg"])
+    assert extra_a["lagrange"] == extra_b["lagrange"]
+    assert torch.equal(a["states"]["obs_norm"]["mean"], b["states"]["obs_norm"]["mean"])
+    assert extra_a["returns"] == extra_b["returns"] and extra_a["costs"] == extra_b["costs"]
+    assert [r["step"] for r in read_metrics(cut, "train")] == list(range(1, 21))
+    assert [r["lambda"] for r in read_metrics(cut, "train")] == [
+        r["lambda"] for r in read_metrics(full, "train")
+    ]
+
+
+def test_old_spellings_of_options_still_work_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
+    old = ["--out", "runs/x", "--name", "mine", "--total-steps", "5000", "--ppo.checkpoint-every=3"]
+    cfg = parse(TrainConfig, old, prog="alignloop control train")
+    assert (cfg.run_dir(), cfg.total_env_steps, cfg.save_every) == (Path("runs/x/mine"), 5000, 3)
+    err = capsys.readouterr().err
+    assert "--total-steps is deprecated; use --total-env-steps" in err
+    assert "--ppo.checkpoint-every is deprecated; use --save-every" in err
+    assert "--out and --name are deprecated; use --output-dir DIR/NAME" in err
+    cfg = parse(TrainConfig, ["--out", "runs/y", "--env", "Walker2d-v5", "--seed", "3"], prog="train")
+    assert cfg.run_dir() == Path("runs/y/Walker2d-v5-ppo-s3")
+    assert parse(TrainConfig, [], prog="train").run_dir() == Path("runs/control/Hopper-v5-ppo-s0")
 
 
 @pytest.mark.slow
 def test_cli_train_then_eval_writes_video(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", MUJOCO_GL="egl")
-    args = ["--env", "InvertedPendulum-v5", "--total-steps", "400", "--out", str(tmp_path), "--name", "ip"]
+    args = ["--env", "InvertedPendulum-v5", "--total-env-steps", "400", "--output-dir", str(tmp_path / "ip")]
     args += ["--ppo.num-steps", "200", "--ppo.minibatch-size", "100", "--ppo.epochs", "1", "--no-progress"]
     result = subprocess.run(_cli("train", *args), env=env, timeout=300, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -222,12 +254,46 @@ def test_async_and_sync_vector_envs_train_the_same_policy(tmp_path: Path) -> Non
     """Two envs, two iterations: stepping them in subprocesses changes nothing."""
     results = []
     for mode in ("sync", "async"):
-        s = PPOSettings(
-            num_envs=2, vectorization=mode, num_steps=100, minibatch_size=50, epochs=2, checkpoint_every=0
-        )  # type: ignore[arg-type]
-        train_policy(tmp_path / mode, "SafeSliderVelocity-v0", None, True, 400, 3, s, progress=False)
-        results.append(torch.load(tmp_path / mode / CHECKPOINT, weights_only=True))
-    sync, async_ = results
-    for key in sync["agent"]:
-        assert torch.equal(sync["agent"][key], async_["agent"][key]), key
-    assert sync["costs"] == async_["costs"] and sync["lagrange"] == async_["lagrange"]
+        s = PPOSettings(num_envs=2, vectorization=mode, num_steps=100, minibatch_size=50, epochs=2)  # type: ignore[arg-type]
+        train_policy(
+            tmp_path / mode, "SafeSliderVelocity-v0", None, True, 400, 3, s, save_every=0, progress=False
+        )
+        results.append(read_checkpoint(tmp_path / mode))
+    (sync, sync_extra), (async_, async_extra) = results
+    for key in sync["models"]["agent"]:
+        assert torch.equal(sync["models"]["agent"][key], async_["models"]["agent"][key]), key
+    assert sync_extra["costs"] == async_extra["costs"] and sync_extra["lagrange"] == async_extra["lagrange"]
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path, capsys) -> None:
+    """A control run stopped after 3 iterations whose newest checkpoint is then truncated
+    resumes from the one before (saying which file is damaged) and still ends exactly where an
+    uninterrupted run ends."""
+    s = PPOSettings(num_steps=100, minibatch_size=50, epochs=1, cost_window=5)
+    args = ("SafeSliderVelocity-v0", None, True)
+    options = dict(save_every=1, keep_checkpoints=3, progress=False)
+    train_policy(tmp_path / "whole", *args, 400, 0, s, **options)
+    train_policy(tmp_path / "cut", *args, 300, 0, s, **options)
+    state = RunLayout(tmp_path / "cut").checkpoint(3) / "state.pt"
+    state.write_bytes(state.read_bytes()[:-100])
+    train_policy(tmp_path / "cut", *args, 400, 0, s, resume=True, **options)
+    err = capsys.readouterr().err
+    assert f"{state}: truncated" in err and "step_00000002 (step 2)" in err
+    (step_a, a, extra_a), (step_b, b, extra_b) = (
+        final_state(tmp_path / "whole"),
+        final_state(tmp_path / "cut"),
+    )
+    assert step_a == step_b == 4 and extra_a["lagrange"] == extra_b["lagrange"]
+    for key in a["models"]["agent"]:
+        assert torch.equal(a["models"]["agent"][key], b["models"]["agent"][key]), key
+
+
+def test_resuming_with_another_task_is_refused_naming_the_option(tmp_path: Path) -> None:
+    from alignloop.errors import UserError
+
+    s = PPOSettings(num_steps=100, minibatch_size=50, epochs=1)
+    train_policy(tmp_path, "SafeSliderVelocity-v0", None, True, 100, 0, s, progress=False)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["command"] == "control train" and record["config"]["env"] == "SafeSliderVelocity-v0"
+    with pytest.raises(UserError, match=r"--env 'SafeSliderVelocity-v0' -> 'alignloop/Slider-v0'"):
+        train_policy(tmp_path, "alignloop/Slider-v0", None, False, 200, 0, s, resume=True, progress=False)

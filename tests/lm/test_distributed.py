@@ -1,45 +1,58 @@
-"""Data parallelism changes nothing but speed: two processes (torchrun, gloo on CPU), each with
-half of every batch, end where one process on the whole batch ends; so does gradient
-accumulation. Checked for DPO under DDP and FSDP2 (across a resume), and for SFT, the reward
-model and the cost model under DDP; PPO-Lagrangian runs under torchrun."""
+"""Data parallelism changes nothing but speed, and a resume under it continues exactly.
+
+Every language-model trainer (sft, reward, cost, dpo, aligner, ppo, ppo-lag) runs under
+`torchrun --nproc_per_node=2` (gloo on CPU) with --strategy fsdp and ends where one process on
+the whole batch ends; ddp and fsdp-grad-op are checked for some of them. Under fsdp each
+trainer is also stopped at its checkpoint after 2 of 3 steps and resumed, and must end exactly
+where the uninterrupted run ends; DPO and PPO-Lagrangian are killed (SIGKILL of the whole
+launch) after their first checkpoint and resumed in the next launch, and must end exactly
+where an uninterrupted two-process run ends.
+
+A launch costs seconds of Python start-up, so the runs are grouped: one launch
+(`torchrun_plan.py`) runs every uninterrupted and stopped-and-resumed run in sequence, and the
+kills are chained (each launch resumes the run the previous one was killed in, then starts the
+next). Single-process references run in this process.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from alignloop.config import from_mapping
-from alignloop.lm.cost import CostConfig
-from alignloop.lm.cost import train as train_cost
 from alignloop.lm.dpo import DPOConfig
 from alignloop.lm.dpo import train as train_dpo
 from alignloop.lm.models import ScoreModel
-from alignloop.lm.reward import RewardConfig
-from alignloop.lm.reward import train as train_reward
-from alignloop.lm.sft import SFTConfig
-from alignloop.lm.sft import train as train_sft
 from alignloop.lm.toyworld import build_policy, build_tokenizer, tiny_config
+from alignloop.runstack.checkpoint import Checkpointer
+from alignloop.runstack.metrics import read_metrics
+
+sys.path.insert(0, str(Path(__file__).parent))
+from torchrun_plan import trainer as command  # noqa: E402
 
 torch.set_num_threads(1)
-
-SMALL = dict(
+PLAN = Path(__file__).parent / "torchrun_plan.py"
+SUPERVISED = dict(
     toy_train_size=80, toy_eval_size=16, batch_size=8, max_steps=3, eval_every=3, save_every=100,
     warmup_steps=0, lr=5e-3, threads=1, progress=False,
 )  # fmt: skip
-TRAINERS = {
-    "dpo": (DPOConfig, train_dpo),
-    "reward": (RewardConfig, train_reward),
-    "cost": (CostConfig, train_cost),
-    "sft": (SFTConfig, train_sft),
-}
+RL = dict(
+    toy_prompts=64, rollout_batch_size=8, batch_size=4, max_new_tokens=5, eval_prompts=0, max_steps=3,
+    save_every=100, threads=1, progress=False,
+)  # fmt: skip
+ALL = ("sft", "reward", "cost", "dpo", "aligner", "ppo", "ppo-lag")
+DDP = ("sft", "reward", "cost", "dpo", "ppo")
+GRAD_OP = ("sft", "ppo-lag")
+KILLED = {"dpo": {"max_steps": 40, "save_every": 2}, "ppo-lag": {"max_steps": 8, "save_every": 2}}
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -51,101 +64,170 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def assert_same_weights(a: Path, b: Path) -> None:
-    """Equal up to float rounding, measured over all weights together.
+def relative_difference(a: Path, b: Path) -> float:
+    """|a - b| / |a| over all weights together.
 
-    The runs sum gradients in a different order (and pad the per-process batches
-    differently), and Adam scales a near-zero gradient's rounding noise up to a full step, so a
-    handful of elements may differ by ~1e-4 while the rest agree to 1e-6. The test therefore
-    bounds |a - b| / |a| over all weights: ~3e-5 here, while training moves the weights by
-    ~0.1 |a|, so a real disagreement (a lost or double-counted gradient) is far above 2e-4.
+    The runs sum gradients in a different order (and pad the per-process batches differently),
+    and Adam scales a near-zero gradient's rounding noise up to a full step, so a handful of
+    elements may differ by ~1e-4 while the rest agree to 1e-6: measured ~3e-5 at most, while
+    training moves the weights by ~0.1 |a|, so a real disagreement (a lost or double-counted
+    gradient, a process sampling other tokens) is far above the bound of 2e-4.
     """
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     diff = sum(float((wa[k] - wb[k]).square().sum()) for k in wa) ** 0.5
-    norm = sum(float(wa[k].square().sum()) for k in wa) ** 0.5
-    assert diff / norm < 2e-4, f"relative weight difference {diff / norm:.2e}"
+    return diff / sum(float(wa[k].square().sum()) for k in wa) ** 0.5
 
 
-def single_process(trainer: str, out: Path, **options) -> Path:
-    config_cls, train = TRAINERS[trainer]
-    assert train(from_mapping(config_cls, {**SMALL, "output_dir": str(out), **options})) == 0
-    return out
+def assert_identical(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+    train_a = [(r["step"], r["loss"] if "loss" in r else r["policy_loss"]) for r in read_metrics(a, "train")]
+    train_b = [(r["step"], r["loss"] if "loss" in r else r["policy_loss"]) for r in read_metrics(b, "train")]
+    assert train_a == train_b
 
 
-def two_processes(trainer: str, out: Path, base: dict | None = None, **options) -> Path:
-    config = out.parent / f"{out.name}.yaml"
-    config.write_text(
-        yaml.safe_dump({**(SMALL if base is None else base), "output_dir": str(out), **options})
-    )
+def options(trainer: str, models: Path, out: Path, **extra) -> dict:
+    if trainer.startswith("ppo"):
+        base = {**RL, "policy": str(models / "policy"), "reward_model": str(models / "reward")}
+        if trainer == "ppo-lag":
+            base |= {"cost_model": str(models / "cost"), "cost_limit": -1.0}
+    else:
+        base = dict(SUPERVISED)
+        if trainer == "aligner":
+            base |= {"toy_eval_size": 4, "max_new_tokens": 8}
+    return {**base, "output_dir": str(out), **extra}
+
+
+def launch(plan: list[dict], path: Path, *, background: bool = False) -> subprocess.Popen:
+    path.write_text(json.dumps(plan))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += ["-m", "alignloop.cli", "train", trainer, "--config", str(config)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return out
+    command += [str(PLAN), str(path)]
+    out = subprocess.DEVNULL if background else subprocess.PIPE
+    proc = subprocess.Popen(command, env=env, stdout=out, stderr=out, text=True, start_new_session=True)
+    if not background:
+        stdout, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, stdout[-2000:] + stderr[-6000:]
+    return proc
 
 
-def test_gradient_accumulation_matches_one_batch(tmp_path: Path):
-    single_process("dpo", tmp_path / "one")
-    single_process("dpo", tmp_path / "accum", grad_accum=2)
-    assert_same_weights(tmp_path / "one", tmp_path / "accum")
+def kill_after_first_checkpoint(proc: subprocess.Popen, run_dir: Path) -> int:
+    """SIGKILL the whole launch once `run_dir` holds a complete checkpoint; returns its step."""
+    deadline = time.monotonic() + 600
+    while not Checkpointer(run_dir).all():
+        assert proc.poll() is None, f"the launch ended before {run_dir} had a checkpoint"
+        assert time.monotonic() < deadline, f"no checkpoint in {run_dir} within 600 s"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    steps = [p.name for p in Checkpointer(run_dir).all()]
+    assert not (run_dir / "final").exists(), f"{run_dir} finished before it was killed ({steps})"
+    return len(steps)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny policy and two untrained score models on the toy tokenizer (PPO)."""
+    root = tmp_path_factory.mktemp("dist_models")
+    tokenizer = build_tokenizer()
+    build_policy(tokenizer, seed=0).save_pretrained(str(root / "policy"))
+    tokenizer.save_pretrained(str(root / "policy"))
+    for i, name in enumerate(("reward", "cost")):
+        ScoreModel.from_backbone_config(tiny_config(tokenizer), seed=i + 1).save_pretrained(
+            root / name, tokenizer
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Single-process references here, then one launch of every two-process run."""
+    root = tmp_path_factory.mktemp("dist_runs")
+    for name in ALL:
+        config_cls, train = command(name)
+        assert train(from_mapping(config_cls, options(name, models, root / f"{name}-one"))) == 0
+    plan = []
+    for trainer in ALL:
+        plan.append(
+            {
+                "trainer": trainer,
+                "options": options(trainer, models, root / f"{trainer}-fsdp", strategy="fsdp"),
+            }
+        )
+        split = options(trainer, models, root / f"{trainer}-split", strategy="fsdp")
+        plan.append(
+            {"trainer": trainer, "options": {**split, "max_steps": 2, "total_steps": 3, "save_every": 2}}
+        )
+        plan.append({"trainer": trainer, "options": {**split, "resume": True}})
+    plan += [{"trainer": t, "options": options(t, models, root / f"{t}-ddp", strategy="ddp")} for t in DDP]
+    plan += [
+        {"trainer": t, "options": options(t, models, root / f"{t}-grad-op", strategy="fsdp-grad-op")}
+        for t in GRAD_OP
+    ]
+    for trainer, extra in KILLED.items():  # the uninterrupted twins of the killed runs
+        plan.append(
+            {
+                "trainer": trainer,
+                "options": options(trainer, models, root / f"{trainer}-whole", strategy="fsdp", **extra),
+            }
+        )
+    launch(plan, root / "plan.json")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("trainer", ALL)
+def test_fsdp_on_two_processes_matches_one(runs: Path, trainer: str):
+    assert relative_difference(runs / f"{trainer}-one", runs / f"{trainer}-fsdp") < 2e-4
+    state = torch.load(Checkpointer(runs / f"{trainer}-split").latest() / "state.pt", weights_only=True)  # type: ignore[operator]
+    assert all(
+        type(t) is torch.Tensor
+        for t in state["models"]["model" if "model" in state["models"] else "policy"].values()
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("trainer", ALL)
+def test_fsdp_run_stopped_and_resumed_equals_an_uninterrupted_one(runs: Path, trainer: str):
+    assert_identical(runs / f"{trainer}-fsdp", runs / f"{trainer}-split")
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize(
-    ("trainer", "options"),
-    [("dpo", {}), ("reward", {}), ("cost", {}), ("sft", {})],
-    ids=["dpo-ddp", "reward-ddp", "cost-ddp", "sft-ddp"],
+    ("trainer", "strategy"), [(t, "ddp") for t in DDP] + [(t, "grad-op") for t in GRAD_OP]
 )
-def test_two_processes_match_one(tmp_path: Path, trainer: str, options: dict):
-    single_process(trainer, tmp_path / "one")
-    two_processes(trainer, tmp_path / "two", **options)
-    assert_same_weights(tmp_path / "one", tmp_path / "two")
+def test_ddp_and_fsdp_grad_op_match_one_process(runs: Path, trainer: str, strategy: str):
+    assert relative_difference(runs / f"{trainer}-one", runs / f"{trainer}-{strategy}") < 2e-4
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_fsdp_matches_one_process_across_a_resume(tmp_path: Path):
-    """FSDP2 on two processes, stopped after 2 of 3 steps and resumed, ends where one
-    process ends; the checkpoint holds full tensors gathered from both processes."""
-    single_process("dpo", tmp_path / "one")
-    fsdp = {"strategy": "fsdp", "total_steps": 3}
-    two_processes("dpo", tmp_path / "two", max_steps=2, save_every=2, **fsdp)
-    state = torch.load(tmp_path / "two" / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
-    assert all(type(t) is torch.Tensor for t in state["models"]["model"].values())  # not shards
-    two_processes("dpo", tmp_path / "two", max_steps=3, resume=True, **fsdp)
-    assert_same_weights(tmp_path / "one", tmp_path / "two")
+def test_killed_runs_resume_exactly(runs: Path, models: Path):
+    """DPO, then PPO-Lagrangian: each launch is SIGKILLed after the run's first checkpoint (the
+    next run starts only once the previous one has resumed and finished)."""
+    trainers = list(KILLED)
+    plans = [[] for _ in range(len(trainers) + 1)]
+    for i, trainer in enumerate(trainers):
+        run = options(trainer, models, runs / f"{trainer}-killed", strategy="fsdp", **KILLED[trainer])
+        plans[i].append({"trainer": trainer, "options": run})
+        plans[i + 1].insert(0, {"trainer": trainer, "options": {**run, "resume": True}})
+    for i, trainer in enumerate(trainers):
+        proc = launch(plans[i], runs / f"kill-{i}.json", background=True)
+        kill_after_first_checkpoint(proc, runs / f"{trainer}-killed")
+    launch(plans[-1], runs / "kill-last.json")
+    for trainer in trainers:
+        assert_identical(runs / f"{trainer}-whole", runs / f"{trainer}-killed")
 
 
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_ppo_lagrangian_runs_under_torchrun(tmp_path: Path):
-    """Two processes share each rollout batch; lambda and the final policy come out of it."""
-    tokenizer = build_tokenizer()
-    policy = build_policy(tokenizer, seed=0)
-    policy.save_pretrained(str(tmp_path / "policy"))
-    tokenizer.save_pretrained(str(tmp_path / "policy"))
-    for i, name in enumerate(("reward", "cost")):
-        model = ScoreModel.from_backbone_config(tiny_config(tokenizer), seed=i + 1)
-        model.save_pretrained(tmp_path / name, tokenizer)
-    options = {
-        "policy": str(tmp_path / "policy"),
-        "reward_model": str(tmp_path / "reward"),
-        "cost_model": str(tmp_path / "cost"),
-        "toy_prompts": 64,
-        "rollout_batch_size": 8,
-        "batch_size": 4,
-        "max_new_tokens": 5,
-        "eval_prompts": 0,
-        "max_steps": 2,
-        "progress": False,
-        "threads": 1,
-    }
-    out = two_processes("ppo-lag", tmp_path / "run", base=options)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    train_records = [r for r in records if r.get("split") == "train"]
-    assert [r["step"] for r in train_records] == [1, 2]
-    assert all(r["lambda"] > 0 for r in train_records)
-    assert (out / "final" / "model.safetensors").is_file()
+def test_gradient_accumulation_matches_one_batch(tmp_path: Path):
+    for name, extra in (("one", {}), ("accum", {"grad_accum": 2})):
+        assert (
+            train_dpo(from_mapping(DPOConfig, {**SUPERVISED, "output_dir": str(tmp_path / name), **extra}))
+            == 0
+        )
+    assert relative_difference(tmp_path / "one", tmp_path / "accum") < 2e-4

@@ -195,3 +195,37 @@ def test_rejects_right_padded_prompts():
     ids, mask = _prompts()
     with pytest.raises(ValueError, match="left-padded"):
         generate(model, ids, mask.flip(-1), max_new_tokens=2, eos_token_id=EOS, pad_token_id=PAD)
+
+
+def test_sampling_is_multinomial_and_each_row_is_independent_of_the_split():
+    """The noise of row i is drawn at row i of the whole batch: two halves sampled with
+    ``rows`` (one process each, seeded alike) draw the tokens of the whole batch; and one
+    sampling step is exactly ``torch.multinomial``."""
+    model = _llama()
+    ids, mask = _prompts(batch=6)
+    options = dict(max_new_tokens=5, eos_token_id=EOS, pad_token_id=PAD, top_k=12)
+    whole = generate(model, ids, mask, generator=torch.Generator().manual_seed(3), **options)
+    for offset in (0, 3):
+        half = generate(
+            model,
+            ids[offset : offset + 3],
+            mask[offset : offset + 3],
+            generator=torch.Generator().manual_seed(3),
+            rows=(offset, 6),
+            **options,
+        )
+        steps = half.responses.shape[1]  # a half may end before the whole batch does
+        assert torch.equal(half.responses, whole.responses[offset : offset + 3, :steps])
+        assert bool((whole.responses[offset : offset + 3, steps:] == PAD).all())
+        torch.testing.assert_close(
+            half.logprobs, whole.logprobs[offset : offset + 3, :steps], rtol=1e-5, atol=1e-6
+        )
+    one_step = generate(model, ids, mask, max_new_tokens=1, eos_token_id=EOS, pad_token_id=PAD,
+                        generator=torch.Generator().manual_seed(8))  # fmt: skip
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits[
+        :, -1
+    ]
+    expected = torch.multinomial(
+        torch.softmax(logits.float(), -1), 1, generator=torch.Generator().manual_seed(8)
+    )
+    assert torch.equal(one_step.responses[:, 0], expected[:, 0])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from alignloop.errors import UserError
 from alignloop.lm.generation import generate
 from alignloop.lm.models import ScoreModel
 from alignloop.lm.ppo import (
@@ -35,6 +37,88 @@ def test_kl_shaped_rewards_by_hand():
     # the cost stream adds +beta * kl: a negative coefficient
     expected_cost = torch.tensor([[0.05, -0.02, 3.01, 0.0], [0.1, -0.8, 0.0, 0.0]])
     torch.testing.assert_close(kl_shaped_rewards(end, kl, mask, -0.1), expected_cost, rtol=1e-5, atol=1e-6)
+
+
+class Fixed(torch.nn.Module):
+    """A stub model that answers every call with the same outputs."""
+
+    def __init__(self, **outputs: torch.Tensor):
+        super().__init__()
+        self.outputs = SimpleNamespace(**outputs)
+
+    def forward(self, *args, **kwargs) -> SimpleNamespace:
+        return self.outputs
+
+
+def test_rewards_costs_kl_and_advantages_are_assembled_as_safe_rlhf_says():
+    """A fixed rollout of 2 responses (vocabulary 4: 0 pad, 1 end, 2-3 words; prompts of 2
+    tokens) scored by stub models, then assembled with beta = 0.1, lambda = 0.5, gamma = 1 and
+    GAE lambda = 1, so A_t = (sum of the stream from t on) - V_t. Worked by hand:
+
+    row 0: response [3, 2, 3], no end token: end reward 3 - 2 (missing-end penalty) = 1, end cost 0.5
+      kl = [0.5, -0.25, 1.0] (the reference gives every token log 1/4)
+      reward stream -0.1 kl + end reward at the last token = [-0.05, 0.025, 0.9]
+      cost stream  +0.1 kl + end cost at the last token   = [0.05, -0.025, 0.6]
+      V_r = [0.1, 0.2, 0.3]: A_r = [0.875 - 0.1, 0.925 - 0.2, 0.9 - 0.3] = [0.775, 0.725, 0.6]
+      V_c = [0.0, 0.1, -0.1]: A_c = [0.625 - 0, 0.575 - 0.1, 0.6 + 0.1] = [0.625, 0.475, 0.7]
+      (A_r - 0.5 A_c) / 1.5 = [0.4625, 0.4875, 0.25] / 1.5
+    row 1: response [3, 1, pad]: end reward -1 (ended), end cost 2; kl = [0.2, 0.4, -]
+      reward stream [-0.02, -1.04, 0]; cost stream [0.02, 2.04, 0]
+      V_r = [0.4, 0.5, -]: A_r = [-1.46, -1.54, 0]; V_c = [0.3, -0.2, -]: A_c = [1.76, 2.24, 0]
+      (A_r - 0.5 A_c) / 1.5 = [-2.34, -2.66, 0] / 1.5
+    """
+    from alignloop.lm.generation import Rollout
+    from alignloop.lm.ppo import assemble_experience, score_rollout
+
+    log_quarter = -torch.log(torch.tensor(4.0))
+    kl = torch.tensor([[0.5, -0.25, 1.0], [0.2, 0.4, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])  # True = response token
+    rollout = Rollout(
+        sequences=torch.tensor([[2, 3, 3, 2, 3], [0, 2, 3, 1, 0]]),
+        attention_mask=torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 0]]),
+        response_mask=mask,
+        logprobs=torch.where(mask, log_quarter + kl, 0.0),
+        prompt_length=2,
+    )
+    critic_scores = {  # (B, T): the value of response token j is the score one position before it
+        "reward": torch.tensor([[9.0, 0.1, 0.2, 0.3, 9.0], [9.0, 0.4, 0.5, 0.6, 9.0]]),
+        "cost": torch.tensor([[9.0, 0.0, 0.1, -0.1, 9.0], [9.0, 0.3, -0.2, 5.0, 9.0]]),
+    }
+    scores = score_rollout(
+        rollout,
+        reference=Fixed(logits=torch.zeros(2, 5, 4)),
+        reward_model=Fixed(end_scores=torch.tensor([3.0, -1.0])),
+        cost_model=Fixed(end_scores=torch.tensor([0.5, 2.0])),
+        reward_critic=Fixed(scores=critic_scores["reward"]),
+        cost_critic=Fixed(scores=critic_scores["cost"]),
+        temperature=1.0,
+        score_clip=10.0,
+        missing_eos_penalty=2.0,
+        eos_token_id=1,
+    )
+    exp, metrics = assemble_experience(
+        rollout, scores, kl_coef=0.1, gamma=1.0, gae_lambda=1.0, lam=0.5, whiten=False
+    )
+    close = dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(exp.rewards, torch.tensor([[-0.05, 0.025, 0.9], [-0.02, -1.04, 0.0]]), **close)
+    torch.testing.assert_close(exp.costs, torch.tensor([[0.05, -0.025, 0.6], [0.02, 2.04, 0.0]]), **close)
+    expected = torch.tensor([[0.4625, 0.4875, 0.25], [-2.34, -2.66, 0.0]]) / 1.5
+    torch.testing.assert_close(exp.advantages, expected, **close)
+    torch.testing.assert_close(
+        exp.reward_returns[mask], torch.tensor([0.875, 0.925, 0.9, -1.06, -1.04]), **close
+    )
+    assert metrics["lambda"] == 0.5 and metrics["reward"] == pytest.approx(0.0)  # mean of 1 and -1
+    # plain PPO ascends A_r alone; shaping puts reward - lambda * cost at the end of the reward stream
+    plain, _ = assemble_experience(rollout, scores, kl_coef=0.1, gamma=1.0, gae_lambda=1.0, whiten=False)
+    torch.testing.assert_close(
+        plain.advantages, torch.tensor([[0.775, 0.725, 0.6], [-1.46, -1.54, 0.0]]), **close
+    )
+    shaped, _ = assemble_experience(
+        rollout, scores, kl_coef=0.1, gamma=1.0, gae_lambda=1.0, shaping_lambda=2.0, whiten=False
+    )
+    torch.testing.assert_close(
+        shaped.rewards, torch.tensor([[-0.05, 0.025, -0.1], [-0.02, -5.04, 0.0]]), **close
+    )
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +248,12 @@ def test_ppo_and_shaping_run_and_save(tiny_models: Path, tmp_path: Path):
         assert len(records) == 2 and all("clip_frac" in r and "kl" in r for r in records)
         assert (tmp_path / run / "final" / "tokenizer.json").is_file()
     assert "cost" in _train_metrics(tmp_path / "shape")[0]
+    for run, command in (("ppo", "train ppo"), ("shape", "train reward-shaping")):
+        record = json.loads((tmp_path / run / "run.json").read_text())
+        assert record["command"] == command and record["config"]["reward_model"] == str(
+            tiny_models / "reward"
+        )
+    assert "lambda_lr" not in json.loads((tmp_path / "shape" / "run.json").read_text())["config"]
 
 
 def test_lora_trains_adapters_only_and_saves_a_plain_model(tiny_models: Path, tmp_path: Path):
@@ -180,7 +270,7 @@ def test_lora_trains_adapters_only_and_saves_a_plain_model(tiny_models: Path, tm
 
 
 def test_rejects_batch_sizes_that_do_not_divide(tiny_models: Path, tmp_path: Path):
-    with pytest.raises(ValueError, match="rollout_batch_size"):
+    with pytest.raises(UserError, match="rollout-batch-size"):
         train(PPOConfig(**_rl_options(tiny_models, tmp_path / "bad", rollout_batch_size=10, batch_size=4)))
 
 

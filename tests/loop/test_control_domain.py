@@ -3,7 +3,6 @@ scripted segment teacher; keys, oracle lines, clips, determinism, re-called phas
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -232,7 +231,7 @@ def test_judgements_map_to_labels(two_rounds) -> None:
 
 def test_align_resumed_after_a_crash_equals_an_uninterrupted_one(two_rounds, tmp_path, monkeypatch) -> None:
     src = two_rounds["run_dir"]
-    domain = _domain(render=False, ppo=dataclasses.replace(PRESETS["smoke"]["ppo"], checkpoint_every=1))
+    domain = _domain(render=False, save_every=1)
     runs = []
     for name in ("whole", "crashed"):
         run = tmp_path / name
@@ -254,10 +253,12 @@ def test_align_resumed_after_a_crash_equals_an_uninterrupted_one(two_rounds, tmp
     assert not (runs[1] / "round-001" / "policy" / "align.json").exists()
     monkeypatch.setattr(control, "label_steps", label_steps)
     assert domain.align(runs[1] / "round-001", 1) == whole
-    states = [torch.load(run / "round-001" / "policy" / "checkpoint.pt", weights_only=True) for run in runs]
-    for key, value in states[0]["agent"].items():
-        assert torch.equal(value, states[1]["agent"][key]), key
-    assert states[0]["lagrange"] == states[1]["lagrange"]
+    from alignloop.control.ppo import read_checkpoint
+
+    states = [read_checkpoint(run / "round-001" / "policy") for run in runs]
+    for key, value in states[0][0]["models"]["agent"].items():
+        assert torch.equal(value, states[1][0]["models"]["agent"][key]), key
+    assert states[0][1]["lagrange"] == states[1][1]["lagrange"]
     # killed after the last checkpoint, before align.json: the figures come back from the checkpoint
     (runs[1] / "round-001" / "policy" / "align.json").unlink()
     assert domain.align(runs[1] / "round-001", 1) == whole

@@ -25,7 +25,7 @@ def test_bad_loop_options_fail_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     run_dir = tmp_path / "run"
-    assert main(["loop", "--run-dir", str(run_dir), *args]) == 2
+    assert main(["loop", "--output-dir", str(run_dir), *args]) == 2
     assert message in capsys.readouterr().err
     assert not run_dir.exists()
 
@@ -34,7 +34,7 @@ def test_loop_without_credentials_says_how_to_give_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("ALIGNLOOP_TOKEN", raising=False)
-    assert main(["loop", "--run-dir", str(tmp_path / "run"), "--preset", "smoke"]) == 2
+    assert main(["loop", "--output-dir", str(tmp_path / "run"), "--preset", "smoke"]) == 2
     assert "give --user and --password-file, or set $ALIGNLOOP_TOKEN" in capsys.readouterr().err
 
 
@@ -47,7 +47,7 @@ def test_loop_refuses_a_run_directory_started_with_other_options(
                 "policy_update": "ppo-lag", "pairs": 600, "project": "alignloop-loop"}  # fmt: skip
     (run_dir / "loop.json").write_text(json.dumps({"identity": identity}))
     before = (run_dir / "loop.json").read_text()
-    assert main(["loop", "--run-dir", str(run_dir), "--preset", "smoke", "--seed", "1"]) == 2
+    assert main(["loop", "--output-dir", str(run_dir), "--preset", "smoke", "--seed", "1"]) == 2
     assert "seed: 0 in the run, 1 now" in capsys.readouterr().err
     assert (run_dir / "loop.json").read_text() == before  # nothing stored is touched
 
@@ -70,7 +70,7 @@ def test_loop_reads_its_options_from_a_yaml_config(
 ) -> None:
     config = tmp_path / "loop.yaml"
     config.write_text("rounds: 2\npairs: 50\nquota: 1.5\n")
-    assert main(["loop", "--config", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    assert main(["loop", "--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
     assert "--quota must be in (0, 1], got 1.5" in capsys.readouterr().err  # the file's value was read
     config.write_text("rounds: 2\nparis: 50\n")
     assert main(["loop", "--config", str(config)]) == 2

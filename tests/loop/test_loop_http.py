@@ -98,7 +98,7 @@ def test_killed_loop_resumes_without_asking_twice_or_losing_a_judgement(tmp_path
     run_dir = tmp_path / "run"
     command = [
         sys.executable, "-m", "alignloop.cli", "loop", "--demo", "toyworld", "--preset", "smoke",
-        "--rounds", "2", "--pairs", "24", "--run-dir", str(run_dir), "--no-progress",
+        "--rounds", "2", "--pairs", "24", "--output-dir", str(run_dir), "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 

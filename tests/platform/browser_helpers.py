@@ -24,8 +24,9 @@ def require_chromium() -> None:
         pytest.fail(f"{CHROMIUM} is missing: run `make setup` (scripts/setup_system.sh installs chromium)")
 
 
-def log_in(page: Any, url: str, name: str, password: str) -> None:
-    """Log in through the login form with the keyboard and land on the projects page."""
+def log_in(page: Any, url: str, name: str, password: str, landing: str = "/projects") -> None:
+    """Log in through the login form with the keyboard and land on the projects page (admins:
+    `landing="/admin"`)."""
     page.goto(f"{url}/login")
     # the browser applies `autofocus` after load, on a later frame: type only once it has
     page.wait_for_function("document.activeElement && document.activeElement.name === 'name'")
@@ -33,4 +34,4 @@ def log_in(page: Any, url: str, name: str, password: str) -> None:
     page.keyboard.press("Tab")
     page.keyboard.type(password)
     page.keyboard.press("Enter")
-    page.wait_for_url(f"{url}/projects")
+    page.wait_for_url(f"{url}{landing}")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import html
 import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
@@ -85,6 +88,14 @@ def csrf_of(html: str) -> str:
     return match.group(1)
 
 
+def error_on_page(response: Any) -> str:
+    """The message of an error page (web routes answer errors as HTML, the API as JSON)."""
+    assert response.headers["content-type"].startswith("text/html"), response.text
+    match = re.search(r'<p class="error" role="alert" id="error">([^<]*)</p>', response.text)
+    assert match, f"no error message in the page: {response.text[:500]}"
+    return html.unescape(match.group(1))
+
+
 def web_login(client: TestClient, name: str, password: str = PASSWORD) -> str:
     """Log in through the login form; returns the session's CSRF token."""
     page = client.get("/login")
@@ -95,6 +106,22 @@ def web_login(client: TestClient, name: str, password: str = PASSWORD) -> str:
     )
     assert r.status_code == 303, r.text
     return csrf_of(client.get("/projects").text)
+
+
+class AppTransport(httpx.BaseTransport):
+    """Sends a PlatformClient's requests to the test app; may lose the answers to item pushes."""
+
+    def __init__(self, client: TestClient, *, lose_item_answers: int = 0):
+        self.inner: httpx.BaseTransport = client._transport
+        self.to_lose, self.lost = lose_item_answers, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        body = response.read()  # handled by the app either way
+        if request.url.path.endswith("/items") and self.lost < self.to_lose:
+            self.lost += 1
+            return httpx.Response(503, text="upstream went away")
+        return httpx.Response(response.status_code, headers=response.headers, content=body)
 
 
 _databases = itertools.count()

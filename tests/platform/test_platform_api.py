@@ -25,7 +25,7 @@ def test_token_login_and_me(world: World) -> None:
     revoked = world.client.delete("/api/tokens/current", headers={"Authorization": f"Bearer {token}"})
     assert revoked.status_code == 204
     after = world.client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
-    assert after.status_code == 401 and after.json()["detail"] == "invalid or revoked API token"
+    assert after.status_code == 401 and after.json()["detail"] == "invalid, expired or revoked API token"
 
 
 def test_tokens_are_stored_hashed(app: FastAPI, world: World) -> None:

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from liveserver import LiveServer, seed
-from platform_helpers import World
+from platform_helpers import AppTransport, World
 from sqlalchemy import select, text
 
 from alignloop.platform import crud
@@ -220,22 +220,6 @@ def test_a_push_that_deadlocks_looks_again(app: FastAPI, world: World) -> None:
     assert not errors, errors
     assert answers == [other_ids]
     assert sorted(r[0] for r in _rows(app)) == sorted(other_ids.values())
-
-
-class AppTransport(httpx.BaseTransport):
-    """Sends a PlatformClient's requests to the test app; may lose the answers to item pushes."""
-
-    def __init__(self, client: TestClient, *, lose_item_answers: int = 0):
-        self.inner: httpx.BaseTransport = client._transport
-        self.to_lose, self.lost = lose_item_answers, 0
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self.inner.handle_request(request)
-        body = response.read()  # handled by the app either way
-        if request.url.path.endswith("/items") and self.lost < self.to_lose:
-            self.lost += 1
-            return httpx.Response(503, text="upstream went away")
-        return httpx.Response(response.status_code, headers=response.headers, content=body)
 
 
 def test_client_push_is_retried_and_idempotent(app: FastAPI, client: TestClient, world: World) -> None:

@@ -1,7 +1,9 @@
-"""Migration 0003 (item keys) upgrades a 0002 database with data in it, on SQLite and PostgreSQL."""
+"""Migrations 0003 (item keys) and 0004 (access) upgrade older databases with data in them, and
+downgrade again, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,5 +91,83 @@ def test_0003_upgrades_a_0002_database(empty_db_url: str) -> None:
         assert "priority DESC" in _queue_index(engine)
         with engine.connect() as connection:
             assert connection.execute(text("SELECT count(*) FROM items")).scalar() == 3
+    finally:
+        engine.dispose()
+
+
+def test_0004_upgrades_a_0003_database(empty_db_url: str) -> None:
+    """Tokens issued before 0004 get an expiry 30 days out; api_tokens keeps its key, index and
+    cascade through SQLite's table copy; sessions and login failures get their tables."""
+    url = empty_db_url
+    migrate(url, "0003")
+    engine = make_engine(url, pool_size=1)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (name, password_hash, role, active, created_at)"
+                " VALUES ('old', 'x', 'annotator', true, CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO api_tokens (user_id, digest, label, created_at)"
+                " VALUES (1, 'digest-1', 'old', CURRENT_TIMESTAMP)"
+            )
+        )
+    engine.dispose()
+    migrate(url)
+    engine = make_engine(url, pool_size=1)
+    try:
+        inspector = inspect(engine)
+        assert {"web_sessions", "login_failures"} <= set(inspector.get_table_names())
+        columns = {c["name"]: c for c in inspector.get_columns("api_tokens")}
+        assert not columns["expires_at"]["nullable"]
+        assert "ix_api_tokens_user_id" in {i["name"] for i in inspector.get_indexes("api_tokens")}
+        assert {i["name"] for i in inspector.get_indexes("login_failures")} == {
+            "ix_login_failures_key",
+            "ix_login_failures_failed_at",
+        }
+        with engine.connect() as connection:
+            expires = connection.execute(text("SELECT expires_at FROM api_tokens")).scalar_one()
+        if isinstance(expires, str):
+            expires = dt.datetime.fromisoformat(expires)
+        expires = expires.replace(tzinfo=dt.timezone.utc) if expires.tzinfo is None else expires
+        left = expires - dt.datetime.now(dt.timezone.utc)
+        assert dt.timedelta(days=29, hours=23) < left <= dt.timedelta(days=30)
+        with pytest.raises(IntegrityError), engine.begin() as connection:  # the digest stays unique
+            connection.execute(
+                text(
+                    "INSERT INTO api_tokens (user_id, digest, label, created_at, expires_at)"
+                    " VALUES (1, 'digest-1', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO web_sessions (user_id, digest, created_at, expires_at)"
+                    " VALUES (1, 's1', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+    finally:
+        engine.dispose()
+    migrate(url, "0003", downgrade=True)
+    engine = make_engine(url, pool_size=1)
+    try:
+        inspector = inspect(engine)
+        assert not {"web_sessions", "login_failures"} & set(inspector.get_table_names())
+        assert "expires_at" not in {c["name"] for c in inspector.get_columns("api_tokens")}
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT digest, label FROM api_tokens")).all() == [
+                ("digest-1", "old")
+            ]
+    finally:
+        engine.dispose()
+    migrate(url)  # and up again, then a deleted user takes their tokens along (the cascade survived)
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM users"))
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM api_tokens")).scalar() == 0
     finally:
         engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from platform_helpers import World, csrf_of, web_login
+from platform_helpers import PASSWORD, World, csrf_of, error_on_page, web_login
 from sqlalchemy import func, select
 
 from alignloop.platform.app import create_app
@@ -35,7 +35,7 @@ def test_unauthenticated_requests_are_refused(world: World) -> None:
         assert r.json()["detail"].startswith("not authenticated: send 'Authorization: Bearer <token>'")
         assert r.headers["www-authenticate"] == "Bearer"
     forged = world.client.get("/api/projects", headers={"Authorization": "Bearer al_not-a-real-token"})
-    assert forged.status_code == 401 and forged.json() == {"detail": "invalid or revoked API token"}
+    assert forged.status_code == 401 and forged.json() == {"detail": "invalid, expired or revoked API token"}
     page = world.client.get(f"/projects/{pid}/label", follow_redirects=False)
     assert page.status_code == 303 and page.headers["location"] == f"/login?next=/projects/{pid}/label"
 
@@ -83,7 +83,7 @@ def test_only_admins_export_or_see_statistics(world: World) -> None:
     web_login(world.client, "ann1")
     assert world.client.get(f"/admin/projects/{pid}").status_code == 403
     web_export = world.client.get(f"/admin/projects/{pid}/export.jsonl")
-    assert web_export.status_code == 403 and web_export.json() == {"detail": "only admins may see this page"}
+    assert web_export.status_code == 403 and error_on_page(web_export) == "only admins may see this page"
 
 
 def test_forged_forms_without_csrf_token_are_refused(app: FastAPI, world: World) -> None:
@@ -91,7 +91,7 @@ def test_forged_forms_without_csrf_token_are_refused(app: FastAPI, world: World)
     pid = world.project_id
     login_page = world.client.get("/login")
     no_token = world.client.post("/login", data={"name": "ann1", "password": "x" * 8})
-    assert no_token.status_code == 403 and no_token.json() == {"detail": CSRF_MESSAGE}
+    assert no_token.status_code == 403 and error_on_page(no_token) == CSRF_MESSAGE
     csrf = web_login(world.client, "ann1")
     assert csrf != csrf_of(login_page.text)  # a fresh token after login
     page = world.client.get(f"/projects/{pid}/label")
@@ -100,7 +100,7 @@ def test_forged_forms_without_csrf_token_are_refused(app: FastAPI, world: World)
     for token in (None, "forged-token"):
         data = dict(form, **({"csrf_token": token} if token else {}))
         r = world.client.post(f"/projects/{pid}/label", data=data, follow_redirects=False)
-        assert r.status_code == 403 and r.json() == {"detail": CSRF_MESSAGE}
+        assert r.status_code == 403 and error_on_page(r) == CSRF_MESSAGE
     assert _count(app) == 0
     ok = world.client.post(f"/projects/{pid}/label", data=dict(form, csrf_token=csrf), follow_redirects=False)
     assert ok.status_code == 303 and _count(app) == 1
@@ -154,3 +154,20 @@ def test_session_cookie_flags(tmp_path, secure: bool) -> None:  # type: ignore[n
     app.state.engine.dispose()
     assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
     assert ("secure" in cookie.lower().replace("samesite", "")) == secure
+
+
+def test_login_redirects_only_within_the_site(world: World) -> None:
+    for target, landing in [
+        ("/projects", "/projects"),
+        ("//evil.example/x", "/"),
+        ("/\\evil.example", "/"),  # browsers read a backslash as a slash
+        ("https://evil.example", "/"),
+    ]:
+        world.client.cookies.clear()
+        page = world.client.get("/login")
+        r = world.client.post(
+            "/login",
+            data={"name": "ann1", "password": PASSWORD, "next": target, "csrf_token": csrf_of(page.text)},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303 and r.headers["location"] == landing, target

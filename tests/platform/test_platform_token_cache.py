@@ -80,7 +80,7 @@ def test_revoking_through_the_api_is_immediate(world: World) -> None:
     assert world.client.get("/api/me", headers=world.auth("ann1")).status_code == 200  # now cached
     assert world.client.delete("/api/tokens/current", headers=world.auth("ann1")).status_code == 204
     after = world.client.get("/api/me", headers=world.auth("ann1"))
-    assert after.status_code == 401 and after.json()["detail"] == "invalid or revoked API token"
+    assert after.status_code == 401 and after.json()["detail"] == "invalid, expired or revoked API token"
 
 
 def test_revoking_elsewhere_takes_effect_within_the_ttl(app: FastAPI, world: World) -> None:

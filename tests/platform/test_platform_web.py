@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 
 from fastapi import FastAPI
@@ -11,6 +12,12 @@ from platform_helpers import World, make_world, web_login
 from alignloop.feedback.agreement import cohen_kappa, krippendorff_alpha
 from alignloop.platform.schemas import ProjectIn
 from alignloop.platform.stats import project_stats
+
+
+def plot_of(html: str) -> str:
+    """The dashboard's leaderboard plot (an SVG image inlined as a data: URL)."""
+    encoded = html.split('src="data:image/svg+xml;base64,')[1].split('"')[0]
+    return base64.b64decode(encoded).decode()
 
 
 def _assignment_id(html: str) -> int:
@@ -100,7 +107,8 @@ def test_dashboard_shows_progress_agreement_and_leaderboard(app: FastAPI, client
     web_login(client, "admin")
     page = client.get(f"/admin/projects/{world.project_id}")
     assert page.status_code == 200
-    assert "6 of 6 items" in page.text and "Krippendorff" in page.text and "<svg" in page.text
+    assert "6 of 6 items" in page.text and "Krippendorff" in page.text
+    assert "<svg" in plot_of(page.text)
     assert page.text.index(">alpha<") < page.text.index(">beta<") < page.text.index(">gamma<")
     exported = client.get(f"/admin/projects/{world.project_id}/export.jsonl")
     assert exported.status_code == 200 and len(exported.text.splitlines()) == 6

@@ -10,9 +10,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from alignloop.platform import auth, crud
+from alignloop.platform import auth, crud, logins
 from alignloop.platform.db import end_read, session_scope
-from alignloop.platform.models import User
+from alignloop.platform.models import User, utcnow
 from alignloop.platform.settings import Settings
 
 
@@ -43,7 +43,8 @@ _NOT_AUTHENTICATED = "not authenticated: send 'Authorization: Bearer <token>' (P
 
 
 def _token_user(request: Request, session: Session, token: str | None) -> User:
-    """The user behind `token` (remembered for a few seconds per process); 401 without a valid one."""
+    """The user behind `token` (remembered for a few seconds per process, never past the token's
+    expiry); 401 without a valid one."""
     if token is None:
         raise HTTPException(401, _NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
     cache: auth.TokenCache[User] = request.app.state.token_cache
@@ -51,13 +52,16 @@ def _token_user(request: Request, session: Session, token: str | None) -> User:
     user = cache.get(digest)
     if user is not None:
         return user
-    user = crud.user_for_token(session, token=token)
-    if user is not None:
-        session.expunge(user)  # shared read-only by later requests: no session may expire it
+    found = crud.token_user(session, token=token)
+    if found is not None:
+        session.expunge(found[0])  # shared read-only by later requests: no session may expire it
     end_read(session)  # no lock is held while the route waits for a thread
-    if user is None:
-        raise HTTPException(401, "invalid or revoked API token", headers={"WWW-Authenticate": "Bearer"})
-    cache.put(digest, user)
+    if found is None:
+        raise HTTPException(
+            401, "invalid, expired or revoked API token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    user, expires_at = found
+    cache.put(digest, user, expires_in_s=(expires_at - utcnow()).total_seconds())
     return user
 
 
@@ -81,16 +85,45 @@ async def api_user(request: Request, credentials: Credentials) -> User:
     return await run_in_threadpool(_looked_up_user, request, token or None)
 
 
+SESSION_KEY = "sid"  # the web session's id in the signed cookie
+
+
+def session_user(request: Request, session: Session) -> User | None:
+    """The user of the request's web session, if it is still open on the server (logging out,
+    a password change or a deactivation ends it); ends the read transaction."""
+    session_id = request.session.get(SESSION_KEY)
+    user = crud.web_session_user(session, session_id=session_id) if isinstance(session_id, str) else None
+    end_read(session)  # no lock is held while the page waits for a thread
+    return user
+
+
 def api_or_session_user(request: Request, session: SessionDep, credentials: Credentials) -> User:
     """For resources the browser also loads (media): a bearer token or a logged-in session."""
     if credentials is None:
-        user_id = request.session.get("user_id")
-        user = session.get(User, user_id) if isinstance(user_id, int) else None
-        end_read(session)
-        if user is not None and user.active:
+        user = session_user(request, session)
+        if user is not None:
             return user
     token = credentials.credentials.strip() if credentials is not None else None
     return _token_user(request, session, token or None)
+
+
+def client_address(request: Request) -> str:
+    """The client's address as the server sees it (behind a proxy: what uvicorn's
+    --forwarded-allow-ips lets through from X-Forwarded-For)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+def check_login(request: Request, session: Session, *, name: str, password: str) -> User | None:
+    """`logins.check_password` with this server's throttle, for this request's client."""
+    state = request.app.state
+    return logins.check_password(
+        session,
+        name=name,
+        password=password,
+        address=client_address(request),
+        throttle=state.throttle,
+        slots=state.password_slots,
+    )
 
 
 UserDep = Annotated[User, Depends(api_user)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Annotated
 
@@ -22,6 +23,7 @@ from alignloop.platform.api.deps import (
     TrainerDep,
     UserDep,
     bearer_token,
+    check_login,
 )
 from alignloop.platform.models import Assignment, Project, User, utcnow
 from alignloop.platform.schemas import (
@@ -34,13 +36,16 @@ from alignloop.platform.schemas import (
     JudgementOut,
     JudgementsOut,
     Labels,
-    LoginIn,
     NextOut,
+    PasswordChangeIn,
     PrioritiesIn,
     ProjectIn,
     ProjectOut,
     SubmittedOut,
+    TokenIn,
+    TokenInfo,
     TokenOut,
+    UserChangeIn,
     UserIn,
     UserOut,
 )
@@ -55,18 +60,31 @@ router = APIRouter(prefix="/api")
 
 
 @router.post("/tokens", status_code=201, tags=["auth"])
-def create_token(body: LoginIn, session: SessionDep) -> TokenOut:
-    """Exchange a name and password for an API token (shown once; stored only as a digest)."""
-    user = crud.authenticate(session, name=body.name, password=body.password)
+def create_token(body: TokenIn, request: Request, session: SessionDep, settings: SettingsDep) -> TokenOut:
+    """Exchange a name and password for an API token (shown once; stored only as a digest).
+
+    Failed attempts are counted per name and per client address: past the limit the answer is
+    429 with Retry-After.
+    """
+    user = check_login(request, session, name=body.name, password=body.password)
     if user is None:
+        session.commit()
         raise HTTPException(401, "wrong name or password")
-    token = crud.create_token(session, user=user, label="api")
+    expires_at = utcnow() + dt.timedelta(seconds=body.expires_in_s or settings.token_lifetime_s)
+    token = crud.create_token(session, user=user, label=body.label, expires_at=expires_at)
     session.commit()
-    return TokenOut(token=token, user_id=user.id, role=user.role)  # type: ignore[arg-type]
+    return TokenOut(token=token, user_id=user.id, role=user.role, expires_at=expires_at)  # type: ignore[arg-type]
+
+
+@router.get("/tokens", tags=["auth"])
+def list_tokens(user: UserDep, session: SessionDep) -> list[TokenInfo]:
+    """The caller's API tokens (never the tokens themselves), expired ones included."""
+    return [TokenInfo.model_validate(t) for t in crud.list_tokens(session, user_id=user.id)]
 
 
 @router.delete("/tokens/current", status_code=204, tags=["auth"])
 def revoke_token(request: Request, user: UserDep, session: SessionDep) -> Response:
+    """Revoke the token this request carries."""
     token = bearer_token(request)
     assert token is not None
     crud.revoke_token(session, token=token)
@@ -75,9 +93,31 @@ def revoke_token(request: Request, user: UserDep, session: SessionDep) -> Respon
     return Response(status_code=204)
 
 
+@router.delete("/tokens/{token_id}", status_code=204, tags=["auth"])
+def revoke_token_id(token_id: Id, request: Request, user: UserDep, session: SessionDep) -> Response:
+    """Revoke one of the caller's tokens (an admin: anyone's); it stops working at once."""
+    digest = crud.revoke_token_id(session, token_id=token_id, by=user)
+    session.commit()
+    request.app.state.token_cache.forget(digest)
+    return Response(status_code=204)
+
+
 @router.get("/me", tags=["auth"])
 def me(user: UserDep) -> UserOut:
     return UserOut.model_validate(user)
+
+
+@router.put("/me/password", status_code=204, tags=["auth"])
+def change_password(body: PasswordChangeIn, request: Request, user: UserDep, session: SessionDep) -> Response:
+    """Change one's own password (the current one is checked and throttled like a login); every
+    web session of the user ends, API tokens stay."""
+    if check_login(request, session, name=user.name, password=body.current_password) is None:
+        session.commit()
+        raise HTTPException(403, "current_password: wrong password")
+    session.commit()
+    crud.set_password(session, user_id=user.id, password=body.new_password, revoke_tokens=False)
+    session.commit()
+    return Response(status_code=204)
 
 
 @router.post("/users", status_code=201, tags=["admin"])
@@ -90,6 +130,34 @@ def create_user(body: UserIn, admin: AdminDep, session: SessionDep) -> UserOut:
 @router.get("/users", tags=["admin"])
 def list_users(admin: AdminDep, session: SessionDep) -> list[UserOut]:
     return [UserOut.model_validate(u) for u in session.scalars(select(User).order_by(User.id))]
+
+
+def _forget_tokens_of(request: Request, user_id: int) -> None:
+    """This process stops answering the user's tokens from memory at once (others: within the TTL)."""
+    request.app.state.token_cache.forget_where(lambda cached: cached.id == user_id)
+
+
+@router.patch("/users/{user_id}", tags=["admin"])
+def change_user(
+    user_id: Id, body: UserChangeIn, request: Request, admin: AdminDep, session: SessionDep
+) -> UserOut:
+    """Deactivate or reactivate a user, or reset their password. Deactivating, or a new password,
+    ends every web session of theirs and revokes their API tokens at once."""
+    if body.password is not None:
+        crud.set_password(session, user_id=user_id, password=body.password, revoke_tokens=True)
+    user = crud.get_user(session, user_id=user_id)
+    if body.active is not None:
+        crud.set_active(session, user=user, active=body.active, by=admin)
+    session.commit()
+    _forget_tokens_of(request, user_id)
+    return UserOut.model_validate(user)
+
+
+@router.get("/users/{user_id}/tokens", tags=["admin"])
+def user_tokens(user_id: Id, admin: AdminDep, session: SessionDep) -> list[TokenInfo]:
+    """A user's API tokens (never the tokens themselves)."""
+    crud.get_user(session, user_id=user_id)
+    return [TokenInfo.model_validate(t) for t in crud.list_tokens(session, user_id=user_id)]
 
 
 # --- projects, items, media ---------------------------------------------------------------------
@@ -165,7 +233,7 @@ def get_media(name: str, user: AnyUserDep, settings: SettingsDep) -> FileRespons
     path = media.path_of(settings.media_dir, name)
     if path is None:
         raise HTTPException(404, f"no media file named {name!r}")
-    return FileResponse(path, media_type=media.MEDIA_TYPES[path.suffix])
+    return FileResponse(path, media_type=media.served_type(path))
 
 
 # --- annotating ----------------------------------------------------------------------------------

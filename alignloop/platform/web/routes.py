@@ -1,30 +1,37 @@
-"""Pages for people: login, the labelling page, the admin dashboard. Every form carries a CSRF token."""
+"""Pages for people: login, the labelling page, the admin dashboard, one's account. Every form
+carries a CSRF token; every error is a page."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+import base64
+import datetime as dt
+from http import HTTPStatus
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from alignloop.platform import auth, crud, export, media, stats
-from alignloop.platform.api.deps import SessionDep, SettingsDep
-from alignloop.platform.db import end_read
-from alignloop.platform.models import Project, User
-from alignloop.platform.schemas import JudgementIn, ProjectIn
+from alignloop.platform import auth, crud, export, logins, media, stats
+from alignloop.platform.api.deps import SESSION_KEY, SessionDep, SettingsDep, check_login, session_user
+from alignloop.platform.models import ApiToken, Project, User, utcnow
+from alignloop.platform.schemas import MAX_ID, JudgementIn, ProjectIn
 
-HERE = Path(__file__).parent
+HERE = FilePath(__file__).parent
 STATIC_DIR = HERE / "static"
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals["media_kind"] = media.media_kind
-router = APIRouter(include_in_schema=False)
+router = APIRouter(tags=["pages"])
 CSRF_MESSAGE = "CSRF token missing or invalid; reload the page and try again"
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+FormText = Annotated[str, Form(max_length=256)]
 
 
 class LoginRequired(Exception):
@@ -32,6 +39,8 @@ class LoginRequired(Exception):
 
 
 def csrf_token(request: Request) -> str:
+    if "session" not in request.scope:  # an error answered before the session middleware ran
+        return ""
     token = request.session.get("csrf")
     if not isinstance(token, str):
         token = auth.new_csrf_token()
@@ -39,19 +48,25 @@ def csrf_token(request: Request) -> str:
     return token
 
 
+async def check_csrf(request: Request, csrf_token: Annotated[str, Form(max_length=256)] = "") -> None:
+    """A dependency of every form: its CSRF token must match the session's."""
+    if not auth.csrf_matches(request.session.get("csrf"), csrf_token):
+        raise HTTPException(403, CSRF_MESSAGE)
+
+
 async def checked_form(request: Request) -> Any:
     """The posted form, after checking its CSRF token against the session's."""
     form = await request.form()
-    if not auth.csrf_matches(request.session.get("csrf"), form.get("csrf_token")):  # type: ignore[arg-type]
-        raise HTTPException(403, CSRF_MESSAGE)
+    await check_csrf(request, str(form.get("csrf_token", "")))
     return form
 
 
+Csrf = Annotated[None, Depends(check_csrf)]
+
+
 def web_user(request: Request, session: SessionDep) -> User:
-    user_id = request.session.get("user_id")
-    user = session.get(User, user_id) if isinstance(user_id, int) else None
-    end_read(session)  # no lock is held while the page waits for a thread
-    if user is None or not user.active:
+    user = session_user(request, session)
+    if user is None:
         raise LoginRequired()
     return user
 
@@ -66,55 +81,105 @@ WebUser = Annotated[User, Depends(web_user)]
 WebAdmin = Annotated[User, Depends(web_admin)]
 
 
-def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+def render(
+    request: Request,
+    name: str,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+    **context: Any,
+) -> HTMLResponse:
     context.setdefault("user", None)
     return templates.TemplateResponse(
-        request, name, {"csrf": csrf_token(request), **context}, status_code=status_code
+        request, name, {"csrf": csrf_token(request), **context}, status_code=status_code, headers=headers
     )
+
+
+def error_page(
+    request: Request, status: int, detail: str, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    """An error as a page (the JSON API answers `{"detail": ...}` instead)."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return render(request, "error.html", status, headers, status=status, title=title, detail=detail)
+
+
+@router.get("/api/docs", include_in_schema=False)
+def api_docs(request: Request) -> HTMLResponse:
+    """Swagger UI for /api/openapi.json, every file of it served by this server (works offline)."""
+    return templates.TemplateResponse(request, "docs.html", {})
 
 
 @router.get("/")
 def home(request: Request, session: SessionDep) -> Response:
-    user_id = request.session.get("user_id")
-    user = session.get(User, user_id) if isinstance(user_id, int) else None
+    user = session_user(request, session)
     if user is None:
         return RedirectResponse("/login", status_code=303)
     return RedirectResponse("/admin" if user.role == "admin" else "/projects", status_code=303)
 
 
 @router.get("/login")
-def login_page(request: Request, next: str = "/") -> HTMLResponse:
+def login_page(request: Request, next: Annotated[str, Query(max_length=2000)] = "/") -> HTMLResponse:
     return render(request, "login.html", next=next, error=None)
 
 
 def _local(path: str) -> str:
-    """Only same-site redirects after login."""
+    """Only same-site redirects after login ("//host" and "/\\host" lead elsewhere in browsers)."""
     parsed = urlparse(path)
-    return path if not parsed.scheme and not parsed.netloc and path.startswith("/") else "/"
+    same_site = path.startswith("/") and not path.startswith(("//", "/\\"))
+    return path if same_site and not parsed.scheme and not parsed.netloc else "/"
+
+
+def _log_in(request: Request, session: Session, name: str, password: str) -> str | None:
+    """A new web session's id for the right name and password, else None (TooManyAttempts when
+    throttled)."""
+    user = check_login(request, session, name=name, password=password)
+    if user is None:
+        session.commit()
+        return None
+    lifetime = request.app.state.settings.session_max_age_s
+    session_id = crud.create_web_session(session, user=user, lifetime_s=lifetime)
+    session.commit()
+    return session_id
 
 
 @router.post("/login")
-async def login(request: Request, session: SessionDep) -> Response:
-    form = await checked_form(request)
-    name, password = str(form.get("name", "")), str(form.get("password", ""))
-    user = crud.authenticate(session, name=name, password=password)
-    if user is None:
+async def login(
+    request: Request,
+    session: SessionDep,
+    _: Csrf,
+    name: FormText = "",
+    password: FormText = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
+) -> Response:
+    """Log in; wrong passwords are counted per name and per client address (429 past the limit)."""
+    try:
+        session_id = await run_in_threadpool(_log_in, request, session, name, password)
+    except logins.TooManyAttempts as exc:
         return render(
             request,
             "login.html",
-            status_code=401,
-            next=form.get("next", "/"),
-            error="Wrong name or password.",
+            status_code=429,
+            headers={"Retry-After": str(exc.retry_after_s)},
+            next=next,
+            error=exc.detail[0].upper() + exc.detail[1:] + ".",
         )
+    if session_id is None:
+        return render(request, "login.html", status_code=401, next=next, error="Wrong name or password.")
     request.session.clear()
-    request.session["user_id"] = user.id
+    request.session[SESSION_KEY] = session_id
     request.session["csrf"] = auth.new_csrf_token()
-    return RedirectResponse(_local(str(form.get("next", "/"))), status_code=303)
+    return RedirectResponse(_local(next), status_code=303)
 
 
 @router.post("/logout")
-async def logout(request: Request) -> Response:
-    await checked_form(request)
+def logout(request: Request, session: SessionDep, _: Csrf) -> Response:
+    """End the session on the server too: a copy of the cookie no longer logs anyone in."""
+    session_id = request.session.get(SESSION_KEY)
+    if isinstance(session_id, str):
+        crud.end_web_session(session, session_id=session_id)
+        session.commit()
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 
@@ -151,7 +216,7 @@ def _label_page(
 
 @router.get("/projects/{project_id}/label")
 def label_page(
-    request: Request, project_id: int, user: WebUser, session: SessionDep, settings: SettingsDep
+    request: Request, project_id: Id, user: WebUser, session: SessionDep, settings: SettingsDep
 ) -> HTMLResponse:
     project = crud.get_project(session, project_id=project_id)
     return _label_page(request, session, settings, user, project, None)
@@ -184,12 +249,14 @@ def _labels_from_form(form: Any) -> JudgementIn:
 
 @router.post("/projects/{project_id}/label")
 async def label_submit(
-    request: Request, project_id: int, user: WebUser, session: SessionDep, settings: SettingsDep
+    request: Request, project_id: Id, user: WebUser, session: SessionDep, settings: SettingsDep
 ) -> Response:
     form = await checked_form(request)
     project = crud.get_project(session, project_id=project_id)
     try:
         assignment_id = int(str(form.get("assignment_id", "")))
+        if not 1 <= assignment_id <= MAX_ID:
+            raise ValueError(assignment_id)
         labels = _labels_from_form(form)
         crud.submit_judgement(session, assignment_id=assignment_id, annotator=user, labels=labels)
         session.commit()
@@ -223,36 +290,184 @@ def admin_page(request: Request, user: WebAdmin, session: SessionDep) -> HTMLRes
 
 
 @router.post("/admin/users")
-async def admin_create_user(request: Request, user: WebAdmin, session: SessionDep) -> Response:
-    form = await checked_form(request)
-    role = str(form.get("role", "annotator"))
-    if role not in ("admin", "trainer", "annotator"):
-        raise HTTPException(422, f"role: {role!r} is not one of admin, trainer, annotator")
-    crud.create_user(
-        session, name=str(form.get("name", "")), password=str(form.get("password", "")), role=role
-    )
+def admin_create_user(
+    request: Request,
+    user: WebAdmin,
+    session: SessionDep,
+    _: Csrf,
+    name: Annotated[str, Form()] = "",  # the name rule says what is wrong with it, length included
+    password: FormText = "",
+    role: Annotated[Literal["admin", "trainer", "annotator"], Form()] = "annotator",
+) -> Response:
+    """The same rule for names as the API's (`names.normalise_name`, no look-alikes)."""
+    crud.create_user(session, name=name, password=password, role=role)
     session.commit()
     return RedirectResponse("/admin", status_code=303)
 
 
 @router.post("/admin/projects")
-async def admin_create_project(request: Request, user: WebAdmin, session: SessionDep) -> Response:
-    form = await checked_form(request)
+def admin_create_project(
+    request: Request,
+    user: WebAdmin,
+    session: SessionDep,
+    _: Csrf,
+    name: Annotated[str, Form(max_length=128)] = "",
+    overlap: Annotated[int, Form(ge=1, le=100)] = 1,
+    gold_rate: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+) -> Response:
     try:
-        spec = ProjectIn(
-            name=str(form.get("name", "")),
-            overlap=int(str(form.get("overlap", "1")) or 1),
-            gold_rate=float(str(form.get("gold_rate", "0")) or 0),
-        )
-    except (ValueError, ValidationError) as exc:
-        raise HTTPException(422, f"project form: {exc}") from exc
+        spec = ProjectIn(name=name, overlap=overlap, gold_rate=gold_rate)
+    except ValidationError as exc:
+        raise HTTPException(422, f"project form: {_form_errors(exc)}") from exc
     crud.create_project(session, spec=spec)
     session.commit()
     return RedirectResponse("/admin", status_code=303)
 
 
+def _form_errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'form'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
+
+
+@router.get("/admin/users/{user_id}")
+def admin_user_page(request: Request, user_id: Id, user: WebAdmin, session: SessionDep) -> HTMLResponse:
+    """One person: deactivate or reactivate, reset the password, see and revoke their tokens."""
+    person = crud.get_user(session, user_id=user_id)
+    tokens = crud.list_tokens(session, user_id=user_id)
+    return render(request, "admin_user.html", user=user, person=person, tokens=tokens, now=utcnow())
+
+
+def _forget_tokens_of(request: Request, user_id: int) -> None:
+    request.app.state.token_cache.forget_where(lambda cached: cached.id == user_id)
+
+
+@router.post("/admin/users/{user_id}/active")
+def admin_set_active(
+    request: Request,
+    user_id: Id,
+    user: WebAdmin,
+    session: SessionDep,
+    _: Csrf,
+    active: Annotated[bool, Form()] = False,
+) -> Response:
+    """Deactivating ends the person's web sessions and revokes their API tokens at once."""
+    person = crud.get_user(session, user_id=user_id)
+    crud.set_active(session, user=person, active=active, by=user)
+    session.commit()
+    _forget_tokens_of(request, user_id)
+    return RedirectResponse(f"/admin/users/{user_id}", status_code=303)
+
+
+@router.post("/admin/users/{user_id}/password")
+def admin_reset_password(
+    request: Request, user_id: Id, user: WebAdmin, session: SessionDep, _: Csrf, password: FormText = ""
+) -> Response:
+    """A new password ends the person's web sessions and revokes their API tokens."""
+    crud.set_password(session, user_id=user_id, password=password, revoke_tokens=True)
+    session.commit()
+    _forget_tokens_of(request, user_id)
+    return RedirectResponse(f"/admin/users/{user_id}", status_code=303)
+
+
+@router.post("/tokens/{token_id}/revoke")
+def revoke_token(request: Request, token_id: Id, user: WebUser, session: SessionDep, _: Csrf) -> Response:
+    """Revoke one of one's own tokens (an admin: anyone's); back to where it was listed."""
+    owner = session.scalar(select(ApiToken.user_id).where(ApiToken.id == token_id))
+    request.app.state.token_cache.forget(crud.revoke_token_id(session, token_id=token_id, by=user))
+    session.commit()
+    return RedirectResponse("/account" if owner == user.id else f"/admin/users/{owner}", status_code=303)
+
+
+# --- one's own account ----------------------------------------------------------------------------
+
+
+def _account_page(
+    request: Request,
+    session: Session,
+    user: User,
+    *,
+    status_code: int = 200,
+    error: str | None = None,
+    message: str | None = None,
+    new_token: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    tokens = crud.list_tokens(session, user_id=user.id)
+    return render(
+        request,
+        "account.html",
+        status_code,
+        headers,
+        user=user,
+        tokens=tokens,
+        now=utcnow(),
+        error=error,
+        message=message,
+        new_token=new_token,
+    )
+
+
+@router.get("/account")
+def account_page(request: Request, user: WebUser, session: SessionDep) -> HTMLResponse:
+    """One's password and API tokens."""
+    return _account_page(request, session, user)
+
+
+@router.post("/account/password")
+def change_password(
+    request: Request,
+    user: WebUser,
+    session: SessionDep,
+    _: Csrf,
+    current_password: FormText = "",
+    new_password: FormText = "",
+) -> HTMLResponse:
+    """Change one's password (the current one is checked, and throttled, as at login); one's other
+    web sessions end, this one and the API tokens stay."""
+    try:
+        checked = check_login(request, session, name=user.name, password=current_password)
+    except logins.TooManyAttempts as exc:
+        return _account_page(
+            request, session, user, status_code=429, error=exc.detail,
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )  # fmt: skip
+    session.commit()
+    if checked is None:
+        return _account_page(
+            request, session, user, status_code=403, error="Current password: wrong password."
+        )
+    crud.set_password(
+        session,
+        user_id=user.id,
+        password=new_password,
+        revoke_tokens=False,
+        keep_session=request.session.get(SESSION_KEY),
+    )
+    session.commit()
+    return _account_page(request, session, user, message="Password changed; your other sessions have ended.")
+
+
+@router.post("/account/tokens")
+def create_token(
+    request: Request,
+    user: WebUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: Csrf,
+    label: Annotated[str, Form(max_length=64)] = "web",
+    days: Annotated[int, Form(ge=1, le=auth.MAX_TOKEN_LIFETIME_S // 86400)] = auth.TOKEN_LIFETIME_S // 86400,
+) -> HTMLResponse:
+    """A new API token, shown on this page once."""
+    expires_at = utcnow() + dt.timedelta(days=days)
+    token = crud.create_token(session, user=user, label=label, expires_at=expires_at)
+    session.commit()
+    return _account_page(request, session, user, new_token=token)
+
+
 @router.get("/admin/projects/{project_id}/export.jsonl")
-def dashboard_export(project_id: int, user: WebAdmin, session: SessionDep) -> Response:
+def dashboard_export(project_id: Id, user: WebAdmin, session: SessionDep) -> Response:
     """The PKU-SafeRLHF export, for an admin logged in to the web pages."""
     project = crud.get_project(session, project_id=project_id)
     return Response(
@@ -263,7 +478,7 @@ def dashboard_export(project_id: int, user: WebAdmin, session: SessionDep) -> Re
 
 
 @router.get("/admin/projects/{project_id}")
-def dashboard(request: Request, project_id: int, user: WebAdmin, session: SessionDep) -> HTMLResponse:
+def dashboard(request: Request, project_id: Id, user: WebAdmin, session: SessionDep) -> HTMLResponse:
     project = crud.get_project(session, project_id=project_id)
     report = stats.project_stats(session, project=project)
     return render(
@@ -272,5 +487,5 @@ def dashboard(request: Request, project_id: int, user: WebAdmin, session: Sessio
         user=user,
         project=project,
         report=report,
-        plot=stats.leaderboard_svg(report.leaderboard),
+        plot=base64.b64encode(stats.leaderboard_svg(report.leaderboard).encode()).decode(),
     )

@@ -1,0 +1,246 @@
+"""What an on-policy control learner is made of, apart from its update: the actor with reward
+and cost critics, a rollout of vector envs, GAE on both streams, the Lagrangian mix and the
+window of episode costs.
+
+A rollout is time-major, ``(T, N)`` for T steps of N envs. `Collector.collect` steps the envs
+with any ``sample`` function (and optional critics: an off-policy learner collects without, and
+finds each step's next observation in ``next_raw_obs``). `rollout_advantages` runs GAE
+(`alignloop.core.advantages.gae`) with ``V(final observation)`` bootstrapped at time-limit
+truncations. PPO-Lagrangian (`alignloop.control.ppo`) is built from these functions; so can
+the other constrained learners.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from alignloop.control.envs import ObsNormalizer, step_costs
+from alignloop.control.nets import Actor, Critic
+from alignloop.core.advantages import gae, masked_whiten
+from alignloop.core.lagrange import lagrangian_advantage
+
+__all__ = [
+    "Agent",
+    "Collector",
+    "Rollout",
+    "RolloutAdvantages",
+    "Sample",
+    "Values",
+    "lagrangian_mix",
+    "record_episode_costs",
+    "rollout_advantages",
+]
+
+
+Sample = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""``sample(obs) -> (actions, log-probs)`` for normalised observations (N, obs_dim)."""
+Values = Callable[[Tensor], tuple[np.ndarray, np.ndarray]]
+"""``values(obs) -> (V_r, V_c)``, each (K,), for normalised observations (K, obs_dim)."""
+
+
+class Agent(nn.Module):
+    """The actor and the two critics (reward and cost)."""
+
+    def __init__(self, obs_dim: int, action_space: Any, hidden: tuple[int, ...]):
+        super().__init__()
+        self.actor = Actor(obs_dim, action_space, hidden)
+        self.critic_r = Critic(obs_dim, hidden)
+        self.critic_c = Critic(obs_dim, hidden)
+
+    def values(self, with_cost: bool) -> Values:
+        """Both critics as the collector's `Values` (the cost critic's as zeros without a cost)."""
+
+        def values(obs: Tensor) -> tuple[np.ndarray, np.ndarray]:
+            v_c = self.critic_c(obs).numpy() if with_cost else np.zeros(len(obs), np.float32)
+            return self.critic_r(obs).numpy(), v_c
+
+        return values
+
+
+@dataclass
+class Rollout:
+    """One iteration's data, time-major: ``(T, N)`` for T steps of N envs."""
+
+    obs: np.ndarray  # (T, N, obs_dim) normalised, what the policy saw
+    raw_obs: np.ndarray  # (T, N, obs_dim) as the env returned it
+    actions: np.ndarray  # (T, N, act_dim) float32, or (T, N) int64 for discrete actions
+    logprobs: np.ndarray  # (T, N)
+    rewards: np.ndarray  # (T, N) true rewards
+    costs: np.ndarray  # (T, N) true costs (0 for a task without a cost)
+    terminated: np.ndarray  # (T, N) bool: episode ended after step t, no bootstrap
+    truncated: np.ndarray  # (T, N) bool: episode cut after step t, bootstrap from V(final obs)
+    values_r: np.ndarray  # (T, N) V_r(s_t); 0 when collected without critics
+    values_c: np.ndarray  # (T, N) V_c(s_t)
+    next_raw_obs: np.ndarray | None = None  # (T, N, obs_dim) after step t (the final one at episode ends)
+    next_values_r: np.ndarray = field(init=False)  # (T, N) V_r(s_{t+1}), V_r(final obs) at truncations
+    next_values_c: np.ndarray = field(init=False)
+
+
+class Collector:
+    """Steps a vector env with the current policy; keeps the normaliser and episode records.
+
+    The observation statistics are folded in once per rollout, after it (the first rollout
+    sees mean 0, variance 1): within a rollout the policy, the stored observations and the
+    critics' bootstrap values all use the same normalisation, and the step loop stays free of
+    statistics updates."""
+
+    def __init__(self, envs: Any, norm_obs: bool, cost_window: int):
+        self.envs = envs
+        self.obs_dim = int(np.prod(envs.single_observation_space.shape))
+        self.obs_norm = ObsNormalizer((self.obs_dim,))
+        self.norm_obs = norm_obs
+        space = envs.single_action_space
+        self.discrete = not hasattr(space, "low")
+        self.low = None if self.discrete else space.low
+        self.high = None if self.discrete else space.high
+        n = envs.num_envs
+        self.ep_return, self.ep_cost, self.ep_len = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
+        self.returns: deque[float] = deque(maxlen=cost_window)
+        self.costs: deque[float] = deque(maxlen=cost_window)
+        self.lengths: deque[int] = deque(maxlen=cost_window)
+        self.num_episodes = 0
+        self.obs = np.zeros((n, self.obs_dim))
+
+    def reset(self, seeds: list[int]) -> None:
+        """Start new episodes in every env; unfinished ones are dropped from the records."""
+        obs, _ = self.envs.reset(seed=seeds)
+        self.obs = obs.reshape(len(seeds), -1)
+        self.ep_return[:], self.ep_cost[:], self.ep_len[:] = 0.0, 0.0, 0
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        return self.obs_norm.normalize(obs) if self.norm_obs else obs.astype(np.float32)
+
+    @torch.inference_mode()
+    def collect(self, sample: Sample, num_steps: int, values: Values | None = None) -> Rollout:
+        """``num_steps`` steps of every env with `sample`'s actions; with `values` (the critics)
+        also ``V(s_t)`` and the bootstrap values ``V(s_{t+1})``, ``V(final observation)`` at
+        time-limit truncations (an off-policy learner collects without)."""
+        n, d = self.envs.num_envs, self.obs_dim
+        ro = Rollout(
+            obs=np.zeros((num_steps, n, d), np.float32),
+            raw_obs=np.zeros((num_steps, n, d)),
+            actions=np.zeros((num_steps, n), np.int64)
+            if self.discrete
+            else np.zeros((num_steps, n, *self.low.shape), np.float32),  # type: ignore[union-attr]
+            logprobs=np.zeros((num_steps, n), np.float32),
+            rewards=np.zeros((num_steps, n)),
+            costs=np.zeros((num_steps, n)),
+            terminated=np.zeros((num_steps, n), bool),
+            truncated=np.zeros((num_steps, n), bool),
+            values_r=np.zeros((num_steps, n), np.float32),
+            values_c=np.zeros((num_steps, n), np.float32),
+        )
+        next_raw = ro.next_raw_obs = np.zeros((num_steps, n, d))
+        final_values: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        for t in range(num_steps):
+            obs_n = self.normalize(self.obs)
+            obs_t = torch.from_numpy(obs_n)
+            actions, logp = sample(obs_t)
+            if values is not None:
+                ro.values_r[t], ro.values_c[t] = values(obs_t)
+            act = actions.numpy()
+            env_act = act if self.discrete else np.clip(act, self.low, self.high)
+            next_obs, reward, term, trunc, info = self.envs.step(env_act)
+            done = term | trunc
+            cost = step_costs(info, done)
+            ro.obs[t], ro.raw_obs[t], ro.actions[t], ro.logprobs[t] = obs_n, self.obs, act, logp.numpy()
+            ro.rewards[t], ro.costs[t], ro.terminated[t], ro.truncated[t] = reward, cost, term, trunc
+            self.ep_return += reward
+            self.ep_cost += cost
+            self.ep_len += 1
+            self.obs = next_obs.reshape(n, -1)
+            next_raw[t] = self.obs
+            if done.any():
+                ended = np.flatnonzero(done)
+                for i in ended:
+                    self.returns.append(float(self.ep_return[i]))
+                    self.costs.append(float(self.ep_cost[i]))
+                    self.lengths.append(int(self.ep_len[i]))
+                self.num_episodes += len(ended)
+                self.ep_return[ended], self.ep_cost[ended], self.ep_len[ended] = 0.0, 0.0, 0
+                next_raw[t, ended] = np.stack([info["final_obs"][i] for i in ended]).reshape(len(ended), -1)
+                cut = np.flatnonzero(trunc & ~term)
+                if len(cut) and values is not None:
+                    final_t = torch.from_numpy(self.normalize(next_raw[t, cut]))
+                    final_values.append((t, cut, *values(final_t)))
+        last_r, last_c = (np.zeros(n), np.zeros(n))
+        if values is not None:
+            last_r, last_c = values(torch.from_numpy(self.normalize(self.obs)))
+        ro.next_values_r = np.concatenate([ro.values_r[1:], last_r[None]])
+        ro.next_values_c = np.concatenate([ro.values_c[1:], last_c[None]])
+        for t, cut, v_r, v_c in final_values:
+            ro.next_values_r[t, cut], ro.next_values_c[t, cut] = v_r, v_c
+        if self.norm_obs:  # statistics move between rollouts, never within one
+            self.obs_norm.update(ro.raw_obs.reshape(-1, d))
+        return ro
+
+
+@dataclass
+class RolloutAdvantages:
+    """GAE of both streams of a rollout, flattened time-major ``(T*N,)`` like the rollout."""
+
+    reward: Tensor  # (T*N,) A_r
+    reward_returns: Tensor  # (T*N,)
+    cost: Tensor | None  # (T*N,) A_c; None without costs
+    cost_returns: Tensor | None
+
+
+def _gae(
+    rewards: np.ndarray, ro: Rollout, values: np.ndarray, next_values: np.ndarray, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """GAE of one stream over a time-major rollout; returns ``(advantages, returns)`` (T*N,)."""
+
+    def to_bt(x: np.ndarray) -> Tensor:  # (T, N) -> (N, T): core's layout, time on dim 1
+        return torch.as_tensor(np.ascontiguousarray(x.T), dtype=torch.float32)
+
+    adv, ret = gae(
+        to_bt(rewards),
+        to_bt(values),
+        gamma=gamma,
+        lam=lam,
+        next_values=to_bt(next_values),
+        terminated=to_bt(ro.terminated).bool(),
+        truncated=to_bt(ro.truncated).bool(),
+    )  # (N, T) each
+    return adv.T.reshape(-1), ret.T.reshape(-1)  # (T*N,) time-major like the rollout
+
+
+def rollout_advantages(
+    ro: Rollout, rewards: np.ndarray, costs: np.ndarray | None, gamma: float, gae_lambda: float
+) -> RolloutAdvantages:
+    """GAE on the reward stream and (when `costs` is given) on the cost stream, both (T, N),
+    with each critic's ``V(final observation)`` bootstrapped at time-limit truncations."""
+    adv_r, ret_r = _gae(rewards, ro, ro.values_r, ro.next_values_r, gamma, gae_lambda)
+    if costs is None:
+        return RolloutAdvantages(adv_r, ret_r, None, None)
+    adv_c, ret_c = _gae(costs, ro, ro.values_c, ro.next_values_c, gamma, gae_lambda)
+    return RolloutAdvantages(adv_r, ret_r, adv_c, ret_c)
+
+
+def lagrangian_mix(adv: RolloutAdvantages, lam: float) -> Tensor:
+    """The advantage PPO(-Lagrangian) ascends: reward advantages standardised, cost advantages
+    centred (their scale, and lambda's meaning, kept), mixed as ``(A_r - lam A_c) / (1 + lam)``;
+    the standardised A_r alone without costs."""
+    everywhere = torch.ones_like(adv.reward, dtype=torch.bool)
+    mixed = masked_whiten(adv.reward, everywhere)
+    if adv.cost is not None:
+        mixed = lagrangian_advantage(mixed, adv.cost - adv.cost.mean(), lam)
+    return mixed
+
+
+def record_episode_costs(
+    costs: np.ndarray, dones: np.ndarray, running: np.ndarray, window: deque[float]
+) -> None:
+    """Add the costs (T, N) of a rollout to each env's running episode cost ``running`` (N,), in
+    place, and the cost of every episode that ended (``dones`` (T, N)) to `window`."""
+    for t in range(costs.shape[0]):
+        running += costs[t]
+        window.extend(running[dones[t]].tolist())
+        running[dones[t]] = 0.0
