@@ -217,6 +217,10 @@ class NavEnv(gym.Env):
         for inst, yaw in zip(self.scene.objects, yaws[1:], strict=True):
             xy, height = self.layout[inst.name], inst.kind.z(inst.objects)
             if inst.kind.placed == "fixed":
+                if inst.index < len(inst.objects.locations):
+                    # the circle and the walls sit at their nominal place, where the reference
+                    # observes the circle, not at the point drawn within 1e-9 of it
+                    xy = np.array(inst.objects.locations[inst.index], dtype=np.float64)
                 model.body_pos[self.scene.body[inst.name], :2] = xy
             else:
                 adr = self.scene.qpos[inst.name]
