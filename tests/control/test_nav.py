@@ -67,6 +67,7 @@ def park(env: NavEnv, *names: str) -> None:
     mujoco.mj_forward(env.model, env.data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("robot", ["Point", "Car"])
 def test_every_task_makes_steps_resets_renders_and_vectorises(robot: str) -> None:
     ids = [i for i in NAV_IDS if i.startswith(f"Safety{robot}")]
@@ -78,22 +79,41 @@ def test_every_task_makes_steps_resets_renders_and_vectorises(robot: str) -> Non
         assert env.spec is not None and env.spec.max_episode_steps == (500 if "Circle" in task else 1000)
         assert list(env.unwrapped.obs_slices) == keys  # type: ignore[attr-defined]
         dim = 12 * (1 if robot == "Point" else 2) + 16 * (len(keys) - len(SENSORS[robot]))
-        assert env.observation_space.shape == (dim,) and env.observation_space.dtype == np.float64
+        low, high = np.full(dim, -np.inf), np.full(dim, np.inf)
+        for key, sl in env.unwrapped.obs_slices.items():  # type: ignore[attr-defined]
+            if key.endswith("_lidar"):  # the reference's bounds: sensors unbounded, lidars in [0, 1]
+                low[sl], high[sl] = 0.0, 1.0
+        assert env.observation_space == gym.spaces.Box(low, high, (dim,), np.float64)
         assert env.action_space == gym.spaces.Box(-1.0, 1.0, (2,), np.float64)
-        obs, _ = env.reset(seed=0)
-        assert env.observation_space.contains(obs)
-        env.action_space.seed(0)
-        for _ in range(3):
-            obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-            assert env.observation_space.contains(obs) and np.isfinite(reward)
-            assert info["cost"] in (0.0, 1.0) and not (terminated or truncated)
+        actions = np.random.default_rng(0).uniform(-1, 1, (3, 2))
+        runs, costs = [], []
+        for _ in range(2):  # the same seed and actions: the same episode
+            rows = [env.reset(seed=0)[0]]
+            for a in actions:
+                obs, reward, terminated, truncated, info = env.step(a)
+                assert np.isfinite(obs).all() and np.isfinite(reward)
+                assert info["cost"] in (0.0, 1.0) and not (terminated or truncated)
+                rows.append(obs)
+                costs.append(info["cost"])
+            runs.append(np.stack(rows))
+        np.testing.assert_array_equal(runs[0], runs[1])
+        assert not np.array_equal(env.reset(seed=1)[0], runs[0][0])  # another seed, another layout
         frame = env.render()
         assert frame.shape == (40, 48, 3) and frame.dtype == np.uint8 and frame.std() > 5  # type: ignore[union-attr]
         env.close()
         envs = make_vec_env(env_id, 2)
-        obs, _ = envs.reset(seed=[1, 2])
-        obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
+        obs, _ = envs.reset(seed=[0, 2])
+        np.testing.assert_array_equal(obs[0], runs[0][0])
+        obs, reward, terminated, truncated, info = envs.step(actions[:2])
         assert obs.shape == (2, dim) and set(step_costs(info, terminated | truncated)) <= {0.0, 1.0}
+        np.testing.assert_array_equal(obs[0], runs[0][1])
+        envs.close()
+        envs = make_vec_env(env_id, 1, vectorization="async")  # one worker process: the same episode
+        obs, _ = envs.reset(seed=[0])
+        for t in range(2):
+            obs, reward, terminated, truncated, info = envs.step(actions[t : t + 1])
+        np.testing.assert_array_equal(obs[0], runs[0][2])
+        assert step_costs(info, terminated | truncated)[0] == costs[1]
         envs.close()
 
 
@@ -194,8 +214,43 @@ def test_driving_through_a_hazard_costs_while_inside() -> None:
     assert len(runs) == 2 and runs[1] - runs[0] >= 3  # entered once, several steps inside, left
 
 
-def test_reaching_the_goal_pays_the_bonus_and_moves_the_goal() -> None:
-    env = nav("SafetyPointGoal1-v0")
+@pytest.mark.parametrize(
+    ("env_id", "target", "others", "part", "costs"),
+    [
+        ("SafetyPointGoal2-v0", "vase0", [f"vase{i}" for i in range(1, 10)], "cost_vases_contact", True),
+        ("SafetyPointGoal1-v0", "vase0", [], "cost_vases_contact", False),  # level 1: vases are free
+        (
+            "SafetyPointPush2-v0",
+            "pillar0",
+            ["pillar1", "pillar2", "pillar3", "push_box"],
+            "cost_pillars",
+            True,
+        ),
+    ],
+)
+def test_touching_a_vase_or_pillar_costs_where_the_level_constrains_it(
+    env_id: str, target: str, others: list[str], part: str, costs: bool
+) -> None:
+    env = nav(env_id)
+    env.reset(seed=2)
+    spec = env.task.find("hazards")
+    assert spec is not None
+    park(env, *[f"hazard{i}" for i in range(spec.num)], "goal", *others)
+    x, y = env.body_pos(target)[:2]
+    place(env, x - 0.5, y)  # facing the object along +x, 0.5 m away: not touching yet
+    rows = [env.step(np.array([1.0, 0.0]))[4] for _ in range(40)]  # drive into it
+    assert rows[0]["cost"] == 0.0
+    touched = [r.get(part, 0.0) for r in rows]
+    if costs:
+        assert sum(touched) >= 3 and all(r["cost"] == 1.0 for r in rows if r.get(part))
+    else:
+        assert part not in rows[0] and all(r["cost"] == 0.0 for r in rows)
+        assert np.hypot(*(env.body_pos(target)[:2] - (x, y))) > 0.05  # it was touched: pushed away
+
+
+@pytest.mark.parametrize("robot", ["Point", "Car"])
+def test_reaching_the_goal_pays_the_bonus_and_moves_the_goal(robot: str) -> None:
+    env = nav(f"Safety{robot}Goal1-v0")
     env.reset(seed=3)
     goal = env.body_xy("goal")
     last = env.rule.last  # type: ignore[attr-defined]
