@@ -238,6 +238,8 @@ DEMO = [
 
 CONTROL = [
     Mistake("train unknown env", ("control", "train", "--env", "Hoper-v5"), ("Hoper-v5", "did you mean Hopper-v5")),
+    Mistake("train navigation task with another cost", ("control", "train", "--env", "SafetyPointGoal1-v0", "--cost", "velocity"), ("SafetyPointGoal1-v0", "computes its own cost", "drop --cost velocity")),
+    Mistake("train navigation task misspelt", ("control", "train", "--env", "SafetyPointGoal3-v0"), ("SafetyPointGoal3-v0", "did you mean")),
     Mistake("train ppo-lag without a cost", ("control", "train", "--env", "Hopper-v5", "--algo", "ppo-lag"), ("--algo ppo-lag needs a cost",)),
     Mistake("train minibatch larger than the rollout", ("control", "train", "--ppo.minibatch-size", "5000"), ("--ppo.minibatch-size 5000",)),
     Mistake("train resume without a checkpoint", ("control", "train", "--output-dir", "{out}/none", "--resume"), ("--resume", "no checkpoint")),
