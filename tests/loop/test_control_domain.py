@@ -142,7 +142,9 @@ def test_models_are_refitted_and_relabel_the_rollouts(two_rounds) -> None:
     assert learn["judged"] == len(two_rounds["judged"]) and learn["judged_newest"] <= PAIRS
     assert math.isnan(two_rounds["learn1"]["reward/accuracy_before_fit"])
     # round 1's models scored on round 2's pairs with a preference: a share of those pairs
-    decided = sum(j.round == 2 and j.better in ("A", "B") for j in two_rounds["judged"])
+    decided = sum(
+        j.round == 2 and j.judgement.answers.get("better") in ("A", "B") for j in two_rounds["judged"]
+    )
     right = learn["reward/accuracy_before_fit"] * decided
     assert decided > 0 and right == pytest.approx(round(right), abs=1e-9)
     assert two_rounds["align1"]["align/steps"] == 512 == two_rounds["align2"]["align/steps"]
@@ -194,7 +196,8 @@ def test_max_clips_bounds_the_segments_shown(two_rounds, tmp_path: Path) -> None
     shutil.copytree(two_rounds["run_dir"] / "policy-0", tmp_path / "policy-0")
     domain = _domain(render=False, max_clips=4)
     with pytest.raises(
-        ValueError, match="n_pairs 7 exceeds the 6 pairs of 4 segments; raise pool_episodes or max_clips"
+        ValueError,
+        match=r"--pairs 7 exceeds the 6 pairs of 4 segments; pass --pairs 6 or less \(the preset's",
     ):
         domain.propose(tmp_path / "round-001", 1, 7, "uniform")
     domain.propose(tmp_path / "round-001", 1, 6, "uniform")
