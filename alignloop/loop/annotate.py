@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from alignloop.errors import UserError
 from alignloop.feedback.schema import Question, parse_questions
 from alignloop.feedback.teachers import ScriptedAnnotator, TeacherNoise, Truth
 from alignloop.platform.client import PlatformClient, PlatformError, item_from_json
@@ -79,18 +80,28 @@ class AnnotateConfig:
 
 
 def toyworld_teacher(world_seed: int, seed: int, questions: tuple[Question, ...]) -> Teacher:
-    """The toy world's judges behind the toy world's teacher noise, for any questions."""
+    """The toy world's judges behind the toy world's teacher noise, for any questions; an item
+    whose prompt is not a toy-world prompt is a `UserError` (nothing is submitted for it)."""
     import random
 
     from alignloop.lm.aligner import toy_correction
+    from alignloop.lm.tasks import ToyWorldTask
     from alignloop.lm.toyworld import ToyWorld
 
     world = ToyWorld(seed=world_seed)
+    task = ToyWorldTask(seed=world_seed)
     annotator = ScriptedAnnotator(questions, world.teacher(seed).noise, seed=seed)
     rng = random.Random(seed)
 
     def judge(raw: dict[str, Any]) -> dict[str, Any]:
         item = item_from_json(raw)
+        if not task.can_judge(item.prompt):
+            shown = item.prompt if len(item.prompt) <= 80 else item.prompt[:77] + "..."
+            raise UserError(
+                f"item {item.key!r}: --teacher toyworld cannot judge the prompt {shown!r}: its judges know "
+                "only the toy world's prompts; label this project with people, or point the annotator "
+                "at a toy-world project (`alignloop loop --demo toyworld`)"
+            )
         texts = [item.text(i) for i in range(len(item.candidates))]
         values = np.asarray([world.helpfulness(item.prompt, t) for t in texts])
         truth = Truth(
