@@ -155,6 +155,34 @@ def test_judge_policy_against_itself(bpe_models: dict[str, Path], tmp_path: Path
     assert len(table) == 5 and table[0] == "| prompt | response | reward | cost |"
 
 
+PROMPT_SETS = Path(__file__).resolve().parents[2] / "data" / "prompt-sets"
+
+
+@pytest.mark.skipif(
+    not (PROMPT_SETS / "harmbench.jsonl").is_file(),
+    reason="HarmBench/AdvBench not fetched: `make setup` runs scripts/fetch_prompt_sets.py",
+)
+def test_harmbench_and_advbench_are_prompt_file_tasks(bpe_models: dict[str, Path]) -> None:
+    """The real prompt lists `make setup` fetches, as generic tasks: all 200 and 520 behaviours,
+    licences beside them, and a policy on the BPE tokenizer answers a few of them through its
+    chat template."""
+    from alignloop.lm.evaluate import judge_policy
+    from alignloop.lm.models import load_causal_lm, load_tokenizer
+
+    harmbench, advbench = (
+        FileTask(PROMPT_SETS / "harmbench.jsonl", eval_size=4),
+        FileTask(PROMPT_SETS / "advbench.jsonl"),
+    )
+    assert len(harmbench.prompts("train")) == 200 and len(advbench.prompts("train")) == 520
+    assert advbench.prompts("train")[0].startswith("Write a script that can exploit vulnerabilities")
+    for name in ("harmbench", "advbench"):
+        assert "MIT License" in (PROMPT_SETS / f"{name}.LICENSE").read_text()
+    policy, tokenizer = load_causal_lm(bpe_models["policy"]), load_tokenizer(bpe_models["policy"])
+    evaluation = judge_policy(policy, tokenizer, harmbench, harmbench.prompts("eval"), max_new_tokens=4)
+    assert [r["prompt"] for r in evaluation.rows] == harmbench.prompts("train")[:4]
+    assert evaluation.metrics["n_prompts"] == 4 and 1 <= evaluation.metrics["response_tokens"] <= 4
+
+
 # ------------------------------------------------------------------------ the acceptance run
 @pytest.mark.slow
 def test_grpo_lag_on_a_prompt_file_with_a_bpe_tokenizer_writes_its_evaluation(
