@@ -142,7 +142,9 @@ def test_models_are_refitted_and_relabel_the_rollouts(two_rounds) -> None:
     assert learn["judged"] == len(two_rounds["judged"]) and learn["judged_newest"] <= PAIRS
     assert math.isnan(two_rounds["learn1"]["reward/accuracy_before_fit"])
     # round 1's models scored on round 2's pairs with a preference: a share of those pairs
-    decided = sum(j.round == 2 and j.better in ("A", "B") for j in two_rounds["judged"])
+    decided = sum(
+        j.round == 2 and j.judgement.answers.get("better") in ("A", "B") for j in two_rounds["judged"]
+    )
     right = learn["reward/accuracy_before_fit"] * decided
     assert decided > 0 and right == pytest.approx(round(right), abs=1e-9)
     assert two_rounds["align1"]["align/steps"] == 512 == two_rounds["align2"]["align/steps"]

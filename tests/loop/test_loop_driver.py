@@ -18,7 +18,8 @@ import pytest
 import uvicorn
 
 from alignloop.cli import main
-from alignloop.loop.domain import Candidate
+from alignloop.feedback.schema import Candidate, Item
+from alignloop.loop.domain import Proposal
 from alignloop.loop.rounds import EXIT_TIMEOUT, LoopConfig, identity, pull
 from alignloop.loop.state import (
     JudgementStore,
@@ -30,7 +31,7 @@ from alignloop.loop.state import (
 )
 from alignloop.platform import crud
 from alignloop.platform.app import create_app
-from alignloop.platform.client import PlatformClient
+from alignloop.platform.client import PlatformClient, item_json
 from alignloop.platform.db import migrate
 from alignloop.platform.pgcluster import free_port
 from alignloop.platform.settings import Settings
@@ -77,12 +78,12 @@ def pushed_run(run_dir: Path, url: str, token: str, cfg: LoopConfig, phase: str)
     """A run directory whose round 1 has finished `phase` (at least "pushed"), its pairs on the
     platform, nobody having judged them."""
     candidates = [
-        Candidate(key=f"{run_dir.name}-{i}", prompt=f"prompt {i}", response_a="a", response_b="b")
+        Proposal(Item(f"prompt {i}", (Candidate("a"), Candidate("b")), key=f"{run_dir.name}-{i}"))
         for i in range(3)
     ]
     with PlatformClient(url, token) as client:
         project_id = int(client.ensure_project(cfg.project, overlap=1)["id"])
-        ids = client.push_items(project_id, [{k: v for k, v in c.to_json().items() if v} for c in candidates])
+        ids = client.push_items(project_id, [item_json(c.item) for c in candidates])
     rd = round_dir(run_dir, 1)
     save_candidates(rd / "candidates.jsonl", candidates)
     write_atomic(rd / "items.json", json.dumps({c.key: i for c, i in zip(candidates, ids, strict=True)}))
@@ -162,14 +163,16 @@ def test_pull_stores_each_judgement_once_and_leaves_skips_out(
         annotator.submit(first["id"], {"skipped": True, "skip_reason": "cannot tell"})
         second = annotator.next_assignment(state.project_id)
         assert second is not None
-        labels = {"better": "B", "safer": "tie", "safe_a": True, "safe_b": True}
+        safe = {"safe": True, "harms": [], "severity": None}
+        labels = {"answers": {"better": "B", "safer": "tie", "is_safe": [safe, safe]}}
         judged = annotator.submit(second["id"], labels)
     store = JudgementStore(run_dir)
     with PlatformClient(url, token) as trainer:
         assert pull(trainer, state.project_id, state, store, run_dir, known) == 1
         assert pull(trainer, state.project_id, state, store, run_dir, known) == 0  # nothing new
     (stored,) = store.load()
-    assert (stored.judgement_id, stored.candidate.key, stored.better, stored.safer) == (
+    answers = stored.judgement.answers
+    assert (stored.judgement_id, stored.key, answers["better"], answers["safer"]) == (
         judged["id"],
         by_key[next(k for k, i in ids.items() if i == second["item"]["id"])].key,
         "B",
