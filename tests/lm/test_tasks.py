@@ -153,6 +153,17 @@ def test_judge_policy_against_itself(bpe_models: dict[str, Path], tmp_path: Path
     assert 1 <= m["response_tokens"] <= 6
     table = evaluation.samples_markdown(3).splitlines()
     assert len(table) == 5 and table[0] == "| prompt | response | reward | cost |"
+    # a reward of 1 for every response: every prompt a tie with the reference's answer, whatever it is
+    same = judge_policy(
+        policy,
+        tokenizer,
+        FileTask(tmp_path / "unused.jsonl"),
+        prompts[:3],
+        reward=lambda sequences, mask, prompts, texts: torch.ones(len(texts)),
+        reference=load_causal_lm(folders["policy"]).eval(),
+        max_new_tokens=3,
+    )
+    assert same.metrics["win_rate"] == 0.5 and same.metrics["reward"] == 1.0
 
 
 PROMPT_SETS = Path(__file__).resolve().parents[2] / "data" / "prompt-sets"
