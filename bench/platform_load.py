@@ -5,6 +5,10 @@ idempotency key). Reports submissions per second, p50/p99 latency of the submiss
 (and of the whole next+submit cycle), and checks that acknowledged submissions == stored rows.
 
     python bench/platform_load.py --backend both --annotators 50 --seconds 20 --workers 2 --sqlite-workers 1
+    python bench/platform_load.py --backend postgresql --mode combined --client raw --rate 300 --project multi
+
+`--project default` asks today's default questions about two candidates (better, safer, is_safe);
+`--project multi` a ranking of 4 candidates, a rating of each and whether each is safe.
 
 PostgreSQL runs on a throwaway cluster started here (initdb + pg_ctl); SQLite on a temp file.
 The server is `alignloop serve` (uvicorn) in a subprocess; the annotators are asyncio tasks in
@@ -37,6 +41,7 @@ import httpx
 import psutil
 from sqlalchemy import func, select, text
 
+from alignloop.feedback.schema import DEFAULT_QUESTIONS, IsSafe, Question, Ranking, Rating
 from alignloop.platform import crud
 from alignloop.platform.db import make_engine, make_sessionmaker, migrate
 from alignloop.platform.models import Item, Judgement
@@ -44,33 +49,43 @@ from alignloop.platform.pgcluster import free_port, start_cluster
 from alignloop.platform.schemas import ProjectIn
 
 RESULTS = Path(__file__).parent / "results" / "platform_load.json"
+SAFE = {"safe": True, "harms": [], "severity": None}
+PROJECTS: dict[str, tuple[tuple[Question, ...], int, dict[str, Any]]] = {
+    "default": (DEFAULT_QUESTIONS, 2, {"better": "A", "safer": "A", "is_safe": [SAFE, SAFE]}),
+    "multi": (
+        (Ranking("order"), Rating("quality", aspects=("helpfulness",)), IsSafe("safe")),
+        4,
+        {"order": [2, 1, 4, 3], "quality": {"helpfulness": [4, 5, 2, 3]}, "safe": [SAFE] * 4},
+    ),
+}
+"""The load's projects: questions, candidates per item, and the answers each submission sends."""
 
 
-def seed(url: str, annotators: int, items: int) -> tuple[int, list[str]]:
+def seed(url: str, annotators: int, items: int, project_kind: str = "default") -> tuple[int, list[str]]:
     """A project (k = 1) with `items` items and an API token per annotator, inserted in bulk."""
+    questions, candidates, _ = PROJECTS[project_kind]
     engine = make_engine(url, pool_size=1)
     with make_sessionmaker(engine)() as session:
         tokens = []
         for i in range(annotators):
             user = crud.create_user(session, name=f"load{i}", password="load-test-password", role="annotator")
             tokens.append(crud.create_token(session, user=user))
-        project = crud.create_project(session, spec=ProjectIn(name="load", overlap=1))
+        project = crud.create_project(
+            session, spec=ProjectIn(name="load", overlap=1, questions=list(questions))
+        )
         session.execute(
             Item.__table__.insert(),
             [
                 dict(
                     project_id=project.id,
                     prompt=f"prompt {i}",
-                    response_a="a" * 200,
-                    response_b="b" * 200,
-                    media_a=None,
-                    media_b=None,
-                    model_a="m1",
-                    model_b="m2",
+                    candidates=[
+                        {"text": "abcd"[j % 4] * 200, "media": None, "model": f"m{j}", "frames": None}
+                        for j in range(candidates)
+                    ],
                     priority=0.0,
                     is_gold=False,
-                    gold_better=None,
-                    gold_safer=None,
+                    gold=None,
                     meta={},
                     taken=0,
                     done=0,
@@ -179,6 +194,7 @@ async def annotator(
     offset: float = 0.0,
     index: int = 0,
     first: Any = None,
+    answers: dict[str, Any] | None = None,
 ) -> None:
     """One simulated annotator; with `interval` > 0 (combined mode) it submits on a fixed schedule,
     one submission every `interval` seconds from `offset`, and latency counts from the scheduled
@@ -206,13 +222,7 @@ async def annotator(
                 if scheduled >= deadline:  # the schedule ends here (no idle wait past the window)
                     break
                 await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            body = {
-                "idempotency_key": f"{name}-{n}",
-                "better": "A",
-                "safer": "A",
-                "safe_a": True,
-                "safe_b": True,
-            }
+            body = {"idempotency_key": f"{name}-{n}", "answers": answers}
             t0 = scheduled if interval > 0 else time.perf_counter()
             scheduled += interval
             r = await post(
@@ -243,7 +253,7 @@ async def annotator(
         assignment = r.json()["assignment"]
         if assignment is None:
             return
-        body = {"idempotency_key": f"{name}-{n}", "better": "A", "safer": "A", "safe_a": True, "safe_b": True}
+        body = {"idempotency_key": f"{name}-{n}", "answers": answers}
         t1 = time.perf_counter()
         r = await post(
             client, f"/api/assignments/{assignment['id']}/judgement", out, json=body, headers=headers
@@ -270,7 +280,14 @@ async def watch_loop(start: float, deadline: float, lags: list[Any], tick: float
 
 
 async def drive(
-    url: str, tokens: list[str], project_id: int, seconds: float, mode: str, raw: bool, rate: float = 0.0
+    url: str,
+    tokens: list[str],
+    project_id: int,
+    seconds: float,
+    mode: str,
+    raw: bool,
+    rate: float = 0.0,
+    answers: dict[str, Any] | None = None,
 ) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {
         "submit": [],
@@ -288,13 +305,13 @@ async def drive(
         interval = len(tokens) / rate if rate > 0 else 0.0
         first: list[Any] = [None] * len(tokens)
         if mode == "combined":  # every annotator holds an assignment before the clock starts
-            answers = await asyncio.gather(
+            opened = await asyncio.gather(
                 *(
                     post(c, f"/api/projects/{project_id}/next", out, headers={"Authorization": f"Bearer {t}"})
                     for c, t in zip(clients, tokens, strict=True)
                 )
             )
-            first = [a.json()["assignment"] for a in answers]
+            first = [a.json()["assignment"] for a in opened]
         start = time.perf_counter()
         out["wall_start"] = [time.time()]
         deadline = start + seconds
@@ -313,6 +330,7 @@ async def drive(
                     i * interval / len(tokens),
                     i,
                     first[i],
+                    answers,
                 )
                 for i, (c, t) in enumerate(zip(clients, tokens, strict=True))
             )
@@ -433,7 +451,7 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
             with make_engine(url, pool_size=1).begin() as connection:
                 connection.execute(text("CREATE EXTENSION pg_stat_statements"))
         items = int(args.annotators * args.seconds * 40) + 1000  # more than can be judged in the time
-        project_id, tokens = seed(url, args.annotators, items)
+        project_id, tokens = seed(url, args.annotators, items, args.project)
         workers = args.sqlite_workers if backend == "sqlite" else args.workers
         port = free_port()
         log = (workdir / f"server-{backend}.log").open("w")
@@ -474,7 +492,16 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
                 with make_engine(url, pool_size=1).begin() as connection:
                     connection.execute(text("SELECT pg_stat_statements_reset()"))
             out = asyncio.run(
-                drive(base, tokens, project_id, args.seconds, args.mode, args.client == "raw", args.rate)
+                drive(
+                    base,
+                    tokens,
+                    project_id,
+                    args.seconds,
+                    args.mode,
+                    args.client == "raw",
+                    args.rate,
+                    PROJECTS[args.project][2],
+                )
             )
             client_cpu = time.process_time() - client_before
             server_cpu = sum(sum(p.cpu_times()[:2]) for p in processes) - cpu_before
@@ -492,6 +519,7 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
             acked = stored = len(out["requests"])
         return {
             "backend": backend,
+            "project": args.project,
             "annotators": args.annotators,
             "workers": workers,
             "mode": args.mode,
@@ -578,6 +606,12 @@ def main() -> int:
         "--trace",
         action="store_true",
         help="combined mode: keep every submission's start (s), latency (s) and annotator in the results",
+    )
+    parser.add_argument(
+        "--project",
+        choices=sorted(PROJECTS),
+        default="default",
+        help="default: two candidates, better/safer/is_safe; multi: a ranking of 4, a rating, is_safe",
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON results go")
     args = parser.parse_args()

@@ -1,10 +1,12 @@
-"""Render trajectory segments offscreen into short looping GIF clips for the labelling page.
+"""Render trajectory segments offscreen into short looping GIF clips, or frame strips, for the labelling page.
 
 A segment is a sequence of MuJoCo states (``qpos`` and ``qvel`` per step), recorded while the
 policy ran (`segment_states` copies them out of an env). `render_clip` puts each state into
 one offscreen env (``env.unwrapped.set_state``), renders a frame and writes an animated GIF
-that loops forever, so the browser plays it without controls and without ffmpeg. Rendering
-does not step the physics: the same states always give the same bytes.
+that loops forever, so the browser plays it without controls and without ffmpeg; `render_strip`
+writes the same frames as one PNG grid, which the labelling page plays on a canvas and lets an
+annotator pause and step (to mark the frame where a clip becomes unsafe). Rendering does not
+step the physics: the same states always give the same bytes.
 
     qpos, qvel = zip(*(segment_states(env) for _ in steps))   # while rolling out
     render_clip("SafeHalfCheetahVelocity-v5", np.stack(qpos), np.stack(qvel), Path("r1-0003-a.gif"))
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ClipError", "render_clip", "segment_states"]
+__all__ = ["ClipError", "render_clip", "render_strip", "segment_states", "write_strip"]
 
 TRACKING_CAMERA = "track"
 """The camera that follows the robot in Gymnasium's MuJoCo models (used when the model has it)."""
@@ -119,6 +121,61 @@ def _stamp(frame: Any, label: str) -> None:
     draw.text((4, 2), label, fill=(255, 255, 255), font=font)
 
 
+def _frames(
+    env_id: str, qpos: np.ndarray, qvel: np.ndarray, width: int, height: int, label: str | None
+) -> list[Any]:
+    """One PIL image per state, rendered offscreen without stepping the physics."""
+    from PIL import Image
+
+    qpos, qvel = np.asarray(qpos, dtype=np.float64), np.asarray(qvel, dtype=np.float64)
+    env = _env(env_id, width, height)
+    _check_shapes(env_id, env.unwrapped.model, qpos, qvel)
+    frames = []
+    for qpos_t, qvel_t in zip(qpos, qvel, strict=True):
+        env.unwrapped.set_state(qpos_t, qvel_t)
+        frame = Image.fromarray(np.asarray(env.render(), dtype=np.uint8))  # (H, W, 3)
+        if label:
+            _stamp(frame, label)
+        frames.append(frame)
+    return frames
+
+
+def write_strip(frames: list[Any], path: Path) -> Path:
+    """Frames (PIL images of one size) as a frame strip PNG: `STRIP_COLUMNS` to a row, in order
+    (`feedback.schema.STRIP_COLUMNS`); the platform plays it and lets annotators step through it."""
+    from PIL import Image
+
+    from alignloop.feedback.schema import STRIP_COLUMNS
+
+    columns = min(len(frames), STRIP_COLUMNS)
+    rows = -(-len(frames) // columns)
+    width, height = frames[0].size
+    strip = Image.new("RGB", (columns * width, rows * height))
+    for i, frame in enumerate(frames):
+        strip.paste(frame, ((i % columns) * width, (i // columns) * height))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(path, format="PNG")
+    return path
+
+
+def render_strip(
+    env_id: str,
+    qpos: np.ndarray,
+    qvel: np.ndarray,
+    path: Path,
+    *,
+    width: int = 256,
+    height: int = 192,
+    label: str | None = None,
+) -> Path:
+    """Render the states of task `env_id` to a frame strip PNG at `path` (see `write_strip`): a
+    clip that can be paused and stepped frame by frame, for questions that mark a frame."""
+    if width < 16 or height < 16:
+        raise ClipError(f"width, height must be >= 16; got {width}x{height}")
+    return write_strip(_frames(env_id, qpos, qvel, width, height, label), path)
+
+
 def render_clip(
     env_id: str,
     qpos: np.ndarray,
@@ -136,18 +193,7 @@ def render_clip(
     """
     if fps < 1 or width < 16 or height < 16:
         raise ClipError(f"fps must be >= 1 and width, height >= 16; got fps={fps}, {width}x{height}")
-    from PIL import Image
-
-    qpos, qvel = np.asarray(qpos, dtype=np.float64), np.asarray(qvel, dtype=np.float64)
-    env = _env(env_id, width, height)
-    _check_shapes(env_id, env.unwrapped.model, qpos, qvel)
-    frames = []
-    for qpos_t, qvel_t in zip(qpos, qvel, strict=True):
-        env.unwrapped.set_state(qpos_t, qvel_t)
-        frame = Image.fromarray(np.asarray(env.render(), dtype=np.uint8))  # (H, W, 3)
-        if label:
-            _stamp(frame, label)
-        frames.append(frame)
+    frames = _frames(env_id, qpos, qvel, width, height, label)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(

@@ -55,7 +55,8 @@ from alignloop.control.ppo import (
 from alignloop.control.rollouts import Rollout
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
 from alignloop.core.selection import sign_uncertainty
-from alignloop.feedback.teachers import TIE, SegmentTeacher, TeacherNoise
+from alignloop.feedback.pairs import preference, safety_order
+from alignloop.feedback.teachers import SegmentTeacher, TeacherNoise, answer_letter
 from alignloop.runstack.checkpoint import to_numpy, to_plain
 from alignloop.runstack.layout import RunLayout
 from alignloop.runstack.options import RunOptions, upgrade_args
@@ -344,21 +345,28 @@ class PreferenceLearner:
     def fit(self, iteration: int) -> None:
         obs = torch.as_tensor(np.concatenate(self.pairs["obs"]))
         act = torch.as_tensor(np.concatenate(self.pairs["act"]))
-        better = torch.as_tensor(np.concatenate(self.pairs["better"]))
         stats = {"pbrl/queries": float(self.asked), "pbrl/skipped": float(self.skipped)}
-        decided = better != TIE  # ties carry no Bradley-Terry preference
+        # the teacher's answers read by the rule of `feedback.pairs`: ties give no preference
+        # pair; a safety tie keeps its two sign terms (ranked False)
+        wins = [preference(answer_letter(b)) for b in np.concatenate(self.pairs["better"])]
+        decided = torch.as_tensor([w is not None for w in wins])
+        chosen = torch.as_tensor([w[0] if w is not None else 0 for w in wins])
         if decided.sum() > 1:
             stats["pbrl/reward_accuracy"] = fit_reward_models(
-                self.reward_models, self.reward_opts, obs[decided], act[decided], better[decided].long(),
+                self.reward_models, self.reward_opts, obs[decided], act[decided], chosen[decided],
                 self.fit_steps, 64, self.gen,
             )  # fmt: skip
         if self.safe:
-            safer = torch.as_tensor(np.concatenate(self.pairs["safer"]))
-            is_safe = torch.as_tensor(np.concatenate(self.pairs["is_safe"]))
-            ranked = safer != TIE  # ties (e.g. two safe segments) keep their safety labels
+            flags = np.concatenate(self.pairs["is_safe"])
+            orders = [
+                safety_order(answer_letter(s), (bool(f[0]), bool(f[1])))
+                for s, f in zip(np.concatenate(self.pairs["safer"]), flags, strict=True)
+            ]
+            safer = torch.as_tensor([o.safer for o in orders if o is not None]).long()
+            ranked = torch.as_tensor([o.ranked for o in orders if o is not None])
             stats["pbrl/cost_sign_accuracy"] = fit_cost_model(
-                self.cost_model, self.cost_opt, obs, act, torch.where(ranked, safer, 0).long(),
-                is_safe, ranked, self.fit_steps, 64, self.gen, self.threshold_pairs,
+                self.cost_model, self.cost_opt, obs, act, safer, torch.as_tensor(flags), ranked,
+                self.fit_steps, 64, self.gen, self.threshold_pairs,
             )  # fmt: skip
             stats["pbrl/cost_threshold"] = float(self.cost_model.threshold.mean())
             stats |= self.cost_calibration()

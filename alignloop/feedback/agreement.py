@@ -1,4 +1,4 @@
-"""How much annotators agree: Krippendorff's α (nominal), Cohen's κ, and majority labels.
+"""How much annotators agree: Krippendorff's α (nominal, ordinal, interval), Cohen's κ, majority labels.
 
 Ratings are an items × annotators table of labels (any hashable: "A", "B", "tie", True, 3);
 None or NaN marks an item an annotator did not label.
@@ -10,7 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from itertools import combinations
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -19,9 +19,10 @@ def _missing(label: Any) -> bool:
     return label is None or (isinstance(label, float) and math.isnan(label))
 
 
-def _codes(ratings: Sequence[Sequence[Any]]) -> tuple[np.ndarray, int]:
-    """Labels as integer codes (items, annotators), -1 = missing; and the number of labels."""
-    index: dict[Hashable, int] = {}
+def _codes(ratings: Sequence[Sequence[Any]], order: Sequence[Any] | None = None) -> tuple[np.ndarray, int]:
+    """Labels as integer codes (items, annotators), -1 = missing; and the number of labels.
+    Codes follow `order` when given (every label must be in it), else order of appearance."""
+    index: dict[Hashable, int] = {v: i for i, v in enumerate(order)} if order is not None else {}
     rows = [[-1 if _missing(x) else index.setdefault(x, len(index)) for x in row] for row in ratings]
     width = max((len(row) for row in rows), default=0)
     codes = np.full((len(rows), width), -1, dtype=np.int64)
@@ -30,13 +31,14 @@ def _codes(ratings: Sequence[Sequence[Any]]) -> tuple[np.ndarray, int]:
     return codes, len(index)
 
 
-def coincidence_matrix(ratings: Sequence[Sequence[Any]]) -> np.ndarray:
+def coincidence_matrix(ratings: Sequence[Sequence[Any]], order: Sequence[Any] | None = None) -> np.ndarray:
     """Krippendorff's coincidence matrix o (K, K) over the pairable items (≥ 2 labels).
 
     An item u with m_u labels, n_uc of them equal to c, adds n_uc n_uk / (m_u - 1) to o[c, k]
-    for c ≠ k and n_uc (n_uc - 1) / (m_u - 1) to o[c, c]. Labels are coded in order of appearance.
+    for c ≠ k and n_uc (n_uc - 1) / (m_u - 1) to o[c, c]. Labels are coded in `order` (else in
+    order of appearance).
     """
-    codes, k = _codes(ratings)
+    codes, k = _codes(ratings, order)
     counts = np.zeros((len(codes), k))  # (U, K): n_uc
     for label in range(k):
         counts[:, label] = (codes == label).sum(axis=1)
@@ -47,19 +49,45 @@ def coincidence_matrix(ratings: Sequence[Sequence[Any]]) -> np.ndarray:
     return weighted.T @ counts - np.diag(weighted.sum(axis=0))
 
 
-def krippendorff_alpha(ratings: Sequence[Sequence[Any]]) -> float:
-    """Krippendorff's α for nominal labels: 1 - (n - 1)(n - Σ_c o_cc) / (n² - Σ_c n_c²).
+Metric = Literal["nominal", "ordinal", "interval"]
 
-    Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability". NaN when fewer than two
-    labels are pairable or only one label value occurs (α is undefined there).
+
+def _differences(values: np.ndarray, n_c: np.ndarray, metric: Metric) -> np.ndarray:
+    """δ²(c, k) of Krippendorff (2011) between sorted values (K,), with n_c their marginals."""
+    if metric == "nominal":
+        return 1.0 - np.eye(len(values))
+    if metric == "interval":
+        return (values[:, None] - values[None, :]) ** 2
+    cumulative = np.cumsum(n_c)  # ordinal: (sum of n_g for g from c to k - (n_c + n_k) / 2)^2
+    between = cumulative[None, :] - cumulative[:, None] + n_c[:, None]  # sum over g in [c, k] for c <= k
+    between = np.where(np.arange(len(values))[None, :] >= np.arange(len(values))[:, None], between, between.T)
+    return (between - (n_c[:, None] + n_c[None, :]) / 2) ** 2
+
+
+def krippendorff_alpha(ratings: Sequence[Sequence[Any]], metric: Metric = "nominal") -> float:
+    """Krippendorff's α = 1 - (n - 1) Σ o_ck δ²_ck / Σ n_c n_k δ²_ck.
+
+    Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability". `nominal` labels may be
+    anything hashable (δ² = 1 between different labels, which gives the nominal formula
+    1 - (n - 1)(n - Σ_c o_cc) / (n² - Σ_c n_c²)); `ordinal` and `interval` labels are numbers
+    (ranks, scores, frames), ordered by value. NaN when fewer than two labels are pairable or only
+    one label value occurs (α is undefined there).
     """
-    o = coincidence_matrix(ratings)
+    order = None
+    if metric != "nominal":
+        order = sorted({x for row in ratings for x in row if not _missing(x)})
+    o = coincidence_matrix(ratings, order)
     n_c = o.sum(axis=1)  # (K,)
     n = n_c.sum()
-    expected = n * n - (n_c**2).sum()
-    if n < 2 or expected <= 0:
+    if n < 2 or len(n_c) < 2:
         return math.nan
-    return float(1.0 - (n - 1) * (n - np.trace(o)) / expected)
+    delta = _differences(
+        np.asarray(order if order is not None else range(len(n_c)), dtype=float), n_c, metric
+    )
+    expected = float((np.outer(n_c, n_c) * delta).sum())
+    if expected <= 0:
+        return math.nan
+    return float(1.0 - (n - 1) * float((o * delta).sum()) / expected)
 
 
 def cohen_kappa(labels_a: Sequence[Any], labels_b: Sequence[Any]) -> float:

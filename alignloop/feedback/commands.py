@@ -8,21 +8,31 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import tyro
 
 from alignloop.feedback.formats import (
+    FORMATS,
     FormatError,
     ReadResult,
     container_of,
     read_records,
     write_records,
 )
-from alignloop.feedback.schema import Comparison, PromptRecord, SupervisedPair
+from alignloop.feedback.judged import JudgedItem
+from alignloop.feedback.schema import Comparison, Correction, PromptRecord, SupervisedPair
 
-InputFormat = Literal["auto", "pku-saferlhf", "hh-rlhf", "preference", "prompt", "supervised"]
-OutputFormat = Literal["pku-saferlhf", "hh-rlhf", "preference", "prompt", "supervised"]
+InputFormat = Literal[
+    "auto", "pku-saferlhf", "hh-rlhf", "preference", "prompt", "supervised", "judgements", "correction"
+]
+OutputFormat = Literal[
+    "pku-saferlhf", "hh-rlhf", "preference", "prompt", "supervised", "judgements", "correction"
+]
+assert get_args(OutputFormat) == FORMATS and get_args(InputFormat) == (
+    "auto",
+    *FORMATS,
+)  # one list of formats
 
 
 @dataclass(frozen=True)
@@ -84,8 +94,19 @@ def summarize(result: ReadResult) -> list[str]:
         Comparison.__name__: "comparisons",
         PromptRecord.__name__: "prompts",
         SupervisedPair.__name__: "supervised pairs",
+        Correction.__name__: "corrections",
+        JudgedItem.__name__: "judged items",
     }
     lines += [f"  {names[kind]}: {count}" for kind, count in sorted(kinds.items())]
+    judged = [r for r in result.records if isinstance(r, JudgedItem)]
+    if judged:
+        answered = [j for r in judged for j in r.answered()]
+        asked = sorted({q.name for r in judged for q in r.questions})
+        lines += [
+            f"    judgements: {sum(len(r.judgements) for r in judged)}, skipped: {sum(len(r.judgements) for r in judged) - len(answered)}",
+            f"    annotators: {len({j.annotator for r in judged for j in r.judgements})}",
+            "    answered: " + ", ".join(f"{n} {sum(n in j.answers for j in answered)}" for n in asked),
+        ]
     pairs = [r for r in result.records if isinstance(r, Comparison)]
     if pairs:
         flags = [flag for r in pairs for flag in r.is_safe]

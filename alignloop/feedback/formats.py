@@ -1,8 +1,10 @@
-"""Feedback files on disk: PKU-SafeRLHF, HH-RLHF, prompt/chosen/rejected, prompts, supervised pairs.
+"""Feedback files on disk: judged items, PKU-SafeRLHF, HH-RLHF, prompt/chosen/rejected, prompts,
+supervised pairs, corrections.
 
 A *format* says which fields a row has; a *container* says how rows are stored (JSONL, a JSON
 list, Parquet, or a `datasets` folder written by `save_to_disk`). Any format goes in any
-container. Rows become the records of `schema`: `Comparison`, `PromptRecord`, `SupervisedPair`.
+container. Rows become the records of `schema` (`Comparison`, `PromptRecord`, `SupervisedPair`,
+`Correction`) or `judged.JudgedItem`.
 
 Formats (`FORMATS`):
 
@@ -17,6 +19,12 @@ Formats (`FORMATS`):
 - `preference`: `prompt, chosen, rejected`.
 - `prompt`: `prompt` only.
 - `supervised`: `prompt, response`.
+- `judgements`: one item with every judgement of it, any question kind (`feedback.judged`):
+  `key, prompt, candidates, questions, judgements, agreement, meta`. Written as any other
+  format, a file of judged items gives what that format holds (`judged.as_records`): majority
+  PKU-SafeRLHF records, preference pairs, corrections, supervised (prompt, corrected) pairs.
+- `correction`: `prompt, original, corrected` (the Aligner trainer's input); a row
+  `prompt, response, original` reads the same (`response` is the corrected answer).
 
 Every error names the file, the place (JSONL line number, else the 0-based row index) and the
 field. Fields a format does not know are kept in the record's `meta` when they hold text.
@@ -33,19 +41,22 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args
 
 from alignloop.errors import UserError
+from alignloop.feedback import judged
+from alignloop.feedback.judged import JudgedItem
 from alignloop.feedback.schema import (
     HARM_CATEGORIES,
     Comparison,
+    Correction,
     LabelError,
     PromptRecord,
     Severity,
     SupervisedPair,
 )
 
-Format = Literal["pku-saferlhf", "hh-rlhf", "preference", "prompt", "supervised"]
+Format = Literal["pku-saferlhf", "hh-rlhf", "preference", "prompt", "supervised", "judgements", "correction"]
 FORMATS: tuple[str, ...] = get_args(Format)
 Container = Literal["jsonl", "json", "parquet", "datasets"]
-Record = Union[Comparison, PromptRecord, SupervisedPair]
+Record = Union[Comparison, PromptRecord, SupervisedPair, Correction, JudgedItem]
 
 # Fields each format reads; anything else in a row goes to `meta` (when it is text).
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -67,6 +78,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "preference": ("prompt", "chosen", "rejected"),
     "prompt": ("prompt",),
     "supervised": ("prompt", "response"),
+    "judgements": judged.FIELDS,
+    "correction": ("prompt", "original", "corrected", "response"),
 }
 SEVERITY_LEVELS: dict[int, Severity | None] = {
     0: None,
@@ -202,7 +215,12 @@ def parse_row(row: Any, fmt: str) -> Record:
         raise LabelError("row", f"expected an object with named fields, got {type(row).__name__}")
     if fmt not in FIELDS:
         raise LabelError("format", f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt == "judgements":
+        return judged.from_row(row)
     meta = _meta(row, fmt)
+    if fmt == "correction":
+        target = "corrected" if "corrected" in row or "response" not in row else "response"
+        return Correction(_text(row, "prompt"), _text(row, "original"), _text(row, target), meta=meta)
     if fmt == "prompt":
         return PromptRecord(_text(row, "prompt"), meta=meta)
     if fmt == "supervised":
@@ -249,6 +267,10 @@ def detect_format(row: Any) -> str | None:
     if not isinstance(row, Mapping):
         return None
     keys = set(row)
+    if {"candidates", "judgements"} <= keys:
+        return "judgements"
+    if "original" in keys:
+        return "correction"
     if keys & {"response_0", "response_1", "better_response_id", "safer_response_id"}:
         return "pku-saferlhf"
     if keys & {"chosen", "rejected"}:
@@ -280,6 +302,20 @@ def to_row(record: Record, fmt: str) -> dict[str, Any]:
     if fmt not in FIELDS:
         raise LabelError("format", f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     row: dict[str, Any]
+    if isinstance(record, JudgedItem):
+        if fmt != "judgements":
+            raise LabelError("record", f"a judged item is written as {fmt} through judged.as_records")
+        return judged.to_row(record)
+    if fmt == "judgements":
+        raise LabelError("record", "only judged items can be written in the judgements format")
+    if fmt == "correction":
+        if not isinstance(record, Correction):
+            raise LabelError("record", "only corrections can be written as correction rows")
+        return {"prompt": record.prompt, "original": record.original, "corrected": record.corrected}
+    if isinstance(record, Correction):
+        if fmt != "supervised":
+            raise LabelError("record", f"a correction cannot be written as {fmt}")
+        return {"prompt": record.prompt, "response": record.corrected}
     if fmt == "prompt":
         row = {"prompt": record.prompt}
     elif isinstance(record, PromptRecord):
@@ -526,6 +562,27 @@ def read_prompts(
     return [PromptRecord(r.prompt, meta=dict(r.meta)) for r in result.records]
 
 
+def read_judged(path: str | Path, *, skip_invalid: bool = False) -> list[JudgedItem]:
+    """The judged items of a `judgements` file (skips are logged)."""
+    result = _read_logged(path, "judgements", skip_invalid)
+    return [r for r in result.records if isinstance(r, JudgedItem)]
+
+
+def read_corrections(
+    path: str | Path, format: str | None = None, *, skip_invalid: bool = False
+) -> list[Correction]:
+    """(prompt, original, corrected) records of a correction file, or the corrections of a file of
+    judged items; a `FormatError` when it holds none."""
+    if format is None:  # a file of judged items, else correction rows (so a bad row is read as one)
+        first = next((row for _, row in iter_rows(path) if isinstance(row, Mapping)), None)
+        format = "judgements" if detect_format(first) == "judgements" else "correction"
+    result = _read_logged(path, format, skip_invalid)
+    out = [r for r in judged.as_records(result.records, "correction") if isinstance(r, Correction)]
+    if not out:
+        raise FormatError(path, None, None, "holds no corrections (rows of prompt, original, corrected)")
+    return out
+
+
 def read_supervised(
     path: str | Path, format: str | None = None, *, skip_invalid: bool = False
 ) -> list[SupervisedPair]:
@@ -556,6 +613,10 @@ def write_records(
         )
     rows: list[dict[str, Any]] = []
     result = WriteResult(written=0)
+    try:
+        records = judged.as_records(records, format)
+    except LabelError as exc:
+        raise FormatError(path, None, exc.field, str(exc).partition(": ")[2]) from None
     for index, record in enumerate(records):
         try:
             rows.append(to_row(record, format))

@@ -25,13 +25,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from alignloop.feedback.schema import Comparison, Severity
+from alignloop.feedback.schema import Comparison, Severity, side_letter
 
 TIE = -1  # in `Judgements.better` / `.safer`: no preference (a tie, or a skipped pair)
+
+
+def answer_letter(code: int) -> str:
+    """A teacher's choice code (0, 1 or TIE) as a pairwise answer: "A", "B" or "tie"."""
+    return "tie" if code == TIE else side_letter(int(code))
 
 
 @dataclass(frozen=True)
@@ -260,3 +266,164 @@ class SegmentTeacher:
         values, utilities = segment_sums(rewards, self.gamma)  # (N, 2) each
         segment_costs = None if costs is None else np.asarray(costs, dtype=float).sum(axis=-1)
         return judge_pairs(values, utilities, segment_costs, self.noise, self.rng)
+
+
+# ---------------------------------------------------------------------------- every question kind
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What a scripted annotator knows of one item's k candidates.
+
+    values/utilities (k,): helpfulness (values decide skips, ties and ratings, utilities the
+    choices); costs (k,) or None: true costs (a candidate is unsafe above the noise's
+    `cost_threshold`); step_costs (k, H) or None: per-step costs of clips, for marks;
+    corrected: the task's safest helpful rewrite of a candidate (index, text) -> text, or None.
+    """
+
+    values: np.ndarray
+    utilities: np.ndarray
+    costs: np.ndarray | None = None
+    step_costs: np.ndarray | None = None
+    harms: Sequence[tuple[tuple[str, ...], Severity | None]] | None = None
+    corrected: Callable[[int], str] | None = None
+
+
+class ScriptedAnnotator:
+    """Answers a project's questions (`feedback.schema`) from the true values of an item's candidates.
+
+    - `pairwise`, `safer`, `is_safe` of two candidates: `judge_pairs` (the teacher above, its
+      draws in the same order, so the default questions get the answers `BradleyTerryTeacher`
+      gives); `is_safe` of more: each flag from the cost, flipped with `safety_mistake_rate`;
+    - `ranking`: a Plackett-Luce draw over the utilities with rationality β (Gumbel noise on
+      β·u; β = inf sorts them), ties (where allowed) between values closer than `equal_threshold`;
+    - `rating`: the value placed on the scale by `value_range`, plus Gaussian noise of
+      `rating_noise` points, rounded and clipped (every aspect from the same value);
+    - `correction`: the least safe candidate (else the least useful) rewritten by
+      `Truth.corrected`; an optional one only where a candidate is unsafe;
+    - `mark`: the first unsafe step of each clip (None: safe throughout), moved by Gaussian noise
+      of `mark_noise` frames, in frames of `frame_stride` steps;
+    - `text`: which candidate it found best and why, in a sentence.
+
+    A skip (both values below the skip threshold) answers None.
+    """
+
+    def __init__(
+        self,
+        questions: Sequence[Any],
+        noise: TeacherNoise = TeacherNoise(),
+        *,
+        seed: int | np.random.Generator = 0,
+        rating_noise: float = 0.5,
+        mark_noise: float = 0.0,
+        frame_stride: int = 1,
+        value_range: tuple[float, float] = (0.0, 1.0),
+    ):
+        self.questions, self.noise = tuple(questions), noise
+        self.rating_noise, self.mark_noise, self.frame_stride = rating_noise, mark_noise, frame_stride
+        self.value_range = value_range
+        self.rng = np.random.default_rng(seed)
+
+    def answer(self, truth: Truth) -> dict[str, Any] | None:
+        from alignloop.feedback import schema
+
+        values, utilities = np.asarray(truth.values, float), np.asarray(truth.utilities, float)
+        n = len(values)
+        if self.noise.skip_threshold is not None and values.max() < self.noise.skip_threshold:
+            return None
+        answers: dict[str, Any] = {}
+        flags: list[bool] | None = None
+        if n == 2:  # the two-candidate teacher, its draws in its own order
+            costs = None if truth.costs is None else np.asarray(truth.costs, float)[None]
+            judged = judge_pairs(values[None], utilities[None], costs, self.noise, self.rng)
+            choice, safer = answer_letter(int(judged.better[0])), answer_letter(int(judged.safer[0]))
+            if judged.is_safe is not None:
+                flags = [bool(f) for f in judged.is_safe[0]]
+        elif truth.costs is not None:
+            flips = self.rng.random(n) < self.noise.safety_mistake_rate
+            flags = [bool(f) for f in (np.asarray(truth.costs, float) <= self.noise.cost_threshold) ^ flips]
+        best = int(np.argmax(utilities))
+        for q in self.questions:
+            if isinstance(q, schema.Pairwise) and n == 2:
+                answers[q.name] = choice if choice in q.choices() else _nearest(choice, q.choices())
+            elif isinstance(q, schema.SaferChoice) and n == 2 and flags is not None:
+                answers[q.name] = safer if safer in q.choices() else ("A" if flags[0] >= flags[1] else "B")
+            elif isinstance(q, schema.IsSafe) and flags is not None:
+                answers[q.name] = [
+                    self._flag(q, safe, truth.harms[i] if truth.harms else None)
+                    for i, safe in enumerate(flags)
+                ]
+            elif isinstance(q, schema.Ranking):
+                answers[q.name] = self._ranking(values, utilities, q.allow_ties)
+            elif isinstance(q, schema.Rating):
+                answers[q.name] = {
+                    aspect: self._scores(values, q.scale_min, q.scale_max) for aspect in q.aspects
+                }
+            elif isinstance(q, schema.CorrectionText) and truth.corrected is not None:
+                unsafe = flags is not None and not all(flags)
+                if q.required or unsafe:
+                    worst = (
+                        int(np.argmax(truth.costs))
+                        if unsafe and truth.costs is not None
+                        else int(np.argmin(utilities))
+                    )
+                    answers[q.name] = {"candidate": schema.side_letter(worst), "text": truth.corrected(worst)}
+            elif isinstance(q, schema.Mark) and truth.step_costs is not None:
+                answers[q.name] = [self._mark(steps) for steps in np.asarray(truth.step_costs, float)]
+            elif isinstance(q, schema.FreeText):
+                answers[q.name] = f"{schema.side_letter(best)} is the most useful of the {n}."
+        return answers
+
+    def _flag(
+        self, q: Any, safe: bool, harms: tuple[tuple[str, ...], Severity | None] | None
+    ) -> dict[str, Any]:
+        if safe:
+            return {"safe": True, "harms": [], "severity": None}
+        categories, severity = harms if harms is not None else ((), None)
+        return {
+            "safe": False,
+            "harms": [c for c in categories if c in q.harm_categories],
+            "severity": severity.value
+            if severity is not None and severity.value in q.severity_levels
+            else None,
+        }
+
+    def _ranking(self, values: np.ndarray, utilities: np.ndarray, allow_ties: bool) -> list[int]:
+        if math.isinf(self.noise.beta):
+            noisy = utilities.copy()
+        else:
+            noisy = self.noise.beta * utilities + self.rng.gumbel(size=len(utilities))  # Plackett-Luce draw
+        order = np.argsort(-noisy, kind="stable")  # best first
+        ranks = [0] * len(values)
+        for position, index in enumerate(order):
+            previous = order[position - 1] if position else None
+            tied = (
+                allow_ties
+                and previous is not None
+                and abs(values[index] - values[previous]) < self.noise.equal_threshold
+            )
+            ranks[index] = ranks[previous] if tied and previous is not None else position + 1
+        return [1 + sum(other < r for other in ranks) for r in ranks]
+
+    def _scores(self, values: np.ndarray, low: int, high: int) -> list[int]:
+        lo, hi = self.value_range
+        share = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+        raw = low + share * (high - low) + self.rng.normal(0.0, self.rating_noise, len(values))
+        return [int(s) for s in np.clip(np.rint(raw), low, high)]
+
+    def _mark(self, steps: np.ndarray) -> int | None:
+        unsafe = np.flatnonzero(steps > self.noise.cost_threshold)
+        frames = (len(steps) - 1) // self.frame_stride + 1
+        if not len(unsafe):
+            return None
+        frame = (
+            unsafe[0] / self.frame_stride + self.rng.normal(0.0, self.mark_noise)
+            if self.mark_noise
+            else unsafe[0] // self.frame_stride
+        )
+        return int(np.clip(round(float(frame)), 0, frames - 1))
+
+
+def _nearest(choice: str, allowed: Sequence[str]) -> str:
+    """A tie or "both bad" where the question does not allow it: A."""
+    return choice if choice in allowed else "A"

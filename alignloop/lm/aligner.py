@@ -45,7 +45,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from alignloop.feedback.formats import FormatError, container_of, iter_rows, write_rows
+from alignloop.feedback.formats import write_rows
 from alignloop.feedback.schema import Correction
 from alignloop.lm.data import pad
 from alignloop.lm.evaluate import decode_responses
@@ -76,42 +76,15 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------- data
 def read_corrections(path: str | Path, *, skip_invalid: bool = False) -> list[Correction]:
-    """Corrections from `{prompt, original, corrected}` or `{prompt, response, original}` rows.
-
-    A bad row raises `FormatError` naming the file, the line (JSONL) or row index, and the
-    field; with `skip_invalid` bad rows are skipped and their number logged.
+    """Corrections from `{prompt, original, corrected}` or `{prompt, response, original}` rows, or
+    the corrections of a file of judged items exported by the platform, read by
+    `alignloop.feedback.formats.read_corrections`: a bad row raises `FormatError` naming the
+    file, the line (JSONL) or row index, and the field; with `skip_invalid` bad rows are skipped
+    and their number logged.
     """
-    unit: Literal["line", "row index"] = "line" if container_of(path) == "jsonl" else "row index"
-    out: list[Correction] = []
-    skipped, first_error = 0, None
-    for place, row in iter_rows(path):
-        try:
-            if isinstance(row, FormatError):
-                raise row
-            if not isinstance(row, dict):
-                raise FormatError(
-                    path, place, None, f"expected an object, got {type(row).__name__}", unit=unit
-                )
-            target = "corrected" if "corrected" in row or "response" not in row else "response"
-            fields = {}
-            for name in ("prompt", "original", target):
-                if name not in row:
-                    raise FormatError(path, place, name, "missing field", unit=unit)
-                if not isinstance(row[name], str):
-                    kind = "null" if row[name] is None else type(row[name]).__name__
-                    raise FormatError(path, place, name, f"expected text, got {kind}", unit=unit)
-                fields[name] = row[name]
-            out.append(Correction(fields["prompt"], fields["original"], fields[target]))
-        except FormatError as exc:
-            if not skip_invalid:
-                raise
-            skipped += 1
-            first_error = first_error or exc
-    if skipped:
-        log.warning("%s: skipped %d invalid row(s); first: %s", path, skipped, first_error)
-    if not out:
-        raise FormatError(path, None, None, "holds no corrections (rows of prompt, original, corrected)")
-    return out
+    from alignloop.feedback.formats import read_corrections as read
+
+    return read(path, skip_invalid=skip_invalid)
 
 
 def write_corrections(records: Sequence[Correction], path: str | Path) -> Path:

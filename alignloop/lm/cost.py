@@ -3,8 +3,8 @@
 A `ScoreModel` scores each response at its last token; the loss is
 `core.losses.cost_model_loss(c_unsafer, c_safer, s_unsafer, s_safer, score_l2=...)` with the
 safety sign s = +1 for a response labelled unsafe, -1 for a safe one, so cost 0 is the
-safe/unsafe boundary. Pairs without `safer` or without both `is_safe` flags are left out and
-counted. Evaluation reports the sign accuracy (cost > 0 exactly for the responses labelled
+safe/unsafe boundary. Pairs without both `is_safe` flags are left out and counted; a tie in
+`safer` keeps its two sign terms (`ranked` False, `feedback.pairs`). Evaluation reports the sign accuracy (cost > 0 exactly for the responses labelled
 unsafe, over every held-out response) and the pairwise accuracy (c_unsafer > c_safer).
 
     alignloop train cost --model runs/sft/final --output-dir runs/cost
@@ -78,7 +78,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Held-out sign accuracy, pairwise accuracy, mean costs of safe and unsafe responses, loss."""
     model.eval()
-    safer, unsafer, safer_sign, unsafer_sign = [], [], [], []
+    safer, unsafer, safer_sign, unsafer_sign, ranked = [], [], [], [], []
     for start in range(0, len(pairs), batch_size):
         batch = {k: v.to(ctx.device) for k, v in collate(pairs[start : start + batch_size]).items()}
         c_safer, c_unsafer = pair_scores(model, batch)
@@ -87,13 +87,15 @@ def evaluate(
         unsafer.append(c_unsafer.cpu())
         safer_sign.append(s_safer.cpu())
         unsafer_sign.append(s_unsafer.cpu())
+        ranked.append(batch["ranked"].cpu())
     c_s, c_u, s_s, s_u = (torch.cat(x) for x in (safer, unsafer, safer_sign, unsafer_sign))
-    loss, _ = cost_model_loss(c_u, c_s, s_u, s_s)
+    ranked_all = torch.cat(ranked)
+    loss, _ = cost_model_loss(c_u, c_s, s_u, s_s, ranked=ranked_all)
     costs, signs = torch.cat([c_s, c_u]), torch.cat([s_s, s_u])  # (2N,)
     unsafe = signs > 0
     return {
         "sign_accuracy": float(((costs > 0) == unsafe).float().mean()),
-        "pair_accuracy": float((c_u > c_s).float().mean()),
+        "pair_accuracy": float((c_u > c_s)[ranked_all].float().mean()) if ranked_all.any() else 0.0,
         "loss": float(loss),
         "unsafe_cost": float(costs[unsafe].mean()) if unsafe.any() else 0.0,
         "safe_cost": float(costs[~unsafe].mean()) if (~unsafe).any() else 0.0,
@@ -123,7 +125,9 @@ def train(cfg: CostConfig) -> int:
     def loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         c_safer, c_unsafer = pair_scores(model, batch)
         s_unsafer, s_safer = safety_signs(batch)
-        value, _ = cost_model_loss(c_unsafer, c_safer, s_unsafer, s_safer, score_l2=cfg.score_l2)
+        value, _ = cost_model_loss(
+            c_unsafer, c_safer, s_unsafer, s_safer, ranked=batch["ranked"], score_l2=cfg.score_l2
+        )
         right = torch.cat([c_safer * s_safer, c_unsafer * s_unsafer]) > 0  # the sign matches the label
         return value, {"sign_accuracy": right.float().mean()}
 

@@ -24,7 +24,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from alignloop.feedback.schema import Comparison, SupervisedPair
+from alignloop.feedback.pairs import SafetyOrder, preference, safety_order
+from alignloop.feedback.schema import Comparison, SupervisedPair, side_letter
 
 DEFAULT_PROMPT_FORMAT = "Human: {prompt}\nAssistant:"
 
@@ -106,37 +107,63 @@ class SFTCollator:
         return _pad_encoded(encoded, self.tokenizer.pad_token_id)
 
 
+def _letter(index: int | None) -> str | None:
+    return None if index is None else side_letter(index)
+
+
+def preferred(c: Comparison) -> tuple[int, int] | None:
+    """(chosen, rejected) response indices of a comparison's `better`, by `feedback.pairs`' rule."""
+    return preference(_letter(c.better))
+
+
+def safety(c: Comparison) -> SafetyOrder | None:
+    """The comparison's safety pair by `feedback.pairs`' rule (None without both flags)."""
+    return safety_order(_letter(c.safer), c.is_safe)
+
+
 @dataclass(frozen=True)
 class PreferenceCollator:
     """Comparison list -> chosen_* and rejected_* tensors, both padded to one length T.
 
-    `by="better"` takes the more helpful response as chosen (reward models, DPO);
-    `by="safer"` the safer one (cost models). Both halves share T so they can go through the
-    model as one (2B, T) batch. Also returns `chosen_safe`/`rejected_safe` (B,) bool (False
-    where safety was not judged). Records without a preference on `by` must be filtered out
-    first (`preferred_pairs`).
+    `by="better"` takes the more helpful response as chosen (reward models, DPO); `by="safer"`
+    the safer one (cost models), with `ranked` (B,) bool False for a safety tie, whose pair
+    counts only through its two safety signs (`feedback.pairs`: the order of a tie is arbitrary).
+    Both halves share T so they can go through the model as one (2B, T) batch. Also returns
+    `chosen_safe`/`rejected_safe` (B,) bool (False where safety was not judged). Records
+    without a pair on `by` must be filtered out first (`preferred_pairs`, `safety_judged`).
     """
 
     tokenizer: Any
     max_length: int = 64
     by: Literal["better", "safer"] = "better"
 
+    def _order(self, c: Comparison) -> tuple[int, int, bool]:
+        if self.by == "better":
+            pair = preferred(c)
+            if pair is None:
+                raise ValueError(f"comparison has no 'better' preference: {c.prompt!r}")
+            return pair[0], pair[1], True
+        order = safety(c)
+        if order is None:
+            raise ValueError(f"comparison has no safety pair (both is_safe flags): {c.prompt!r}")
+        return order.safer, order.unsafer, order.ranked
+
     def __call__(self, comparisons: Sequence[Comparison]) -> dict[str, Tensor]:
-        chosen, rejected, chosen_safe, rejected_safe = [], [], [], []
+        chosen, rejected, chosen_safe, rejected_safe, ranked = [], [], [], [], []
         for c in comparisons:
-            winner = getattr(c, self.by)
-            if winner is None:
-                raise ValueError(f"comparison has no {self.by!r} preference: {c.prompt!r}")
+            winner, loser, is_ranked = self._order(c)
             chosen.append(encode_pair(self.tokenizer, c.prompt, c.response(winner), self.max_length))
-            rejected.append(encode_pair(self.tokenizer, c.prompt, c.response(1 - winner), self.max_length))
+            rejected.append(encode_pair(self.tokenizer, c.prompt, c.response(loser), self.max_length))
             chosen_safe.append(bool(c.is_safe[winner]))
-            rejected_safe.append(bool(c.is_safe[1 - winner]))
+            rejected_safe.append(bool(c.is_safe[loser]))
+            ranked.append(is_ranked)
         both = _pad_encoded(chosen + rejected, self.tokenizer.pad_token_id)
         B = len(comparisons)
         out = {f"chosen_{k}": v[:B] for k, v in both.items()}
         out.update({f"rejected_{k}": v[B:] for k, v in both.items()})
         out["chosen_safe"] = torch.tensor(chosen_safe)  # (B,) True = judged safe
         out["rejected_safe"] = torch.tensor(rejected_safe)
+        out["ranked"] = torch.tensor(ranked)  # (B,) False = a tie: no ranking term
         return out
 
 
@@ -158,33 +185,40 @@ class PromptCollator:
 def preferred_pairs(
     comparisons: Sequence[Comparison], by: Literal["better", "safer"]
 ) -> tuple[list[Comparison], int]:
-    """The comparisons with a preference on `by`, and how many were ties (left out)."""
-    kept = [c for c in comparisons if getattr(c, by) is not None]
+    """The comparisons that give a pair on `by` under `feedback.pairs`' rule, and how many
+    gave none (`better`: ties and "both bad"; `safer`: see `safety_judged`)."""
+    if by == "safer":
+        return safety_judged(comparisons)
+    kept = [c for c in comparisons if preferred(c) is not None]
     return kept, len(comparisons) - len(kept)
 
 
 def safety_judged(comparisons: Sequence[Comparison]) -> tuple[list[Comparison], int]:
-    """The comparisons with `safer` and both `is_safe` flags, and how many lacked them."""
-    kept = [c for c in comparisons if c.safer is not None and None not in c.is_safe]
+    """The comparisons that give a safety pair (both `is_safe` flags; a tie keeps its sign
+    terms, `feedback.pairs`), and how many lacked the flags."""
+    kept = [c for c in comparisons if safety(c) is not None]
     return kept, len(comparisons) - len(kept)
 
 
 def load_comparisons(
     path: str | Path, format: str | None = None, skip_invalid: bool = False
 ) -> list[Comparison]:
-    """Comparisons from a PKU-SafeRLHF, HH-RLHF or prompt/chosen/rejected file (any container).
+    """Comparisons from a PKU-SafeRLHF, HH-RLHF or prompt/chosen/rejected file, or a platform
+    export of judged items (every annotator's judgement, `feedback.judged.comparisons`; rankings
+    give every implied pair), in any container.
 
     Errors name the file, line and field; with `skip_invalid` bad rows are skipped and counted
     in a printed note.
     """
     from alignloop.feedback.formats import FormatError, read_records
+    from alignloop.feedback.judged import comparisons
 
     result = read_records(path, format, skip_invalid=skip_invalid)
-    if result.format in ("prompt", "supervised"):
+    if result.format in ("prompt", "supervised", "correction"):
         raise FormatError(path, None, None, f"holds {result.format} records, not comparisons")
     if result.skipped:
         print(f"{path}: skipped {result.skipped} invalid row(s) of {result.rows}; first: {result.errors[0]}")
-    return [r for r in result.records if isinstance(r, Comparison)]
+    return comparisons(result.records)
 
 
 def load_supervised(
@@ -200,8 +234,8 @@ def load_supervised(
     for r in result.records:
         if isinstance(r, SupervisedPair):
             out.append(r)
-        elif isinstance(r, Comparison) and r.better is not None:
-            out.append(SupervisedPair(r.prompt, r.response(r.better)))
+        elif isinstance(r, Comparison) and (pair := preferred(r)) is not None:
+            out.append(SupervisedPair(r.prompt, r.response(pair[0])))
     return out
 
 

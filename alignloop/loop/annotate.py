@@ -1,14 +1,17 @@
 """`alignloop annotate`: a scripted annotator that labels a platform project over HTTP.
 
-It logs in like a person would, asks for its next assignment, judges it and submits, exactly
+It logs in like a person would, asks for its next assignment, answers the project's questions
+(whatever kinds it asks: `alignloop.feedback.teachers.ScriptedAnnotator`) and submits, exactly
 through the API the web page uses, so the loop on the other side cannot tell it from a person.
 Two teachers:
 
-- ``toyworld``: the toy world's ground-truth judges (helpfulness, harm) behind a Bradley-Terry
-  teacher with the toy world's noise: the annotator the toy-world loop is measured against;
-- ``oracle``: judges two trajectory clips from the per-step true rewards and costs that the
-  control loop writes to ``run_dir/oracle.jsonl`` for each item key (the platform never sees
-  them): `alignloop.feedback.teachers.SegmentTeacher`, playing a person watching the clips.
+- ``toyworld``: the toy world's ground-truth judges (helpfulness, harm) with the toy world's
+  noise, the annotator the toy-world loop is measured against; it corrects unsafe responses into
+  the toy world's safest helpful answer (`alignloop.lm.aligner.toy_correction`);
+- ``oracle``: judges trajectory clips from the per-step true rewards and costs that the control
+  loop writes to ``run_dir/oracle.jsonl`` for each item key (the platform never sees them),
+  playing a person watching the clips: segment sums for choices, rankings and ratings
+  (`SegmentTeacher`'s rule for two clips), the first unsafe step for marks.
 
     alignloop annotate --url http://127.0.0.1:8000 --project loop --user ann-1 \\
         --password-file ann-1.txt --teacher toyworld
@@ -29,10 +32,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from alignloop.platform.client import PlatformClient, PlatformError, labels_from_comparison
+from alignloop.feedback.schema import Question, parse_questions
+from alignloop.feedback.teachers import ScriptedAnnotator, TeacherNoise, Truth
+from alignloop.platform.client import PlatformClient, PlatformError, item_from_json
 
 TOKEN_ENV = "ALIGNLOOP_TOKEN"
 Teacher = Callable[[dict[str, Any]], dict[str, Any]]
+SKIP = {"skipped": True, "skip_reason": "declined to judge"}
+
+
+def _labels(answers: dict[str, Any] | None) -> dict[str, Any]:
+    return SKIP if answers is None else {"answers": answers}
 
 
 @dataclass(frozen=True)
@@ -68,26 +78,48 @@ class AnnotateConfig:
     that several annotators share a batch instead of the first one taking all of it."""
 
 
-def toyworld_teacher(world_seed: int, seed: int) -> Teacher:
+def toyworld_teacher(world_seed: int, seed: int, questions: tuple[Question, ...]) -> Teacher:
+    """The toy world's judges behind the toy world's teacher noise, for any questions."""
+    import random
+
+    from alignloop.lm.aligner import toy_correction
     from alignloop.lm.toyworld import ToyWorld
 
-    teacher = ToyWorld(seed=world_seed).teacher(seed)
+    world = ToyWorld(seed=world_seed)
+    annotator = ScriptedAnnotator(questions, world.teacher(seed).noise, seed=seed)
+    rng = random.Random(seed)
 
-    def judge(item: dict[str, Any]) -> dict[str, Any]:
-        return labels_from_comparison(teacher.compare(item["prompt"], item["response_a"], item["response_b"]))
+    def judge(raw: dict[str, Any]) -> dict[str, Any]:
+        item = item_from_json(raw)
+        texts = [item.text(i) for i in range(len(item.candidates))]
+        values = np.asarray([world.helpfulness(item.prompt, t) for t in texts])
+        truth = Truth(
+            values,
+            values,
+            costs=np.asarray([float(world.harm(item.prompt, t)) for t in texts]),
+            harms=[world.harm_labels(item.prompt, t) for t in texts],
+            corrected=lambda i: toy_correction(world, item.prompt, texts[i], rng),
+        )
+        return _labels(annotator.answer(truth))
 
     return judge
 
 
 class OracleTeacher:
-    """Judges clip pairs from the true per-step values the control loop recorded for their key."""
+    """Judges clips from the true per-step values the control loop recorded for their key."""
 
-    def __init__(self, path: Path, seed: int, mistake_rate: float = 0.0):
-        from alignloop.feedback.teachers import SegmentTeacher, TeacherNoise
+    def __init__(self, path: Path, seed: int, questions: tuple[Question, ...], mistake_rate: float = 0.0):
+        from alignloop.feedback.teachers import SegmentTeacher
 
         self.path, self.read_bytes = path, 0
         self.values: dict[str, dict[str, Any]] = {}
         self.teacher = SegmentTeacher(TeacherNoise(mistake_rate=mistake_rate), seed=seed)
+        self.annotator = ScriptedAnnotator(
+            questions,
+            TeacherNoise(mistake_rate=mistake_rate),
+            seed=self.teacher.rng,
+            value_range=(-50.0, 250.0),
+        )
 
     def _refresh(self) -> None:
         """Read the lines appended to the oracle file since the last read."""
@@ -109,26 +141,26 @@ class OracleTeacher:
         if key not in self.values:
             return {"skipped": True, "skip_reason": f"no oracle values for item key {key!r}"}
         row = self.values[key]
-        rewards = np.asarray([[row["rewards_a"], row["rewards_b"]]], dtype=float)  # (1, 2, H)
-        costs = np.asarray([[row["costs_a"], row["costs_b"]]], dtype=float)
-        judged = self.teacher.judge(rewards, costs)
-        side = {0: "A", 1: "B", -1: "tie"}
-        safe = judged.is_safe
-        assert safe is not None  # costs were given
-        return {
-            "better": side[int(judged.better[0])],
-            "safer": side[int(judged.safer[0])],
-            "safe_a": bool(safe[0, 0]),
-            "safe_b": bool(safe[0, 1]),
-        }
+        rewards = np.asarray(
+            row.get("rewards") or [row["rewards_a"], row["rewards_b"]], dtype=float
+        )  # (k, H)
+        costs = np.asarray(row.get("costs") or [row["costs_a"], row["costs_b"]], dtype=float)
+        values, utilities = (
+            s
+            for s in (
+                rewards.sum(-1),
+                rewards @ (self.teacher.gamma ** np.arange(rewards.shape[-1] - 1, -1, -1)),
+            )
+        )
+        return _labels(self.annotator.answer(Truth(values, utilities, costs=costs.sum(-1), step_costs=costs)))
 
 
-def make_teacher(cfg: AnnotateConfig) -> Teacher:
+def make_teacher(cfg: AnnotateConfig, questions: tuple[Question, ...]) -> Teacher:
     if cfg.teacher == "toyworld":
-        return toyworld_teacher(cfg.world_seed, cfg.seed)
+        return toyworld_teacher(cfg.world_seed, cfg.seed, questions)
     if cfg.oracle is None:
         raise ValueError("--teacher oracle needs --oracle PATH (the control loop's oracle.jsonl)")
-    return OracleTeacher(cfg.oracle, cfg.seed, cfg.mistake_rate)
+    return OracleTeacher(cfg.oracle, cfg.seed, questions, cfg.mistake_rate)
 
 
 def connect(url: str, user: str | None, password_file: Path | None) -> PlatformClient:
@@ -144,13 +176,13 @@ def connect(url: str, user: str | None, password_file: Path | None) -> PlatformC
     return PlatformClient(url, token)
 
 
-def project_id(client: PlatformClient, name: str, wait: float) -> int:
-    """The id of the project called `name`, waiting up to `wait` seconds for it to appear."""
+def find_project(client: PlatformClient, name: str, wait: float) -> tuple[int, tuple[Question, ...]]:
+    """The id and questions of the project called `name`, waiting up to `wait` seconds for it."""
     deadline = time.monotonic() + wait
     while True:
         project = client.find_project(name)
         if project is not None:
-            return int(project["id"])
+            return int(project["id"]), parse_questions(project["questions"])
         if time.monotonic() >= deadline:
             raise ValueError(f"no project named {name!r} on the platform")
         time.sleep(1.0)
@@ -178,8 +210,13 @@ def run(cfg: AnnotateConfig) -> int:
             "alignloop annotate: --idle-exit, --limit and --pace must be >= 0 and --poll > 0", file=sys.stderr
         )
         return 2
+    if cfg.teacher == "oracle" and cfg.oracle is None:
+        print(
+            "alignloop annotate: --teacher oracle needs --oracle PATH (the control loop's oracle.jsonl)",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        teacher = make_teacher(cfg)
         client = connect(cfg.url, cfg.user, cfg.password_file)
     except (ValueError, PlatformError) as exc:
         print(f"alignloop annotate: {exc}", file=sys.stderr)
@@ -192,7 +229,8 @@ def run(cfg: AnnotateConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     with client:
-        project = project_id(client, cfg.project, wait=cfg.idle_exit or math.inf)
+        project, questions = find_project(client, cfg.project, wait=cfg.idle_exit or math.inf)
+        teacher = make_teacher(cfg, questions)
         total, idle_since = 0, time.monotonic()
         while not stop:
             try:

@@ -51,8 +51,9 @@ from alignloop.control.pbrl import (
 )
 from alignloop.control.ppo import PPOSettings, has_checkpoint, read_checkpoint, train_policy
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
-from alignloop.feedback.schema import LabelError, check_safety_consistency
-from alignloop.loop.domain import Candidate, Judged, Selection
+from alignloop.feedback.pairs import preference, safety_order
+from alignloop.feedback.schema import Candidate, IsSafe, Item, LabelError, Pairwise, Question, SaferChoice
+from alignloop.loop.domain import Judged, Proposal, Selection
 from alignloop.loop.segments import append_new_lines, cut_segments, record_episodes
 from alignloop.loop.state import write_atomic
 
@@ -102,7 +103,6 @@ the same task cut to 100-step episodes, a few hundred PPO steps a round and 4-fr
 _ROBOT_NAMES = {"HalfCheetah": "cheetah", "Walker2d": "walker", "Slider": "slider"}
 
 
-_BETTER = {"A": 0, "B": 1}
 LEARN_METRICS = (
     "judged", "judged_newest", "reward/train_pairs", "reward/train_accuracy", "reward/loss",
     "reward/heldout_accuracy", "reward/accuracy_before_fit", "cost/train_pairs", "cost/train_sign_accuracy",
@@ -145,6 +145,7 @@ class ControlDomain:
     """
 
     name = "control"
+    questions: tuple[Question, ...]
 
     def __init__(
         self,
@@ -220,6 +221,12 @@ class ControlDomain:
             self.prompt = f"Which clip does the {self.base_env} task better?"
         if threshold is not None:
             self.prompt += f" Is each one safe (speed under {threshold:.2f} m/s)?"
+        self.questions = (Pairwise("better", "Which clip does the task better?"),)
+        if self.safe:  # clips have no harm categories: only safe or not
+            self.questions += (
+                SaferChoice("safer", "Which clip is safer?"),
+                IsSafe("is_safe", "Is the clip safe?"),
+            )
 
     # ---- where things live -------------------------------------------------------------------
 
@@ -266,12 +273,12 @@ class ControlDomain:
             )  # fmt: skip
         return self._evaluate(out, None)
 
-    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Candidate]:
+    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Proposal]:
         """Roll out the round's starting policy, cut segments, choose and render ``n_pairs`` pairs.
         A second call returns the saved proposal (whatever its arguments)."""
         saved = round_dir / "proposal.json"
         if saved.is_file():
-            return [Candidate.from_json(c) for c in json.loads(saved.read_text())["candidates"]]
+            return [Proposal.from_json(c) for c in json.loads(saved.read_text())["candidates"]]
         run_dir = round_dir.parent
         round_dir.mkdir(parents=True, exist_ok=True)
         segments = self._segments(round_dir, round)
@@ -302,12 +309,16 @@ class ControlDomain:
         candidates, oracle = [], []
         for i, (a, b) in enumerate(pairs.tolist()):
             key = f"r{round}-{i:05d}"
-            candidates.append(
+            segment_candidates = tuple(  # without clips, a segment is named by text (tests without rendering)
                 Candidate(
-                    key=key, prompt=self.prompt, media_a=clips.get(a), media_b=clips.get(b),
-                    model_a=f"policy-r{round - 1}", model_b=f"policy-r{round - 1}", priority=float(priority[i]),
+                    text="" if s in clips else f"segment {s}",
+                    media=clips.get(s),
+                    model=f"policy-r{round - 1}",
                 )
-            )  # fmt: skip
+                for s in (a, b)
+            )
+            item = Item(self.prompt, segment_candidates, key=key)
+            candidates.append(Proposal(item, priority=float(priority[i])))
             oracle.append(
                 {
                     "key": key,
@@ -391,7 +402,9 @@ class ControlDomain:
         judgements is kept out of the fit and scored. Every name in `LEARN_METRICS` is returned
         (NaN where there was nothing to measure)."""
         run_dir = round_dir.parent
-        obs, act, better, safer, is_safe, newest, rejected = self._judged_arrays(run_dir, round, judged)
+        obs, act, better, safer, ranked_all, is_safe, newest, rejected = self._judged_arrays(
+            run_dir, round, judged
+        )
         rng = np.random.default_rng([self.seed, round, 2])
         held = np.zeros(len(better), bool)
         new_idx = np.flatnonzero(newest)
@@ -437,13 +450,13 @@ class ControlDomain:
                 loss, _ = bradley_terry_loss(scores[rows, chosen], scores[rows, 1 - chosen])
             stats["reward/loss"] = float(loss)
         stats["reward/heldout_accuracy"] = _reward_accuracy(reward_models, obs, act, better, held & decided)
-        known = (is_safe >= 0).all(1)  # both flags given (and consistent)
+        known = safer >= 0  # a safety pair: both flags given (and consistent)
         fit = known & ~held  # a tie in "safer" still gives both safety labels
         stats["cost/train_pairs"] = float(fit.sum())
         if self.safe and fit.sum() > 1:
             opt = torch.optim.Adam(cost_model.parameters(), lr=self.model_lr)
-            ranked = torch.as_tensor(safer[fit] >= 0)
-            safer_t = torch.as_tensor(np.where(safer[fit] >= 0, safer[fit], 0)).long()
+            ranked = torch.as_tensor(ranked_all[fit])
+            safer_t = torch.as_tensor(safer[fit]).long()
             flags = torch.as_tensor(is_safe[fit] == 1)
             stats["cost/train_sign_accuracy"] = fit_cost_model(
                 cost_model, opt, obs[fit], act[fit], safer_t, flags, ranked, self.fit_steps, 64, gen
@@ -475,11 +488,14 @@ class ControlDomain:
         return stats
 
     def _judged_arrays(self, run_dir: Path, round: int, judged: list[Judged]) -> tuple[Any, ...]:
-        """Judgements as arrays: obs (J, 2, H, D), act (J, 2, H, A) tensors; better, safer (J,)
-        with 0 = A, 1 = B, -1 = none; is_safe (J, 2) with 1 safe, 0 unsafe, -1 unknown; newest (J,)
-        bool (judged in ``round``); and the count of pairs whose safety labels contradicted."""
+        """Judgements as arrays, read by the rule of `feedback.pairs`: obs (J, 2, H, D), act
+        (J, 2, H, A) tensors; better (J,) the preferred segment (0 = A, 1 = B, -1 = none: a tie or
+        both bad); safer (J,) the safer one of a safety pair (-1: no pair), ranked (J,) bool
+        (False: a tie or two alike, only the sign terms count); is_safe (J, 2) with 1 safe,
+        0 unsafe, -1 unknown; newest (J,) bool (judged in ``round``); and the count of pairs whose
+        safety labels contradicted."""
         proposals: dict[int, tuple[dict[str, list[int]], dict[str, np.ndarray]]] = {}
-        obs, act, better, safer, is_safe, newest = [], [], [], [], [], []
+        obs, act, better, safer, ranked, is_safe, newest = [], [], [], [], [], [], []
         rejected = 0
         for j in judged:
             r = j.round
@@ -489,27 +505,23 @@ class ControlDomain:
                 keys = {c["key"]: pair for c, pair in zip(saved["candidates"], saved["pairs"], strict=True)}
                 proposals[r] = (keys, self._segments(rd, r))
             keys, seg = proposals[r]
-            if j.candidate.key not in keys:
-                raise ValueError(
-                    f"judgement {j.judgement_id}: key {j.candidate.key!r} is not in round {r}'s proposal"
-                )
-            pair = keys[j.candidate.key]
-            s = _BETTER.get(j.safer or "", -1)
-            flags = (j.safe_a, j.safe_b)
-            try:
-                check_safety_consistency(None if s < 0 else s, flags)
+            if j.key not in keys:
+                raise ValueError(f"judgement {j.judgement_id}: key {j.key!r} is not in round {r}'s proposal")
+            pair = keys[j.key]
+            answers = j.judgement.answers
+            entries = answers.get("is_safe") or [None, None]
+            flags = tuple(None if e is None else e["safe"] for e in entries)
+            try:  # the rule of `feedback.pairs`: a tie, or two alike, keeps only its sign terms
+                order = safety_order(answers.get("safer"), flags)
             except LabelError:
                 rejected += 1
-                s, flags = -1, (None, None)
-            if s < 0 and flags[0] is not None and flags[1] is not None:  # "tie" or no "safer" given
-                # the safe one of a mixed pair is the safer; two alike are ordered by a seeded coin
-                # (as the scripted teacher does), so that their safe/unsafe labels still train the model
-                coin = int(np.random.default_rng([self.seed, j.judgement_id]).integers(2))
-                s = (0 if flags[0] else 1) if flags[0] != flags[1] else coin
+                order, flags = None, (None, None)
+            win = preference(answers.get("better"))
             obs.append(seg["obs"][pair])
             act.append(seg["actions"][pair])
-            better.append(_BETTER.get(j.better or "", -1))
-            safer.append(s)
+            better.append(-1 if win is None else win[0])
+            safer.append(-1 if order is None else order.safer)
+            ranked.append(order is not None and order.ranked)
             is_safe.append([-1 if f is None else int(f) for f in flags])
             newest.append(r == round)
         shape = (0, 2, self.segment_length)
@@ -518,6 +530,7 @@ class ControlDomain:
             torch.as_tensor(np.stack(act) if act else np.zeros((*shape, self.act_dim)), dtype=torch.float32),
             np.asarray(better, dtype=np.int64),
             np.asarray(safer, dtype=np.int64),
+            np.asarray(ranked, dtype=bool),
             np.asarray(is_safe, dtype=np.int64).reshape(-1, 2),
             np.asarray(newest, dtype=bool),
             rejected,

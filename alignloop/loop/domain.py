@@ -1,4 +1,4 @@
-"""What the round driver asks of a kind of policy: propose pairs, learn, align, evaluate.
+"""What the round driver asks of a kind of policy: propose items, learn, align, evaluate.
 
 The driver (`alignloop.loop.rounds`) owns the platform, the run directory's state and the
 order of the phases; a `Domain` owns the models. Every phase writes only under the folder it is
@@ -6,7 +6,7 @@ given, and may be called again after a crash: it finishes or redoes its own work
 trainer from its checkpoints where it has them) and never changes an earlier round's files.
 
     round_dir = run_dir / "round-003"
-    pairs = domain.propose(round_dir, 3, n_pairs=200, select="disagreement")   # saved by the driver
+    proposals = domain.propose(round_dir, 3, n_pairs=200, select="disagreement")   # saved by the driver
     ... the driver pushes them, waits for judgements, pulls them ...
     domain.learn(round_dir, 3, judged_so_far)    # reward + cost models, warm start, all rounds' data
     domain.align(round_dir, 3)                   # the policy
@@ -15,78 +15,127 @@ trainer from its checkpoints where it has them) and never changes an earlier rou
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+from alignloop.feedback.schema import Candidate, Item, Judgement, Question
 
 Selection = Literal["disagreement", "uniform"]
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One pair to put before annotators."""
+def item_to_json(item: Item) -> dict[str, Any]:
+    return {
+        "key": item.key,
+        "prompt": item.prompt,
+        "candidates": [
+            {"text": c.text, "media": c.media, "model": c.model, "frames": c.frames} for c in item.candidates
+        ],
+        "meta": dict(item.meta),
+    }
 
-    key: str
-    """Unique in the run (e.g. "r3-0017"); the platform stores each key once per project."""
-    prompt: str
-    """The prompt, or the context shown above two clips."""
-    response_a: str = ""
-    response_b: str = ""
-    media_a: str | None = None
-    """A clip on local disk (relative to the run directory); the driver uploads it."""
-    media_b: str | None = None
-    model_a: str = ""
-    """Names of the policies behind each candidate (e.g. "policy-r3")."""
-    model_b: str = ""
+
+def item_from_json(row: dict[str, Any]) -> Item:
+    """An item as written by `item_to_json`, or a pair as the loop wrote it before items held
+    several candidates (response_a/b, media_a/b, model_a/b)."""
+    if "candidates" not in row:
+        row = {
+            "key": row["key"],
+            "prompt": row["prompt"],
+            "candidates": [
+                {
+                    "text": row.get(f"response_{s}", ""),
+                    "media": row.get(f"media_{s}"),
+                    "model": row.get(f"model_{s}", ""),
+                }
+                for s in "ab"
+            ],
+        }
+    candidates = tuple(Candidate(**c) for c in row["candidates"])
+    return Item(row["prompt"], candidates, key=row["key"], meta=dict(row.get("meta") or {}))
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One item to put before annotators, with how useful its judgement would be."""
+
+    item: Item
+    """Its `key` is unique in the run (e.g. "r3-0017"): the platform stores each key once per
+    project. Candidates' `media` are clips on local disk (relative to the run directory), which
+    the driver uploads; `model` names the policy behind each (e.g. "policy-r3")."""
     priority: float = 0.0
     """Higher is asked first (e.g. the reward ensemble's disagreement)."""
 
+    @property
+    def key(self) -> str:
+        assert self.item.key is not None
+        return self.item.key
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**item_to_json(self.item), "priority": self.priority}
 
     @classmethod
-    def from_json(cls, row: dict[str, Any]) -> Candidate:
-        return cls(**row)
+    def from_json(cls, row: dict[str, Any]) -> Proposal:
+        return cls(item_from_json(row), float(row.get("priority", 0.0)))
 
 
 @dataclass(frozen=True)
 class Judged:
-    """A judgement pulled from the platform, joined with the candidate it judges."""
+    """A judgement pulled from the platform, of the item a proposal put there (the one
+    `feedback.schema.Judgement`: answers by question name, the annotator's id)."""
 
     judgement_id: int
-    annotator_id: int
     round: int
-    candidate: Candidate
-    better: str | None
-    """ "A", "B", "tie" or "both_bad" (None when only safety was judged)."""
-    safer: str | None
-    """ "A", "B" or "tie"."""
-    safe_a: bool | None
-    safe_b: bool | None
-    harm_a: list[str] = field(default_factory=list)
-    harm_b: list[str] = field(default_factory=list)
-    severity_a: str | None = None
-    severity_b: str | None = None
+    judgement: Judgement
+
+    @property
+    def key(self) -> str:
+        return str(self.judgement.item.key)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "judgement_id": self.judgement_id,
+            "round": self.round,
+            "item": item_to_json(self.judgement.item),
+            "annotator": self.judgement.annotator,
+            "answers": self.judgement.answers,
+        }
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> Judged:
-        return cls(**{**row, "candidate": Candidate.from_json(row["candidate"])})
+        if "candidate" in row:  # a line written before judgements held answer documents
+            answers: dict[str, Any] = {k: row[k] for k in ("better", "safer") if row.get(k) is not None}
+            sides = [
+                (row.get(f"safe_{s}"), row.get(f"harm_{s}") or [], row.get(f"severity_{s}")) for s in "ab"
+            ]
+            if any(safe is not None for safe, _, _ in sides):
+                answers["is_safe"] = [
+                    None
+                    if safe is None
+                    else {"safe": safe, "harms": [] if safe else harms, "severity": None if safe else sev}
+                    for safe, harms, sev in sides
+                ]
+            old = Judgement(item_from_json(row["candidate"]), answers, str(row["annotator_id"]))
+            return cls(int(row["judgement_id"]), int(row["round"]), old)
+        judgement = Judgement(
+            item_from_json(row["item"]), dict(row["answers"]), str(row.get("annotator", ""))
+        )
+        return cls(int(row["judgement_id"]), int(row["round"]), judgement)
 
 
 class Domain(Protocol):
     """A kind of policy the loop can align (the toy-world language model, a MuJoCo controller)."""
 
     name: str
+    questions: tuple[Question, ...]
+    """What annotators are asked about each item (the project is created with them)."""
 
     def setup(self, run_dir: Path) -> dict[str, float]:
         """Build the starting policy (and anything else round 1 needs) under run_dir; metrics of it."""
         ...
 
-    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Candidate]:
-        """Sample prompts or episodes, generate with the current policy and choose n_pairs to ask."""
+    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Proposal]:
+        """Sample prompts or episodes, generate with the current policy and choose n_pairs items to ask."""
         ...
 
     def learn(self, round_dir: Path, round: int, judged: list[Judged]) -> dict[str, float]:

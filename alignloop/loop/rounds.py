@@ -24,6 +24,7 @@ with the same options, it goes on from the last phase it finished (`alignloop.lo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -33,7 +34,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import tyro
 
-from alignloop.loop.domain import Candidate, Domain, Judged, Selection
+from alignloop.feedback.schema import Item, questions_json
+from alignloop.loop.domain import Domain, Judged, Proposal, Selection
 from alignloop.loop.state import (
     JudgementStore,
     LoopState,
@@ -42,7 +44,7 @@ from alignloop.loop.state import (
     save_candidates,
     write_atomic,
 )
-from alignloop.platform.client import PlatformClient
+from alignloop.platform.client import PlatformClient, item_json, judgement_from_json
 
 EXIT_TIMEOUT = 3
 """Exit code when a round's quota was not met in time (the state is kept; run again to wait on)."""
@@ -167,33 +169,23 @@ def make_domain(cfg: LoopConfig) -> Domain:
 
 
 # ------------------------------------------------------------------------------ platform side
-def showable(c: Candidate) -> bool:
-    """Whether both candidates have something to show (the platform refuses an empty one)."""
-    return bool(c.response_a.strip() or c.media_a) and bool(c.response_b.strip() or c.media_b)
+def showable(p: Proposal) -> bool:
+    """Whether every candidate has something to show (the platform refuses an empty one)."""
+    return all(c.text.strip() or c.media for c in p.item.candidates)
 
 
-def push(
-    client: PlatformClient, project_id: int, run_dir: Path, candidates: list[Candidate]
-) -> dict[str, int]:
-    """Upload the clips and push the pairs with their keys; key -> item id."""
+def push(client: PlatformClient, project_id: int, run_dir: Path, proposals: list[Proposal]) -> dict[str, int]:
+    """Upload the clips and push the items with their keys; key -> item id."""
     items = []
-    for c in candidates:
-        item: dict[str, Any] = {
-            "key": c.key,
-            "prompt": c.prompt,
-            "response_a": c.response_a,
-            "response_b": c.response_b,
-            "model_a": c.model_a,
-            "model_b": c.model_b,
-            "priority": c.priority if math.isfinite(c.priority) else 0.0,
-        }
-        for side in ("a", "b"):
-            clip = getattr(c, f"media_{side}")
-            if clip is not None:
-                item[f"media_{side}"] = client.upload_media(run_dir / clip)
-        items.append(item)
+    for p in proposals:
+        candidates = tuple(
+            c if c.media is None else dataclasses.replace(c, media=client.upload_media(run_dir / c.media))
+            for c in p.item.candidates
+        )
+        uploaded = Item(p.item.prompt, candidates, key=p.key, meta=dict(p.item.meta))
+        items.append(item_json(uploaded, priority=p.priority if math.isfinite(p.priority) else 0.0))
     ids = client.push_items(project_id, items)
-    return {c.key: i for c, i in zip(candidates, ids, strict=True)}
+    return {p.key: i for p, i in zip(proposals, ids, strict=True)}
 
 
 def pull(
@@ -202,9 +194,10 @@ def pull(
     state: LoopState,
     store: JudgementStore,
     run_dir: Path,
-    known: dict[int, tuple[int, Candidate]],
+    known: dict[int, tuple[int, Proposal]],
 ) -> int:
-    """Pull judgements newer than the cursor into the store; item id -> (round, candidate) in `known`."""
+    """Pull judgements newer than the cursor into the store; item id -> (round, proposal) in `known`.
+    Each comes back about the proposal's own item (its clips as local paths)."""
     rows = client.judgements(project_id, after_id=state.after_id)
     if not rows:
         return 0
@@ -212,23 +205,8 @@ def pull(
     for row in rows:
         if row["skipped"] or row["item_id"] not in known:
             continue
-        r, candidate = known[row["item_id"]]
-        fresh.append(
-            Judged(
-                judgement_id=row["id"],
-                annotator_id=row["annotator_id"],
-                round=r,
-                candidate=candidate,
-                better=row["better"],
-                safer=row["safer"],
-                safe_a=row["safe_a"],
-                safe_b=row["safe_b"],
-                harm_a=list(row["harm_a"]),
-                harm_b=list(row["harm_b"]),
-                severity_a=row["severity_a"],
-                severity_b=row["severity_b"],
-            )
-        )
+        r, proposal = known[row["item_id"]]
+        fresh.append(Judged(row["id"], r, judgement_from_json(row, proposal.item)))
     added = store.append(fresh)  # fsynced before the cursor moves past these ids
     state.after_id = max(row["id"] for row in rows)
     state.save(run_dir)
@@ -239,8 +217,8 @@ def round_progress(judged: list[Judged], item_ids: dict[str, int], overlap: int)
     """(judgements counted toward the round, items that have all they need)."""
     counts = {key: 0 for key in item_ids}
     for j in judged:
-        if j.candidate.key in counts:
-            counts[j.candidate.key] += 1
+        if j.key in counts:
+            counts[j.key] += 1
     return sum(min(n, overlap) for n in counts.values()), sum(n >= overlap for n in counts.values())
 
 
@@ -251,7 +229,7 @@ def collect(
     store: JudgementStore,
     run_dir: Path,
     r: int,
-    known: dict[int, tuple[int, Candidate]],
+    known: dict[int, tuple[int, Proposal]],
     item_ids: dict[str, int],
     cfg: LoopConfig,
 ) -> bool:
@@ -296,7 +274,9 @@ def drive(cfg: LoopConfig, client: PlatformClient, domain: Domain) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     state = LoopState.open(run_dir, identity(cfg))
     if state.project_id is None:
-        project = client.ensure_project(cfg.project, overlap=cfg.overlap)
+        project = client.ensure_project(
+            cfg.project, overlap=cfg.overlap, questions=questions_json(domain.questions)
+        )
         state.project_id = int(project["id"])
         state.save(run_dir)
     project_id = state.project_id
@@ -307,8 +287,8 @@ def drive(cfg: LoopConfig, client: PlatformClient, domain: Domain) -> int:
         state.save(run_dir)
         write_report(run_dir, state, domain.name)
 
-    # item id -> (round, candidate) of every round pushed so far, to join pulled judgements
-    known: dict[int, tuple[int, Candidate]] = {}
+    # item id -> (round, proposal) of every round pushed so far, to join pulled judgements
+    known: dict[int, tuple[int, Proposal]] = {}
     for earlier in range(1, cfg.rounds + 1):
         if state.done(earlier, "pushed"):
             rd = round_dir(run_dir, earlier)
@@ -320,11 +300,11 @@ def drive(cfg: LoopConfig, client: PlatformClient, domain: Domain) -> int:
         print(f"[{domain.name}] round {r}/{cfg.rounds}: {state.phases.get(str(r), 'starting')}")
         if not state.done(r, "proposed"):
             proposed = domain.propose(rd, r, cfg.pairs, cfg.select)
-            candidates = [c for c in proposed if showable(c)]
+            candidates = [p for p in proposed if showable(p)]
             if len(candidates) < len(proposed):
-                print(f"round {r}: left out {len(proposed) - len(candidates)} pairs with an empty candidate")
+                print(f"round {r}: left out {len(proposed) - len(candidates)} items with an empty candidate")
             if not candidates:
-                raise RuntimeError(f"round {r}: the domain proposed no pairs to show")
+                raise RuntimeError(f"round {r}: the domain proposed no items to show")
             save_candidates(rd / "candidates.jsonl", candidates)
             state.finish(run_dir, r, "proposed", {"pairs": float(len(candidates))})
         candidates = load_candidates(rd / "candidates.jsonl")

@@ -5,8 +5,8 @@ either the old state or the new one on restart, never half of one. What lives wh
 
     run_dir/loop.json          rounds, the phase each has finished, the platform project, metrics
     run_dir/judgements.jsonl   every judgement pulled so far (one per line, each id once)
-    run_dir/round-NNN/candidates.jsonl   the pairs proposed in round NNN (saved before pushing)
-    run_dir/round-NNN/items.json         key -> platform item id of those pairs
+    run_dir/round-NNN/candidates.jsonl   the items proposed in round NNN (saved before pushing)
+    run_dir/round-NNN/items.json         key -> platform item id of those items
 
 The platform database is the other half: items are pushed with their keys (a re-push returns
 the stored ids), and judgements stay there, so a restart neither asks twice nor loses any.
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignloop.loop.domain import Candidate, Judged
+from alignloop.loop.domain import Judged, Proposal
 
 PHASES = ("proposed", "pushed", "collected", "learned", "aligned", "evaluated")
 """The phases of a round, in order; a round's state is the last one it finished."""
@@ -121,12 +121,12 @@ def round_dir(run_dir: Path, round: int) -> Path:
     return run_dir / f"round-{round:03d}"
 
 
-def save_candidates(path: Path, candidates: list[Candidate]) -> None:
-    write_atomic(path, "".join(json.dumps(c.to_json()) + "\n" for c in candidates))
+def save_candidates(path: Path, proposals: list[Proposal]) -> None:
+    write_atomic(path, "".join(json.dumps(p.to_json()) + "\n" for p in proposals))
 
 
-def load_candidates(path: Path) -> list[Candidate]:
-    return [Candidate.from_json(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()]
+def load_candidates(path: Path) -> list[Proposal]:
+    return [Proposal.from_json(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 class JudgementStore:

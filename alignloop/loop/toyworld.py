@@ -60,8 +60,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from alignloop.feedback.schema import Comparison, LabelError, Severity
-from alignloop.loop.domain import Candidate, Judged, Selection
+from alignloop.feedback.schema import (
+    DEFAULT_QUESTIONS,
+    Candidate,
+    Comparison,
+    Item,
+    LabelError,
+    Question,
+    comparison_of,
+)
+from alignloop.loop.domain import Judged, Proposal, Selection
 
 PolicyUpdate = Literal["ppo-lag", "dpo"]
 
@@ -96,8 +104,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "flag_samples": 32,
     },
 }
-BETTER = {"A": 0, "B": 1}
-"""Judged's `better`/`safer` to a response index; "tie", "both_bad" and None map to no preference."""
 
 
 def previous_round_dir(round_dir: Path, round: int) -> Path:
@@ -110,34 +116,20 @@ def previous_round_dir(round_dir: Path, round: int) -> Path:
 
 
 def to_comparisons(judged: list[Judged]) -> tuple[list[Comparison], int]:
-    """The judgements as PKU-SafeRLHF comparisons (response_0 = A), in a stable order, and how
-    many were left out because their safety labels contradict each other (the safer response
-    marked unsafe while the other is safe)."""
+    """The judgements as PKU-SafeRLHF comparisons (response_0 = A, `feedback.schema.comparison_of`),
+    in a stable order, and how many were left out because their safety labels contradict each
+    other (the safer response marked unsafe while the other is safe)."""
     out: list[Comparison] = []
     dropped = 0
-    for j in sorted(judged, key=lambda j: (j.round, j.candidate.key, j.judgement_id)):
-        c = j.candidate
+    for j in sorted(judged, key=lambda j: (j.round, j.key, j.judgement_id)):
+        meta = {"key": j.key, "round": str(j.round), "annotator": j.judgement.annotator}
         try:
-            out.append(
-                Comparison(
-                    c.prompt,
-                    c.response_a,
-                    c.response_b,
-                    better=BETTER.get(j.better or ""),
-                    safer=BETTER.get(j.safer or ""),
-                    is_safe=(j.safe_a, j.safe_b),
-                    harm_categories=(tuple(j.harm_a), tuple(j.harm_b)),
-                    severity=(_severity(j.severity_a), _severity(j.severity_b)),
-                    meta={"key": c.key, "round": str(j.round), "annotator": str(j.annotator_id)},
-                )
-            )
+            c = comparison_of(j.judgement)
         except LabelError:
             dropped += 1
+            continue
+        out.append(dataclasses.replace(c, meta=meta))
     return out, dropped
-
-
-def _severity(value: str | None) -> Severity | None:
-    return None if value is None else Severity(value)
 
 
 def dpo_pairs(comparisons: list[Comparison]) -> list[Comparison]:
@@ -206,6 +198,8 @@ class ToyWorldDomain:
     progress: bool = True
     """Progress bars in the trainers."""
     name: str = "toyworld"
+    questions: tuple[Question, ...] = DEFAULT_QUESTIONS
+    """What annotators are asked (the default questions: better, safer, is_safe, a correction)."""
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> ToyWorldDomain:
@@ -275,7 +269,7 @@ class ToyWorldDomain:
                 raise RuntimeError(f"SFT failed with exit code {status}")
         return self._judge(final, None, None)
 
-    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Candidate]:
+    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Proposal]:
         """n_pairs pairs of two sampled responses from the current policy to train prompts;
         the same (seed, round) gives the same pairs."""
         import torch
@@ -317,13 +311,12 @@ class ToyWorldDomain:
         chosen = sorted(indices[:n_pairs])
         model = f"policy-r{round - 1}"
         return [
-            Candidate(
-                key=f"r{round}-{i:05d}",
-                prompt=pool[k][0],
-                response_a=pool[k][1],
-                response_b=pool[k][2],
-                model_a=model,
-                model_b=model,
+            Proposal(
+                Item(
+                    pool[k][0],
+                    (Candidate(pool[k][1], model=model), Candidate(pool[k][2], model=model)),
+                    key=f"r{round}-{i:05d}",
+                ),
                 priority=round_score(scores[k]),
             )
             for i, k in enumerate(chosen)

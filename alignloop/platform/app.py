@@ -12,7 +12,6 @@ from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -22,13 +21,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from swagger_ui_bundle import swagger_ui_path
 
+from alignloop.platform.api.routes import released
 from alignloop.platform.api.routes import router as api_router
 from alignloop.platform.auth import TokenCache
 from alignloop.platform.crud import PlatformError
-from alignloop.platform.db import is_sqlite, make_engine, make_sessionmaker
+from alignloop.platform.db import CONNECT_TIMEOUT_S, is_sqlite, make_engine, make_sessionmaker
+from alignloop.platform.fastlane import FastLane
+from alignloop.platform.hotpath import Memory, Pools, make_pool
 from alignloop.platform.logins import Throttle, TooManyAttempts
 from alignloop.platform.models import User
-from alignloop.platform.pgpool import ConnectionPool, libpq_conninfo
 from alignloop.platform.settings import Settings
 from alignloop.platform.web.routes import STATIC_DIR, LoginRequired, error_page
 from alignloop.platform.web.routes import router as web_router
@@ -138,6 +139,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (CPython's default: 700)
+START_WAIT_S = 3.0  # how long start-up waits for the event loop's first PostgreSQL connections
 THREADS = 200  # sync routes run in threads; a request waiting on the database must not starve the rest
 
 
@@ -152,9 +154,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 20, 20)
     if app.state.pg_pool is not None:
-        try:
-            await app.state.pg_pool.open(app.state.settings.async_pool_open)
-        except psycopg.OperationalError as exc:  # the database may come up later: open them on need
+        from psycopg_pool import PoolTimeout
+
+        try:  # the first connections are ready before the first requests come
+            await app.state.pg_pool.open(START_WAIT_S)
+        except PoolTimeout as exc:  # the database may come up later: the pool keeps trying
             logger.warning("could not open PostgreSQL connections at start-up: %s", exc)
     yield
     if app.state.pg_pool is not None:
@@ -192,8 +196,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pg_pool = (  # judgement-and-next's common case runs on the event loop (PostgreSQL)
         None
         if is_sqlite(settings.db)
-        else ConnectionPool(libpq_conninfo(settings.db), size=settings.async_pool_size)
+        else Pools(
+            lambda: make_pool(
+                settings.db,
+                size=settings.async_pool_size,
+                open_at_start=settings.async_pool_open,
+                connect_timeout_s=CONNECT_TIMEOUT_S,
+            )
+        )
     )
+    app.state.memory = Memory()
     app.state.token_cache = TokenCache[User](settings.token_cache_s)
     app.state.throttle = Throttle(
         per_account=settings.login_failures_per_account,
@@ -236,5 +248,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         https_only=settings.cookie_secure,
     )
     app.add_middleware(BodyLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(
+        FastLane,
+        state=app.state,
+        max_body=settings.max_body_bytes,
+        on_stored=lambda project_id: released(app.state.sessionmaker, project_id),
+    )
+    app.add_middleware(SecurityHeaders)  # outermost: every answer carries them, the fast lane's too
     return app

@@ -1,11 +1,14 @@
 """A Python client for the platform's JSON API (httpx).
 
 Trainers push items, set priorities and pull judgements; annotators (people's tools, or scripted
-teachers) fetch their next assignment and submit labels. Submissions carry an idempotency key
+teachers) fetch their next assignment and submit answers. Submissions carry an idempotency key
 and are retried on connection errors and 5xx answers, so a retry never stores a judgement twice.
+Items and judgements travel in the JSON form of `alignloop.feedback.schema` (`item_json`,
+`judgement_from_json`).
 
     trainer = PlatformClient.login("http://127.0.0.1:8000", "trainer", password)
-    ids = trainer.push_items(project_id, [{"key": "r1-0001", "prompt": ..., "response_a": ..., "response_b": ...}])
+    item = Item("...", (Candidate("first answer", model="sft"), Candidate("second", model="ppo")), key="r1-0001")
+    ids = trainer.push_items(project_id, [item_json(item)])
     trainer.set_priorities(project_id, {ids[0]: 2.5})
     judgements = trainer.wait_for_judgements(project_id, ids, per_item=3)
 
@@ -15,6 +18,7 @@ and are retried on connection errors and 5xx answers, so a retry never stores a 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -23,9 +27,37 @@ from typing import Any
 
 import httpx
 
-from alignloop.feedback.schema import Comparison
+from alignloop.feedback.schema import Candidate, Comparison, Item, Judgement, judgement_of
 
 RETRY_STATUSES = {502, 503, 504}
+
+
+def item_json(item: Item, *, priority: float = 0.0, **fields: Any) -> dict[str, Any]:
+    """An item as the items route takes it (candidates' media must be uploaded names)."""
+    candidates = [dataclasses.asdict(c) for c in item.candidates]
+    return {
+        "key": item.key,
+        "prompt": item.prompt,
+        "candidates": candidates,
+        "priority": priority,
+        "meta": dict(item.meta),
+        **fields,
+    }
+
+
+def item_from_json(row: Mapping[str, Any]) -> Item:
+    """An item as the platform sends it (in an assignment)."""
+    meta = {str(k): str(v) for k, v in (row.get("meta") or {}).items()}
+    return Item(
+        row["prompt"], tuple(Candidate(**c) for c in row["candidates"]), key=row.get("key"), meta=meta
+    )
+
+
+def judgement_from_json(row: Mapping[str, Any], item: Item, annotator: str = "") -> Judgement:
+    """A judgement as the platform sends it, about `item`."""
+    return Judgement(
+        item, dict(row["answers"]), annotator or str(row["annotator_id"]), row["skipped"], row["skip_reason"]
+    )
 
 
 class PlatformError(RuntimeError):
@@ -38,23 +70,10 @@ class PlatformError(RuntimeError):
 
 
 def labels_from_comparison(judged: Comparison | None) -> dict[str, Any]:
-    """A `feedback.schema.Comparison` (or None: declined) as the API's judgement fields."""
+    """A `feedback.schema.Comparison` (or None: declined) as a submission of the default questions."""
     if judged is None:
         return {"skipped": True, "skip_reason": "declined to judge"}
-    side = {0: "A", 1: "B", None: "tie"}
-    labels: dict[str, Any] = {
-        "better": side[judged.better],
-        "safe_a": judged.is_safe[0],
-        "safe_b": judged.is_safe[1],
-    }
-    if judged.safer is not None or None not in judged.is_safe:
-        labels["safer"] = side[judged.safer]
-    for i, s in enumerate("ab"):
-        if judged.is_safe[i] is False:
-            labels[f"harm_{s}"] = list(judged.harm_categories[i])
-            severity = judged.severity[i]
-            labels[f"severity_{s}"] = severity.value if severity is not None else None
-    return labels
+    return {"answers": judgement_of(judged).answers}
 
 
 class PlatformClient:
@@ -205,9 +224,10 @@ class PlatformClient:
     def stats(self, project_id: int) -> dict[str, Any]:
         return dict(self._request("GET", f"/api/projects/{project_id}/stats"))
 
-    def export(self, project_id: int, path: str | Path | None = None) -> str:
-        """The project as PKU-SafeRLHF JSONL; also written to `path` when given."""
-        text = str(self._request("GET", f"/api/projects/{project_id}/export"))
+    def export(self, project_id: int, path: str | Path | None = None, *, format: str = "auto") -> str:
+        """The project's export as JSONL (`format`: auto, judgements, pku-saferlhf, preference,
+        correction, supervised; see the export route); also written to `path` when given."""
+        text = str(self._request("GET", f"/api/projects/{project_id}/export", params={"format": format}))
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
@@ -215,7 +235,7 @@ class PlatformClient:
     # --- trainers ----------------------------------------------------------------------------
 
     def upload_media(self, path: str | Path) -> str:
-        """Upload a clip (video, GIF, image); returns the name to use as an item's media_a/media_b.
+        """Upload a clip (video, GIF, image, frame strip); returns the name to use as a candidate's `media`.
 
         The name is the content's hash, so an upload is idempotent and retried like a keyed push.
         """
@@ -300,7 +320,8 @@ class PlatformClient:
     def submit(
         self, assignment_id: int, labels: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> dict[str, Any]:
-        """Submit labels for an assignment; retried with the same key, so it is stored exactly once."""
+        """Submit `{"answers": {...}}` (or a skip with its reason) for an assignment; retried with
+        the same key, so it is stored exactly once."""
         body = {**labels, "idempotency_key": idempotency_key or uuid.uuid4().hex}
         return dict(
             self._request("POST", f"/api/assignments/{assignment_id}/judgement", json=body, retry=True)
@@ -324,12 +345,13 @@ class PlatformClient:
         *,
         limit: int | None = None,
     ) -> int:
-        """Label items with a scripted teacher (e.g. `BradleyTerryTeacher.compare`) until none are left."""
+        """Label two-candidate items of the default questions with a scripted teacher (e.g.
+        `BradleyTerryTeacher.compare`) until none are left."""
         done = 0
         assignment = self.next_assignment(project_id)
         while assignment is not None and (limit is None or done < limit):
-            item = assignment["item"]
-            judged = teacher(item["prompt"], item["response_a"], item["response_b"])
+            item = item_from_json(assignment["item"])
+            judged = teacher(item.prompt, item.text(0), item.text(1))
             labels = labels_from_comparison(judged)
             if limit is not None and done + 1 == limit:
                 self.submit(assignment["id"], labels)

@@ -9,14 +9,17 @@ different items and `taken` never overshoots; on SQLite the writes are serialise
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import and_, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from alignloop.feedback.schema import LabelError, Question, check_answers, parse_questions, questions_json
 from alignloop.platform import auth, names
 from alignloop.platform.models import (
     ApiToken,
@@ -208,7 +211,13 @@ def end_web_session(session: Session, *, session_id: str) -> None:
 def create_project(session: Session, *, spec: ProjectIn) -> Project:
     if session.scalar(select(Project.id).where(Project.name == spec.name)) is not None:
         raise Conflict(f"project {spec.name!r} already exists")
-    project = Project(**spec.model_dump())
+    project = Project(
+        name=spec.name,
+        instructions=spec.instructions,
+        overlap=spec.overlap,
+        gold_rate=spec.gold_rate,
+        questions=questions_json(spec.questions),
+    )
     session.add(project)
     session.flush()
     return project
@@ -219,6 +228,30 @@ def get_project(session: Session, *, project_id: int) -> Project:
     if project is None:
         raise NotFound(f"project {project_id} not found")
     return project
+
+
+def questions_of(project: Project) -> tuple[Question, ...]:
+    """The project's questions (stored in their JSON form, checked when the project was made)."""
+    return parse_questions(project.questions)
+
+
+def checked_answers(
+    questions: Sequence[Question],
+    answers: Any,
+    candidates: Sequence[dict[str, Any]],
+    *,
+    partial: bool = False,
+) -> dict[str, Any]:
+    """`answers` in normal form for an item with these stored candidates; `Invalid` (422) naming
+    the question and the reason. `partial`: no question is required (a gold item's known answers)."""
+    if partial:
+        questions = [dataclasses.replace(q, required=False) for q in questions]
+    try:
+        return check_answers(
+            questions, answers, len(candidates), frames=[c.get("frames") for c in candidates]
+        )
+    except LabelError as exc:
+        raise Invalid(str(exc)) from None
 
 
 KEYED_PUSH_ATTEMPTS = 5
@@ -260,16 +293,29 @@ def add_items(
     looked up again, so the same key never gives two rows and no push fails for it.
     """
     _duplicate_keys(items)
+    questions = questions_of(project)
+    pairs_only = [q.name for q in questions if q.pairs_only]
     specs: list[dict[str, object]] = []
     for i, spec in enumerate(items):
-        for side in ("media_a", "media_b"):
-            name = getattr(spec, side)
-            if name is not None and name not in media_names:
-                raise Invalid(f"items[{i}].{side}: no uploaded media file named {name!r}")
-        values = spec.model_dump()
-        for key in ("gold_better", "gold_safer"):
-            values[key] = getattr(spec, key).value if getattr(spec, key) is not None else None
-        specs.append(values)
+        candidates = [c.model_dump() for c in spec.candidates]
+        for j, candidate in enumerate(candidates):
+            if candidate["media"] is not None and candidate["media"] not in media_names:
+                raise Invalid(
+                    f"items[{i}].candidates[{j}].media: no uploaded media file named {candidate['media']!r}"
+                )
+        if pairs_only and len(candidates) != 2:
+            raise Invalid(
+                f"items[{i}].candidates: this project asks {', '.join(pairs_only)}, which compare two"
+                f" candidates; the item has {len(candidates)}"
+            )
+        gold = None
+        if spec.gold is not None:
+            try:
+                gold = checked_answers(questions, spec.gold, candidates, partial=True)
+            except Invalid as exc:
+                raise Invalid(f"items[{i}].gold: {exc.detail}") from None
+        values = spec.model_dump(exclude={"candidates", "gold"})
+        specs.append({**values, "candidates": candidates, "gold": gold})
     keys = [spec.key for spec in items if spec.key is not None]
     for _ in range(KEYED_PUSH_ATTEMPTS):
         known = item_ids_by_key(session, project_id=project.id, keys=keys)
@@ -383,6 +429,20 @@ def _pick_and_take(session: Session, *, project: Project, annotator_id: int, gol
     return session.scalars(taken, execution_options=options).first()
 
 
+def open_assignment(session: Session, *, project_id: int, annotator_id: int) -> Assignment | None:
+    """The annotator's (oldest) open assignment in the project, or None."""
+    return session.scalar(
+        select(Assignment)
+        .where(
+            Assignment.project_id == project_id,
+            Assignment.annotator_id == annotator_id,
+            Assignment.status == "open",
+        )
+        .order_by(Assignment.id)
+        .limit(1)
+    )
+
+
 def next_assignment(
     session: Session,
     *,
@@ -399,16 +459,7 @@ def next_assignment(
     now = now or utcnow()
     if release:
         release_expired(session, project_id=project.id, now=now)
-    current = session.scalar(
-        select(Assignment)
-        .where(
-            Assignment.project_id == project.id,
-            Assignment.annotator_id == annotator.id,
-            Assignment.status == "open",
-        )
-        .order_by(Assignment.id)
-        .limit(1)
-    )
+    current = open_assignment(session, project_id=project.id, annotator_id=annotator.id)
     if current is not None:
         return current
     order = [False]
@@ -444,19 +495,12 @@ def judgement_by_key(session: Session, *, annotator_id: int, key: str) -> Judgem
     )
 
 
-def _check_categories(labels: Labels, categories: Sequence[str]) -> None:
-    allowed = set(categories)
-    for side in ("harm_a", "harm_b"):
-        unknown = [c for c in getattr(labels, side) if c not in allowed]
-        if unknown:
-            raise Invalid(f"{side}: unknown harm categories {unknown}; this project allows {sorted(allowed)}")
-
-
-def _label_values(labels: Labels) -> dict[str, object]:
-    values = labels.model_dump(exclude={"idempotency_key"}, mode="json")
+def _label_values(labels: Labels, project: Project, item: Item) -> dict[str, object]:
+    """The stored columns of a verdict: its answers checked against the project's questions."""
     if labels.skipped:
-        values = {"skipped": True, "skip_reason": labels.skip_reason}
-    return values
+        return {"skipped": True, "skip_reason": labels.skip_reason, "answers": {}}
+    answers = checked_answers(questions_of(project), labels.answers, item.candidates)
+    return {"skipped": False, "skip_reason": "", "answers": answers}
 
 
 def submit_judgement(
@@ -482,10 +526,9 @@ def submit_judgement(
     if assignment.status == "done":
         raise Conflict(f"assignment {assignment_id} is already judged")
     item = assignment.item
-    if labels.harm_a or labels.harm_b:
-        project = session.get(Project, assignment.project_id)
-        assert project is not None
-        _check_categories(labels, project.harm_categories)
+    project = session.get(Project, assignment.project_id)
+    assert project is not None
+    values = _label_values(labels, project, item)
     # open -> done only if still open: a concurrent request may have expired it a moment ago
     still_open = session.execute(
         update(Assignment)
@@ -493,8 +536,6 @@ def submit_judgement(
         .values(status="done")
     ).rowcount  # type: ignore[attr-defined]
     if not still_open:  # expired: its slot went back to the queue, so take one again if free
-        project = session.get(Project, assignment.project_id)
-        assert project is not None
         if not _take_slot(session, item_id=item.id, overlap=project.overlap, only_if_free=True):
             raise Conflict(f"assignment {assignment_id} expired and its item went to other annotators")
         session.execute(update(Assignment).where(Assignment.id == assignment.id).values(status="done"))
@@ -505,7 +546,7 @@ def submit_judgement(
         idempotency_key=labels.idempotency_key,
         created_at=now,
         updated_at=now,
-        **_label_values(labels),
+        **values,
     )
     session.add(judgement)
     if labels.skipped:  # the slot goes back to the queue for someone else
@@ -533,9 +574,9 @@ def update_judgement(session: Session, *, judgement_id: int, user: User, labels:
     if labels.skipped != judgement.skipped:
         raise Conflict("a skipped judgement stays skipped and a labelled one stays labelled")
     project = session.get(Project, judgement.project_id)
-    assert project is not None
-    _check_categories(labels, project.harm_categories)
-    for key, value in _label_values(labels).items():
+    item = session.get(Item, judgement.item_id)
+    assert project is not None and item is not None
+    for key, value in _label_values(labels, project, item).items():
         setattr(judgement, key, value)
     judgement.updated_at = utcnow()
     session.flush()

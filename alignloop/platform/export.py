@@ -1,116 +1,97 @@
-"""Export a project's judgements as PKU-SafeRLHF records, one per item, aggregated by majority.
+"""Export a project's judgements: every answer, as judged items or in any feedback format.
 
-Several annotators judge each item; the record keeps the majority `better`/`safer`/`is_safe` and
-the share of annotators who agreed with `better` (`agreement`). A tie between A and B, or a
-majority for "tie"/"both bad", gives no preference (`better_response_id` null). Safety ties count
-as unsafe. Harm categories chosen by at least half of the annotators are kept; severity is the
-median. Files are written by `alignloop.feedback.formats`, so its readers load them back.
+The stored rows become `feedback.judged.JudgedItem`s (one per non-gold item, with every
+annotator's judgement, by name), which `alignloop.feedback.formats` writes in any format and
+container: `judgements` (every question kind, the annotators, the agreement per question),
+`pku-saferlhf` (majority records of a two-candidate project with a pairwise question),
+`preference`, `correction` (the Aligner trainer's input), `supervised` (prompt, corrected).
+`auto` is PKU-SafeRLHF where the project can be written so, else the judged items. What is
+written reads back with `alignloop data validate` and the trainers' `--train-file`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from alignloop.feedback.agreement import majority
-from alignloop.feedback.formats import WriteResult, to_row, write_records
-from alignloop.feedback.schema import Comparison, LabelError, Severity, check_safety_consistency
-from alignloop.platform.models import Item, Judgement, Project
+from alignloop.feedback.formats import FORMATS, WriteResult, to_row, write_records
+from alignloop.feedback.judged import JudgedItem, as_records, judged_item
+from alignloop.feedback.schema import Candidate, Item, Judgement, LabelError, Pairwise, Question
+from alignloop.platform.crud import Invalid, questions_of
+from alignloop.platform.models import Item as ItemRow
+from alignloop.platform.models import Judgement as JudgementRow
+from alignloop.platform.models import Project, User
 
-SIDE = {"A": 0, "B": 1}
-SEVERITY_ORDER = [Severity.MINOR.value, Severity.MODERATE.value, Severity.SEVERE.value]
-
-
-def _safe_majority(flags: Sequence[bool | None]) -> bool | None:
-    given = [f for f in flags if f is not None]
-    if not given:
-        return None
-    return sum(given) * 2 > len(given)  # a tie counts as unsafe
+EXPORT_FORMATS = ("auto", "judgements", "pku-saferlhf", "preference", "correction", "supervised")
 
 
-def _candidate(item: Item, side: str) -> str:
-    text: str = getattr(item, f"response_{side}")
-    name = getattr(item, f"media_{side}")
-    return text or f"media:{name}"
+def item_of(row: ItemRow) -> Item:
+    """A stored item as the one definition's `Item` (meta gains the item's id)."""
+    meta = {str(k): str(v) for k, v in row.meta.items()}
+    meta["item_id"] = str(row.id)
+    return Item(row.prompt, tuple(Candidate(**c) for c in row.candidates), key=row.key, meta=meta)
 
 
-def aggregate(item: Item, judgements: Sequence[Judgement]) -> Comparison:
-    """One record from an item's non-skipped judgements."""
-    better_vote, agreement = majority([j.better for j in judgements])
-    safer_vote, _ = majority([j.safer for j in judgements])
-    is_safe = (_safe_majority([j.safe_a for j in judgements]), _safe_majority([j.safe_b for j in judgements]))
-    harm: list[tuple[str, ...]] = []
-    severity: list[Severity | None] = []
-    for i, side in enumerate("ab"):
-        if is_safe[i] is not False:
-            harm.append(())
-            severity.append(None)
-            continue
-        counts = Counter(c for j in judgements for c in getattr(j, f"harm_{side}"))
-        harm.append(tuple(sorted(c for c, n in counts.items() if 2 * n >= len(judgements))))
-        levels = sorted(
-            SEVERITY_ORDER.index(s) for j in judgements if (s := getattr(j, f"severity_{side}")) is not None
-        )
-        severity.append(Severity(SEVERITY_ORDER[levels[(len(levels) - 1) // 2]]) if levels else None)
-    meta = {str(k): str(v) for k, v in item.meta.items()}
-    meta.update(
-        item_id=str(item.id),
-        **({} if item.key is None else {"key": item.key}),
-        model_0=item.model_a,
-        model_1=item.model_b,
-        n_judgements=str(len(judgements)),
-        better_votes=json.dumps(dict(Counter(j.better for j in judgements))),
-    )
-    safer = SIDE.get(safer_vote) if safer_vote else None
-    try:
-        check_safety_consistency(safer, is_safe)
-    except LabelError:  # the majority "safer" contradicts the majority safety flags: keep no preference
-        meta["safer_conflict"] = f"majority safer {safer_vote} contradicts majority is_safe"
-        safer = None
-    return Comparison(
-        item.prompt,
-        _candidate(item, "a"),
-        _candidate(item, "b"),
-        better=SIDE.get(better_vote) if better_vote else None,
-        safer=safer,
-        is_safe=is_safe,
-        harm_categories=(harm[0], harm[1]),
-        severity=(severity[0], severity[1]),
-        agreement=None if math.isnan(agreement) else round(agreement, 6),
-        meta=meta,
-    )
+def judgement_of(row: JudgementRow, item: Item, annotator: str) -> Judgement:
+    return Judgement(item, dict(row.answers), annotator, row.skipped, row.skip_reason)
 
 
-def comparisons(session: Session, *, project: Project, min_judgements: int = 1) -> list[Comparison]:
-    """Aggregated records of the project's (non-gold) items with at least `min_judgements` labels."""
-    by_item: dict[int, list[Judgement]] = defaultdict(list)
-    for judgement in session.scalars(
-        select(Judgement)
-        .where(Judgement.project_id == project.id, ~Judgement.skipped)
-        .order_by(Judgement.item_id, Judgement.id)
+def judged_items(session: Session, *, project: Project, min_judgements: int = 1) -> list[JudgedItem]:
+    """The project's non-gold items with at least `min_judgements` answered (not skipped) judgements."""
+    questions = questions_of(project)
+    names = dict(session.execute(select(User.id, User.name)).all())
+    by_item: dict[int, list[JudgementRow]] = defaultdict(list)
+    row: JudgementRow
+    for row in session.scalars(
+        select(JudgementRow)
+        .where(JudgementRow.project_id == project.id)
+        .order_by(JudgementRow.item_id, JudgementRow.id)
     ):
-        by_item[judgement.item_id].append(judgement)
-    items = session.scalars(
-        select(Item).where(Item.project_id == project.id, ~Item.is_gold).order_by(Item.id)
-    ).all()
-    return [aggregate(item, by_item[item.id]) for item in items if len(by_item[item.id]) >= min_judgements]
+        by_item[row.item_id].append(row)
+    out = []
+    for item_row in session.scalars(
+        select(ItemRow).where(ItemRow.project_id == project.id, ~ItemRow.is_gold).order_by(ItemRow.id)
+    ):
+        rows = by_item[item_row.id]
+        if sum(not j.skipped for j in rows) < min_judgements:
+            continue
+        item = item_of(item_row)
+        out.append(
+            judged_item(item, questions, [judgement_of(j, item, names.get(j.annotator_id, "")) for j in rows])
+        )
+    return out
 
 
-def pku_lines(session: Session, *, project: Project, min_judgements: int = 1) -> list[str]:
-    """The export as PKU-SafeRLHF JSONL lines."""
-    return [
-        json.dumps(to_row(record, "pku-saferlhf"), ensure_ascii=False) + "\n"
-        for record in comparisons(session, project=project, min_judgements=min_judgements)
-    ]
+def resolve_format(questions: tuple[Question, ...], fmt: str) -> str:
+    """The format an export is written in (`auto`: PKU-SafeRLHF when the project has a pairwise question)."""
+    if fmt not in EXPORT_FORMATS:
+        raise Invalid(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    if fmt == "auto":
+        return "pku-saferlhf" if any(isinstance(q, Pairwise) for q in questions) else "judgements"
+    return fmt
 
 
-def export_project(session: Session, *, project: Project, path: Path, min_judgements: int = 1) -> WriteResult:
+def lines(session: Session, *, project: Project, fmt: str = "auto", min_judgements: int = 1) -> Iterator[str]:
+    """The export as JSONL lines; `Invalid` when the project's judgements cannot be written in `fmt`."""
+    fmt = resolve_format(questions_of(project), fmt)
+    assert fmt in FORMATS
+    records = judged_items(session, project=project, min_judgements=min_judgements)
+    try:
+        converted: list[Any] = as_records(records, fmt)
+    except LabelError as exc:
+        raise Invalid(f"format {fmt}: {exc}") from None
+    return (json.dumps(to_row(r, fmt), ensure_ascii=False) + "\n" for r in converted)
+
+
+def export_project(
+    session: Session, *, project: Project, path: Path, fmt: str = "auto", min_judgements: int = 1
+) -> WriteResult:
     """Write the export to `path`: `.jsonl`, `.json`, `.parquet`, or a `datasets` folder (no suffix)."""
-    records = comparisons(session, project=project, min_judgements=min_judgements)
-    return write_records(records, path, "pku-saferlhf")
+    fmt = resolve_format(questions_of(project), fmt)
+    return write_records(judged_items(session, project=project, min_judgements=min_judgements), path, fmt)

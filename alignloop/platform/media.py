@@ -12,6 +12,10 @@ import os
 import re
 from pathlib import Path
 
+from alignloop.feedback.schema import STRIP_COLUMNS
+
+__all__ = ["MEDIA_TYPES", "STRIP_COLUMNS", "media_kind", "path_of", "store"]
+
 MEDIA_TYPES = {
     ".mp4": "video/mp4",
     ".webm": "video/webm",
@@ -46,9 +50,13 @@ def served_type(path: Path) -> str:
         return sniff(file.read(SNIFF_BYTES)) or "application/octet-stream"
 
 
-def media_kind(name: str) -> str:
-    """'video' or 'image', for the labelling page."""
-    return "video" if Path(name).suffix in (".mp4", ".webm") else "image"
+def media_kind(name: str, frames: int | None = None) -> str:
+    """How the labelling page shows a file: 'video', 'strip' (a PNG of `frames` > 1 frames, played
+    and stepped frame by frame), or 'image' (a still, or an animated GIF)."""
+    suffix = Path(name).suffix
+    if suffix in (".mp4", ".webm"):
+        return "video"
+    return "strip" if suffix == ".png" and frames is not None and frames > 1 else "image"
 
 
 def store(media_dir: Path, filename: str, data: bytes) -> str:

@@ -18,7 +18,11 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+ANSWERS_JSON = JSON().with_variant(JSONB(), "postgresql")
+"""Answer documents: JSONB on PostgreSQL (queryable by key), JSON text on SQLite."""
 
 
 def utcnow() -> dt.datetime:
@@ -89,6 +93,9 @@ class LoginFailure(Base):
 
 
 class Project(Base):
+    """A labelling project: what it asks (`questions`, the JSON form of `feedback.schema`'s
+    question list, fixed at creation) and how many annotators judge each item."""
+
     __tablename__ = "projects"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -96,12 +103,13 @@ class Project(Base):
     instructions: Mapped[str] = mapped_column(Text, default="")
     overlap: Mapped[int] = mapped_column(Integer, default=1)  # k: judgements wanted per item
     gold_rate: Mapped[float] = mapped_column(Float, default=0.0)
-    harm_categories: Mapped[list[str]] = mapped_column(JSON)
+    questions: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Item(Base):
-    """A prompt and two candidates (text or a stored media clip), with the models behind them."""
+    """A prompt and 2 to 8 candidates (`candidates`: the JSON form of `feedback.schema.Candidate`s,
+    each a text and/or a stored media clip, the model behind it, a clip's frame count)."""
 
     __tablename__ = "items"
     __table_args__ = (
@@ -115,16 +123,11 @@ class Item(Base):
     # The pusher's name for the item (e.g. "r3-0017"): pushing the same key again returns this row
     key: Mapped[str | None] = mapped_column(String(128), nullable=True)
     prompt: Mapped[str] = mapped_column(Text)
-    response_a: Mapped[str] = mapped_column(Text, default="")
-    response_b: Mapped[str] = mapped_column(Text, default="")
-    media_a: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    media_b: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    model_a: Mapped[str] = mapped_column(String(128), default="")
-    model_b: Mapped[str] = mapped_column(String(128), default="")
+    candidates: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     priority: Mapped[float] = mapped_column(Float, default=0.0)
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
-    gold_better: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    gold_safer: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # A gold item's known answers (an answer document for some of the project's questions)
+    gold: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Open assignments plus finished (non-skipped) judgements; the queue serves an item while
     # this is below the project's overlap. Kept as a column so row locks protect it.
@@ -147,7 +150,7 @@ class Assignment(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
-    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16), default="open")  # open | done | expired
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -163,7 +166,6 @@ class Judgement(Base):
         UniqueConstraint("annotator_id", "idempotency_key", name="uq_judgement_idempotency"),
         UniqueConstraint("item_id", "annotator_id", name="uq_judgement_item_annotator"),
         Index("ix_judgements_project", "project_id", "id"),
-        Index("ix_judgements_annotator", "annotator_id", "project_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -173,14 +175,7 @@ class Judgement(Base):
     idempotency_key: Mapped[str] = mapped_column(String(64))
     skipped: Mapped[bool] = mapped_column(Boolean, default=False)
     skip_reason: Mapped[str] = mapped_column(Text, default="")
-    better: Mapped[str | None] = mapped_column(String(16), nullable=True)  # A | B | tie | both_bad
-    safer: Mapped[str | None] = mapped_column(String(16), nullable=True)  # A | B | tie
-    safe_a: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
-    safe_b: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
-    harm_a: Mapped[list[str]] = mapped_column(JSON, default=list)
-    harm_b: Mapped[list[str]] = mapped_column(JSON, default=list)
-    severity_a: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    severity_b: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    corrected: Mapped[str] = mapped_column(Text, default="")
+    # The answers by question name, in the normal form of `feedback.schema.check_answers` ({} when skipped)
+    answers: Mapped[dict[str, Any]] = mapped_column(ANSWERS_JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,19 +1,25 @@
-"""What goes over the wire (pydantic v2). The label vocabulary comes from `alignloop.feedback`."""
+"""What goes over the wire (pydantic v2), built from the one definition in `alignloop.feedback.schema`.
+
+A project's questions are that module's question dataclasses (a discriminated union on `kind`,
+validated by `parse_questions`); an item's candidates are its `Candidate`s; a judgement's
+answers are checked against the project's questions by `check_answers` when it is stored
+(`crud`), since only the project knows what it asks.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alignloop.feedback.schema import (
-    HARM_CATEGORIES,
-    Better,
+    DEFAULT_QUESTIONS,
+    MAX_CANDIDATES,
+    MIN_CANDIDATES,
+    QUESTION_KINDS,
     LabelError,
-    Safer,
-    Severity,
-    check_safety_consistency,
+    parse_questions,
 )
 from alignloop.platform.auth import MAX_TOKEN_LIFETIME_S
 from alignloop.platform.models import as_utc
@@ -119,6 +125,10 @@ class UserOut(BaseModel):
     active: bool
 
 
+QuestionSpec = Annotated[Union[tuple(QUESTION_KINDS.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
+"""One question: the JSON form of a `feedback.schema` question (its fields are the kind's options)."""
+
+
 class ProjectIn(Strict):
     name: str = Field(min_length=1, max_length=128)
     instructions: str = Field(default="", max_length=20_000)
@@ -128,16 +138,19 @@ class ProjectIn(Strict):
     gold_rate: float = Field(
         default=0.0, ge=0.0, le=1.0, description="Share of assignments that are gold items."
     )
-    harm_categories: list[str] = Field(default_factory=lambda: list(HARM_CATEGORIES), max_length=200)
+    questions: list[QuestionSpec] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(DEFAULT_QUESTIONS),
+        description="What annotators are asked about each item (default: better, safer, is_safe with"
+        " the 19 PKU-SafeRLHF harm categories and severity, and a correction). Fixed once created.",
+    )
 
-    @field_validator("harm_categories")
+    @field_validator("questions", mode="before")
     @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("harm categories must be unique")
-        if any(not c or len(c) > 128 for c in value):
-            raise ValueError("each harm category must have 1 to 128 characters")
-        return value
+    def _questions(cls, value: Any) -> Any:
+        try:
+            return list(parse_questions(value))
+        except LabelError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class ProjectOut(BaseModel):
@@ -147,7 +160,24 @@ class ProjectOut(BaseModel):
     instructions: str
     overlap: int
     gold_rate: float
-    harm_categories: list[str]
+    questions: list[dict[str, Any]]
+
+
+class CandidateIn(Strict):
+    """One candidate: a text and/or an uploaded media file, and the model behind it."""
+
+    text: str = Field(default="", max_length=100_000)
+    media: str | None = Field(default=None, max_length=128, description="Name of an uploaded media file.")
+    model: str = Field(default="", max_length=128)
+    frames: int | None = Field(
+        default=None, ge=1, le=100_000, description="A clip's frame count (marks are checked against it)."
+    )
+
+    @model_validator(mode="after")
+    def _shown(self) -> CandidateIn:
+        if not (self.text or self.media):
+            raise ValueError("each candidate needs a text or a media file")
+        return self
 
 
 class ItemIn(Strict):
@@ -159,29 +189,31 @@ class ItemIn(Strict):
         "already there is not added again (its id is answered), so a push can be retried.",
     )
     prompt: str = Field(min_length=1, max_length=100_000)
-    response_a: str = Field(default="", max_length=100_000)
-    response_b: str = Field(default="", max_length=100_000)
-    media_a: str | None = Field(default=None, max_length=128, description="Name of an uploaded media file.")
-    media_b: str | None = Field(default=None, max_length=128)
-    model_a: str = Field(default="", max_length=128)
-    model_b: str = Field(default="", max_length=128)
+    candidates: list[CandidateIn] = Field(min_length=MIN_CANDIDATES, max_length=MAX_CANDIDATES)
     priority: float = Field(default=0.0, allow_inf_nan=False)
     is_gold: bool = False
-    gold_better: Better | None = None
-    gold_safer: Safer | None = None
+    gold: dict[str, Any] | None = Field(
+        default=None,
+        description="A gold item's known answers, by question name (checked like a judgement's).",
+    )
     meta: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _candidates(self) -> ItemIn:
-        if not (self.response_a or self.media_a) or not (self.response_b or self.media_b):
-            raise ValueError("each candidate needs a text response or a media file")
-        if self.is_gold and self.gold_better is None and self.gold_safer is None:
-            raise ValueError("a gold item needs gold_better or gold_safer")
+    def _gold(self) -> ItemIn:
+        if self.is_gold and not self.gold:
+            raise ValueError("gold: a gold item needs the known answer to at least one question")
         return self
 
 
 class ItemsIn(Strict):
     items: list[ItemIn] = Field(min_length=1, max_length=1000)
+
+
+class CandidateOut(BaseModel):
+    text: str
+    media: str | None
+    model: str
+    frames: int | None
 
 
 class ItemOut(BaseModel):
@@ -190,12 +222,7 @@ class ItemOut(BaseModel):
     project_id: int
     key: str | None
     prompt: str
-    response_a: str
-    response_b: str
-    media_a: str | None
-    media_b: str | None
-    model_a: str
-    model_b: str
+    candidates: list[CandidateOut]
     priority: float
     meta: dict[str, Any]
 
@@ -219,7 +246,6 @@ class AssignmentOut(BaseModel):
     id: int
     expires_at: dt.datetime
     item: ItemOut
-    harm_categories: list[str]
 
 
 class NextOut(BaseModel):
@@ -227,39 +253,21 @@ class NextOut(BaseModel):
 
 
 class Labels(Strict):
-    """An annotator's verdict; `skipped` with a reason replaces every other field."""
+    """An annotator's verdict: the answers by question name, or a skip with a reason."""
 
-    better: Better | None = None
-    safer: Safer | None = None
-    safe_a: bool | None = None
-    safe_b: bool | None = None
-    harm_a: list[str] = Field(default_factory=list, max_length=50)
-    harm_b: list[str] = Field(default_factory=list, max_length=50)
-    severity_a: Severity | None = None
-    severity_b: Severity | None = None
-    corrected: str = Field(default="", max_length=100_000)
+    answers: dict[str, Any] = Field(
+        default_factory=dict, description="The answer to each of the project's questions, by name."
+    )
     skipped: bool = False
     skip_reason: str = Field(default="", max_length=2000)
 
     @model_validator(mode="after")
-    def _consistent(self) -> Labels:
+    def _skip(self) -> Labels:
         if self.skipped:
             if not self.skip_reason.strip():
                 raise ValueError("skip_reason: say why the item is skipped")
-            return self
-        if self.better is None:
-            raise ValueError("better: choose A, B, tie or both_bad (or skip with a reason)")
-        for side, safe, harm, severity in (
-            ("a", self.safe_a, self.harm_a, self.severity_a),
-            ("b", self.safe_b, self.harm_b, self.severity_b),
-        ):
-            if safe and (harm or severity):
-                raise ValueError(f"harm_{side}/severity_{side}: response {side.upper()} is marked safe")
-        safer = {Safer.A: 0, Safer.B: 1}.get(self.safer) if self.safer else None
-        try:
-            check_safety_consistency(safer, (self.safe_a, self.safe_b))
-        except LabelError as exc:
-            raise ValueError(str(exc)) from exc
+            if self.answers:
+                raise ValueError("answers: a skipped item has no answers")
         return self
 
 
@@ -278,15 +286,7 @@ class JudgementOut(BaseModel):
     idempotency_key: str
     skipped: bool
     skip_reason: str
-    better: str | None
-    safer: str | None
-    safe_a: bool | None
-    safe_b: bool | None
-    harm_a: list[str]
-    harm_b: list[str]
-    severity_a: str | None
-    severity_b: str | None
-    corrected: str
+    answers: dict[str, Any]
     created_at: dt.datetime
 
 

@@ -70,3 +70,25 @@ def test_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ClipError, match="not a MuJoCo task"):
         render_clip("SafeSliderVelocity-v0", qpos, qvel, tmp_path / "x.gif")
     assert not (tmp_path / "x.gif").exists()
+
+
+def test_frame_strips_hold_every_frame_in_rows_of_ten(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from alignloop.control.clips import render_strip
+    from alignloop.feedback.schema import STRIP_COLUMNS
+
+    env = gym.make("HalfCheetah-v5")
+    env.reset(seed=0)
+    states = []
+    for _ in range(12):
+        env.step(env.action_space.sample())
+        states.append(segment_states(env))
+    env.close()
+    qpos, qvel = (np.stack(x) for x in zip(*states, strict=True))
+    path = render_strip("HalfCheetah-v5", qpos, qvel, tmp_path / "s.png", width=32, height=24)
+    with Image.open(path) as strip:
+        assert strip.size == (STRIP_COLUMNS * 32, 2 * 24)  # 12 frames: a row of 10 and a row of 2
+        frames = np.asarray(strip.convert("RGB"))
+    assert not np.array_equal(frames[:24, :32], frames[:24, 32:64])  # frames differ
+    assert not frames[24:, 64:].any()  # the rest of the last row is empty

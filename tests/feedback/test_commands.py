@@ -121,3 +121,29 @@ def test_convert_in_process(good: Path, tmp_path: Path, capsys: pytest.CaptureFi
         "1 records written, 0 invalid rows skipped, 1 records hh-rlhf cannot hold skipped"
         in capsys.readouterr().out
     )
+
+
+def test_a_platform_export_of_every_kind_validates_and_converts(tmp_path: Path) -> None:
+    from alignloop.feedback.formats import write_records
+    from alignloop.feedback.judged import judged_item
+    from alignloop.feedback.schema import Candidate, CorrectionText, Item, Judgement, Ranking
+
+    questions = (Ranking("order"), CorrectionText("fix", required=False))
+    item = Item("q", (Candidate("a"), Candidate("b"), Candidate("c")), key="k")
+    judgements = [
+        Judgement(item, {"order": [3, 1, 2], "fix": {"candidate": "A", "text": "a, fixed"}}, "ann1"),
+        Judgement(item, {"order": [3, 2, 1]}, "ann2"),
+    ]
+    write_records([judged_item(item, questions, judgements)], tmp_path / "judged.jsonl", "judgements")
+    result = run_cli("data", "validate", tmp_path / "judged.jsonl")
+    assert result.returncode == 0, result.stderr
+    assert "format: judgements" in result.stdout and "judged items: 1" in result.stdout
+    assert "answered: fix 1, order 2" in result.stdout
+    out = tmp_path / "aligner.parquet"
+    assert convert(ConvertConfig(tmp_path / "judged.jsonl", out, to="correction")) == 0
+    assert [(r.original, r.corrected) for r in read_records(out).records] == [("a", "a, fixed")]
+    assert convert(ConvertConfig(tmp_path / "judged.jsonl", tmp_path / "pairs.jsonl", to="preference")) == 0
+    assert len(read_records(tmp_path / "pairs.jsonl").records) == 6  # 3 implied pairs from each ranking
+    bad = (tmp_path / "judged.jsonl").read_text().replace('"order": [3, 2, 1]', '"order": [3, 2, 7]')
+    (tmp_path / "bad.jsonl").write_text(bad)
+    assert validate(ValidateConfig(tmp_path / "bad.jsonl")) == 1

@@ -368,7 +368,15 @@ def test_empty_files(tmp_path: Path) -> None:
 
 
 def test_formats_constant() -> None:
-    assert FORMATS == ("pku-saferlhf", "hh-rlhf", "preference", "prompt", "supervised")
+    assert FORMATS == (
+        "pku-saferlhf",
+        "hh-rlhf",
+        "preference",
+        "prompt",
+        "supervised",
+        "judgements",
+        "correction",
+    )
 
 
 def test_reading_datasets_and_parquet_imports_no_torch(tmp_path: Path) -> None:

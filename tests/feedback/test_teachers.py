@@ -188,3 +188,22 @@ def test_bad_settings_are_refused() -> None:
         SegmentTeacher().judge(np.zeros((3, 4)))
     with pytest.raises(ValueError, match=r"must both be \(N, 2\)"):
         judge_pairs(np.zeros((3, 3)), np.zeros((3, 3)), None, TeacherNoise(), np.random.default_rng())
+
+
+def test_scripted_rankings_follow_plackett_luce_and_marks_the_first_unsafe_step() -> None:
+    from alignloop.feedback.schema import Mark, Ranking, Rating
+    from alignloop.feedback.teachers import ScriptedAnnotator, Truth
+
+    utilities = np.array([0.0, 1.0, 2.0, 0.5])
+    perfect = ScriptedAnnotator((Ranking("r"),), seed=0)
+    assert perfect.answer(Truth(utilities, utilities)) == {"r": [4, 2, 1, 3]}  # beta = inf: sorted
+    # beta = 1: P(first = i) = exp(u_i) / sum_j exp(u_j); candidate 2 first with e^2 / (1 + e + e^2 + e^0.5)
+    noisy = ScriptedAnnotator((Ranking("r"),), TeacherNoise(beta=1.0), seed=1)
+    firsts = [noisy.answer(Truth(utilities, utilities))["r"].index(1) for _ in range(4000)]  # type: ignore[index]
+    expected = np.exp(utilities) / np.exp(utilities).sum()
+    assert np.allclose(np.bincount(firsts, minlength=4) / 4000, expected, atol=0.03)
+    rating = ScriptedAnnotator((Rating("q", scale_min=1, scale_max=5),), seed=0, rating_noise=0.0)
+    assert rating.answer(Truth(np.array([0.0, 0.5, 1.0]), np.zeros(3))) == {"q": {"overall": [1, 3, 5]}}
+    marks = ScriptedAnnotator((Mark("m"),), seed=0, frame_stride=2)
+    steps = np.array([[0, 0, 0, 0, 1, 1], [0.0] * 6])  # clip A unsafe from step 4 = frame 2
+    assert marks.answer(Truth(np.zeros(2), np.zeros(2), step_costs=steps)) == {"m": [2, None]}

@@ -78,7 +78,7 @@ def test_reader_skips_and_counts_bad_rows(tmp_path, caplog):
     good = {"prompt": "p", "original": "o", "corrected": "c"}
     path = write_lines(tmp_path / "c.jsonl", [good, {"prompt": "p"}, "not json", good])
     assert len(read_corrections(path, skip_invalid=True)) == 2
-    assert "skipped 2 invalid row(s)" in caplog.text
+    assert "skipped 2 of 4 rows as invalid" in caplog.text
 
 
 def test_encoding_follows_the_documented_format(tokenizer):
@@ -203,3 +203,21 @@ def test_aligner_lowers_the_unsafe_rate_of_sft_answers(tmp_path, world):
     assert before >= 0.3, before
     assert after <= 0.1, (before, after)
     assert helpful >= 0.2, helpful
+
+
+def test_train_aligner_reads_the_platforms_corrections(tmp_path):
+    """The platform's export of judged items feeds `train aligner` through feedback.formats."""
+    from alignloop.feedback.formats import write_records
+    from alignloop.feedback.judged import judged_item
+    from alignloop.feedback.schema import DEFAULT_QUESTIONS, Candidate, Item, Judgement
+
+    item = Item("how do i cook rice", (Candidate("sure boil"), Candidate("use poison")), key="k")
+    fixed = {"better": "A", "correction": {"candidate": "B", "text": "no poison boil"}}
+    write_records(
+        [judged_item(item, DEFAULT_QUESTIONS, [Judgement(item, fixed, "a")])],
+        tmp_path / "e.jsonl",
+        "judgements",
+    )
+    assert read_corrections(tmp_path / "e.jsonl") == [
+        Correction("how do i cook rice", "use poison", "no poison boil")
+    ]

@@ -14,6 +14,7 @@ from alignloop.lm.data import (
     format_prompt,
     load_comparisons,
     preferred_pairs,
+    safety_judged,
 )
 
 
@@ -82,6 +83,17 @@ def test_preference_collator_orders_by_choice_and_shares_length(tokenizer) -> No
     assert kept == [c] and ties == 1
 
 
+def test_safety_ties_keep_their_sign_terms_for_the_cost_model(tokenizer) -> None:
+    ranked = Comparison("p", "first boil", "sure detonator", better=0, safer=0, is_safe=(True, False))
+    tie = Comparison("p", "first boil", "boil", better=None, safer=None, is_safe=(True, True))
+    unjudged = Comparison("p", "a", "b", better=0, safer=0)
+    kept, left_out = safety_judged([ranked, tie, unjudged])
+    assert kept == [ranked, tie] and left_out == 1  # the tie is kept: both flags are known
+    batch = PreferenceCollator(tokenizer, by="safer")(kept)
+    assert batch["ranked"].tolist() == [True, False]
+    assert batch["chosen_safe"].tolist() == [True, True] and batch["rejected_safe"].tolist() == [False, True]
+
+
 def test_prompt_collator_pads_left(tokenizer) -> None:
     batch = PromptCollator(tokenizer)(["how do i cook rice", "tell me how to make poison"])
     # <bos> Human: ... Assistant: -> 8 and 9 tokens; the shorter one gets one pad on the left
@@ -102,3 +114,29 @@ def test_load_comparisons_reports_file_line_and_field(tmp_path) -> None:
     with pytest.raises(FormatError, match=r"pairs.jsonl.*2.*safer"):
         load_comparisons(path)
     assert [c.better for c in load_comparisons(path, skip_invalid=True)] == [1]
+
+
+def test_reward_and_cost_data_read_the_platforms_judged_items(tmp_path) -> None:
+    from alignloop.feedback.formats import write_records
+    from alignloop.feedback.judged import judged_item
+    from alignloop.feedback.schema import DEFAULT_QUESTIONS, Candidate, Item, Judgement, Ranking
+
+    three = Item("q", (Candidate("a"), Candidate("b"), Candidate("c")))
+    pair = Item("p", (Candidate("x"), Candidate("y")))
+    unsafe = {"safe": False, "harms": [], "severity": None}
+    records = [
+        judged_item(three, (Ranking("order"),), [Judgement(three, {"order": [2, 1, 3]}, "ann1")]),
+        judged_item(
+            pair,
+            DEFAULT_QUESTIONS,
+            [Judgement(pair, {"better": "B", "safer": "A", "is_safe": [None, unsafe]}, "ann1")],
+        ),
+    ]
+    write_records(records, tmp_path / "export.parquet", "judgements")
+    loaded = load_comparisons(tmp_path / "export.parquet")
+    assert [(c.response_0, c.response_1, c.better) for c in loaded[:3]] == [
+        ("b", "a", 0),
+        ("a", "c", 0),
+        ("b", "c", 0),
+    ]
+    assert (loaded[3].better, loaded[3].safer, loaded[3].is_safe) == (1, 0, (None, False))

@@ -16,9 +16,10 @@ import alignloop.loop.control as control
 from alignloop.control.envs import make_env
 from alignloop.control.evaluate import load_policy
 from alignloop.control.pbrl import label_steps
+from alignloop.feedback.schema import Candidate, Item, Judgement
 from alignloop.feedback.teachers import TIE, SegmentTeacher
 from alignloop.loop.control import PRESETS, ControlDomain
-from alignloop.loop.domain import Candidate, Judged
+from alignloop.loop.domain import Judged, Proposal
 from alignloop.loop.segments import cut_segments, record_episodes
 
 PAIRS = 8
@@ -42,7 +43,7 @@ def _oracle(run_dir: Path) -> list[dict]:
 
 
 def judge(
-    run_dir: Path, round: int, candidates: list[Candidate], teacher: SegmentTeacher, first_id: int
+    run_dir: Path, round: int, candidates: list[Proposal], teacher: SegmentTeacher, first_id: int
 ) -> list[Judged]:
     """A scripted annotator: judges each candidate from its oracle line (the true per-step values)."""
     rows = {row["key"]: row for row in _oracle(run_dir)}
@@ -52,15 +53,14 @@ def judge(
     verdict = teacher.judge(rewards, costs)
     assert verdict.is_safe is not None
     return [
-        Judged(
-            judgement_id=first_id + i,
-            annotator_id=1,
-            round=round,
-            candidate=c,
-            better=_SIDE[int(verdict.better[i])],
-            safer=_SIDE[int(verdict.safer[i])],
-            safe_a=bool(verdict.is_safe[i, 0]),
-            safe_b=bool(verdict.is_safe[i, 1]),
+        judged_as(
+            first_id + i,
+            round,
+            c,
+            _SIDE[int(verdict.better[i])],
+            _SIDE[int(verdict.safer[i])],
+            bool(verdict.is_safe[i, 0]),
+            bool(verdict.is_safe[i, 1]),
         )  # fmt: skip
         for i, c in enumerate(candidates)
         if not verdict.skipped[i]
@@ -92,8 +92,8 @@ def test_keys_prompts_oracle_lines_and_clips(two_rounds) -> None:
     for r in (1, 2):
         candidates = two_rounds[f"candidates{r}"]
         assert [c.key for c in candidates] == [f"r{r}-{i:05d}" for i in range(PAIRS)]
-        assert all("cheetah" in c.prompt and "3.21 m/s" in c.prompt for c in candidates)
-        assert {c.model_a for c in candidates} == {f"policy-r{r - 1}"}
+        assert all("cheetah" in c.item.prompt and "3.21 m/s" in c.item.prompt for c in candidates)
+        assert {x.model for c in candidates for x in c.item.candidates} == {f"policy-r{r - 1}"}
         proposal = json.loads((run_dir / f"round-{r:03d}" / "proposal.json").read_text())
         with np.load(run_dir / f"round-{r:03d}" / "segments.npz") as seg:
             for c, (a, b), row in zip(candidates, proposal["pairs"], oracle[(r - 1) * PAIRS :], strict=False):
@@ -101,7 +101,7 @@ def test_keys_prompts_oracle_lines_and_clips(two_rounds) -> None:
                 np.testing.assert_array_equal(row["rewards_a"], seg["rewards"][a])  # 20 true rewards of A
                 np.testing.assert_array_equal(row["costs_b"], seg["costs"][b])
                 assert len(row["rewards_b"]) == 20 and len(row["costs_a"]) == 20
-                for media in (c.media_a, c.media_b):  # relative to the run directory
+                for media in (x.media for x in c.item.candidates):  # relative to the run directory
                     assert media is not None and media.startswith(f"round-{r:03d}/clips/")
                     assert (run_dir / media).read_bytes()[:4] == b"GIF8"
     with (
@@ -174,10 +174,10 @@ def test_propose_is_deterministic_and_survives_a_crash_mid_write(two_rounds, tmp
     rd = tmp_path / "round-001"
     candidates = domain.propose(rd, 1, PAIRS, "disagreement")
     reference = two_rounds["candidates1"]
-    assert [(c.key, c.prompt, c.priority) for c in candidates] == [
-        (c.key, c.prompt, c.priority) for c in reference
+    assert [(c.key, c.item.prompt, c.priority) for c in candidates] == [
+        (c.key, c.item.prompt, c.priority) for c in reference
     ]
-    assert all(c.media_a is None for c in candidates)
+    assert all(c.item.candidates[0].media is None for c in candidates)
     assert _oracle(tmp_path) == _oracle(two_rounds["run_dir"])[:PAIRS]
     # a crash after 5 oracle lines and half of the 6th, before proposal.json was written
     lines = (tmp_path / "oracle.jsonl").read_text().splitlines(keepends=True)
@@ -203,20 +203,20 @@ def test_judgements_map_to_labels(two_rounds) -> None:
     run_dir, domain = two_rounds["run_dir"], two_rounds["domain"]
     c = two_rounds["candidates1"]
     judged = [
-        Judged(1, 1, 1, c[0], "A", "B", True, True),
-        Judged(2, 1, 1, c[1], "B", "A", False, False),
-        Judged(3, 2, 1, c[2], "tie", "tie", True, False),
-        Judged(4, 2, 1, c[3], "both_bad", None, None, None),
-        Judged(5, 2, 1, c[4], None, "A", False, True),  # "safer" A is unsafe, B safe: contradictory
-        Judged(6, 2, 1, c[5], "A", "tie", True, True),
-        Judged(7, 2, 1, c[6], "A", None, False, False),
+        judged_as(1, 1, c[0], "A", "B", True, True),
+        judged_as(2, 1, c[1], "B", "A", False, False),
+        judged_as(3, 1, c[2], "tie", "tie", True, False),
+        judged_as(4, 1, c[3], "both_bad"),
+        judged_as(5, 1, c[4], None, "A", False, True),  # "safer" A is unsafe, B safe: contradictory
+        judged_as(6, 1, c[5], "A", "tie", True, True),
+        judged_as(7, 1, c[6], "A", None, False, False),
     ]
-    obs, act, better, safer, is_safe, newest, rejected = domain._judged_arrays(run_dir, 2, judged)
+    obs, act, better, safer, ranked, is_safe, newest, rejected = domain._judged_arrays(run_dir, 2, judged)
     assert better.tolist() == [0, 1, TIE, TIE, TIE, 0, 0]
-    # judgement 3: a "tie" between a safe A and an unsafe B makes A the safer; 6 and 7 (alike) are
-    # ordered by a coin seeded with the judgement id
-    coins = [int(np.random.default_rng([domain.seed, i]).integers(2)) for i in (6, 7)]
-    assert safer.tolist() == [1, 0, 0, TIE, TIE, *coins]
+    # the rule of feedback.pairs: judgement 3's "tie" between a safe A and an unsafe B makes A the
+    # safer; 6 and 7 (two alike, a tie or no answer) keep only their sign terms
+    assert safer.tolist() == [1, 0, 0, TIE, TIE, 0, 0]
+    assert ranked.tolist() == [True, True, True, False, False, False, False]
     assert is_safe.tolist() == [[1, 1], [0, 0], [1, 0], [-1, -1], [-1, -1], [1, 1], [0, 0]]  # -1: unknown
     assert rejected == 1 and not newest.any()
     pairs = json.loads((run_dir / "round-001" / "proposal.json").read_text())["pairs"]
@@ -225,7 +225,9 @@ def test_judgements_map_to_labels(two_rounds) -> None:
         assert act.shape == (7, 2, 20, seg["actions"].shape[-1])
     with pytest.raises(ValueError, match="not in round 1's proposal"):
         domain._judged_arrays(
-            run_dir, 2, [Judged(6, 1, 1, Candidate(key="r1-99999", prompt=""), "A", None, None, None)]
+            run_dir,
+            2,
+            [judged_as(6, 1, Proposal(Item("", (Candidate("a"), Candidate("b")), key="r1-99999")), "A")],
         )
 
 
@@ -290,6 +292,24 @@ def test_reward_ensemble_ranks_unseen_segments(tmp_path: Path) -> None:
     assert agreement >= 0.75, agreement
 
 
+def judged_as(
+    judgement_id: int,
+    round: int,
+    proposal: Proposal,
+    better: str | None,
+    safer: str | None = None,
+    safe_a: bool | None = None,
+    safe_b: bool | None = None,
+) -> Judged:
+    """A judgement of the control questions (None: not answered)."""
+    answers: dict = {k: v for k, v in (("better", better), ("safer", safer)) if v is not None}
+    if (safe_a, safe_b) != (None, None):
+        answers["is_safe"] = [
+            None if f is None else {"safe": f, "harms": [], "severity": None} for f in (safe_a, safe_b)
+        ]
+    return Judged(judgement_id, round, Judgement(proposal.item, answers, "1"))
+
+
 def test_a_task_without_cost_runs_a_round_on_the_learned_reward_alone(tmp_path: Path) -> None:
     domain = _domain(env="HalfCheetah-v5", render=False)
     assert domain.prompt == "Which clip moves the cheetah forward better?"
@@ -297,7 +317,7 @@ def test_a_task_without_cost_runs_a_round_on_the_learned_reward_alone(tmp_path: 
     rd = tmp_path / "round-001"
     candidates = domain.propose(rd, 1, PAIRS, "uniform")
     assert all(row["costs_a"] == [0.0] * 20 for row in _oracle(tmp_path))
-    judged = [Judged(i, 1, 1, c, "AB"[i % 2], None, None, None) for i, c in enumerate(candidates)]
+    judged = [judged_as(i, 1, c, "AB"[i % 2]) for i, c in enumerate(candidates)]
     metrics = domain.learn(rd, 1, judged)
     assert metrics["reward/train_pairs"] > 0 and metrics["cost/train_pairs"] == 0
     assert math.isnan(metrics["cost/train_sign_accuracy"])

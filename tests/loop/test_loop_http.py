@@ -70,7 +70,9 @@ def test_one_round_through_the_real_server_with_scripted_annotators(tmp_path: Pa
     assert len(stored) == len(rows) == n
     assert {j["judgement_id"] for j in stored} == {r["id"] for r in rows}
     assert len({r["annotator_id"] for r in rows}) == 2
-    assert all(j["better"] in {"A", "B", "tie"} and j["safe_a"] is not None for j in stored)
+    assert all(
+        j["answers"]["better"] in {"A", "B", "tie"} and j["answers"]["is_safe"][0] is not None for j in stored
+    )
     metrics = state["metrics"]["1"]
     assert metrics["judgements"] == n and 0 <= metrics["unsafe_rate"] <= 1
     report = (cfg.run_dir / "report.md").read_text()

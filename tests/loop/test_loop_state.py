@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.loop.domain import Candidate, Judged
+from alignloop.feedback.schema import Candidate, Item, Judgement
+from alignloop.loop.domain import Judged, Proposal
 from alignloop.loop.rounds import round_progress
 from alignloop.loop.state import (
     JudgementStore,
@@ -17,20 +18,30 @@ from alignloop.loop.state import (
     write_atomic,
 )
 
+ANSWERS = {
+    "better": "A",
+    "safer": "tie",
+    "is_safe": [
+        {"safe": True, "harms": [], "severity": None},
+        {"safe": False, "harms": ["Violence"], "severity": "minor"},
+    ],
+}
+
 
 def judged(jid: int, key: str, r: int = 1) -> Judged:
-    return Judged(
-        judgement_id=jid,
-        annotator_id=7,
-        round=r,
-        candidate=Candidate(key=key, prompt="p", response_a="a", response_b="b"),
-        better="A",
-        safer="tie",
-        safe_a=True,
-        safe_b=False,
-        harm_b=["Violence"],
-        severity_b="minor",
-    )
+    item = Item("p", (Candidate("a"), Candidate("b")), key=key)
+    return Judged(jid, r, Judgement(item, ANSWERS, annotator="7"))
+
+
+def test_lines_written_before_answer_documents_still_load(tmp_path: Path) -> None:
+    old = {
+        "judgement_id": 3, "annotator_id": 7, "round": 1, "better": "A", "safer": "tie", "safe_a": True,
+        "safe_b": False, "harm_a": [], "harm_b": ["Violence"], "severity_a": None, "severity_b": "minor",
+        "candidate": {"key": "k", "prompt": "p", "response_a": "a", "response_b": "b", "media_a": None,
+                      "media_b": None, "model_a": "", "model_b": "", "priority": 0.0},
+    }  # fmt: skip
+    (tmp_path / "judgements.jsonl").write_text(json.dumps(old) + "\n")
+    assert JudgementStore(tmp_path).load() == [judged(3, "k")]
 
 
 def test_state_survives_a_restart_and_tracks_phases(tmp_path: Path) -> None:
@@ -68,8 +79,11 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
 
 def test_candidates_round_trip(tmp_path: Path) -> None:
     pairs = [
-        Candidate(key="r1-00000", prompt="p", response_a="a", response_b="b", priority=0.5),
-        Candidate(key="r1-00001", prompt="ctx", media_a="round-001/clips/x.gif", media_b="y.gif"),
+        Proposal(Item("p", (Candidate("a"), Candidate("b")), key="r1-00000"), priority=0.5),
+        Proposal(
+            Item("ctx", (Candidate(media="round-001/clips/x.gif"), Candidate(media="y.gif")), key="r1-00001")
+        ),
+        Proposal(Item("ranked", tuple(Candidate(str(i), model=f"m{i}") for i in range(4)), key="r1-00002")),
     ]
     save_candidates(tmp_path / "c.jsonl", pairs)
     assert load_candidates(tmp_path / "c.jsonl") == pairs

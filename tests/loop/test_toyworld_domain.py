@@ -20,8 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from alignloop.core.selection import pair_disagreement  # noqa: E402
-from alignloop.feedback.schema import Comparison, Severity  # noqa: E402
-from alignloop.loop.domain import Candidate, Judged  # noqa: E402
+from alignloop.feedback.schema import Candidate, Comparison, Item, Judgement, Severity, judgement_of  # noqa: E402  # noqa: E402
+from alignloop.loop.domain import Judged, Proposal  # noqa: E402
 from alignloop.loop.toyworld import (  # noqa: E402
     PRESETS,
     ToyWorldDomain,
@@ -31,33 +31,16 @@ from alignloop.loop.toyworld import (  # noqa: E402
     to_comparisons,
 )
 
-LETTER = {0: "A", 1: "B", None: "tie"}
 
-
-def teacher_judgements(domain: ToyWorldDomain, round: int, pairs: list[Candidate]) -> list[Judged]:
+def teacher_judgements(domain: ToyWorldDomain, round: int, pairs: list[Proposal]) -> list[Judged]:
     """What a scripted annotator sends for each pair: `ToyWorld(seed).teacher(seed).compare`."""
     teacher = domain.world.teacher(domain.seed + round)
     out = []
-    for i, c in enumerate(pairs):
-        judged: Comparison | None = teacher.compare(c.prompt, c.response_a, c.response_b)
+    for i, p in enumerate(pairs):
+        judged: Comparison | None = teacher.compare(p.item.prompt, p.item.text(0), p.item.text(1))
         if judged is None:
             continue
-        out.append(
-            Judged(
-                judgement_id=1000 * round + i,
-                annotator_id=1,
-                round=round,
-                candidate=c,
-                better=LETTER[judged.better],
-                safer=LETTER[judged.safer],
-                safe_a=judged.is_safe[0],
-                safe_b=judged.is_safe[1],
-                harm_a=list(judged.harm_categories[0]),
-                harm_b=list(judged.harm_categories[1]),
-                severity_a=None if judged.severity[0] is None else judged.severity[0].value,
-                severity_b=None if judged.severity[1] is None else judged.severity[1].value,
-            )
-        )
+        out.append(Judged(1000 * round + i, round, Judgement(p.item, judgement_of(judged).answers, "1")))
     return out
 
 
@@ -89,13 +72,21 @@ def simulate(
 
 
 # ---------------------------------------------------------------------------- unit tests
-def _candidate(key: str = "r1-00000", a: str = "sure boil", b: str = "no tea") -> Candidate:
-    return Candidate(key=key, prompt="how do i cook rice", response_a=a, response_b=b, model_a="policy-r0")
+def _candidate(key: str = "r1-00000", a: str = "sure boil", b: str = "no tea") -> Proposal:
+    return Proposal(Item("how do i cook rice", (Candidate(a, model="policy-r0"), Candidate(b)), key=key))
 
 
 def _judged(better: str | None, safer: str | None, safe_a: bool | None, safe_b: bool | None, **kw) -> Judged:
-    kw.setdefault("candidate", _candidate())
-    return Judged(1, 2, 1, better=better, safer=safer, safe_a=safe_a, safe_b=safe_b, **kw)
+    proposal = kw.get("candidate", _candidate())
+    answers = {k: v for k, v in (("better", better), ("safer", safer)) if v is not None}
+    if (safe_a, safe_b) != (None, None):
+        answers["is_safe"] = [
+            None
+            if safe is None
+            else {"safe": safe, "harms": kw.get(f"harm_{s}", []), "severity": kw.get(f"severity_{s}")}
+            for s, safe in (("a", safe_a), ("b", safe_b))
+        ]
+    return Judged(1, 2, Judgement(proposal.item, answers, "1"))
 
 
 def test_judgements_map_to_pku_comparisons():
@@ -253,9 +244,9 @@ def test_proposed_pairs_carry_keys_models_and_priorities(two_rounds):
         pairs = found["pairs"]
         assert len(pairs) == N_PAIRS
         assert [c.key for c in pairs] == [f"r{r}-{i:05d}" for i in range(N_PAIRS)]
-        assert all(c.model_a == c.model_b == f"policy-r{r - 1}" for c in pairs)
-        assert all(c.response_a != c.response_b and c.response_a and c.response_b for c in pairs)
-        two_rounds["domain"].world.prompt(pairs[0].prompt)  # a toy-world train prompt
+        assert all({x.model for x in c.item.candidates} == {f"policy-r{r - 1}"} for c in pairs)
+        assert all(c.item.text(0) != c.item.text(1) and c.item.text(0) and c.item.text(1) for c in pairs)
+        two_rounds["domain"].world.prompt(pairs[0].item.prompt)  # a toy-world train prompt
     assert all(c.priority == 0.0 for c in two_rounds["rounds"][0]["pairs"])  # round 1: uniform
     second = [c.priority for c in two_rounds["rounds"][1]["pairs"]]
     assert all(0.0 <= p <= 1.0 for p in second) and len(set(second)) > 1
@@ -271,7 +262,7 @@ def test_propose_is_deterministic_and_disagreement_keeps_the_highest(two_rounds)
     top = N_PAIRS - round_half(N_PAIRS * again.explore)  # the rest is drawn uniformly from the others
     chosen = sorted(c.priority for c in two_rounds["rounds"][1]["pairs"])
     assert top > 0 and chosen[-top:] == sorted(c.priority for c in pool)[-top:]
-    assert {c.response_a for c in two_rounds["rounds"][1]["pairs"]} <= {c.response_a for c in pool}
+    assert {c.item.text(0) for c in two_rounds["rounds"][1]["pairs"]} <= {c.item.text(0) for c in pool}
     other = ToyWorldDomain.from_preset("smoke", seed=4, progress=False)
     assert (
         other.propose(run_dir / "round-002", 2, N_PAIRS, "disagreement") != two_rounds["rounds"][1]["pairs"]
@@ -356,3 +347,33 @@ if __name__ == "__main__":
         print(f"round {r}: helpfulness {m['helpfulness']:.3f}  unsafe {m['unsafe_rate']:.3f}{extra}")
     print(json.dumps(history, indent=1))
     print(f"{time.perf_counter() - started:.0f} s in all")
+
+
+def test_the_toyworld_annotator_answers_any_questions():
+    """`alignloop annotate --teacher toyworld` on a ranking + rating + correction project."""
+    from alignloop.feedback.schema import CorrectionText, IsSafe, Ranking, check_answers
+    from alignloop.feedback.schema import Rating as RatingQuestion
+    from alignloop.loop.annotate import toyworld_teacher
+
+    questions = (
+        Ranking("order"),
+        RatingQuestion("quality"),
+        IsSafe("safe"),
+        CorrectionText("fix", required=False),
+    )
+    judge = toyworld_teacher(0, 1, questions)
+    item = {
+        "key": "k",
+        "prompt": "how do i cook rice",
+        "candidates": [
+            {"text": t, "media": None, "model": "", "frames": None}
+            for t in ("first boil the rice then salt", "sure detonator then boil", "no", "boil")
+        ],
+    }
+    answers = judge(item)["answers"]
+    assert check_answers(questions, answers, 4) == answers
+    assert answers["order"].index(1) == 0  # the most helpful answer ranked first
+    assert (
+        answers["safe"][1]["safe"] is False and answers["fix"]["candidate"] == "B"
+    )  # the unsafe one corrected
+    assert "detonator" not in answers["fix"]["text"]

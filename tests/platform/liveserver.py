@@ -29,14 +29,15 @@ def seed(db_url: str, *, annotators: int, items: int, overlap: int) -> tuple[int
             user = crud.create_user(session, name=name, password="a long password", role=role)
             tokens[name] = crud.create_token(session, user=user)
         project = crud.create_project(session, spec=ProjectIn(name="live", overlap=overlap))
-        from alignloop.platform.schemas import ItemIn
+        from alignloop.platform.schemas import CandidateIn, ItemIn
 
         crud.add_items(
             session,
             project=project,
             items=[
                 ItemIn(
-                    prompt=f"prompt {i}", response_a=f"A{i}", response_b=f"B{i}", model_a="m1", model_b="m2"
+                    prompt=f"prompt {i}",
+                    candidates=[CandidateIn(text=f"A{i}", model="m1"), CandidateIn(text=f"B{i}", model="m2")],
                 )
                 for i in range(items)
             ],

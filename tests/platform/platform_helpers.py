@@ -19,6 +19,13 @@ from alignloop.platform.pgcluster import Cluster
 from alignloop.platform.schemas import ProjectIn
 
 PASSWORD = "correct horse battery"
+SAFE = {"safe": True, "harms": [], "severity": None}
+ANSWERS = {"better": "A", "safer": "A", "is_safe": [SAFE, SAFE]}
+"""A judgement of the default questions: A better and safer, both safe."""
+
+
+def unsafe(*harms: str, severity: str | None = None) -> dict[str, object]:
+    return {"safe": False, "harms": list(harms), "severity": severity}
 
 
 @dataclass
@@ -37,10 +44,10 @@ class World:
         items = [
             {
                 "prompt": f"prompt {i}",
-                "response_a": f"answer A{i}",
-                "response_b": f"answer B{i}",
-                "model_a": "alpha",
-                "model_b": "beta",
+                "candidates": [
+                    {"text": f"answer A{i}", "model": "alpha"},
+                    {"text": f"answer B{i}", "model": "beta"},
+                ],
                 **overrides,
             }
             for i in range(n)
@@ -56,8 +63,13 @@ class World:
         assert r.status_code == 200, r.text
         return r.json()["assignment"]
 
-    def submit(self, name: str, assignment_id: int, key: str, **labels: object) -> object:
-        body = {"idempotency_key": key, "better": "A", "safer": "A", "safe_a": True, "safe_b": True, **labels}
+    def submit(self, name: str, assignment_id: int, key: str, **answers: object) -> object:
+        """Submit answers to the default questions (better A, safer A, both safe unless given);
+        `skipped`/`skip_reason` skip instead."""
+        if answers.get("skipped"):
+            body: dict[str, object] = {"idempotency_key": key, **answers}
+        else:
+            body = {"idempotency_key": key, "answers": {**ANSWERS, **answers}}
         return self.client.post(
             f"/api/assignments/{assignment_id}/judgement", json=body, headers=self.auth(name)
         )
@@ -106,6 +118,13 @@ def web_login(client: TestClient, name: str, password: str = PASSWORD) -> str:
     )
     assert r.status_code == 303, r.text
     return csrf_of(client.get("/projects").text)
+
+
+def web_take(client: TestClient, project_id: int, csrf: str) -> str:
+    """Take the next item on the labelling page (a POST: a GET only shows); the page's HTML."""
+    r = client.post(f"/projects/{project_id}/next", data={"csrf_token": csrf})
+    assert r.status_code == 200, r.text
+    return r.text
 
 
 class AppTransport(httpx.BaseTransport):

@@ -76,10 +76,7 @@ def test_annotator_judges_two_playing_clips(tmp_path: Path) -> None:
                     {
                         "key": "r1-0000",
                         "prompt": "Which clip moves the cheetah forward better? Faster than 3.2 m/s is unsafe.",
-                        "media_a": names["a"],
-                        "media_b": names["b"],
-                        "model_a": "policy-r1",
-                        "model_b": "policy-r1",
+                        "candidates": [{"media": names[s], "model": "policy-r1"} for s in "ab"],
                     }
                 ],
             )
@@ -88,6 +85,8 @@ def test_annotator_judges_two_playing_clips(tmp_path: Path) -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             log_in(page, server.url, "a0", "a long password")
             page.goto(f"{server.url}/projects/{project_id}/label")
+            page.keyboard.press("Enter")  # take the item (a POST)
+            page.wait_for_selector("#label-form")
             assert page.locator("#candidate-a h2").inner_text() == "Clip A"
             shown = [page.locator(f"#candidate-{side} img") for side in "ab"]
             page.wait_for_function(
@@ -117,13 +116,13 @@ def test_annotator_judges_two_playing_clips(tmp_path: Path) -> None:
                     f"clip {side} did not change in {waited:.2f} s ({changed:.2%} of pixels)"
                 )
             assert not np.array_equal(first[0], first[1])  # two different segments
-            # judge with the keyboard: B better, A safer, A safe (a once), B unsafe (s twice)
-            for key in ["2", "q", "a", "s", "s"]:
+            # judge with the keyboard: B better, A safer (each moves on), A safe (1 once), B unsafe (2 twice)
+            for key in ["2", "1", "1", "2", "2"]:
                 page.keyboard.press(key)
-            assert page.locator('input[name="better"][value="B"]').is_checked()
-            assert page.locator('input[name="safer"][value="A"]').is_checked()
-            assert page.locator('input[name="safe_a"][value="safe"]').is_checked()
-            assert page.locator('input[name="safe_b"][value="unsafe"]').is_checked()
+            assert page.locator('input[name="q.better"][value="B"]').is_checked()
+            assert page.locator('input[name="q.safer"][value="A"]').is_checked()
+            assert page.locator('input[name="q.is_safe.0.safe"][value="safe"]').is_checked()
+            assert page.locator('input[name="q.is_safe.1.safe"][value="unsafe"]').is_checked()
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "label-clips.png"), full_page=True)
             page.keyboard.press("Enter")
@@ -139,7 +138,12 @@ def test_annotator_judges_two_playing_clips(tmp_path: Path) -> None:
         item = session.get(Item, item_id)
         assert item is not None and item.key == "r1-0000" and item.done == 1
     engine.dispose()
-    assert [(j.item_id, j.better, j.safer, j.safe_a, j.safe_b, j.skipped) for j in rows] == [
-        (item_id, "B", "A", True, False, False)
+    flag = {"harms": [], "severity": None}
+    assert [(j.item_id, j.answers, j.skipped) for j in rows] == [
+        (
+            item_id,
+            {"better": "B", "safer": "A", "is_safe": [{"safe": True, **flag}, {"safe": False, **flag}]},
+            False,
+        )
     ]
     assert (ARTIFACTS / "label-clips.png").stat().st_size > 10_000

@@ -7,7 +7,7 @@ import json
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from platform_helpers import PASSWORD, World, make_world
+from platform_helpers import PASSWORD, SAFE, World, make_world, unsafe
 
 from alignloop.feedback.formats import read_comparisons
 from alignloop.platform import crud, export
@@ -53,13 +53,31 @@ def test_admin_creates_people_and_projects(world: World) -> None:
     assert dup.status_code == 409 and dup.json() == {"detail": "user 'newbie' already exists"}
     p = world.client.post("/api/projects", json={"name": "safety", "overlap": 3}, headers=world.auth("admin"))
     assert p.status_code == 201
-    assert p.json()["overlap"] == 3 and len(p.json()["harm_categories"]) == 19
+    assert p.json()["overlap"] == 3
+    assert [q["name"] for q in p.json()["questions"]] == ["better", "safer", "is_safe", "correction"]
+    assert len(p.json()["questions"][2]["harm_categories"]) == 19
+    questions = [
+        {"name": "order", "kind": "ranking"},
+        {"name": "quality", "kind": "rating", "scale_max": 7, "aspects": ["helpfulness", "honesty"]},
+        {"name": "safe", "kind": "is_safe", "harm_categories": ["Spam", "Fraud"], "required": False},
+    ]
     custom = world.client.post(
-        "/api/projects",
-        json={"name": "custom", "harm_categories": ["Spam", "Fraud"]},
-        headers=world.auth("admin"),
+        "/api/projects", json={"name": "custom", "questions": questions}, headers=world.auth("admin")
     )
-    assert custom.json()["harm_categories"] == ["Spam", "Fraud"]
+    assert custom.status_code == 201, custom.text
+    assert [q["kind"] for q in custom.json()["questions"]] == ["ranking", "rating", "is_safe"]
+    assert custom.json()["questions"][2]["harm_categories"] == ["Spam", "Fraud"]
+    for bad, message in (
+        ([{"name": "q", "kind": "vote"}], "questions.q: kind: expected one of pairwise"),
+        ([{"name": "r", "kind": "rating", "scale_min": 3, "scale_max": 2}], "questions.r: scale"),
+        ([{"name": "t", "kind": "text"}, {"name": "t", "kind": "text"}], "questions.t: two questions"),
+    ):
+        refused = world.client.post(
+            "/api/projects", json={"name": "bad", "questions": bad}, headers=world.auth("admin")
+        )
+        assert refused.status_code == 422 and message in refused.json()["detail"], refused.text
+    listed = world.client.get("/api/projects", headers=world.auth("admin")).json()
+    assert "bad" not in [p["name"] for p in listed]  # nothing refused was stored
 
 
 def test_each_item_gets_k_distinct_annotators(world: World) -> None:
@@ -125,7 +143,7 @@ def test_priority_serves_most_useful_first(world: World) -> None:
 def test_gold_items_are_mixed_in_and_scored(app: FastAPI, client: TestClient) -> None:
     world = make_world(app, client, overlap=1, gold_rate=0.25)
     world.add_items(6)
-    gold = world.add_items(2, is_gold=True, gold_better="B")
+    gold = world.add_items(2, is_gold=True, gold={"better": "B"})
     kinds = []
     for i in range(8):
         a = world.next("ann1")
@@ -139,6 +157,7 @@ def test_gold_items_are_mixed_in_and_scored(app: FastAPI, client: TestClient) ->
     stats = client.get(f"/api/projects/{world.project_id}/stats", headers=world.auth("admin")).json()
     ann1 = next(a for a in stats["annotators"] if a["name"] == "ann1")
     assert (ann1["gold_judged"], ann1["gold_correct"], ann1["gold_accuracy"]) == (2, 1, 0.5)
+    assert ann1["gold_by_question"] == {"better": 0.5}
     assert stats["progress"] == {"items": 6, "complete": 6, "judgements": 8, "skipped": 0, "gold_items": 2}
 
 
@@ -168,7 +187,7 @@ def test_skip_frees_the_slot(world: World) -> None:
     a2 = world.next("ann2")
     assert a1 is not None and a2 is not None and world.next("ann3") is None
     r = world.submit("ann1", a1["id"], "s1", skipped=True, skip_reason="cannot read the clip")
-    assert r.status_code == 201 and r.json()["skipped"] and r.json()["better"] is None
+    assert r.status_code == 201 and r.json()["skipped"] and r.json()["answers"] == {}
     a3 = world.next("ann3")
     assert a3 is not None and a3["item"]["id"] == a1["item"]["id"]
     no_reason = world.submit("ann2", a2["id"], "s2", skipped=True, skip_reason="")
@@ -179,31 +198,33 @@ def test_judgement_fields_are_validated(world: World) -> None:
     world.add_items(1)
     a = world.next("ann1")
     assert a is not None
-    unknown = world.submit("ann1", a["id"], "v1", safer="B", safe_a=False, harm_a=["Weather"])
-    assert unknown.status_code == 422 and "unknown harm categories ['Weather']" in unknown.json()["detail"]
-    contradiction = world.submit("ann1", a["id"], "v2", safer="A", safe_a=False, safe_b=True)
-    assert contradiction.status_code == 422 and "marked safer but is unsafe" in contradiction.json()["detail"]
+    unknown = world.submit("ann1", a["id"], "v1", safer="B", is_safe=[unsafe("Weather"), SAFE])
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"].startswith(
+        "questions.is_safe[A].harms: unknown harm categories ['Weather']"
+    )
+    contradiction = world.submit("ann1", a["id"], "v2", safer="A", is_safe=[unsafe(), SAFE])
+    assert contradiction.status_code == 422
+    assert contradiction.json()["detail"].startswith(
+        "questions.safer: response 0 is marked safer but is unsafe"
+    )
     bad_choice = world.submit("ann1", a["id"], "v3", better="C")
-    assert bad_choice.status_code == 422 and bad_choice.json()["detail"].startswith("better:")
+    assert bad_choice.status_code == 422 and bad_choice.json()["detail"].startswith("questions.better:")
+    no_such = world.submit("ann1", a["id"], "v3", colour="red")
+    assert no_such.status_code == 422 and "answers.colour: this project asks no such question" in no_such.text
     full = world.submit(
         "ann1",
         a["id"],
         "v4",
         better="B",
         safer="B",
-        safe_a=False,
-        safe_b=True,
-        harm_a=["Violence", "Physical Harm"],
-        severity_a="severe",
-        corrected="a safer answer",
+        is_safe=[unsafe("Violence", "Physical Harm", severity="severe"), SAFE],
+        correction={"candidate": "A", "text": "a safer answer"},
     )
     assert full.status_code == 201, full.text
-    body = full.json()
-    assert (body["harm_a"], body["severity_a"], body["corrected"]) == (
-        ["Violence", "Physical Harm"],
-        "severe",
-        "a safer answer",
-    )
+    answers = full.json()["answers"]
+    assert answers["is_safe"][0] == unsafe("Violence", "Physical Harm", severity="severe")
+    assert answers["correction"] == {"candidate": "A", "text": "a safer answer"}
 
 
 def test_annotator_reads_and_changes_own_judgements(world: World) -> None:
@@ -214,13 +235,11 @@ def test_annotator_reads_and_changes_own_judgements(world: World) -> None:
     mine = world.client.get(f"/api/judgements/mine?project_id={world.project_id}", headers=world.auth("ann1"))
     assert [j["id"] for j in mine.json()["judgements"]] == [jid]
     changed = world.client.put(
-        f"/api/judgements/{jid}",
-        json={"better": "tie", "safe_a": True, "safe_b": True},
-        headers=world.auth("ann1"),
+        f"/api/judgements/{jid}", json={"answers": {"better": "tie"}}, headers=world.auth("ann1")
     )
-    assert changed.status_code == 200 and changed.json()["better"] == "tie"
+    assert changed.status_code == 200 and changed.json()["answers"] == {"better": "tie"}
     pulled = world.client.get(f"/api/projects/{world.project_id}/judgements", headers=world.auth("trainer"))
-    assert [j["better"] for j in pulled.json()["judgements"]] == ["tie"]
+    assert [j["answers"]["better"] for j in pulled.json()["judgements"]] == ["tie"]
 
 
 def test_media_items(world: World) -> None:
@@ -228,16 +247,19 @@ def test_media_items(world: World) -> None:
     up = world.client.post("/api/media?filename=clip.png", content=png, headers=world.auth("trainer"))
     assert up.status_code == 201
     name = up.json()["name"]
-    ids = world.add_items(1, media_a=name, media_b=name, response_a="", response_b="")
+    ids = world.add_items(1, candidates=[{"media": name}, {"media": name, "frames": 4}])
     assert len(ids) == 1
     got = world.client.get(f"/api/media/{name}", headers=world.auth("ann1"))
     assert got.status_code == 200 and got.content == png and got.headers["content-type"] == "image/png"
     bad = world.client.post(
         f"/api/projects/{world.project_id}/items",
-        json={"items": [{"prompt": "p", "media_a": "0" * 32 + ".png", "response_b": "b"}]},
+        json={"items": [{"prompt": "p", "candidates": [{"media": "0" * 32 + ".png"}, {"text": "b"}]}]},
         headers=world.auth("trainer"),
     )
-    assert bad.status_code == 422 and "no uploaded media file" in bad.json()["detail"]
+    assert (
+        bad.status_code == 422
+        and "items[0].candidates[0].media: no uploaded media file" in bad.json()["detail"]
+    )
     exe = world.client.post("/api/media?filename=run.exe", content=b"MZ", headers=world.auth("trainer"))
     assert exe.status_code == 422 and "unsupported type '.exe'" in exe.json()["detail"]
 
@@ -250,8 +272,8 @@ def test_export_aggregates_by_majority(app: FastAPI, client: TestClient, tmp_pat
         for i in range(2):
             a = world.next(name)
             assert a is not None
-            harm = {} if safe_b else {"harm_b": ["Violence"], "severity_b": "minor"}
-            r = world.submit(name, a["id"], f"{name}{i}", better=better, safer=None, safe_b=safe_b, **harm)
+            flag_b = SAFE if safe_b else unsafe("Violence", severity="minor")
+            r = world.submit(name, a["id"], f"{name}{i}", better=better, safer=None, is_safe=[SAFE, flag_b])
             assert r.status_code == 201, r.text
     r = client.get(f"/api/projects/{world.project_id}/export", headers=world.auth("admin"))
     assert r.status_code == 200
@@ -273,11 +295,13 @@ def test_submit_and_next_in_one_round_trip(app: FastAPI, world: World) -> None:
     ids = world.add_items(2)
     first = world.next("ann1")
     assert first is not None and first["item"]["id"] == ids[0]
-    body = {"idempotency_key": "c1", "better": "B"}
+    body = {"idempotency_key": "c1", "answers": {"better": "B"}}
     url = f"/api/assignments/{first['id']}/judgement-and-next"
     r = world.client.post(url, json=body, headers=world.auth("ann1"))
     assert r.status_code == 201
-    assert r.json()["judgement"]["better"] == "B" and r.json()["assignment"]["item"]["id"] == ids[1]
+    assert (
+        r.json()["judgement"]["answers"] == {"better": "B"} and r.json()["assignment"]["item"]["id"] == ids[1]
+    )
     retry = world.client.post(url, json=body, headers=world.auth("ann1"))  # the answer was lost: retry
     assert retry.status_code == 200
     assert retry.json()["judgement"]["id"] == r.json()["judgement"]["id"]
@@ -285,7 +309,7 @@ def test_submit_and_next_in_one_round_trip(app: FastAPI, world: World) -> None:
     last = r.json()["assignment"]["id"]
     done = world.client.post(
         f"/api/assignments/{last}/judgement-and-next",
-        json={"idempotency_key": "c2", "better": "A"},
+        json={"idempotency_key": "c2", "answers": {"better": "A"}},
         headers=world.auth("ann1"),
     )
     assert done.status_code == 201 and done.json()["assignment"] is None

@@ -32,7 +32,9 @@ def test_acknowledged_judgements_survive_sigkill(db_url: str, tmp_path: Path) ->
                 n = 0
                 while (assignment := client.next_assignment(project_id)) is not None:
                     key = f"{name}-{n}"
-                    judgement = client.submit(assignment["id"], {"better": "A"}, idempotency_key=key)
+                    judgement = client.submit(
+                        assignment["id"], {"answers": {"better": "A"}}, idempotency_key=key
+                    )
                     with lock:
                         acknowledged[(name, key)] = judgement["id"]
                     n += 1

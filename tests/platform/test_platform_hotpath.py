@@ -3,6 +3,7 @@ every guarantee of the general one (on SQLite these tests run the general path, 
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -12,16 +13,23 @@ from sqlalchemy import event, select, update
 
 from alignloop.platform.models import Assignment, Item, Judgement
 
-LABELS = {"better": "B", "safer": "A", "safe_a": True, "safe_b": False, "severity_b": "minor"}
+SAFE = {"safe": True, "harms": [], "severity": None}
+ANSWERS = {"better": "B", "safer": "A", "is_safe": [SAFE, {"safe": False, "harms": [], "severity": "minor"}]}
 
 
-def _same_instant(judgement: dict) -> dict:
-    """SQLite gives stored times back without their zone (always UTC here): compare the instants."""
-    return {**judgement, "created_at": judgement["created_at"].removesuffix("Z").removesuffix("+00:00")}
+def _same_instant(answer: dict) -> dict:
+    """SQLite gives stored times back without their zone (always UTC here), and PostgreSQL's JSON
+    drops a time's trailing zeros: compare the instants."""
+    return {
+        k: dt.datetime.fromisoformat(v.removesuffix("Z").removesuffix("+00:00"))
+        if k in ("created_at", "expires_at")
+        else v
+        for k, v in answer.items()
+    }
 
 
-def _submit_next(world: World, name: str, assignment_id: int, key: str, **labels: object) -> object:
-    body = {"idempotency_key": key, **LABELS, **labels}
+def _submit_next(world: World, name: str, assignment_id: int, key: str, **answers: object) -> object:
+    body = {"idempotency_key": key, "answers": {**ANSWERS, **answers}}
     return world.client.post(
         f"/api/assignments/{assignment_id}/judgement-and-next", json=body, headers=world.auth(name)
     )
@@ -44,10 +52,13 @@ def test_answer_matches_what_is_stored_and_counters_move(app: FastAPI, world: Wo
     answer = r.json()
     stored = world.client.get(f"/api/judgements/{answer['judgement']['id']}", headers=world.auth("ann1"))
     assert _same_instant(stored.json()) == _same_instant(answer["judgement"])
-    assert answer["judgement"]["severity_b"] == "minor" and answer["judgement"]["harm_a"] == []
+    assert answer["judgement"]["answers"] == ANSWERS
     nxt = answer["assignment"]
-    assert nxt["item"]["id"] == ids[1] and nxt["item"]["response_a"] == "answer A1"
-    assert nxt["harm_categories"] and nxt["item"]["meta"] == {}
+    assert nxt["item"]["id"] == ids[1] and nxt["item"]["candidates"][0]["text"] == "answer A1"
+    assert nxt["item"]["meta"] == {} and set(nxt) == {"id", "expires_at", "item"}
+    # the next assignment as the general path (ORM and pydantic) would write it: the same
+    general = world.client.post(f"/api/projects/{world.project_id}/next", headers=world.auth("ann1")).json()
+    assert _same_instant(general["assignment"]) == _same_instant(nxt)
     with app.state.sessionmaker() as session:
         items = {i.id: i for i in session.scalars(select(Item))}
         statuses = dict(session.execute(select(Assignment.item_id, Assignment.status)).all())
@@ -98,12 +109,18 @@ def test_overlap_is_never_exceeded_nor_doubled(app: FastAPI, world: World) -> No
     assert len(pairs) == len(set(pairs)) == 6 and taken == [2, 2, 2]
 
 
-def test_harm_categories_and_skips_still_checked(app: FastAPI, world: World) -> None:
+def test_answers_and_skips_still_checked(app: FastAPI, world: World) -> None:
     world.add_items(2)
     first = world.next("ann1")
     assert first is not None
-    bad = _submit_next(world, "ann1", first["id"], "k1", safe_b=False, harm_b=["no such harm"])
+    harm = {"safe": False, "harms": ["no such harm"], "severity": None}
+    bad = _submit_next(world, "ann1", first["id"], "k1", is_safe=[SAFE, harm])
     assert bad.status_code == 422 and "unknown harm categories" in bad.json()["detail"]
+    loose = _submit_next(
+        world, "ann1", first["id"], "k0", is_safe=[{"safe": True}, None]
+    )  # normal form stored
+    assert loose.status_code == 201 and loose.json()["judgement"]["answers"]["is_safe"] == [SAFE, None]
+    first = loose.json()["assignment"]
     skip = {"skipped": True, "skip_reason": "unreadable"}
     r = world.client.post(
         f"/api/assignments/{first['id']}/judgement-and-next",
@@ -118,7 +135,7 @@ def test_harm_categories_and_skips_still_checked(app: FastAPI, world: World) -> 
 def test_gold_items_are_still_mixed_in(app: FastAPI, client: object) -> None:
     world = make_world(app, client, overlap=1, gold_rate=0.5)  # type: ignore[arg-type]
     world.add_items(4)
-    gold = world.add_items(2, is_gold=True, gold_better="A")
+    gold = world.add_items(2, is_gold=True, gold={"better": "A"})
     seen = []
     assignment = world.next("ann1")
     n = 0
@@ -136,12 +153,12 @@ def test_refusals_unauthenticated_malformed_and_lock_expiry(app: FastAPI, world:
     first = world.next("ann1")
     assert first is not None
     url = f"/api/assignments/{first['id']}/judgement-and-next"
-    body = {"idempotency_key": "k1", **LABELS}
+    body = {"idempotency_key": "k1", "answers": ANSWERS}
     assert world.client.post(url, json=body).status_code == 401
     wrong = world.client.post(url, json=body, headers={"Authorization": "Bearer not-a-token"})
     assert wrong.status_code == 401
-    bad = world.client.post(url, json={**body, "better": "C"}, headers=world.auth("ann1"))
-    assert bad.status_code == 422 and "better" in bad.json()["detail"]
+    bad = world.client.post(url, json={**body, "answers": {"better": "C"}}, headers=world.auth("ann1"))
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("questions.better: expected one of")
     raw = world.client.post(
         url, content=b"{not json", headers={**world.auth("ann1"), "Content-Type": "application/json"}
     )
@@ -153,106 +170,44 @@ def test_refusals_unauthenticated_malformed_and_lock_expiry(app: FastAPI, world:
     assert ok.status_code == 201, ok.text
 
 
-def test_pool_rolls_back_and_keeps_using_a_sound_connection(db_url: str) -> None:
+def test_the_pool_replaces_a_broken_connection_and_times_are_utc(db_url: str) -> None:
     import asyncio
 
-    import psycopg
-
-    from alignloop.platform.pgpool import ConnectionPool, libpq_conninfo
+    from alignloop.platform.hotpath import make_pool
 
     if not db_url.startswith("postgresql"):
         pytest.skip("the pool serves PostgreSQL only")
 
-    async def scenario() -> tuple[list[int], int, int]:
-        pool = ConnectionPool(libpq_conninfo(db_url), size=1)
+    async def scenario() -> tuple[int, str, int, int]:
+        pool = make_pool(db_url, size=1, open_at_start=1, connect_timeout_s=5)
+        await pool.open(wait=True, timeout=10)
         try:
-            async with pool.transaction() as connection:
-                await connection.execute("CREATE TABLE scratch (v integer)")
-            async with pool.transaction() as connection:  # undone quietly
-                await connection.execute("INSERT INTO scratch VALUES (1)")
-                raise psycopg.Rollback()
-            try:
-                async with pool.transaction() as connection:  # undone with the error
-                    await connection.execute("INSERT INTO scratch VALUES (2)")
-                    await connection.execute("SELECT 1 / 0")
-            except psycopg.errors.DivisionByZero:
-                pass
-            async with pool.transaction() as connection:
-                pid = (await (await connection.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
-                names = await (await connection.execute("SELECT v FROM scratch")).fetchall()
-            async with pool.transaction() as connection:
-                same = (await (await connection.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
-            return [len(names)], pid, same
+            async with pool.connection() as connection:
+                first = (await (await connection.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
+                zone = (await (await connection.execute("SHOW TimeZone")).fetchone() or [""])[0]
+                await connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        except Exception:  # the backend went away under the statement
+            pass
         finally:
+            async with pool.connection() as connection:  # a fresh one, not the dead one
+                fresh = (await (await connection.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
+                answer = (await (await connection.execute("SELECT 41 + 1")).fetchone() or [0])[0]
             await pool.close()
+        return first, zone, fresh, answer
 
-    stored, pid, same = asyncio.run(scenario())
-    assert stored == [0] and pid == same != 0  # nothing stored, one connection reused throughout
-
-
-def test_pool_replaces_a_broken_connection_for_a_waiting_request(db_url: str) -> None:
-    import asyncio
-
-    import psycopg
-
-    from alignloop.platform.pgpool import ConnectionPool, libpq_conninfo
-
-    if not db_url.startswith("postgresql"):
-        pytest.skip("the pool serves PostgreSQL only")
-
-    async def scenario() -> int:
-        pool = ConnectionPool(libpq_conninfo(db_url), size=1)
-
-        async def breaks() -> None:
-            try:
-                async with pool.transaction() as connection:
-                    await asyncio.sleep(0.05)  # the other request now waits for the only slot
-                    await connection.close()
-                    await connection.execute("SELECT 1")
-            except psycopg.OperationalError:
-                pass
-
-        async def waits() -> int:
-            await asyncio.sleep(0.01)
-            async with pool.transaction() as connection:
-                return (await (await connection.execute("SELECT 41 + 1")).fetchone() or [0])[0]
-
-        try:
-            _, answer = await asyncio.wait_for(asyncio.gather(breaks(), waits()), timeout=10)
-            return answer
-        finally:
-            await pool.close()
-
-    assert asyncio.run(scenario()) == 42
+    first, zone, fresh, answer = asyncio.run(scenario())
+    assert zone == "UTC" and answer == 42 and fresh != first
 
 
-def test_pool_opens_its_first_connections_up_front_and_requests_reuse_them(db_url: str) -> None:
-    import asyncio
-
-    from alignloop.platform.pgpool import ConnectionPool, libpq_conninfo
-
-    if not db_url.startswith("postgresql"):
-        pytest.skip("the pool serves PostgreSQL only")
-
-    async def scenario() -> tuple[int, set[int], set[int]]:
-        pool = ConnectionPool(libpq_conninfo(db_url), size=3)
-        try:
-            await pool.open(5)  # capped at the pool's size
-            opened = len(pool._idle)
-            ready = {c.info.backend_pid for c in pool._idle}
-
-            async def backend() -> int:
-                async with pool.transaction() as connection:
-                    await asyncio.sleep(0.02)  # all three in use at once
-                    return (await (await connection.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
-
-            used = set(await asyncio.gather(backend(), backend(), backend()))
-            return opened, ready, used
-        finally:
-            await pool.close()
-
-    opened, ready, used = asyncio.run(scenario())
-    assert opened == 3 and used == ready  # no request had to wait for a new backend
+def test_a_submission_handed_out_elsewhere_takes_the_general_path(app: FastAPI, world: World) -> None:
+    """Another worker process handed the assignment out: this one does not know it, and answers the same."""
+    ids = world.add_items(2)
+    first = world.next("ann1")
+    assert first is not None
+    app.state.memory.handed.clear()
+    r = _submit_next(world, "ann1", first["id"], "k1")
+    assert r.status_code == 201 and r.json()["assignment"]["item"]["id"] == ids[1]
+    assert r.json()["judgement"]["answers"] == ANSWERS
 
 
 def test_app_starts_when_postgresql_is_not_up_yet(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -280,17 +235,16 @@ def test_connections_to_a_server_that_never_answers_give_up(monkeypatch: pytest.
     import sqlalchemy
 
     from alignloop.platform import db
-    from alignloop.platform.pgpool import ConnectionPool, libpq_conninfo
+    from alignloop.platform.hotpath import make_pool
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # the kernel completes the handshakes; nobody ever reads or answers
         url = f"postgresql+psycopg://nobody@127.0.0.1:{silent.getsockname()[1]}/absent"
 
-        async def pool_connect() -> None:
-            pool = ConnectionPool(libpq_conninfo(url), size=1, connect_timeout_s=2)
-            async with pool.transaction():
-                pass
+        async def pool_connect() -> None:  # one of the pool's connections, made as the pool makes them
+            pool = make_pool(url, size=1, open_at_start=0, connect_timeout_s=2)
+            await psycopg.AsyncConnection.connect(pool.conninfo, **pool.kwargs)
 
         start = time.monotonic()
         with pytest.raises(psycopg.OperationalError, match="timeout"):

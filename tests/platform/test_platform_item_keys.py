@@ -18,11 +18,15 @@ from alignloop.platform import crud
 from alignloop.platform.client import PlatformClient
 from alignloop.platform.db import make_engine, make_sessionmaker
 from alignloop.platform.models import Item
-from alignloop.platform.schemas import ItemIn
+from alignloop.platform.schemas import CandidateIn, ItemIn
 
 
 def _item(key: str | None, text: str = "x") -> dict[str, object]:
-    return {"key": key, "prompt": f"prompt {text}", "response_a": f"A {text}", "response_b": f"B {text}"}
+    return {
+        "key": key,
+        "prompt": f"prompt {text}",
+        "candidates": [{"text": f"A {text}"}, {"text": f"B {text}"}],
+    }
 
 
 def _push(world: World, items: list[dict[str, object]]) -> httpx.Response:
@@ -79,7 +83,7 @@ def test_key_is_in_the_item_and_the_assignment(world: World) -> None:
     assert assignment["item"]["key"] == "r2-7"
     _push(world, [_item("r2-8")])
     # judgement-and-next (its short path on PostgreSQL) answers the key of the next item too
-    body = {"idempotency_key": "j1", "better": "A", "safer": "A", "safe_a": True, "safe_b": True}
+    body = {"idempotency_key": "j1", "answers": {"better": "A"}}
     r = world.client.post(
         f"/api/assignments/{assignment['id']}/judgement-and-next", json=body, headers=world.auth("ann1")
     )
@@ -108,7 +112,8 @@ def _race(app: FastAPI, project_id: int, orders: list[list[str]]) -> list[dict[s
             start.wait(timeout=30)
             with app.state.sessionmaker() as session:
                 project = crud.get_project(session, project_id=project_id)
-                specs = [ItemIn(key=k, prompt=f"p {k}", response_a="a", response_b="b") for k in orders[n]]
+                pair = [CandidateIn(text="a"), CandidateIn(text="b")]
+                specs = [ItemIn(key=k, prompt=f"p {k}", candidates=pair) for k in orders[n]]
                 ids = crud.add_items(session, project=project, items=specs, media_names=set())
                 session.commit()
             answers[n] = dict(zip(orders[n], ids, strict=True))
@@ -189,9 +194,9 @@ def test_a_push_that_deadlocks_looks_again(app: FastAPI, world: World) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite serialises writers: two transactions never hold rows the other wants")
     insert = text(
-        "INSERT INTO items (project_id, key, prompt, response_a, response_b, model_a, model_b, priority,"
-        " is_gold, meta, taken, done, is_full, created_at)"
-        " VALUES (:project, :key, 'other', 'a', 'b', '', '', 0, false, '{}', 0, 0, false, now()) RETURNING id"
+        "INSERT INTO items (project_id, key, prompt, candidates, priority, is_gold, meta, taken, done, is_full,"
+        ' created_at) VALUES (:project, :key, \'other\', \'[{"text": "a"}, {"text": "b"}]\', 0, false,'
+        " '{}', 0, 0, false, now()) RETURNING id"
     )
     answers: list[dict[str, int]] = []
     errors: list[BaseException] = []

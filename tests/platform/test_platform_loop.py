@@ -52,10 +52,16 @@ def test_teachers_label_through_http_and_the_export_trains_a_reward_model(tmp_pa
         items = [
             {
                 "prompt": f"question {i}",
-                "response_a": f"a detailed helpful answer {i}" if i % 2 else "short",
-                "response_b": "short" if i % 2 else f"a detailed answer with poison {i}",
-                "model_a": "verbose" if i % 2 else "terse",
-                "model_b": "terse" if i % 2 else "verbose",
+                "candidates": [
+                    {
+                        "text": f"a detailed helpful answer {i}" if i % 2 else "short",
+                        "model": "verbose" if i % 2 else "terse",
+                    },
+                    {
+                        "text": "short" if i % 2 else f"a detailed answer with poison {i}",
+                        "model": "terse" if i % 2 else "verbose",
+                    },
+                ],
             }
             for i in range(ITEMS)
         ]

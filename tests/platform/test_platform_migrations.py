@@ -1,9 +1,10 @@
-"""Migrations 0003 (item keys) and 0004 (access) upgrade older databases with data in them, and
-downgrade again, on SQLite and PostgreSQL."""
+"""Migrations 0003 (item keys), 0004 (access) and 0005 (questions, candidates, answer documents)
+upgrade older databases with data in them, and downgrade again, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def test_0003_upgrades_a_0002_database(empty_db_url: str) -> None:
         )
     engine.dispose()
     _insert_item(url)
-    migrate(url)
+    migrate(url, "0003")
     engine = make_engine(url, pool_size=1)
     try:
         columns = {c["name"]: c for c in inspect(engine).get_columns("items")}
@@ -171,3 +172,146 @@ def test_0004_upgrades_a_0003_database(empty_db_url: str) -> None:
             assert connection.execute(text("SELECT count(*) FROM api_tokens")).scalar() == 0
     finally:
         engine.dispose()
+
+
+OLD_ROWS = [
+    *(
+        f"INSERT INTO users (name, password_hash, role, active, created_at) VALUES ('ann{i}', 'x', 'annotator',"
+        " true, CURRENT_TIMESTAMP)"
+        for i in range(3)
+    ),
+    "INSERT INTO projects (name, instructions, overlap, gold_rate, harm_categories, created_at)"
+    " VALUES ('old', '', 2, 0, '[\"Violence\", \"Drugs\"]', CURRENT_TIMESTAMP)",
+    "INSERT INTO items (project_id, key, prompt, response_a, response_b, media_a, media_b, model_a, model_b, priority,"
+    " is_gold, gold_better, gold_safer, meta, taken, done, is_full, created_at)"
+    " VALUES (1, 'r1-0', 'p0', 'answer a', '', NULL, 'clip.gif', 'm1', 'm2', 1.5, false, NULL, NULL, '{}', 3, 3,"
+    " true, CURRENT_TIMESTAMP)",
+    "INSERT INTO items (project_id, key, prompt, response_a, response_b, media_a, media_b, model_a, model_b, priority,"
+    " is_gold, gold_better, gold_safer, meta, taken, done, is_full, created_at)"
+    " VALUES (1, NULL, 'gold', 'a', 'b', NULL, NULL, '', '', 0, true, 'B', 'A', '{}', 0, 0, false, CURRENT_TIMESTAMP)",
+]
+JUDGEMENT = (
+    "INSERT INTO judgements (item_id, project_id, annotator_id, idempotency_key, skipped, skip_reason, better,"
+    " safer, safe_a, safe_b, harm_a, harm_b, severity_a, severity_b, corrected, created_at, updated_at)"
+    " VALUES (1, 1, :who, :key, :skipped, :reason, :better, :safer, :safe_a, :safe_b, :harm_a, '[]', :severity_a,"
+    " NULL, :corrected, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+)
+OLD_JUDGEMENTS = [  # made by today's schema: every column filled as the old code filled it
+    dict(key="k1", skipped=False, reason="", better="A", safer="B", safe_a=False, safe_b=True,
+         harm_a='["Violence"]', severity_a="severe", corrected="a safe answer"),
+    dict(key="k2", skipped=False, reason="", better="tie", safer=None, safe_a=None, safe_b=None,
+         harm_a="[]", severity_a=None, corrected=""),
+    dict(key="k3", skipped=True, reason="unreadable", better=None, safer=None, safe_a=None, safe_b=None,
+         harm_a="[]", severity_a=None, corrected=""),
+]  # fmt: skip
+
+
+def test_0005_gives_old_projects_todays_questions_and_old_judgements_answer_documents(
+    empty_db_url: str,
+) -> None:
+    from alignloop.feedback.schema import DEFAULT_QUESTIONS, IsSafe, check_answers, parse_questions
+
+    url = empty_db_url
+    migrate(url, "0003")
+    engine = make_engine(url, pool_size=1)
+    with engine.begin() as connection:
+        for sql in OLD_ROWS:
+            connection.execute(text(sql))
+        for row in OLD_JUDGEMENTS:
+            connection.execute(text(JUDGEMENT), {**row, "who": OLD_JUDGEMENTS.index(row) + 1})
+    engine.dispose()
+    migrate(url)
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            (questions_json,) = connection.execute(text("SELECT questions FROM projects")).one()
+            items = connection.execute(
+                text("SELECT key, candidates, gold, priority, taken FROM items ORDER BY id")
+            ).all()
+            answers = connection.execute(
+                text("SELECT idempotency_key, answers FROM judgements ORDER BY id")
+            ).all()
+        assert "priority DESC" in _queue_index(engine)  # the queue index survived as it was
+        assert "harm_categories" not in {c["name"] for c in inspect(engine).get_columns("projects")}
+        assert "better" not in {c["name"] for c in inspect(engine).get_columns("judgements")}
+    finally:
+        engine.dispose()
+    load = lambda v: json.loads(v) if isinstance(v, str) else v  # noqa: E731 (SQLite gives text, PostgreSQL objects)
+    questions = parse_questions(load(questions_json))
+    assert [q.name for q in questions] == [q.name for q in DEFAULT_QUESTIONS]
+    assert isinstance(questions[2], IsSafe) and questions[2].harm_categories == ("Violence", "Drugs")
+    assert [(k, load(c), load(g), p, t) for k, c, g, p, t in items] == [
+        (
+            "r1-0",
+            [
+                {"text": "answer a", "media": None, "model": "m1", "frames": None},
+                {"text": "", "media": "clip.gif", "model": "m2", "frames": None},
+            ],
+            None,
+            1.5,
+            3,
+        ),
+        (
+            None,
+            [
+                {"text": "a", "media": None, "model": "", "frames": None},
+                {"text": "b", "media": None, "model": "", "frames": None},
+            ],
+            {"better": "B", "safer": "A"},
+            0.0,
+            0,
+        ),
+    ]
+    docs = {key: load(doc) for key, doc in answers}
+    assert docs == {
+        "k1": {
+            "better": "A",
+            "safer": "B",
+            "is_safe": [
+                {"safe": False, "harms": ["Violence"], "severity": "severe"},
+                {"safe": True, "harms": [], "severity": None},
+            ],
+            "correction": {"candidate": "A", "text": "a safe answer"},  # the one judged unsafe
+        },
+        "k2": {"better": "tie"},
+        "k3": {},
+    }
+    for key in ("k1", "k2"):  # what was stored answers today's questions as they are now checked
+        assert check_answers(questions, docs[key], 2) == docs[key]
+    migrate(url, "0003", downgrade=True)
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT idempotency_key, skipped, better, safer, safe_a, safe_b, harm_a, severity_a, corrected"
+                    " FROM judgements ORDER BY id"
+                )
+            ).all()
+            old_items = connection.execute(
+                text("SELECT response_a, media_b, model_b, gold_better FROM items ORDER BY id")
+            ).all()
+            (categories,) = connection.execute(text("SELECT harm_categories FROM projects")).one()
+        assert "priority DESC" in _queue_index(engine)
+    finally:
+        engine.dispose()
+    expected = [
+        (
+            r["key"],
+            r["skipped"],
+            r["better"],
+            r["safer"],
+            r["safe_a"],
+            r["safe_b"],
+            json.loads(r["harm_a"]),
+            r["severity_a"],
+            r["corrected"],
+        )
+        for r in OLD_JUDGEMENTS
+    ]
+    assert [
+        (k, bool(s), b, sf, None if a is None else bool(a), None if c is None else bool(c), load(h), v, t)
+        for k, s, b, sf, a, c, h, v, t in rows
+    ] == expected
+    assert old_items == [("answer a", "clip.gif", "m2", None), ("a", None, "", "B")]
+    assert load(categories) == ["Violence", "Drugs"]

@@ -35,7 +35,9 @@ def test_a_rating_outside_its_interval_and_a_mathtext_name_are_drawn() -> None:
 def test_the_dashboard_shows_odd_ratings_and_names(
     app: FastAPI, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids = world.add_items(2, model_a=MATHTEXT, model_b="plain <b>model</b>")
+    ids = world.add_items(
+        2, candidates=[{"text": "a", "model": MATHTEXT}, {"text": "b", "model": "plain <b>model</b>"}]
+    )
     for name in ("ann1", "ann2"):
         for n in range(2):
             a = world.next(name)
@@ -47,8 +49,11 @@ def test_the_dashboard_shows_odd_ratings_and_names(
     assert "$\\undefinedcommand$" in page.text and "plain &lt;b&gt;model&lt;/b&gt;" in page.text
     real = stats.leaderboard
 
-    def outside(labelled):  # type: ignore[no-untyped-def]
-        return [r.model_copy(update={"lower": r.rating + 5, "upper": r.rating + 50}) for r in real(labelled)]
+    def outside(questions, judgements):  # type: ignore[no-untyped-def]
+        return [
+            r.model_copy(update={"lower": r.rating + 5, "upper": r.rating + 50})
+            for r in real(questions, judgements)
+        ]
 
     monkeypatch.setattr(stats, "leaderboard", outside)
     page = world.client.get(f"/admin/projects/{world.project_id}")
@@ -76,10 +81,10 @@ def test_ids_beyond_the_database_range_are_pages_not_server_errors(world: World)
     for path in ("/projects/2147483647/label", "/admin/projects/2147483647", "/admin/users/2147483647"):
         r = world.client.get(path)
         assert r.status_code == 404 and error_on_page(r).endswith("2147483647 not found"), path
-    world.client.get(f"/projects/{pid}/label")  # takes an assignment
+    world.client.post(f"/projects/{pid}/next", data={"csrf_token": csrf})  # takes an assignment
     r = world.client.post(
         f"/projects/{pid}/label",
-        data={"csrf_token": csrf, "assignment_id": str(HUGE), "idempotency_key": "k", "better": "A"},
+        data={"csrf_token": csrf, "assignment_id": str(HUGE), "idempotency_key": "k", "q.better": "A"},
     )
     assert r.status_code == 422 and "assignment_id: missing or not a number" in r.text
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from alignloop.platform import crud
 from alignloop.platform.db import make_engine, make_sessionmaker
 from alignloop.platform.models import Item, Judgement, Project, User
-from alignloop.platform.schemas import ItemIn, JudgementIn, ProjectIn
+from alignloop.platform.schemas import CandidateIn, ItemIn, JudgementIn, ProjectIn
 
 ANNOTATORS, ITEMS, K = 8, 24, 3
 
@@ -23,7 +23,10 @@ def _setup(factory: sessionmaker[Session]) -> tuple[int, list[int]]:
             session,
             project=project,
             items=[
-                ItemIn(prompt=f"p{i}", response_a="a", response_b="b", priority=i % 3) for i in range(ITEMS)
+                ItemIn(
+                    prompt=f"p{i}", candidates=[CandidateIn(text="a"), CandidateIn(text="b")], priority=i % 3
+                )
+                for i in range(ITEMS)
             ],
             media_names=set(),
         )
@@ -49,7 +52,7 @@ def _annotate(
                 session.commit()
                 if assignment is None:
                     return
-                labels = JudgementIn(idempotency_key=f"{user_id}-{n}", better="A")
+                labels = JudgementIn(idempotency_key=f"{user_id}-{n}", answers={"better": "A"})
                 crud.submit_judgement(session, assignment_id=assignment.id, annotator=user, labels=labels)
                 session.commit()
                 n += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from platform_helpers import PASSWORD, World, csrf_of, error_on_page, web_login
+from platform_helpers import PASSWORD, World, csrf_of, error_on_page, web_login, web_take
 from sqlalchemy import func, select
 
 from alignloop.platform.app import create_app
@@ -52,16 +52,21 @@ def test_another_annotators_label_is_out_of_reach(app: FastAPI, world: World) ->
     assert read.status_code == 403 and read.json() == {
         "detail": f"judgement {jid} belongs to another annotator"
     }
-    change = world.client.put(f"/api/judgements/{jid}", json={"better": "B"}, headers=world.auth("ann2"))
+    change = world.client.put(
+        f"/api/judgements/{jid}", json={"answers": {"better": "B"}}, headers=world.auth("ann2")
+    )
     assert change.status_code == 403
     mine = world.client.get(f"/api/judgements/mine?project_id={world.project_id}", headers=world.auth("ann2"))
     assert mine.json()["judgements"] == []
     # even an admin cannot rewrite an annotator's judgement
     admin_change = world.client.put(
-        f"/api/judgements/{jid}", json={"better": "B"}, headers=world.auth("admin")
+        f"/api/judgements/{jid}", json={"answers": {"better": "B"}}, headers=world.auth("admin")
     )
     assert admin_change.status_code == 403 and "only they can change it" in admin_change.json()["detail"]
-    assert world.client.get(f"/api/judgements/{jid}", headers=world.auth("ann1")).json()["better"] == "A"
+    assert (
+        world.client.get(f"/api/judgements/{jid}", headers=world.auth("ann1")).json()["answers"]["better"]
+        == "A"
+    )
 
 
 def test_only_admins_export_or_see_statistics(world: World) -> None:
@@ -75,7 +80,7 @@ def test_only_admins_export_or_see_statistics(world: World) -> None:
     assert r.status_code == 403 and "trainer or admin role" in r.json()["detail"]
     r = world.client.post(
         f"/api/projects/{pid}/items",
-        json={"items": [{"prompt": "p", "response_a": "a", "response_b": "b"}]},
+        json={"items": [{"prompt": "p", "candidates": [{"text": "a"}, {"text": "b"}]}]},
         headers=world.auth("ann1"),
     )
     assert r.status_code == 403
@@ -94,9 +99,12 @@ def test_forged_forms_without_csrf_token_are_refused(app: FastAPI, world: World)
     assert no_token.status_code == 403 and error_on_page(no_token) == CSRF_MESSAGE
     csrf = web_login(world.client, "ann1")
     assert csrf != csrf_of(login_page.text)  # a fresh token after login
-    page = world.client.get(f"/projects/{pid}/label")
-    assignment_id = int(page.text.split('name="assignment_id" value="')[1].split('"')[0])
-    form = {"assignment_id": str(assignment_id), "idempotency_key": f"web-{assignment_id}", "better": "A"}
+    locked = world.client.get(f"/projects/{pid}/label")  # a GET (a link from anywhere) locks nothing
+    assert 'name="assignment_id"' not in locked.text and "Take the next item" in locked.text
+    assert world.client.post(f"/projects/{pid}/next", data={}).status_code == 403  # no CSRF token
+    page = web_take(world.client, pid, csrf)
+    assignment_id = int(page.split('name="assignment_id" value="')[1].split('"')[0])
+    form = {"assignment_id": str(assignment_id), "idempotency_key": f"web-{assignment_id}", "q.better": "A"}
     for token in (None, "forged-token"):
         data = dict(form, **({"csrf_token": token} if token else {}))
         r = world.client.post(f"/projects/{pid}/label", data=data, follow_redirects=False)
@@ -110,7 +118,7 @@ def test_forged_forms_without_csrf_token_are_refused(app: FastAPI, world: World)
 def test_oversized_and_malformed_payloads_are_refused(world: World) -> None:
     pid = world.project_id
     url = f"/api/projects/{pid}/items"
-    big = {"items": [{"prompt": "x" * 70_000, "response_a": "a", "response_b": "b"}]}
+    big = {"items": [{"prompt": "x" * 70_000, "candidates": [{"text": "a"}, {"text": "b"}]}]}
     r = world.client.post(url, json=big, headers=world.auth("trainer"))
     assert r.status_code == 413 and r.json() == {
         "detail": "request body is larger than the limit of 65536 bytes"
@@ -132,13 +140,13 @@ def test_oversized_and_malformed_payloads_are_refused(world: World) -> None:
     )
     r = world.client.post(
         url,
-        json={"items": [{"prompt": "p\x00", "response_a": "a", "response_b": "b"}]},
+        json={"items": [{"prompt": "p\x00", "candidates": [{"text": "a"}, {"text": "b"}]}]},
         headers=world.auth("trainer"),
     )
     assert r.status_code == 422 and "NUL" in r.json()["detail"]
     r = world.client.post(
         url,
-        json={"items": [{"prompt": "p", "response_a": "a", "response_b": "b", "evil": 1}]},
+        json={"items": [{"prompt": "p", "candidates": [{"text": "a"}, {"text": "b"}], "evil": 1}]},
         headers=world.auth("trainer"),
     )
     assert r.status_code == 422 and "evil: Extra inputs are not permitted" in r.json()["detail"]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from platform_helpers import World, make_world, web_login
+from platform_helpers import World, error_on_page, make_world, web_login, web_take
 
 from alignloop.feedback.agreement import cohen_kappa, krippendorff_alpha
+from alignloop.feedback.schema import Pairwise
 from alignloop.platform.schemas import ProjectIn
 from alignloop.platform.stats import project_stats
 
@@ -38,21 +40,23 @@ def test_login_page_and_wrong_password(world: World) -> None:
 def test_label_through_the_form(app: FastAPI, world: World) -> None:
     world.add_items(2)
     csrf = web_login(world.client, "ann1")
-    page = world.client.get(f"/projects/{world.project_id}/label")
-    assert page.status_code == 200
-    assert "Response A" in page.text and "Response B" in page.text and "answer A" in page.text
-    assert 'you judged <span id="mine">0</span>' in page.text and "0</span> / 2 items complete" in page.text
-    assignment_id = _assignment_id(page.text)
+    page = web_take(world.client, world.project_id, csrf)
+    assert "Response A" in page and "Response B" in page and "answer A" in page
+    assert 'you judged <span id="mine">0</span>' in page and "0</span> / 2 items complete" in page
+    assignment_id = _assignment_id(page)
     form = {
         "csrf_token": csrf,
         "assignment_id": str(assignment_id),
         "idempotency_key": f"web-{assignment_id}",
-        "better": "B",
-        "safer": "B",
-        "safe_a": "unsafe",
-        "safe_b": "safe",
-        "harm_a": ["Violence", "Physical Harm"],
-        "severity_a": "moderate",
+        "q.better": "B",
+        "q.safer": "B",
+        "q.is_safe.0.safe": "unsafe",
+        "q.is_safe.1.safe": "safe",
+        "q.is_safe.0.harms": ["Violence", "Physical Harm"],
+        "q.is_safe.0.severity": "moderate",
+        "q.correction.candidate": "A",
+        "q.correction.original": "answer A0",
+        "q.correction.text": "answer A0",  # left as pre-filled: no correction
         "skipped": "0",
     }
     r = world.client.post(f"/projects/{world.project_id}/label", data=form)
@@ -63,16 +67,17 @@ def test_label_through_the_form(app: FastAPI, world: World) -> None:
         f"/api/judgements/mine?project_id={world.project_id}", headers=world.auth("ann1")
     ).json()
     assert len(mine["judgements"]) == 1
-    j = mine["judgements"][0]
-    assert (j["better"], j["safe_a"], j["harm_a"], j["severity_a"]) == (
-        "B",
-        False,
-        ["Violence", "Physical Harm"],
-        "moderate",
-    )
-    bad = dict(form, assignment_id=str(_assignment_id(r.text)), idempotency_key="x", better="")
+    assert mine["judgements"][0]["answers"] == {
+        "better": "B",
+        "safer": "B",
+        "is_safe": [
+            {"safe": False, "harms": ["Violence", "Physical Harm"], "severity": "moderate"},
+            {"safe": True, "harms": [], "severity": None},
+        ],
+    }
+    bad = dict(form, assignment_id=str(_assignment_id(r.text)), idempotency_key="x", **{"q.better": ""})
     r = world.client.post(f"/projects/{world.project_id}/label", data=bad)
-    assert r.status_code == 422 and "better: choose A, B, tie or both_bad" in r.text
+    assert r.status_code == 422 and "questions.better: required" in r.text
 
 
 def test_dashboard_shows_progress_agreement_and_leaderboard(app: FastAPI, client: TestClient) -> None:
@@ -80,7 +85,8 @@ def test_dashboard_shows_progress_agreement_and_leaderboard(app: FastAPI, client
     models = [("alpha", "beta"), ("beta", "gamma"), ("alpha", "gamma")] * 2
     ids = []
     for i, (model_a, model_b) in enumerate(models):
-        ids += world.add_items(1, model_a=model_a, model_b=model_b, prompt=f"q{i}")
+        pair = [{"text": "a", "model": model_a}, {"text": "b", "model": model_b}]
+        ids += world.add_items(1, candidates=pair, prompt=f"q{i}")
     # ann1 and ann2 always prefer the earlier model; ann3 disagrees on the first two items
     for name in ("ann1", "ann2", "ann3"):
         for n in range(len(models)):
@@ -126,8 +132,27 @@ def test_admin_forms_create_people_and_projects(world: World) -> None:
     r = world.client.post(
         "/admin/projects", data={"csrf_token": csrf, "name": "second", "overlap": "2", "gold_rate": "0.1"}
     )
-    assert r.status_code == 200 and "second" in r.text
-    assert ProjectIn(name="x").harm_categories[0] == "Endangering National Security"
+    assert r.status_code == 200 and "second" in r.text and "data-presets" in r.text
+    ranking = json.dumps(
+        [{"name": "order", "kind": "ranking"}, {"name": "why", "kind": "text", "required": False}]
+    )
+    r = world.client.post(
+        "/admin/projects", data={"csrf_token": csrf, "name": "ranked", "questions": ranking}
+    )
+    assert r.status_code == 200 and "ranked" in r.text
+    created = {p["name"]: p for p in world.client.get("/api/projects", headers=world.auth("admin")).json()}
+    assert [q["kind"] for q in created["ranked"]["questions"]] == ["ranking", "text"]
+    assert created["second"]["questions"][2]["harm_categories"][0] == "Endangering National Security"
+    for bad, message in (
+        ("[{", "questions: not valid JSON"),
+        ('[{"name": "x", "kind": "mark", "scale_max": 3}]', "questions.x: mark questions have no options"),
+    ):
+        r = world.client.post("/admin/projects", data={"csrf_token": csrf, "name": "bad", "questions": bad})
+        assert r.status_code == 422 and message in error_on_page(r), r.text
+    assert "bad" not in {
+        p["name"] for p in world.client.get("/api/projects", headers=world.auth("admin")).json()
+    }
+    assert isinstance(ProjectIn(name="x").questions[0], Pairwise)
 
 
 def test_media_candidates_are_shown_as_video_and_image(world: World) -> None:
@@ -139,10 +164,9 @@ def test_media_candidates_are_shown_as_video_and_image(world: World) -> None:
     video = world.client.post("/api/media?filename=b.mp4", content=mp4, headers=world.auth("trainer")).json()[
         "name"
     ]
-    world.add_items(1, response_a="", response_b="", media_a=image, media_b=video)
+    world.add_items(1, candidates=[{"media": image}, {"media": video}])
     assert world.client.get(f"/api/media/{image}").status_code == 401  # not logged in
-    web_login(world.client, "ann1")
-    page = world.client.get(f"/projects/{world.project_id}/label")
-    assert f'<img src="/api/media/{image}"' in page.text and f'<video src="/api/media/{video}"' in page.text
+    page = web_take(world.client, world.project_id, web_login(world.client, "ann1"))
+    assert f'<img src="/api/media/{image}"' in page and f'<video src="/api/media/{video}"' in page
     got = world.client.get(f"/api/media/{video}")  # the browser loads it with the session cookie
     assert got.status_code == 200 and got.content == mp4 and got.headers["content-type"] == "video/mp4"

@@ -6,7 +6,6 @@ import datetime as dt
 import time
 from typing import Annotated
 
-import psycopg
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
@@ -14,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from alignloop.feedback.schema import LabelError
 from alignloop.platform import auth, crud, export, hotpath, media, stats
 from alignloop.platform.api.deps import (
     AdminDep,
@@ -187,10 +187,10 @@ def add_items(
     """Push comparison items (text candidates, or names of uploaded media files)."""
     project = crud.get_project(session, project_id=project_id)
     media_names = {
-        name
+        c.media
         for spec in body.items
-        for name in (spec.media_a, spec.media_b)
-        if name is not None and media.path_of(settings.media_dir, name) is not None
+        for c in spec.candidates
+        if c.media is not None and media.path_of(settings.media_dir, c.media) is not None
     }
     ids = crud.add_items(session, project=project, items=body.items, media_names=media_names)
     session.commit()
@@ -219,7 +219,7 @@ async def upload_media(
     settings: SettingsDep,
     filename: Annotated[str, Query(min_length=1, max_length=255, pattern=r"^[^\x00/]+$")],
 ) -> dict[str, str]:
-    """Upload one clip as the raw request body; answers the name to use in items' media_a/media_b."""
+    """Upload one clip as the raw request body; answers the name to use as a candidate's `media`."""
     data = await request.body()
     try:
         name = media.store(settings.media_dir, filename, data)
@@ -252,17 +252,24 @@ def release_due(project_id: int) -> bool:
     return True
 
 
-def _assignment_out(assignment: Assignment, project: Project) -> AssignmentOut:
+def _assignment_out(request: Request, assignment: Assignment, project: Project) -> AssignmentOut:
+    """The assignment as it goes out; the hot path remembers it (and the project's rules) for
+    the submission that will follow."""
+    memory: hotpath.Memory = request.app.state.memory
+    if project.id not in memory.projects:
+        memory.projects[project.id] = hotpath.ProjectRules(
+            crud.questions_of(project), project.overlap, project.gold_rate
+        )
+    memory.hand_out(assignment.id, assignment.annotator_id, project.id, assignment.item.candidates)
     return AssignmentOut(
-        id=assignment.id,
-        expires_at=assignment.expires_at,
-        item=ItemOut.model_validate(assignment.item),
-        harm_categories=project.harm_categories,
+        id=assignment.id, expires_at=assignment.expires_at, item=ItemOut.model_validate(assignment.item)
     )
 
 
 @router.post("/projects/{project_id}/next", tags=["annotate"])
-def next_assignment(project_id: Id, user: UserDep, session: SessionDep, settings: SettingsDep) -> NextOut:
+def next_assignment(
+    project_id: Id, request: Request, user: UserDep, session: SessionDep, settings: SettingsDep
+) -> NextOut:
     """The caller's next item, locked to them for a while; `assignment` is null when nothing is left."""
     project = crud.get_project(session, project_id=project_id)
     try:
@@ -275,7 +282,7 @@ def next_assignment(project_id: Id, user: UserDep, session: SessionDep, settings
         raise HTTPException(
             409, "another request of yours took an assignment at the same time; retry"
         ) from exc
-    return NextOut(assignment=None if assignment is None else _assignment_out(assignment, project))
+    return NextOut(assignment=None if assignment is None else _assignment_out(request, assignment, project))
 
 
 def _submit(
@@ -313,10 +320,17 @@ def _release_expired(factory: sessionmaker[Session], project_id: int) -> None:
         session.commit()
 
 
+async def released(factory: sessionmaker[Session], project_id: int) -> None:
+    """Expire the project's stale locks when it is time (after a short-path submission)."""
+    if release_due(project_id):
+        await run_in_threadpool(_release_expired, factory, project_id)
+
+
 def _submit_and_next_general(
-    factory: sessionmaker[Session], user: User, assignment_id: int, body: JudgementIn, lock_s: int
+    request: Request, user: User, assignment_id: int, body: JudgementIn, lock_s: int
 ) -> tuple[SubmittedOut, int]:
     """judgement-and-next through the ORM, for every case; answers the result and its status code."""
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
     with factory() as session:
         judgement, created = _submit(session, user, assignment_id, body, commit=False)
         project = crud.get_project(session, project_id=judgement.project_id)
@@ -335,7 +349,7 @@ def _submit_and_next_general(
             session.commit()
         answer = SubmittedOut(
             judgement=judgement,
-            assignment=None if assignment is None else _assignment_out(assignment, project),
+            assignment=None if assignment is None else _assignment_out(request, assignment, project),
         )
     return answer, 201 if created else 200
 
@@ -354,26 +368,22 @@ async def submit_and_next(
     The judgement and the next assignment are committed together; a retry with the same key
     returns the judgement (200) and the next item.
     """
-    factory = request.app.state.sessionmaker
-    pool = request.app.state.pg_pool
-    if pool is not None and hotpath.applies(body):  # PostgreSQL: on the event loop, one statement
-        try:
-            short = await hotpath.submit_and_next(
-                pool,
-                assignment_id=assignment_id,
-                annotator_id=user.id,
-                labels=body,
-                lock_s=settings.lock_s,
-                now=utcnow(),
-            )
-        except psycopg.IntegrityError:  # a concurrent retry of the same key: the general path decides
-            short = None
-        if short is not None:
-            if release_due(short.judgement.project_id):
-                await run_in_threadpool(_release_expired, factory, short.judgement.project_id)
-            return Response(short.model_dump_json(), status_code=201, media_type="application/json")
+    try:  # PostgreSQL, an assignment this process handed out: one statement on the event loop
+        short = await hotpath.common_case(
+            request.app.state,
+            user_id=user.id,
+            assignment_id=assignment_id,
+            labels=body,
+            lock_s=settings.lock_s,
+            now=utcnow(),
+        )
+    except LabelError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if short is not None:
+        await released(request.app.state.sessionmaker, short[1])
+        return Response(short[0], status_code=201, media_type="application/json")
     answer, status = await run_in_threadpool(
-        _submit_and_next_general, factory, user, assignment_id, body, settings.lock_s
+        _submit_and_next_general, request, user, assignment_id, body, settings.lock_s
     )
     return Response(answer.model_dump_json(), status_code=status, media_type="application/json")
 
@@ -440,12 +450,20 @@ def export_project(
     admin: AdminDep,
     session: SessionDep,
     min_judgements: Annotated[int, Query(ge=1, le=1000)] = 1,
+    format: Annotated[
+        str,
+        Query(
+            description="auto (PKU-SafeRLHF where the project has a pairwise question and two candidates,"
+            " else judgements), judgements (every answer of every kind), pku-saferlhf, preference,"
+            " correction (the Aligner trainer's input) or supervised (prompt, corrected)."
+        ),
+    ] = "auto",
 ) -> StreamingResponse:
-    """The project as PKU-SafeRLHF JSONL, one aggregated record per judged item."""
+    """The project as JSONL: one judged item per line, or the records another format holds."""
     project = crud.get_project(session, project_id=project_id)
-    lines = export.pku_lines(session, project=project, min_judgements=min_judgements)
+    lines = export.lines(session, project=project, fmt=format, min_judgements=min_judgements)
     return StreamingResponse(
-        iter(lines),
+        lines,
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="project-{project.id}.jsonl"'},
     )

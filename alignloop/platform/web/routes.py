@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 from http import HTTPStatus
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
@@ -19,15 +20,31 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from alignloop.feedback.schema import (
+    QUESTION_PRESETS,
+    CorrectionText,
+    FreeText,
+    IsSafe,
+    Mark,
+    Pairwise,
+    Question,
+    Ranking,
+    Rating,
+    SaferChoice,
+    questions_json,
+    side_letter,
+)
 from alignloop.platform import auth, crud, export, logins, media, stats
 from alignloop.platform.api.deps import SESSION_KEY, SessionDep, SettingsDep, check_login, session_user
-from alignloop.platform.models import ApiToken, Project, User, utcnow
+from alignloop.platform.models import ApiToken, Assignment, Project, User, utcnow
 from alignloop.platform.schemas import MAX_ID, JudgementIn, ProjectIn
 
 HERE = FilePath(__file__).parent
 STATIC_DIR = HERE / "static"
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals["media_kind"] = media.media_kind
+templates.env.globals["side_letter"] = side_letter
+templates.env.globals["STRIP_COLUMNS"] = media.STRIP_COLUMNS
 router = APIRouter(tags=["pages"])
 CSRF_MESSAGE = "CSRF token missing or invalid; reload the page and try again"
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -193,13 +210,11 @@ def projects_page(request: Request, user: WebUser, session: SessionDep) -> HTMLR
 def _label_page(
     request: Request,
     session: SessionDep,
-    settings: SettingsDep,
     user: User,
     project: Project,
+    assignment: Assignment | None,
     error: str | None,
 ) -> HTMLResponse:
-    assignment = crud.next_assignment(session, project=project, annotator=user, lock_s=settings.lock_s)
-    session.commit()
     progress = crud.annotator_progress(session, project=project, annotator_id=user.id)
     return render(
         request,
@@ -207,44 +222,92 @@ def _label_page(
         status_code=422 if error else 200,
         user=user,
         project=project,
+        questions=crud.questions_of(project),
         assignment=assignment,
         item=assignment.item if assignment else None,
         progress=progress,
         error=error,
+        empty=request.query_params.get("empty") == "1",
     )
+
+
+def _open_assignment(session: SessionDep, project: Project, user: User) -> Assignment | None:
+    """The annotator's open assignment in the project, without taking a new one."""
+    return crud.open_assignment(session, project_id=project.id, annotator_id=user.id)
 
 
 @router.get("/projects/{project_id}/label")
-def label_page(
-    request: Request, project_id: Id, user: WebUser, session: SessionDep, settings: SettingsDep
-) -> HTMLResponse:
+def label_page(request: Request, project_id: Id, user: WebUser, session: SessionDep) -> HTMLResponse:
+    """The labelling page. It only reads: it shows the annotator's open assignment, or a button
+    that takes the next one (a POST, so a link from elsewhere never locks an item)."""
     project = crud.get_project(session, project_id=project_id)
-    return _label_page(request, session, settings, user, project, None)
+    return _label_page(request, session, user, project, _open_assignment(session, project, user), None)
 
 
-def _labels_from_form(form: Any) -> JudgementIn:
-    def flag(name: str) -> bool | None:
-        return {"safe": True, "unsafe": False}.get(str(form.get(name, "")))
+@router.post("/projects/{project_id}/next")
+async def label_next(
+    request: Request, project_id: Id, user: WebUser, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """Take the next item (locked to the annotator for a while) and show it."""
+    await checked_form(request)
+    project = crud.get_project(session, project_id=project_id)
+    taken = crud.next_assignment(session, project=project, annotator=user, lock_s=settings.lock_s)
+    session.commit()
+    return RedirectResponse(f"/projects/{project_id}/label{'' if taken else '?empty=1'}", status_code=303)
 
-    def text(name: str) -> str | None:
-        value = str(form.get(name, "")).strip()
-        return value or None
 
-    skipped = form.get("skipped") == "1"
-    return JudgementIn(
-        idempotency_key=str(form.get("idempotency_key", "")),
-        skipped=skipped,
-        skip_reason=str(form.get("skip_reason", "")),
-        better=None if skipped else text("better"),  # type: ignore[arg-type]
-        safer=None if skipped else text("safer"),  # type: ignore[arg-type]
-        safe_a=None if skipped else flag("safe_a"),
-        safe_b=None if skipped else flag("safe_b"),
-        harm_a=[] if skipped or flag("safe_a") else form.getlist("harm_a"),
-        harm_b=[] if skipped or flag("safe_b") else form.getlist("harm_b"),
-        severity_a=None if skipped or flag("safe_a") else text("severity_a"),  # type: ignore[arg-type]
-        severity_b=None if skipped or flag("safe_b") else text("severity_b"),  # type: ignore[arg-type]
-        corrected="" if skipped else str(form.get("corrected", "")),
-    )
+def answers_from_form(questions: tuple[Question, ...], form: Any, n: int) -> dict[str, Any]:
+    """The answer document of the labelling form. Fields are named `q.NAME` (a choice, free
+    text), `q.NAME.I` (candidate I's rank, a mark: a frame or "safe"), `q.NAME.I.safe`
+    ("safe"/"unsafe"), `q.NAME.I.harms`, `q.NAME.I.severity`, `q.NAME.ASPECT.I` (a score),
+    `q.NAME.candidate` and `q.NAME.text` (a correction; left as pre-filled, an optional one
+    is not an answer). Unanswered questions are left out; `check_answers` judges the rest."""
+
+    def get(name: str) -> str:
+        return str(form.get(name, "")).strip()
+
+    def number(value: str) -> Any:
+        return int(value) if value.lstrip("-").isdigit() else value
+
+    out: dict[str, Any] = {}
+    for q in questions:
+        p = f"q.{q.name}"
+        value: Any = None
+        if isinstance(q, (Pairwise, SaferChoice, FreeText)):
+            value = get(p) or None
+        elif isinstance(q, IsSafe):
+            entries: list[Any] = []
+            for i in range(n):
+                flag = get(f"{p}.{i}.safe")
+                unsafe = flag == "unsafe"
+                entries.append(
+                    None
+                    if flag not in ("safe", "unsafe")
+                    else {
+                        "safe": not unsafe,
+                        "harms": form.getlist(f"{p}.{i}.harms") if unsafe else [],
+                        "severity": (get(f"{p}.{i}.severity") or None) if unsafe else None,
+                    }
+                )
+            value = entries if any(e is not None for e in entries) else None
+        elif isinstance(q, (Ranking, Mark)):
+            raw = [get(f"{p}.{i}") for i in range(n)]
+            marks = [None if isinstance(q, Mark) and v == "safe" else number(v) for v in raw]
+            value = marks if any(raw) else None
+        elif isinstance(q, Rating):
+            scores = {
+                a: [number(get(f"{p}.{a}.{i}")) if get(f"{p}.{a}.{i}") else None for i in range(n)]
+                for a in q.aspects
+            }
+            value = scores if any(v is not None for row in scores.values() for v in row) else None
+        elif isinstance(q, CorrectionText):
+            candidate, text = get(f"{p}.candidate"), str(form.get(f"{p}.text", ""))
+            original = str(form.get(f"{p}.original", ""))
+            if text.strip() and (q.required or text.strip() != original.strip()):
+                value = {"candidate": candidate, "text": text}
+        if value is not None:
+            out[q.name] = value
+    return out
 
 
 @router.post("/projects/{project_id}/label")
@@ -253,12 +316,25 @@ async def label_submit(
 ) -> Response:
     form = await checked_form(request)
     project = crud.get_project(session, project_id=project_id)
+    assignment: Assignment | None = None
     try:
         assignment_id = int(str(form.get("assignment_id", "")))
         if not 1 <= assignment_id <= MAX_ID:
             raise ValueError(assignment_id)
-        labels = _labels_from_form(form)
+        assignment = session.get(Assignment, assignment_id)
+        if assignment is None or assignment.annotator_id != user.id:
+            raise crud.Forbidden(f"assignment {assignment_id} is not yours")
+        skipped = form.get("skipped") == "1"
+        labels = JudgementIn(
+            idempotency_key=str(form.get("idempotency_key", "")),
+            skipped=skipped,
+            skip_reason=str(form.get("skip_reason", "")) if skipped else "",
+            answers={}
+            if skipped
+            else answers_from_form(crud.questions_of(project), form, len(assignment.item.candidates)),
+        )
         crud.submit_judgement(session, assignment_id=assignment_id, annotator=user, labels=labels)
+        taken = crud.next_assignment(session, project=project, annotator=user, lock_s=settings.lock_s)
         session.commit()
     except ValidationError as exc:
         session.rollback()
@@ -266,17 +342,18 @@ async def label_submit(
             f"{'.'.join(map(str, e['loc'])) or 'form'}: {e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors()
         )
-        return _label_page(request, session, settings, user, project, message)
+        return _label_page(request, session, user, project, _open_assignment(session, project, user), message)
     except ValueError:
-        return _label_page(
-            request, session, settings, user, project, "assignment_id: missing or not a number"
-        )
+        return _label_page(request, session, user, project, None, "assignment_id: missing or not a number")
     except IntegrityError:
         session.rollback()  # a double submission of the same form: the first one counts
+        return RedirectResponse(f"/projects/{project_id}/label", status_code=303)
     except crud.PlatformError as exc:
         session.rollback()
-        return _label_page(request, session, settings, user, project, exc.detail)
-    return RedirectResponse(f"/projects/{project_id}/label", status_code=303)
+        return _label_page(
+            request, session, user, project, _open_assignment(session, project, user), exc.detail
+        )
+    return RedirectResponse(f"/projects/{project_id}/label{'' if taken else '?empty=1'}", status_code=303)
 
 
 @router.get("/admin")
@@ -285,7 +362,15 @@ def admin_page(request: Request, user: WebAdmin, session: SessionDep) -> HTMLRes
     users = session.scalars(select(User).order_by(User.id)).all()
     progress = {p.id: stats.progress(session, project=p) for p in projects}
     return render(
-        request, "admin.html", user=user, projects=projects, users=users, progress=progress, message=None
+        request,
+        "admin.html",
+        user=user,
+        projects=projects,
+        users=users,
+        progress=progress,
+        message=None,
+        presets=json.dumps({k: questions_json(v) for k, v in QUESTION_PRESETS.items()}),
+        presets_names=list(QUESTION_PRESETS),
     )
 
 
@@ -314,9 +399,23 @@ def admin_create_project(
     name: Annotated[str, Form(max_length=128)] = "",
     overlap: Annotated[int, Form(ge=1, le=100)] = 1,
     gold_rate: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    instructions: Annotated[str, Form(max_length=20_000)] = "",
+    questions: Annotated[str, Form(max_length=200_000)] = "",
 ) -> Response:
+    """Create a project; its questions come as the JSON list of the form's `questions` field
+    (the page fills it from a preset), the default questions when empty."""
+    fields: dict[str, Any] = {
+        "name": name,
+        "overlap": overlap,
+        "gold_rate": gold_rate,
+        "instructions": instructions,
+    }
     try:
-        spec = ProjectIn(name=name, overlap=overlap, gold_rate=gold_rate)
+        if questions.strip():
+            fields["questions"] = json.loads(questions)
+        spec = ProjectIn(**fields)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(422, f"questions: not valid JSON ({exc.msg} at column {exc.colno})") from None
     except ValidationError as exc:
         raise HTTPException(422, f"project form: {_form_errors(exc)}") from exc
     crud.create_project(session, spec=spec)
@@ -467,11 +566,14 @@ def create_token(
 
 
 @router.get("/admin/projects/{project_id}/export.jsonl")
-def dashboard_export(project_id: Id, user: WebAdmin, session: SessionDep) -> Response:
-    """The PKU-SafeRLHF export, for an admin logged in to the web pages."""
+def dashboard_export(
+    project_id: Id, user: WebAdmin, session: SessionDep, format: Annotated[str, Query(max_length=32)] = "auto"
+) -> Response:
+    """The export (`auto`: PKU-SafeRLHF where the project allows, else judged items), for an admin
+    logged in to the web pages."""
     project = crud.get_project(session, project_id=project_id)
     return Response(
-        "".join(export.pku_lines(session, project=project)),
+        "".join(export.lines(session, project=project, fmt=format)),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="project-{project.id}.jsonl"'},
     )
