@@ -98,9 +98,9 @@ COMMANDS: Tree = {
         "Control policies on Gymnasium/MuJoCo: PPO, PPO-Lagrangian, preference-based RL.",
         {
             "train": Command(
-                "alignloop.control.ppo:TrainConfig",
-                "alignloop.control.ppo:train",
-                "PPO or PPO-Lagrangian on a task's true reward and cost.",
+                "alignloop.control.train:TrainConfig",
+                "alignloop.control.train:train",
+                "PPO or PPO-Lagrangian (--lagrange pid: the PID Lagrangian) on a task's reward and cost.",
             ),
             "pbrl": Command(
                 "alignloop.control.pbrl:PbrlConfig",
