@@ -1,7 +1,7 @@
 """`alignloop control train`: every control learner behind one command.
 
 `ALGORITHMS` is the one table of them: what each is, which settings group of `TrainConfig` it
-reads (``--algo ppo-lag`` reads ``--ppo-lag.*``; each group's defaults are that algorithm's reference
+reads (``--algo cpo`` reads ``--cpo.*``; each group's defaults are that algorithm's reference
 settings), whether it needs a task with a cost and whether it handles discrete actions, and the
 function that trains it. ``--saute`` wraps the task in Sauté's safety budget (for any learner;
 the budget is the group's ``cost-limit``). Every option is checked before anything is built or
@@ -25,12 +25,16 @@ from typing import Any, ClassVar, Literal
 import gymnasium as gym
 
 from alignloop.config import ConfigError
+from alignloop.control.cpo import CPOSettings, cpo_learner
+from alignloop.control.cup import CUPSettings, cup_learner
 from alignloop.control.envs import make_env
+from alignloop.control.focops import FOCOPSSettings, focops_learner
 from alignloop.control.onpolicy import (
     check_setup,
     model_options,
     train_on_policy,
 )
+from alignloop.control.pcpo import PCPOSettings, pcpo_learner
 from alignloop.control.ppo import PPO_LAG_DEFAULTS, PPOSettings, ppo_learner
 from alignloop.control.rollouts import LagrangeSettings, OnPolicySettings
 from alignloop.control.saute import SauteOptions
@@ -82,6 +86,34 @@ ALGORITHMS: dict[str, Algorithm] = {
         constrained=True,
         discrete=True,
         train=_on_policy(partial(ppo_learner, lagrangian=True), True),
+    ),
+    "cpo": Algorithm(
+        "Constrained Policy Optimization (Achiam et al. 2017)",
+        "cpo",
+        constrained=True,
+        discrete=True,
+        train=_on_policy(cpo_learner, True),
+    ),
+    "pcpo": Algorithm(
+        "Projection-Based CPO (Yang et al. 2020)",
+        "pcpo",
+        constrained=True,
+        discrete=True,
+        train=_on_policy(pcpo_learner, True),
+    ),
+    "focops": Algorithm(
+        "First Order Constrained Optimization in Policy Space (Zhang et al. 2020)",
+        "focops",
+        constrained=True,
+        discrete=True,
+        train=_on_policy(focops_learner, True),
+    ),
+    "cup": Algorithm(
+        "Constrained Update Projection (Yang et al. 2022)",
+        "cup",
+        constrained=True,
+        discrete=True,
+        train=_on_policy(cup_learner, True),
     ),
 }
 """Every algorithm of `alignloop control train --algo`, in one place."""
@@ -157,16 +189,17 @@ def lagrange_shorthand(args: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class TrainConfig(RunOptions):
-    """Train a control policy: PPO or PPO-Lagrangian."""
+    """Train a control policy: PPO, PPO-Lagrangian, CPO, PCPO, FOCOPS or CUP."""
 
     output_dir: Path = Path("runs/control/{env}-{algo}-s{seed}")
     """Run folder ({env}, {algo} and {seed} are filled in): run.json, metrics.jsonl, tb/ and checkpoints/."""
     env: str = "Hopper-v5"
-    """Gymnasium id, or a safe task such as SafeHalfCheetahVelocity-v5 or SafetyPointGoal1-v0."""
+    """Gymnasium id, or a safe task such as SafeHalfCheetahVelocity-v5 (or SafetyPointGoal1-v0 where
+    the navigation tasks are registered)."""
     algo: str = "ppo"
-    """ppo or ppo-lag; each reads its own settings group (--algo ppo-lag: --ppo-lag.*), whose
-    defaults are its reference settings. ppo-lag holds the mean episode cost under the group's
-    cost-limit and needs a task with a cost."""
+    """ppo, ppo-lag, cpo, pcpo, focops or cup; each reads its own settings group
+    (--algo cpo: --cpo.*), whose defaults are its reference settings. All but ppo hold the
+    mean episode cost under the group's cost-limit and need a task with a cost."""
     cost: Literal["velocity"] | None = None
     """Safety cost added to the task (Safe ids imply velocity)."""
     total_env_steps: int = 1_000_000
@@ -187,6 +220,14 @@ class TrainConfig(RunOptions):
     """--algo ppo-lag (defaults: OmniSafe 0.5.0's PPOLag on the navigation tasks: 20000 steps a
     rollout, 40 epochs of 64, target KL 0.02, gradient clip 40, linear rate decay, lambda from
     0.001; cost limit 25)."""
+    cpo: CPOSettings = CPOSettings()
+    """--algo cpo (defaults: OmniSafe 0.5.0's CPO)."""
+    pcpo: PCPOSettings = PCPOSettings()
+    """--algo pcpo (defaults: OmniSafe 0.5.0's PCPO)."""
+    focops: FOCOPSSettings = FOCOPSSettings()
+    """--algo focops (defaults: the paper's constants on OmniSafe 0.5.0's FOCOPS)."""
+    cup: CUPSettings = CUPSettings()
+    """--algo cup (defaults: OmniSafe 0.5.0's CUP)."""
 
     RENAMED: ClassVar[dict[str, str]] = {
         "--total-steps": "--total-env-steps",
