@@ -95,12 +95,12 @@ COMMANDS: Tree = {
         "The toy-world Safe RLHF demo: SFT, reward+cost models, PPO, PPO-Lagrangian, shaping, DPO.",
     ),
     "control": Group(
-        "Control policies on Gymnasium/MuJoCo: safe RL (PPO-Lag, CPO, PCPO, FOCOPS, CUP) and preference-based RL.",
+        "Control policies on Gymnasium/MuJoCo: safe RL (PPO-Lag, CPO, ..., SAC-Lag) and preference-based RL.",
         {
             "train": Command(
                 "alignloop.control.train:TrainConfig",
                 "alignloop.control.train:train",
-                "PPO, PPO-Lagrangian, CPO, PCPO, FOCOPS, CUP; --saute.",
+                "PPO, PPO-Lagrangian, CPO, PCPO, FOCOPS, CUP, SAC, SAC-Lagrangian; --saute.",
             ),
             "pbrl": Command(
                 "alignloop.control.pbrl:PbrlConfig",

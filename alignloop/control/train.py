@@ -30,13 +30,17 @@ from alignloop.control.cup import CUPSettings, cup_learner
 from alignloop.control.envs import make_env
 from alignloop.control.focops import FOCOPSSettings, focops_learner
 from alignloop.control.onpolicy import (
+    SetupError,
     check_setup,
+    check_task,
+    has_checkpoint,
     model_options,
     train_on_policy,
 )
 from alignloop.control.pcpo import PCPOSettings, pcpo_learner
 from alignloop.control.ppo import PPO_LAG_DEFAULTS, PPOSettings, ppo_learner
 from alignloop.control.rollouts import LagrangeSettings, OnPolicySettings
+from alignloop.control.sac import SACSettings, check_sac, train_sac
 from alignloop.control.saute import SauteOptions
 from alignloop.errors import UserError
 from alignloop.runstack.options import RunOptions, upgrade_args
@@ -115,6 +119,20 @@ ALGORITHMS: dict[str, Algorithm] = {
         discrete=True,
         train=_on_policy(cup_learner, True),
     ),
+    "sac": Algorithm(
+        "Soft Actor-Critic (Haarnoja et al. 2018), off-policy, continuous actions",
+        "sac",
+        constrained=False,
+        discrete=False,
+        train=partial(train_sac, lagrangian=False),
+    ),
+    "sac-lag": Algorithm(
+        "SAC-Lagrangian: SAC with a cost critic and a Lagrange multiplier",
+        "sac_lag",
+        constrained=True,
+        discrete=False,
+        train=partial(train_sac, lagrangian=True),
+    ),
 }
 """Every algorithm of `alignloop control train --algo`, in one place."""
 
@@ -189,7 +207,7 @@ def lagrange_shorthand(args: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class TrainConfig(RunOptions):
-    """Train a control policy: PPO, PPO-Lagrangian, CPO, PCPO, FOCOPS or CUP."""
+    """Train a control policy: PPO, PPO-Lagrangian, CPO, PCPO, FOCOPS, CUP, SAC or SAC-Lagrangian."""
 
     output_dir: Path = Path("runs/control/{env}-{algo}-s{seed}")
     """Run folder ({env}, {algo} and {seed} are filled in): run.json, metrics.jsonl, tb/ and checkpoints/."""
@@ -197,8 +215,8 @@ class TrainConfig(RunOptions):
     """Gymnasium id, or a safe task such as SafeHalfCheetahVelocity-v5 (or SafetyPointGoal1-v0 where
     the navigation tasks are registered)."""
     algo: str = "ppo"
-    """ppo, ppo-lag, cpo, pcpo, focops or cup; each reads its own settings group
-    (--algo cpo: --cpo.*), whose defaults are its reference settings. All but ppo hold the
+    """ppo, ppo-lag, cpo, pcpo, focops, cup, sac or sac-lag; each reads its own settings group
+    (--algo cpo: --cpo.*), whose defaults are its reference settings. All but ppo and sac hold the
     mean episode cost under the group's cost-limit and need a task with a cost."""
     cost: Literal["velocity"] | None = None
     """Safety cost added to the task (Safe ids imply velocity)."""
@@ -228,6 +246,10 @@ class TrainConfig(RunOptions):
     """--algo focops (defaults: the paper's constants on OmniSafe 0.5.0's FOCOPS)."""
     cup: CUPSettings = CUPSettings()
     """--algo cup (defaults: OmniSafe 0.5.0's CUP)."""
+    sac: SACSettings = SACSettings()
+    """--algo sac (defaults: the SAC paper's, with a learned temperature)."""
+    sac_lag: SACSettings = SACSettings()
+    """--algo sac-lag (defaults: SAC's, with the Lagrangian's)."""
 
     RENAMED: ClassVar[dict[str, str]] = {
         "--total-steps": "--total-env-steps",
@@ -292,7 +314,10 @@ def check_config(cfg: TrainConfig, run_dir: Path) -> tuple[Algorithm, Any, Saute
     if isinstance(s, OnPolicySettings):
         _, cost = check_setup(cfg.env, cfg.cost, algo.constrained, s, resume_dir, algo=cfg.algo, group=flag)
     else:
-        raise TypeError(f"--algo {cfg.algo}: settings {type(s).__name__} of no known loop")
+        check_sac(s, flag)
+        _, cost = check_task(cfg.env, cfg.cost, algo.constrained, cfg.algo)
+        if resume_dir is not None and not has_checkpoint(resume_dir):
+            raise SetupError(f"--resume: no checkpoint in {resume_dir}; start the run without --resume")
     probe = make_env(cfg.env, cfg.cost, max_episode_steps=s.max_episode_steps)
     action_space, obs_space = probe.action_space, probe.observation_space
     horizon = probe.spec.max_episode_steps if probe.spec is not None else None
