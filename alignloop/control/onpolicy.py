@@ -62,8 +62,10 @@ __all__ = [
     "check_setup",
     "check_task",
     "has_checkpoint",
+    "loop_records",
     "model_options",
     "read_checkpoint",
+    "restore_loop_records",
     "train_on_policy",
 ]
 
@@ -206,6 +208,46 @@ def _grouped(stats: dict[str, float]) -> dict[str, dict[str, float]]:
     return out
 
 
+def loop_records(
+    lagrange: LagrangeMultiplier,
+    rng: np.random.Generator,
+    collector: Collector,
+    cost_window: deque[float],
+    global_step: int,
+) -> dict[str, Any]:
+    """What every control loop (this one and SAC's) checkpoints besides its networks: lambda,
+    the update's generator state, the episode records and the step count."""
+    return {
+        "lagrange": lagrange.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "returns": list(collector.returns),
+        "costs": list(collector.costs),
+        "lengths": list(collector.lengths),
+        "num_episodes": collector.num_episodes,
+        "cost_window": list(cost_window),
+        "global_step": global_step,
+    }
+
+
+def restore_loop_records(
+    extra: dict[str, Any],
+    lagrange: LagrangeMultiplier,
+    rng: np.random.Generator,
+    collector: Collector,
+    cost_window: deque[float],
+) -> int:
+    """`loop_records` read back from a checkpoint's extra into the loop's objects; returns the
+    step count."""
+    lagrange.load_state_dict(extra["lagrange"])
+    rng.bit_generator.state = extra["numpy_rng"]
+    collector.returns.extend(extra["returns"])
+    collector.costs.extend(extra["costs"])
+    collector.lengths.extend(extra["lengths"])
+    collector.num_episodes = extra["num_episodes"]
+    cost_window.extend(extra["cost_window"])
+    return int(extra["global_step"])
+
+
 def saute_wrap(saute: SauteOptions | None) -> Callable[[gym.Env], gym.Env] | None:
     """The per-env wrapper of a Sauté run (None without Sauté)."""
     if saute is None:
@@ -304,14 +346,7 @@ def train_on_policy(
         check_schedule(
             run_dir, extra["iterations"], iterations, False, not learner.scheduled, length_option=None
         )
-        lagrange.load_state_dict(extra["lagrange"])
-        rng.bit_generator.state = extra["numpy_rng"]
-        collector.returns.extend(extra["returns"])
-        collector.costs.extend(extra["costs"])
-        collector.lengths.extend(extra["lengths"])
-        collector.num_episodes = extra["num_episodes"]
-        cost_window.extend(extra["cost_window"])
-        global_step = extra["global_step"]
+        global_step = restore_loop_records(extra, lagrange, rng, collector, cost_window)
     elif init_from is not None:
         state, extra = read_checkpoint(init_from)
         agent.load_state_dict(state["models"]["agent"])
@@ -320,14 +355,7 @@ def train_on_policy(
 
     def checkpoint(iteration: int) -> None:
         extra = {
-            "lagrange": lagrange.state_dict(),
-            "numpy_rng": rng.bit_generator.state,
-            "returns": list(collector.returns),
-            "costs": list(collector.costs),
-            "lengths": list(collector.lengths),
-            "num_episodes": collector.num_episodes,
-            "cost_window": list(cost_window),
-            "global_step": global_step,
+            **loop_records(lagrange, rng, collector, cost_window, global_step),
             "iterations": iterations,
             "env": env_id,
             "cost": cost,

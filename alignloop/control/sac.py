@@ -37,7 +37,13 @@ from torch import Tensor, nn
 
 from alignloop.control.envs import make_vec_env
 from alignloop.control.nets import QEnsemble, SquashedGaussianActor
-from alignloop.control.onpolicy import SetupError, model_options, saute_wrap
+from alignloop.control.onpolicy import (
+    SetupError,
+    loop_records,
+    model_options,
+    restore_loop_records,
+    saute_wrap,
+)
 from alignloop.control.rollouts import (
     Collector,
     LagrangeSettings,
@@ -300,14 +306,7 @@ def train_sac(
     start, extra = run.restore(models, optimizers, states=states)
     global_step = 0
     if run.resume:
-        lagrange.load_state_dict(extra["lagrange"])
-        rng.bit_generator.state = extra["numpy_rng"]
-        collector.returns.extend(extra["returns"])
-        collector.costs.extend(extra["costs"])
-        collector.lengths.extend(extra["lengths"])
-        collector.num_episodes = extra["num_episodes"]
-        cost_window.extend(extra["cost_window"])
-        global_step = extra["global_step"]
+        global_step = restore_loop_records(extra, lagrange, rng, collector, cost_window)
 
     low, high = space.low.astype(np.float32), space.high.astype(np.float32)
 
@@ -320,14 +319,7 @@ def train_sac(
 
     def checkpoint(iteration: int) -> None:
         extra = {
-            "lagrange": lagrange.state_dict(),
-            "numpy_rng": rng.bit_generator.state,
-            "returns": list(collector.returns),
-            "costs": list(collector.costs),
-            "lengths": list(collector.lengths),
-            "num_episodes": collector.num_episodes,
-            "cost_window": list(cost_window),
-            "global_step": global_step,
+            **loop_records(lagrange, rng, collector, cost_window, global_step),
             "iterations": iterations,
             "env": env_id,
             "cost": cost,
