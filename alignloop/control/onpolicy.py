@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,6 +278,7 @@ def train_on_policy(
     config: Any = None,
     must_match: tuple[str, ...] = model_options("ppo"),
     saute: SauteOptions | None = None,
+    report_to: Sequence[str] = ("tensorboard",),
 ) -> dict[str, float]:
     """Train an on-policy learner (`make_learner` builds its `Learner`) for ``total_steps``
     environment steps; returns the last iteration's statistics. ``constrained``: the cost
@@ -286,7 +287,8 @@ def train_on_policy(
     ``tb/`` and ``checkpoints/`` every ``save_every`` iterations (the envs are re-seeded there;
     0: at the end only). `relabel_stats` gives further statistics (``"split/name": value``) to
     log each iteration; `extra_states` are further objects (a ``relabel`` hook's models)
-    checkpointed and resumed with the policy. `saute` wraps every env in Sauté's budget.
+    checkpointed and resumed with the policy. `saute` wraps every env in Sauté's budget;
+    metrics also go to the sinks of `report_to`.
 
     ``init_from`` (a run directory; ignored when resuming) starts from that run's policy and
     critics, its observation statistics and its Lagrange multiplier; the optimisers, the return
@@ -370,7 +372,11 @@ def train_on_policy(
         run.checkpointer.save(iteration, models, learner.optimizers, extra=extra, states=states)
 
     logger = run.logger(
-        total_steps=iterations, description=f"{algo} {env_id}", resume_step=start, progress=progress
+        total_steps=iterations,
+        description=f"{algo} {env_id}",
+        resume_step=start,
+        progress=progress,
+        report_to=report_to,
     )
     stats: dict[str, float] = {}
     t0, steps0 = time.perf_counter(), global_step

@@ -19,7 +19,7 @@ control loop call it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -194,10 +194,12 @@ def train_policy(
     progress: bool = True,
     command: str = "control train",
     config: Any = None,
+    report_to: Sequence[str] = ("tensorboard",),
 ) -> dict[str, float]:
     """Train a policy with PPO (``lagrangian=False``) or PPO-Lagrangian for ``total_steps``
     environment steps on the shared on-policy loop (`alignloop.control.onpolicy.train_on_policy`,
-    which says what the run folder holds); returns the last iteration's statistics."""
+    which says what the run folder holds; metrics also go to the sinks of `report_to`); returns the
+    last iteration's statistics."""
     return train_on_policy(
         run_dir,
         env_id,
@@ -219,4 +221,5 @@ def train_policy(
         command=command,
         config=config,
         must_match=model_options("ppo"),
+        report_to=report_to,
     )

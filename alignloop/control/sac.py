@@ -25,7 +25,7 @@ import copy
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -257,6 +257,7 @@ def train_sac(
     config: Any = None,
     must_match: tuple[str, ...] = model_options("sac"),
     saute: SauteOptions | None = None,
+    report_to: Sequence[str] = ("tensorboard",),
 ) -> dict[str, float]:
     """Train SAC (``lagrangian=False``) or SAC-Lagrangian for ``total_steps`` environment steps
     (rounded down to whole iterations); returns the last iteration's statistics. The run folder
@@ -333,7 +334,11 @@ def train_sac(
         run.checkpointer.save(iteration, models, optimizers, extra=extra, states=states)
 
     logger = run.logger(
-        total_steps=iterations, description=f"{algo} {env_id}", resume_step=start, progress=progress
+        total_steps=iterations,
+        description=f"{algo} {env_id}",
+        resume_step=start,
+        progress=progress,
+        report_to=report_to,
     )
     stats: dict[str, float] = {}
     t0, steps0 = time.perf_counter(), global_step

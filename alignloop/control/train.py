@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 
+from alignloop.checks import output_dir
 from alignloop.config import ConfigError
 from alignloop.control.cpo import CPOSettings, cpo_learner
 from alignloop.control.cup import CUPSettings, cup_learner
@@ -43,6 +44,7 @@ from alignloop.control.rollouts import LagrangeSettings, OnPolicySettings
 from alignloop.control.sac import SACSettings, check_sac, train_sac
 from alignloop.control.saute import SauteOptions
 from alignloop.errors import UserError
+from alignloop.runstack.metrics import check_report_to
 from alignloop.runstack.options import RunOptions, upgrade_args
 
 __all__ = [
@@ -69,7 +71,7 @@ class Algorithm:
     """Handles Discrete action spaces."""
     train: Callable[..., dict[str, float]]
     """``train(run_dir, env, cost, total_steps, seed, settings, *, algo, save_every,
-    keep_checkpoints, resume, progress, config, must_match, saute) -> statistics``."""
+    keep_checkpoints, resume, progress, config, must_match, saute, report_to) -> statistics``."""
 
 
 def _on_policy(make_learner: Callable[..., Any], constrained: bool) -> Callable[..., dict[str, float]]:
@@ -351,6 +353,8 @@ def train(cfg: TrainConfig) -> int:
     """`alignloop control train`."""
     run_dir = cfg.run_dir()
     algo, settings, saute = check_config(cfg, run_dir)
+    output_dir(run_dir, "--output-dir")
+    check_report_to(cfg.report_to)
     stats = algo.train(
         run_dir,
         cfg.env,
@@ -366,6 +370,7 @@ def train(cfg: TrainConfig) -> int:
         config=cfg,
         must_match=model_options(algo.group),
         saute=saute,
+        report_to=cfg.report_to,
     )
     shown = {
         k: round(v, 3) for k, v in stats.items() if k.startswith(("episode/", "time/")) or k == "train/lambda"

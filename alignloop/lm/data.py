@@ -1,13 +1,15 @@
 """From feedback records to padded tensors.
 
 Prompt format: when the tokenizer has a chat template, a prompt is rendered as one user turn
-with the generation prompt appended (`apply_chat_template(..., add_generation_prompt=True)`).
-Otherwise the default format is
+with the generation prompt appended (`apply_chat_template(..., add_generation_prompt=True)`); a
+prompt that is a dialogue (chat messages read from a file, held as one text by
+`feedback.formats.conversation_text`, or an HH-RLHF prompt) goes through the template as its
+messages. Otherwise the default format is
 
     Human: {prompt}
     Assistant:
 
-and the response follows after a space. Sequences are tokenised as prompt (with the
+(a dialogue is kept as it is), and the response follows after a space. Sequences are tokenised as prompt (with the
 tokenizer's special tokens, e.g. <bos>) + response (without) + <eos>, so the boundary between
 prompt and response is exact: `response_mask` is True on the response tokens and the <eos>.
 
@@ -24,6 +26,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from alignloop.errors import UserError
+from alignloop.feedback.formats import conversation_turns
 from alignloop.feedback.pairs import SafetyOrder, preference, safety_order
 from alignloop.feedback.schema import Comparison, SupervisedPair, side_letter
 
@@ -32,12 +36,11 @@ DEFAULT_PROMPT_FORMAT = "Human: {prompt}\nAssistant:"
 
 def format_prompt(tokenizer: Any, prompt: str) -> str:
     """The text the model sees before its response (chat template, else the default format)."""
+    turns = conversation_turns(prompt)
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return str(text)
-    return DEFAULT_PROMPT_FORMAT.format(prompt=prompt)
+        messages = turns if turns is not None else [{"role": "user", "content": prompt}]
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return prompt.lstrip("\n") if turns is not None else DEFAULT_PROMPT_FORMAT.format(prompt=prompt)
 
 
 def encode_prompt(tokenizer: Any, prompt: str, max_length: int | None = None) -> list[int]:
@@ -214,6 +217,8 @@ def load_comparisons(
     from alignloop.feedback.judged import comparisons
 
     result = read_records(path, format, skip_invalid=skip_invalid)
+    if not result.rows:
+        raise FormatError(path, None, None, "holds no rows; give a file of comparisons")
     if result.format in ("prompt", "supervised", "correction"):
         raise FormatError(path, None, None, f"holds {result.format} records, not comparisons")
     if result.skipped:
@@ -225,9 +230,13 @@ def load_supervised(
     path: str | Path, format: str | None = None, skip_invalid: bool = False
 ) -> list[SupervisedPair]:
     """Prompt/response pairs from a supervised file; a comparison file gives its `better` responses."""
-    from alignloop.feedback.formats import read_records
+    from alignloop.feedback.formats import FormatError, read_records
 
     result = read_records(path, format, skip_invalid=skip_invalid)
+    if not result.rows:
+        raise FormatError(path, None, None, "holds no rows; give a file of prompt/response pairs")
+    if result.format == "prompt":
+        raise FormatError(path, None, None, "holds prompts only; supervised training needs responses too")
     if result.skipped:
         print(f"{path}: skipped {result.skipped} invalid row(s) of {result.rows}; first: {result.errors[0]}")
     out = []
@@ -260,3 +269,32 @@ def comparison_splits(
         return train, load_comparisons(eval_file, skip_invalid=skip_invalid)
     n_eval = max(1, int(len(train) * eval_fraction))
     return train[n_eval:], train[:n_eval]
+
+
+def check_batches(
+    n_items: int,
+    batch_size: int,
+    grad_accum: int,
+    *,
+    what: str,
+    source: str | Path | None,
+    held_out: int = 0,
+) -> int:
+    """Optimiser steps per epoch of `n_items` in batches of `batch_size`; a `UserError` with the
+    fix when the options do not fit the data (`source`: the file it came from, None for the toy
+    world; `held_out`: how many of its rows were kept back for evaluation)."""
+    of = f" in {source}" if source is not None else ""
+    if held_out:
+        of += f" ({held_out} more held out for evaluation, see --eval-fraction and --eval-file)"
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if not 1 <= grad_accum <= batch_size:
+        raise UserError(f"--grad-accum must be between 1 and --batch-size ({batch_size}), got {grad_accum}")
+    if n_items == 0:
+        raise UserError(f"no {what} to train on{of}")
+    if n_items < batch_size:
+        raise UserError(
+            f"--batch-size {batch_size} is larger than the {n_items} {what}{of}; pass --batch-size "
+            f"{n_items} or less, or give more data"
+        )
+    return n_items // batch_size

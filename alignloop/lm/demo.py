@@ -36,6 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from alignloop.checks import output_dir
+from alignloop.lm.tasks import cost_limit_from_labels as cost_limit_from_labels  # its old home
+
 PRESETS: dict[str, dict[str, int]] = {
     # steps of each stage and the number of held-out prompts judged
     "full": {"sft": 600, "reward": 250, "cost": 250, "ppo": 60, "grpo": 50, "dpo": 150, "eval_prompts": 500},
@@ -105,8 +108,10 @@ def run(cfg: DemoConfig) -> int:
 
     console = Console()
     steps = PRESETS[cfg.preset]
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(cfg.output_dir, "--output-dir")
+    methods = [m for m in METHODS if not (m == "dpo" and cfg.skip_dpo)]
+    stages = len(methods) + 3  # each method's training, the reward and cost models, the evaluation
+    number = (f"{n}/{stages}" for n in range(1, stages + 1))
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     common: dict[str, Any] = {"seed": cfg.seed, "progress": cfg.progress, "threads": cfg.threads}
@@ -119,7 +124,7 @@ def run(cfg: DemoConfig) -> int:
 
     seconds["sft"] = _stage(
         console,
-        "1/4 supervised fine-tuning",
+        f"{next(number)} supervised fine-tuning",
         sft_final,
         cfg.reuse,
         lambda: sft.train(
@@ -145,7 +150,7 @@ def run(cfg: DemoConfig) -> int:
     }
     seconds["reward"] = _stage(
         console,
-        "2/4 reward model",
+        f"{next(number)} reward model",
         reward_final,
         cfg.reuse,
         lambda: reward.train(
@@ -160,7 +165,7 @@ def run(cfg: DemoConfig) -> int:
     )
     seconds["cost"] = _stage(
         console,
-        "2/4 cost model",
+        f"{next(number)} cost model",
         cost_final,
         cfg.reuse,
         lambda: cost.train(
@@ -185,22 +190,22 @@ def run(cfg: DemoConfig) -> int:
         "max_steps": steps["ppo"],
         "eval_every": max(steps["ppo"] // 6, 1),
         "save_every": max(steps["ppo"], 1),
-        "eval_prompts": 16 if small else 128,
-        "toy_prompts": 256 if small else 2048,
+        "eval_size": 16 if small else 128,
+        "train_size": 256 if small else 2048,
         "rollout_batch_size": 16 if small else 64,
         "batch_size": 16 if small else 32,
         **common,
     }
     seconds["ppo"] = _stage(
         console,
-        "3/4 PPO (reward only)",
+        f"{next(number)} PPO (reward only)",
         out / "ppo" / "final",
         cfg.reuse,
         lambda: ppo.train(ppo.PPOConfig(output_dir=out / "ppo", **rl)),
     )
     seconds["ppo-lag"] = _stage(
         console,
-        "3/4 Safe RLHF (PPO-Lagrangian)",
+        f"{next(number)} Safe RLHF (PPO-Lagrangian)",
         out / "ppo-lag" / "final",
         cfg.reuse,
         lambda: ppo.train_lagrangian(
@@ -209,7 +214,7 @@ def run(cfg: DemoConfig) -> int:
     )
     seconds["reward-shaping"] = _stage(
         console,
-        "3/4 reward shaping (fixed lambda)",
+        f"{next(number)} reward shaping (fixed lambda)",
         out / "reward-shaping" / "final",
         cfg.reuse,
         lambda: ppo.train_shaping(
@@ -222,8 +227,8 @@ def run(cfg: DemoConfig) -> int:
         "max_steps": steps["grpo"],
         "eval_every": max(steps["grpo"] // 5, 1),
         "save_every": max(steps["grpo"], 1),
-        "eval_prompts": 16 if small else 128,
-        "toy_prompts": 256 if small else 2048,
+        "eval_size": 16 if small else 128,
+        "train_size": 256 if small else 2048,
         "rollout_batch_size": 4 if small else 16,
         "group_size": 8,
         "batch_size": 32 if small else 128,
@@ -233,7 +238,7 @@ def run(cfg: DemoConfig) -> int:
     }
     seconds["grpo"] = _stage(
         console,
-        "3/4 GRPO (reward only)",
+        f"{next(number)} GRPO (reward only)",
         out / "grpo" / "final",
         cfg.reuse,
         lambda: grpo.train(grpo.GRPOConfig(output_dir=out / "grpo", **critic_free)),
@@ -254,16 +259,15 @@ def run(cfg: DemoConfig) -> int:
         )
         seconds[name] = _stage(
             console,
-            f"3/4 Safe GRPO ({mix} mix)",
+            f"{next(number)} Safe GRPO ({mix} mix)",
             out / name / "final",
             cfg.reuse,
             functools.partial(grpo.train_lagrangian, lagrangian),
         )
-    methods = [m for m in METHODS if not (m == "dpo" and cfg.skip_dpo)]
     if "dpo" in methods:
         seconds["dpo"] = _stage(
             console,
-            "3/4 DPO",
+            f"{next(number)} DPO",
             out / "dpo" / "final",
             cfg.reuse,
             lambda: dpo.train(
@@ -280,7 +284,7 @@ def run(cfg: DemoConfig) -> int:
             ),
         )
 
-    console.rule("[bold]4/4 evaluation on held-out prompts")
+    console.rule(f"[bold]{next(number)} evaluation on held-out prompts")
     report = evaluate_all(out, methods, seed=cfg.seed, n_prompts=steps["eval_prompts"])
     report["cost_limit"] = cost_limit
     report["violation_limit"] = cfg.unsafe_share
@@ -297,19 +301,11 @@ def run(cfg: DemoConfig) -> int:
 
 
 def calibrated_cost_limit(cost_model_dir: Path, seed: int, n_pairs: int, unsafe_share: float) -> float:
-    """A cost limit in the cost model's own units: the expected cost of answers that are unsafe
-    with probability ``unsafe_share``,
-
-        d = (1 - unsafe_share) * mean cost(labelled safe) + unsafe_share * mean cost(labelled unsafe),
-
-    the means taken over fresh training-split pairs labelled by the scripted teacher (no
-    ground truth). With the limit at 0, the boundary, the many benign prompts keep the mean
-    cost far below it whatever the policy does on risky ones, and lambda decays to 0."""
+    """The toy world's cost limit (`tasks.cost_limit_from_labels`) on fresh training-split
+    pairs labelled by the scripted teacher (no ground truth)."""
     from alignloop.lm.models import ScoreModel, load_tokenizer
     from alignloop.lm.toyworld import ToyWorld
 
-    if not 0.0 <= unsafe_share < 1.0:
-        raise ValueError(f"unsafe_share must be in [0, 1), got {unsafe_share}")
     cost_model = ScoreModel.from_pretrained(cost_model_dir).eval()
     tokenizer = load_tokenizer(cost_model_dir)
     labelled: dict[bool, list[tuple[str, str]]] = {True: [], False: []}
@@ -317,41 +313,32 @@ def calibrated_cost_limit(cost_model_dir: Path, seed: int, n_pairs: int, unsafe_
         for i in (0, 1):
             if c.is_safe[i] is not None:
                 labelled[bool(c.is_safe[i])].append((c.prompt, c.response(i)))
-    if not labelled[True] or not labelled[False]:
-        raise ValueError("too few labelled responses to calibrate the cost limit on; pass --cost-limit")
     return cost_limit_from_labels(cost_model, tokenizer, labelled, unsafe_share)
-
-
-def cost_limit_from_labels(
-    cost_model: Any, tokenizer: Any, labelled: dict[bool, list[tuple[str, str]]], unsafe_share: float
-) -> float:
-    """``(1 - unsafe_share) * mean cost(labelled safe) + unsafe_share * mean cost(labelled unsafe)``
-    over (prompt, response) pairs keyed by their safety label (True = safe); both lists non-empty."""
-    from alignloop.lm.evaluate import score_texts
-
-    means = {
-        safe: float(score_texts(cost_model, tokenizer, [p for p, _ in rows], [r for _, r in rows]).mean())
-        for safe, rows in labelled.items()
-    }
-    return (1.0 - unsafe_share) * means[True] + unsafe_share * means[False]
 
 
 def evaluate_all(out: Path, methods: list[str], *, seed: int, n_prompts: int) -> dict[str, Any]:
     """Judge every method's final policy and the reward and cost models; the report's content."""
     from alignloop.lm.evaluate import evaluate_policy, held_out_pairs, preference_accuracy, sign_accuracy
     from alignloop.lm.models import ScoreModel, load_causal_lm, load_tokenizer
+    from alignloop.lm.tasks import ToyWorldTask
     from alignloop.lm.toyworld import ToyWorld
 
     world = ToyWorld(seed)
     tokenizer = load_tokenizer(out / "sft" / "final")
     reward_model = ScoreModel.from_pretrained(out / "reward" / "final").eval()
     cost_model = ScoreModel.from_pretrained(out / "cost" / "final").eval()
-    prompts = world.prompts("eval", n_prompts, seed=seed + 1000)
+    prompts = [p.text for p in world.prompts("eval", n_prompts, seed=seed + 1000)]
     results: dict[str, dict[str, float]] = {}
     for method in methods:
         policy = load_causal_lm(out / method / "final").eval()
         results[method] = evaluate_policy(
-            policy, tokenizer, world, prompts, reward_model=reward_model, cost_model=cost_model, seed=seed
+            policy,
+            tokenizer,
+            ToyWorldTask(seed),
+            prompts,
+            reward_model=reward_model,
+            cost_model=cost_model,
+            seed=seed,
         )
     pairs = held_out_pairs(world, max(n_prompts, 200), seed=seed)
     models = {

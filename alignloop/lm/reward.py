@@ -18,7 +18,8 @@ import torch
 
 from alignloop.core.losses import bradley_terry_loss
 from alignloop.feedback.schema import Comparison
-from alignloop.lm.data import PreferenceCollator, comparison_splits, preferred_pairs
+from alignloop.lm.data import PreferenceCollator, check_batches, comparison_splits, preferred_pairs
+from alignloop.lm.folders import check_inputs
 from alignloop.lm.models import load_score_model
 from alignloop.lm.training import DistributedContext, TrainCommon, fit, prepare_model, save_final, start_run
 
@@ -89,6 +90,8 @@ def evaluate(
 
 
 def train(cfg: RewardConfig) -> int:
+    files = {"--train-file": cfg.train_file, "--eval-file": cfg.eval_file}
+    check_inputs(cfg.output_dir, files=files, models={"--model": (cfg.model, "any")})
     run = start_run(cfg, "train reward")
     model: Any
     tokenizer, model = load_score_model(cfg.model, cfg.seed)
@@ -105,6 +108,14 @@ def train(cfg: RewardConfig) -> int:
     eval_pairs, eval_ties = preferred_pairs(eval_all, "better")
     if run.ctx.is_main and (train_ties or eval_ties):
         print(f"left out {train_ties} training and {eval_ties} held-out pairs without a `better` choice")
+    check_batches(
+        len(train_pairs),
+        cfg.batch_size,
+        cfg.grad_accum,
+        what="training pairs with a `better` choice",
+        source=cfg.train_file,
+        held_out=len(eval_all) if cfg.train_file is not None and cfg.eval_file is None else 0,
+    )
     collate = PreferenceCollator(tokenizer, cfg.max_length, by="better")
     model = prepare_model(model, run, cfg)
 

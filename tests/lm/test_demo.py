@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ def test_demo_smoke_writes_the_report(tmp_path: Path):
     # SFT policy again gives the report's figures
     from alignloop.lm.evaluate import evaluate_policy
     from alignloop.lm.models import ScoreModel, load_causal_lm, load_tokenizer
+    from alignloop.lm.tasks import ToyWorldTask
     from alignloop.lm.toyworld import ToyWorld
 
     world = ToyWorld(0)
@@ -38,8 +40,8 @@ def test_demo_smoke_writes_the_report(tmp_path: Path):
     again = evaluate_policy(
         load_causal_lm(out / "sft" / "final"),
         load_tokenizer(out / "sft" / "final"),
-        world,
-        prompts,
+        ToyWorldTask(0),
+        [p.text for p in prompts],
         reward_model=ScoreModel.from_pretrained(out / "reward" / "final").eval(),
         cost_model=ScoreModel.from_pretrained(out / "cost" / "final").eval(),
         seed=0,
@@ -75,6 +77,13 @@ def test_demo_smoke_writes_the_report(tmp_path: Path):
     for plot in ("training.png", "tradeoff.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "evaluation on held-out prompts" in result.stdout
+    stages = ["supervised fine-tuning", "reward model", "cost model", "PPO (reward only)"]
+    stages += ["Safe RLHF (PPO-Lagrangian)", "reward shaping (fixed lambda)", "GRPO (reward only)"]
+    stages += ["Safe GRPO (constrained mix)", "Safe GRPO (naive mix)", "DPO", "evaluation on held-out"]
+    shown = re.findall(r"─ (\d+/\d+ [^─\n]+?)(?: prompts)? ─", result.stdout)  # the stages' rules
+    assert shown == [f"{n}/{len(stages)} {stage}" for n, stage in enumerate(stages, 1)], result.stdout
+    for bar in ("Loading weights", "Writing model shards"):  # transformers' bars stay out of ours
+        assert bar not in result.stdout + result.stderr
 
 
 def test_markdown_report_lists_every_method_and_check():
