@@ -268,7 +268,7 @@ SERVE = [
     Mistake("host unknown", ("serve", "--db", "sqlite:///{out}/p.db", "--host", "no-such-host.invalid"), ("--host 'no-such-host.invalid'",)),
     Mistake("password file missing", ("serve", "--db", "sqlite:///{out}/p.db", "--create-admin", "a", "--password-file", "{missing}", "--migrate-only"), ("--password-file {missing}", "no such file")),
     Mistake("password file empty", ("serve", "--db", "sqlite:///{out}/p.db", "--create-admin", "a", "--password-file", "{empty_password_txt}", "--migrate-only"), ("--password-file {empty_password_txt}", "first line is empty")),
-    Mistake("password file a folder", ("serve", "--db", "sqlite:///{out}/p.db", "--create-admin", "a", "--password-file", "{out}", "--migrate-only"), ("--password-file {out}", "is a folder")),
+    Mistake("password file a folder", ("serve", "--db", "sqlite:///{out}/p.db", "--create-admin", "a", "--password-file", "{model}", "--migrate-only"), ("--password-file {model}", "is a folder")),
     Mistake("media folder under a file", ("serve", "--media-dir", "{under_file}"), ("--media-dir", "{a_file} is a file")),
 ]  # fmt: skip
 

@@ -228,26 +228,15 @@ def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str]:
 
 def conversation_text(messages: Any, name: str = "messages") -> str:
     """Chat messages (``[{"role": "user", "content": ...}, ...]``, TRL's conversational rows) as
-    one dialogue text ending with the assistant's marker, ``"\\n\\nHuman: hi\\n\\nAssistant:"``:
-    the form every prompt has here (`conversation_turns` gives the messages back)."""
-    if not isinstance(messages, list) or not messages:
+    the one text form every prompt has here: a lone user message as itself, more as a dialogue
+    ending with the assistant's marker, ``"\\n\\nSystem: be brief\\n\\nHuman: hi\\n\\nAssistant:"``
+    (`conversation_turns` gives the messages back)."""
+    pairs = _messages(messages, name)
+    if pairs is None:
         raise LabelError(name, f"expected a non-empty list of messages, got {_describe(messages)}")
-    parts = []
-    for i, message in enumerate(messages):
-        where = f"{name}[{i}]"
-        if not isinstance(message, Mapping):
-            raise LabelError(where, f"expected a message with role and content, got {_describe(message)}")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLE_MARKERS:
-            raise LabelError(
-                f"{where}.role", f"expected one of {', '.join(ROLE_MARKERS)}, got {_describe(role)}"
-            )
-        if not isinstance(content, str):
-            raise LabelError(f"{where}.content", f"expected text, got {_describe(content)}")
-        parts.append(f"{ROLE_MARKERS[role]} {content}")
-    if messages[-1].get("role") == "assistant":
+    if pairs[-1][0] == "assistant":
         raise LabelError(name, "a prompt must not end with an assistant message")
-    return "".join(parts) + ASSISTANT
+    return _dialogue_text(pairs)
 
 
 _MARKER = re.compile("|".join(re.escape(m) for m in ROLE_MARKERS.values()))
@@ -622,9 +611,6 @@ def _raw_rows(path: Path, kind: Container) -> Iterator[tuple[int, Any]]:
 
 # ---------------------------------------------------------------------------- conversations
 
-ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
-"""How a message's role is written when a conversation becomes HH-RLHF dialogue text."""
-
 
 def _messages(value: Any, name: str) -> list[tuple[str, str]] | None:
     """(role, content) pairs of a message list, None when `value` is not a list."""
@@ -637,9 +623,9 @@ def _messages(value: Any, name: str) -> list[tuple[str, str]] | None:
                 f"{name}[{i}]", f"expected a message {{role, content}}, got {_describe(message)}"
             )
         role, content = message.get("role"), message.get("content")
-        if role not in ROLE_NAMES:
+        if role not in ROLE_MARKERS:
             raise LabelError(
-                f"{name}[{i}].role", f"expected one of {', '.join(ROLE_NAMES)}, got {_describe(role)}"
+                f"{name}[{i}].role", f"expected one of {', '.join(ROLE_MARKERS)}, got {_describe(role)}"
             )
         if not isinstance(content, str):
             raise LabelError(f"{name}[{i}].content", f"expected text, got {_describe(content)}")
@@ -654,7 +640,7 @@ def _dialogue_text(messages: list[tuple[str, str]]) -> str:
     that ends where the assistant answers."""
     if len(messages) == 1 and messages[0][0] == "user":
         return messages[0][1]
-    text = "".join(f"\n\n{ROLE_NAMES[role]}: {content}" for role, content in messages)
+    text = _joined(messages)
     return text + ASSISTANT if messages[-1][0] != "assistant" else text
 
 
@@ -662,7 +648,12 @@ def _answer(messages: list[tuple[str, str]], name: str) -> str:
     """A completion's text: its one message (or, if several, the dialogue without a trailing cue)."""
     if len(messages) == 1:
         return messages[0][1]
-    return "".join(f"\n\n{ROLE_NAMES[role]}: {content}" for role, content in messages).lstrip("\n")
+    return _joined(messages).lstrip("\n")
+
+
+def _joined(messages: list[tuple[str, str]]) -> str:
+    """Messages as HH-RLHF dialogue text, each after its role's marker (``ROLE_MARKERS``)."""
+    return "".join(f"{ROLE_MARKERS[role]} {content}" for role, content in messages)
 
 
 def from_conversational(row: Any) -> Any:

@@ -31,7 +31,14 @@ import torch
 from torch import Tensor, nn
 
 from alignloop.errors import UserError
-from alignloop.lm.folders import SCORE_HEAD_CONFIG, SCORE_HEAD_WEIGHTS, TOY, is_score_folder, model_folder
+from alignloop.lm.folders import (
+    SCORE_HEAD_CONFIG,
+    SCORE_HEAD_WEIGHTS,
+    TOKENIZER_FILES,
+    TOY,
+    is_score_folder,
+    model_folder,
+)
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
@@ -221,10 +228,13 @@ def load_causal_lm(path_or_model: str | Path | nn.Module, dtype: torch.dtype | N
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """A tokenizer from a Hugging Face folder; a missing pad token falls back to eos."""
+    """A tokenizer from a Hugging Face folder (a model's, or the tokenizer's files alone); a
+    missing pad token falls back to eos."""
     from transformers import AutoTokenizer
 
-    folder = model_folder(path, kind="any")
+    folder = Path(path)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        folder = model_folder(path, kind="any")  # names what the folder holds instead
     with loading(folder):
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if tokenizer.pad_token is None:

@@ -70,6 +70,18 @@ class PlatformError(UserError, RuntimeError):
         self.status, self.detail, self.retry_after = status, detail, retry_after
 
 
+class LoginRefused(PlatformError):
+    """The platform refused a name and password (401, 403 or 422): a `PlatformError` with its
+    `status`, whose message says what to check."""
+
+    def __init__(self, base_url: str, name: str, refused: PlatformError):
+        super().__init__(refused.status, refused.detail, "POST", "/api/tokens", refused.retry_after)
+        self.args = (
+            f"{base_url}: the platform refused to log in {name!r} ({refused.detail}); check the "
+            "user name and the password (file)",
+        )
+
+
 class PlatformUnreachable(UserError, ConnectionError):
     """No answer from the platform's address (nothing listening, a wrong host, a timeout)."""
 
@@ -120,10 +132,7 @@ class PlatformClient:
         except PlatformError as exc:
             client.close()
             if exc.status in (401, 403, 422):
-                raise UserError(
-                    f"{client.base_url}: the platform refused to log in {name!r} ({exc.detail}); check the "
-                    "user name and the password (file)"
-                ) from exc
+                raise LoginRefused(client.base_url, name, exc) from exc
             raise
         client.http.headers["Authorization"] = f"Bearer {answer['token']}"
         return client

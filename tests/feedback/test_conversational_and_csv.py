@@ -66,7 +66,7 @@ def test_a_multi_turn_prompt_becomes_an_hh_dialogue() -> None:
     ("row", "where"),
     [
         ({"prompt": [user("Hi")], "chosen": [assistant("a")], "rejected": [{"role": "bot", "content": "b"}]},
-         "rejected[0].role: expected one of user, assistant, system, got str 'bot'"),
+         "rejected[0].role: expected one of system, user, assistant, got str 'bot'"),
         ({"prompt": [user("Hi")], "chosen": [{"role": "assistant"}], "rejected": [assistant("b")]},
          "chosen[0].content: expected text, got null"),
         ({"prompt": [], "chosen": [assistant("a")], "rejected": [assistant("b")]}, "prompt: an empty list of messages"),

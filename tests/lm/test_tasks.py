@@ -47,7 +47,10 @@ def test_trl_conversational_rows_are_prompts(tmp_path: Path) -> None:
         tmp_path / "p.jsonl", [{"prompt": SYSTEM_AND_USER}, {"prompt": [SYSTEM_AND_USER[1]]}]
     )
     task = FileTask(prompt_file)
-    assert task.prompts("train") == [conversation_text(SYSTEM_AND_USER), "\n\nHuman: Hi there?\n\nAssistant:"]
+    assert task.prompts("train") == [
+        conversation_text(SYSTEM_AND_USER),
+        "Hi there?",
+    ]  # a lone user message as itself
     assert task.references("train") is None and task.ground_truth(["x"], ["y"]) == {}
     chat = [*SYSTEM_AND_USER, {"role": "assistant", "content": "Hello."}]
     messages_file = _jsonl(tmp_path / "m.jsonl", [{"messages": chat}])
