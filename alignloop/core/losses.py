@@ -192,17 +192,17 @@ def plackett_luce_loss(
     """Plackett-Luce reward-model loss over rankings of up to K candidates (Plackett 1975;
     Luce 1959; as the ranking objective of Rafailov et al. 2023, "DPO", appendix A.3):
 
-        loss = -mean_b sum_{i ranked} [ r_i - log sum_{j: rank_j >= rank_i} exp(r_j) ]
+        loss = -mean_b sum_{i} [ r_i - log( exp(r_i) + sum_{j: rank_j > rank_i} exp(r_j) ) ]
                + score_l2 * mean(r^2)
 
     A ranking is a sequence of choices: the best candidate is chosen from all of them, the next
-    from those left, and so on; the last term is 0. Equal ranks (ties) are read as in the Cox
-    partial likelihood with Breslow's rule for tied event times: each tied candidate is chosen
-    against all candidates ranked as low as it or lower, its tied peers included, so a tie
-    pulls the tied scores together instead of ordering them. For two candidates without a tie
-    the loss is Bradley-Terry, ``-log sigmoid(r_winner - r_loser)``; a tie of two gives
-    ``2 log 2`` at equal scores. Each ranking's terms are summed (a ranking of k says k - 1
-    choices) and rankings are averaged.
+    from those left, and so on; the last term is 0. Equal ranks (ties) say nothing about the
+    order of the tied candidates, as a tie says nothing anywhere in alignloop (it gives no
+    preference pair, `feedback.pairs`): each tied candidate is chosen against the candidates
+    ranked below it, not against its tied peers. Without ties this is the exact Plackett-Luce
+    likelihood; a tie of two gives 0, like a tied pair; for two candidates without a tie it is
+    Bradley-Terry, ``-log sigmoid(r_winner - r_loser)``. Each ranking's terms are summed (a
+    ranking of k says k - 1 choices) and rankings are averaged.
 
     Args:
         scores: (B, K) score of each candidate.
@@ -220,7 +220,7 @@ def plackett_luce_loss(
         mask = torch.ones_like(scores, dtype=torch.bool)
     _check_same_shape(scores=scores, mask=mask)
     # compete[b, i, j]: candidate j is among those candidate i is chosen against (itself included)
-    compete = mask[:, None, :] & (ranks[:, None, :] >= ranks[:, :, None])  # (B, K, K)
+    compete = mask[:, None, :] & (ranks[:, None, :] > ranks[:, :, None])  # (B, K, K) ranked below i
     compete = compete | torch.eye(scores.shape[1], dtype=torch.bool, device=scores.device)
     others = scores[:, None, :].expand_as(compete).masked_fill(~compete, float("-inf"))  # (B, K, K)
     terms = scores - torch.logsumexp(others, dim=-1)  # (B, K) log P(i chosen from its set)

@@ -99,20 +99,23 @@ def test_plackett_luce_hand_values() -> None:
     close(metrics["rewards/accuracy"], 0.0)
 
 
-def test_plackett_luce_ties_follow_breslow() -> None:
-    # scores (0.5, 0.5, 0) ranked (1, 1, 3): each tied candidate is chosen against all three:
-    #   term = 0.5 - log(2 e^0.5 + 1) = 0.5 - 1.4580200879470337, twice; the last term is 0
-    # loss = 2 (1.4580200879470337 - 0.5) = 1.9160401758940675
-    loss, metrics = plackett_luce_loss(torch.tensor([[0.5, 0.5, 0.0]], dtype=F64), torch.tensor([[1, 1, 3]]))
-    close(loss, 1.9160401758940675)
+def test_plackett_luce_ties_say_nothing_about_the_tied_order() -> None:
+    # scores (0.5, 0.5, 0) ranked (1, 1, 3): each tied candidate is chosen against C alone:
+    #   term = 0.5 - log(e^0.5 + 1) = -log(1 + e^-0.5) = -0.47407698418010663, twice; C's term is 0
+    # loss = 2 * 0.47407698418010663 = 0.94815396836021326
+    scores = torch.tensor([[0.5, 0.5, 0.0]], dtype=F64)
+    loss, metrics = plackett_luce_loss(scores, torch.tensor([[1, 1, 3]]))
+    close(loss, 0.94815396836021326)
     close(metrics["rewards/accuracy"], 1.0)  # the 2 implied pairs (the tie implies none)
-    # a tie of two at equal scores: 2 log 2; the gradient pulls unequal tied scores together
-    loss, _ = plackett_luce_loss(torch.zeros(1, 2, dtype=F64), torch.tensor([[1, 1]]))
-    close(loss, 2 * 0.69314718055994531)
+    # a tie at the bottom: A against B and C, then nothing: -(2 - log(e^2 + 2 e^0)) = 0.2395...
+    loss, _ = plackett_luce_loss(torch.tensor([[2.0, 0.0, 0.0]], dtype=F64), torch.tensor([[1, 2, 2]]))
+    close(loss, math.log(math.exp(2.0) + 2.0) - 2.0)
+    # a tie of two is like a tied pair: no loss, no gradient, whatever the scores
     tied = t(1.0, -1.0).requires_grad_(True)
     loss, _ = plackett_luce_loss(tied[None], torch.tensor([[1, 1]]))
-    after = sgd_step(tied, loss)
-    assert 0 < float(after[0] - after[1]) < 2.0
+    close(loss.detach(), 0.0)
+    loss.backward()
+    assert tied.grad is not None and float(tied.grad.abs().sum()) == 0.0
 
 
 def test_plackett_luce_of_two_is_bradley_terry_and_padding_is_ignored() -> None:
