@@ -29,6 +29,11 @@ report gives medians and the ratios of medians, not single timings. Configuratio
     python bench/dpo_vs_trl.py                 # 12 runs; 5-10 minutes on 2 busy CPU cores
     python bench/dpo_vs_trl.py --repeats 5 --pairs 1024 --threads 2
     python bench/dpo_vs_trl.py --hidden 256 --layers 4 --pairs 256   # compute-bound regime
+
+`--trees base=DIR new=DIR` instead times alignloop's DPO (defaults) from two source trees
+(e.g. a second git worktree of an older commit), interleaved, to check that a change did not
+slow it down: medians, the ratio of each tree's time and peak memory to the first tree's, and
+whether the loss curves are identical.
 """
 
 from __future__ import annotations
@@ -292,6 +297,53 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def compare_trees(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """Time the `alignloop` worker from each source tree of ``--trees``, interleaved."""
+    trees = dict(item.split("=", 1) for item in args.trees)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory() as tmp:
+        setup = Path(tmp) / "setup"
+        info = prepare(setup, args.pairs, args.seed, args.hidden, args.layers)
+        for repeat in range(args.repeats):
+            for name in trees if repeat % 2 == 0 else list(reversed(trees)):
+                result = Path(tmp) / f"{name}-{repeat}.json"
+                command = [sys.executable, __file__, "--worker", "alignloop", "--setup", str(setup)]
+                command += ["--result", str(result), "--batch-size", str(args.batch_size)]
+                command += [
+                    "--epochs",
+                    str(args.epochs),
+                    "--threads",
+                    str(args.threads),
+                    "--seed",
+                    str(args.seed),
+                ]
+                tree_env = {**env, "PYTHONPATH": str(Path(trees[name]).resolve())}
+                done = subprocess.run(command, env=tree_env, capture_output=True, text=True, cwd=tmp)
+                if done.returncode != 0:
+                    raise SystemExit(f"{name} failed:\n{done.stderr[-4000:]}")
+                runs[name].append(json.loads(result.read_text()))
+                print(f"repeat {repeat} {name:10s} {runs[name][-1]['seconds']:7.2f} s")
+    first = next(iter(trees))
+    seconds = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
+    memory = {name: statistics.median(r["peak_rss_mib"] for r in rs) for name, rs in runs.items()}
+    report = {
+        "settings": {
+            **{k: v for k, v in vars(args).items() if k not in ("worker", "setup", "result", "out")},
+            **info,
+        },
+        "median_seconds": seconds,
+        "time_ratio": {name: seconds[name] / seconds[first] for name in trees},
+        "peak_rss_ratio": {name: memory[name] / memory[first] for name in trees},
+        "same_losses": {name: rs[0]["losses"] == runs[first][0]["losses"] for name, rs in runs.items()},
+        "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "trees.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        json.dumps({k: report[k] for k in ("median_seconds", "time_ratio", "peak_rss_ratio", "same_losses")})
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=512, help="training pairs")
@@ -304,6 +356,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2, help="transformer blocks (the toy world's is 2)")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--out", type=Path, default=Path("bench/results/dpo_vs_trl"))
+    parser.add_argument(
+        "--trees", nargs="+", metavar="NAME=DIR", help="time alignloop from these source trees"
+    )
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--setup", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -315,6 +370,9 @@ def main() -> None:
         raise SystemExit(f"--pairs {args.pairs} must be a multiple of --batch-size {args.batch_size}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    if args.trees:
+        compare_trees(args, env)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

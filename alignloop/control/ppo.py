@@ -184,13 +184,23 @@ def has_checkpoint(run_dir: Path) -> bool:
     return Checkpointer(run_dir).latest() is not None
 
 
+LEGACY_CHECKPOINT = "checkpoint.pt"
+"""The single checkpoint file control runs wrote before the run stack (read for evaluation and
+``init_from``; such a run cannot be resumed)."""
+
+
 def read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(state, extra)`` of a control run's newest intact checkpoint: ``state["models"]["agent"]``
     (the actor and critics), ``state["states"]["obs_norm"]`` (tensors) and the rest; ``extra``
     holds the task (``env``, ``cost``, ``hidden``, ``norm_obs``, ``max_episode_steps``), lambda,
-    the episode records and the counters. Raises `UserError` when there is none."""
+    the episode records and the counters. A run folder of an older version (one
+    ``checkpoint.pt``) is read too. Raises `UserError` when there is no checkpoint."""
     checkpointer = Checkpointer(run_dir)
     path = checkpointer.latest()
+    if path is None and (run_dir / LEGACY_CHECKPOINT).is_file():
+        old = torch.load(run_dir / LEGACY_CHECKPOINT, weights_only=True)
+        state = {"models": {"agent": old.pop("agent")}, "states": {"obs_norm": old.pop("obs_norm")}}
+        return state, old
     if path is None:
         raise UserError(f"{run_dir}: no intact checkpoint; is it a run folder of `alignloop control train`?")
     return checkpointer.read_state(path), checkpointer.read_meta(path)["extra"]

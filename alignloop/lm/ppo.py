@@ -51,18 +51,31 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from alignloop.core.advantages import gae, kl_k1, masked_mean, masked_whiten
+from alignloop.core.advantages import gae, masked_mean, masked_whiten
 from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage, mean_recent_cost
 from alignloop.core.losses import entropy_from_logits, ppo_policy_loss, value_loss
 from alignloop.errors import UserError
 from alignloop.lm.data import PromptCollator
-from alignloop.lm.generation import Rollout, generate
+from alignloop.lm.generation import Rollout
 from alignloop.lm.models import (
     ScoreModel,
     load_causal_lm,
     load_tokenizer,
     position_ids_from_mask,
     token_logprobs,
+)
+from alignloop.lm.rollouts import (
+    Scores,
+    forward_values,
+    frozen_score_model,
+    gather_rollout,
+    kl_shaped_rewards,
+    load_prompts,
+    sample_share,
+    score_rollout,
+)
+from alignloop.lm.rollouts import (
+    forward_logprobs as forward_logprobs,  # importable from here too, as before
 )
 from alignloop.lm.training import (
     DistributedContext,
@@ -192,101 +205,7 @@ class ShapingConfig(CostModelConfig):
     """The fixed weight of the cost in the shaped reward."""
 
 
-# ------------------------------------------------------------------------ rollout math
-def forward_logprobs(
-    model: nn.Module, sequences: Tensor, attention_mask: Tensor, prompt_length: int
-) -> tuple[Tensor, Tensor]:
-    """Log-probs ``(B, R)`` of the response tokens and the logits ``(B, R, V)`` that predict them."""
-    logits = model(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-    ).logits[:, prompt_length - 1 : -1]  # (B, R, V): position t predicts token t + 1
-    return token_logprobs(logits, sequences[:, prompt_length:]), logits
-
-
-def forward_values(
-    critic: nn.Module, sequences: Tensor, attention_mask: Tensor, prompt_length: int
-) -> Tensor:
-    """Values ``(B, R)``: the critic's score at the position just before each response token."""
-    return critic(sequences, attention_mask).scores[:, prompt_length - 1 : -1]
-
-
-def kl_shaped_rewards(end_scores: Tensor, kl: Tensor, response_mask: Tensor, kl_coef: float) -> Tensor:
-    """Per-token rewards ``(B, R)``: ``-kl_coef * kl`` on every response token plus the end score
-    ``(B,)`` on the last one (``response_mask`` True = response token; a negative ``kl_coef``
-    gives the cost stream's ``+beta * kl``)."""
-    rewards = -kl_coef * kl * response_mask  # (B, R)
-    last = response_mask.long().cumsum(-1).argmax(-1)  # (B,) index of the last response token
-    return rewards.scatter_add(1, last[:, None], end_scores[:, None].to(rewards.dtype))
-
-
-@dataclass
-class Scores:
-    """What the frozen models and the critics say about a rollout, aligned on its responses."""
-
-    kl: Tensor  # (B, R) log pi_old - log ref on response tokens, 0 elsewhere
-    end_reward: Tensor  # (B,) clipped, less the missing-end penalty
-    end_cost: Tensor | None  # (B,) clipped; None without a cost model
-    reward_values: Tensor  # (B, R)
-    cost_values: Tensor | None  # (B, R) Safe RLHF only
-
-
-@torch.no_grad()
-def score_rollout(
-    rollout: Rollout,
-    *,
-    reference: nn.Module,
-    reward_model: nn.Module,
-    cost_model: nn.Module | None,
-    reward_critic: nn.Module,
-    cost_critic: nn.Module | None,
-    temperature: float,
-    score_clip: float,
-    missing_eos_penalty: float,
-    eos_token_id: int,
-) -> Scores:
-    """Score a rollout with the reference, the reward and cost models and the critics."""
-    seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_length
-    mask = rollout.response_mask  # (B, R) True = response token
-    ref_logits = reference(
-        input_ids=seqs, attention_mask=attn, position_ids=position_ids_from_mask(attn)
-    ).logits
-    ref_logprobs = token_logprobs(ref_logits[:, P - 1 : -1] / temperature, seqs[:, P:])  # (B, R)
-    kl = kl_k1(rollout.logprobs, ref_logprobs) * mask  # (B, R)
-    end_reward = reward_model(seqs, attn).end_scores.clamp(-score_clip, score_clip)  # (B,)
-    ended = (rollout.responses == eos_token_id).any(-1)  # (B,) True = the response has an end token
-    end_reward = end_reward - missing_eos_penalty * (~ended).to(end_reward.dtype)
-    end_cost = (
-        None if cost_model is None else cost_model(seqs, attn).end_scores.clamp(-score_clip, score_clip)
-    )
-    return Scores(
-        kl,
-        end_reward,
-        end_cost,
-        forward_values(reward_critic, seqs, attn, P),
-        None if cost_critic is None else forward_values(cost_critic, seqs, attn, P),
-    )
-
-
-def gather_rollout(rollout: Rollout, scores: Scores, ctx: DistributedContext) -> tuple[Rollout, Scores]:
-    """Every process's rollout share and scores, concatenated in rank order (the whole batch)."""
-    if not ctx.distributed:
-        return rollout, scores
-
-    def cat(t: Tensor | None) -> Any:
-        return None if t is None else ctx.all_gather(t)
-
-    whole = Rollout(
-        cat(rollout.sequences),
-        cat(rollout.attention_mask),
-        cat(rollout.response_mask),
-        cat(rollout.logprobs),
-        rollout.prompt_length,
-    )
-    return whole, Scores(*(cat(getattr(scores, f.name)) for f in fields(scores)))
-
-
+# ------------------------------------------------------------------------ the experience
 @dataclass
 class Experience:
     """One rollout with everything the update needs, aligned on response tokens ``(B, R)``."""
@@ -475,31 +394,6 @@ def ppo_update(
 
 
 # ------------------------------------------------------------------------ the loop
-def _load_prompts(path: Path | None, world: Any, n: int, seed: int) -> list[str]:
-    if path is None:
-        return [p.text for p in world.prompts("train", n, seed=seed)]
-    from alignloop.feedback.formats import read_prompts
-
-    prompts = [r.prompt for r in read_prompts(path)]
-    if not prompts:
-        raise UserError(f"{path}: no prompts in the file")
-    return prompts
-
-
-def _check_same_vocab(tokenizer: Any, model: ScoreModel, path: Path) -> None:
-    if model.config.vocab_size < len(tokenizer):
-        raise UserError(
-            f"{path}: the model's vocabulary ({model.config.vocab_size}) is smaller than the policy's "
-            f"tokenizer ({len(tokenizer)}); reward/cost models must share the policy's tokenizer"
-        )
-
-
-def _frozen_score_model(path: Path, tokenizer: Any, ctx: DistributedContext) -> ScoreModel:
-    model = ScoreModel.from_pretrained(path).eval().requires_grad_(False)
-    _check_same_vocab(tokenizer, model, path)
-    return model.to(ctx.device)
-
-
 def _run(
     cfg: PPOConfig,
     command: str,
@@ -523,16 +417,16 @@ def _run(
         )
     world = ToyWorld(cfg.toyworld_seed)
     tokenizer = load_tokenizer(cfg.policy)
-    prompts = _load_prompts(cfg.prompts, world, cfg.toy_prompts, cfg.seed)
+    prompts = load_prompts(cfg.prompts, world, cfg.toy_prompts, cfg.seed)
     if len(prompts) < cfg.rollout_batch_size:
         raise UserError(f"{len(prompts)} prompts is fewer than --rollout-batch-size {cfg.rollout_batch_size}")
     collate = PromptCollator(tokenizer)
 
     policy: nn.Module = load_causal_lm(cfg.policy)
     reference = load_causal_lm(cfg.policy).eval().requires_grad_(False).to(ctx.device)
-    reward_model = _frozen_score_model(cfg.reward_model, tokenizer, ctx)
+    reward_model = frozen_score_model(cfg.reward_model, tokenizer, ctx)
     critics: dict[str, nn.Module] = {"reward_critic": ScoreModel.from_pretrained(cfg.reward_model)}
-    cost_model = None if cost_model_path is None else _frozen_score_model(cost_model_path, tokenizer, ctx)
+    cost_model = None if cost_model_path is None else frozen_score_model(cost_model_path, tokenizer, ctx)
     if constraint is not None:
         assert cost_model_path is not None, "Safe RLHF needs a cost model"
         critics["cost_critic"] = ScoreModel.from_pretrained(cost_model_path)
@@ -570,8 +464,6 @@ def _run(
         log_dir=cfg.log_dir,
     )
     batches_per_epoch = len(prompts) // cfg.rollout_batch_size
-    per_rank = cfg.rollout_batch_size // ctx.world_size
-    mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)  # this process's rows of a rollout batch
     with logger:
         while step < cfg.max_steps:
             started = time.perf_counter()
@@ -581,18 +473,16 @@ def _run(
             batch = collate([prompts[i] for i in rows])  # the whole batch: the same padding everywhere
             for model in trained.values():
                 model.eval()
-            rollout = generate(
-                unwrap(policy),
-                batch["input_ids"][mine].to(ctx.device),
-                batch["attention_mask"][mine].to(ctx.device),
+            rollout = sample_share(
+                policy,
+                batch,
+                ctx,
                 max_new_tokens=cfg.max_new_tokens,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
                 temperature=cfg.temperature,
                 top_k=cfg.top_k,
                 top_p=cfg.top_p,
-                rows=(mine.start, cfg.rollout_batch_size),
-                all_ended=(lambda ended: not ctx.any(not ended)) if ctx.distributed else None,
             )
             scores = score_rollout(
                 rollout,

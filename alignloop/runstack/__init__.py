@@ -10,7 +10,9 @@ One module per concern, each plain functions or a small class, imported by the t
   falling back to the newest intact one;
 - `metrics`: metrics.jsonl, TensorBoard and a progress bar behind one logger, with sinks;
 - `run`: the one ``--resume`` rule, the resolved configuration in run.json and the check that
-  a resumed run still has the model it was started with.
+  a resumed run still has the model it was started with;
+- `options`: the options every trainer has (`RunOptions`), spelled the same in every command,
+  and the deprecated spellings that still work.
 
 It imports torch, numpy, rich and tensorboard, never transformers, and nothing of alignloop's
 but `alignloop.core`, `alignloop.config` and `alignloop.errors` (tests/test_imports.py).

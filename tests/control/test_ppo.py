@@ -297,3 +297,26 @@ def test_resuming_with_another_task_is_refused_naming_the_option(tmp_path: Path)
     assert record["command"] == "control train" and record["config"]["env"] == "SafeSliderVelocity-v0"
     with pytest.raises(UserError, match=r"--env 'SafeSliderVelocity-v0' -> 'alignloop/Slider-v0'"):
         train_policy(tmp_path, "alignloop/Slider-v0", None, False, 200, 0, s, resume=True, progress=False)
+
+
+def test_a_run_folder_of_the_older_layout_can_still_be_evaluated(tmp_path: Path) -> None:
+    """Before the run stack a control run kept one checkpoint.pt; evaluation still reads it."""
+    import gymnasium as gym
+
+    from alignloop.control.evaluate import evaluate_policy
+    from alignloop.control.ppo import LEGACY_CHECKPOINT
+
+    torch.manual_seed(0)
+    agent = Agent(1, gym.spaces.Box(-1, 1, shape=(1,)), (8,))
+    norm = {
+        "mean": torch.zeros(1, dtype=torch.float64),
+        "var": torch.ones(1, dtype=torch.float64),
+        "count": 1.0,
+    }
+    old = {"agent": agent.state_dict(), "obs_norm": norm, "env": "alignloop/Slider-v0", "cost": None,
+           "hidden": [8], "norm_obs": True, "max_episode_steps": 20, "iteration": 3}  # fmt: skip
+    torch.save(old, tmp_path / LEGACY_CHECKPOINT)
+    returns, costs, _ = evaluate_policy(tmp_path, episodes=2, seed=0)
+    assert len(returns) == 2 and costs == [0.0, 0.0]
+    _, extra = read_checkpoint(tmp_path)
+    assert extra["iteration"] == 3

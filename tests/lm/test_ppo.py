@@ -16,13 +16,11 @@ from alignloop.lm.ppo import (
     PPOConfig,
     PPOLagConfig,
     ShapingConfig,
-    forward_logprobs,
-    forward_values,
-    kl_shaped_rewards,
     train,
     train_lagrangian,
     train_shaping,
 )
+from alignloop.lm.rollouts import forward_logprobs, forward_values, kl_shaped_rewards
 from alignloop.lm.toyworld import build_policy, build_tokenizer, tiny_config
 
 
@@ -68,7 +66,8 @@ def test_rewards_costs_kl_and_advantages_are_assembled_as_safe_rlhf_says():
       (A_r - 0.5 A_c) / 1.5 = [-2.34, -2.66, 0] / 1.5
     """
     from alignloop.lm.generation import Rollout
-    from alignloop.lm.ppo import assemble_experience, score_rollout
+    from alignloop.lm.ppo import assemble_experience
+    from alignloop.lm.rollouts import score_rollout
 
     log_quarter = -torch.log(torch.tensor(4.0))
     kl = torch.tensor([[0.5, -0.25, 1.0], [0.2, 0.4, 0.0]])
