@@ -148,6 +148,7 @@ def fit_cost_model(
     gen: torch.Generator,
     calibrate_last: int | None = None,
     step_unsafe: Tensor | None = None,
+    step_known: Tensor | None = None,
 ) -> float:
     """Safe RLHF cost-model fit on segment scores `segment_cost_logit`, each member of the
     ensemble on its own bootstrap resample of the pairs. obs (P, 2, H, D), safer (P,) index of
@@ -155,7 +156,8 @@ def fit_cost_model(
     labels still count (a safe segment says every one of its steps is safe) but which ranks
     nothing. With per-step labels ``step_unsafe`` (P, 2, H) bool, from marks
     (`feedback.pairs.step_labels`), each step's logit is also fitted to its label
-    (`core.losses.step_cost_loss`, added to the pair loss with weight 1). Then sets each
+    (`core.losses.step_cost_loss`, added to the pair loss with weight 1); ``step_known`` (P,)
+    bool says which pairs have them (None: all). Then sets each
     member's step-counting threshold (`count_threshold`, on the step labels too when given) on
     the same pairs, or on the last ``calibrate_last`` of them (pairs in the order they were
     asked: the policy's current states). Returns the sign accuracy of the members' mean logit."""
@@ -172,8 +174,9 @@ def fit_cost_model(
             loss, _ = cost_model_loss(
                 score[r, u], score[r, s], sign[idx][r, u], sign[idx][r, s], ranked=ranked[idx], score_l2=1e-3
             )
-            if step_unsafe is not None:
-                loss = loss + step_cost_loss(step_logits, step_unsafe[idx])[0]
+            known = None if step_known is None else step_known[idx][:, None, None].expand_as(step_logits)
+            if step_unsafe is not None and (known is None or bool(known.any())):
+                loss = loss + step_cost_loss(step_logits, step_unsafe[idx], known)[0]
             optimizer.zero_grad(set_to_none=True)  # the other members' parameters stay untouched
             loss.backward()
             optimizer.step()
@@ -181,8 +184,11 @@ def fit_cost_model(
         step_logits = model.member_logits(obs, actions)  # (K, P, 2, H)
         last = slice(-calibrate_last if calibrate_last else None, None)
         labels = None if step_unsafe is None else step_unsafe[last]
+        known = None if step_known is None else step_known[last]
         for k, z in enumerate(step_logits):
-            model.threshold[k] = count_threshold(z[last], is_safe[last], safer[last], ranked[last], labels)
+            model.threshold[k] = count_threshold(
+                z[last], is_safe[last], safer[last], ranked[last], labels, step_known=known
+            )
         return float(((segment_cost_logit(step_logits.mean(0)) > 0) == ~is_safe).float().mean())
 
 
@@ -193,13 +199,16 @@ def count_threshold(
     ranked: Tensor,
     step_unsafe: Tensor | None = None,
     candidates: int = 256,
+    *,
+    step_known: Tensor | None = None,
 ) -> float:
     """The per-step threshold b for which counting the steps with logit above b best
     reproduces the teacher's labels of judged pairs: a segment is unsafe when its count is at
     least 1; of a ranked pair the less safe has the larger count, and a tie has equal counts;
     with per-step labels (from marks), a step is counted exactly when it is labelled unsafe.
     step_logits (P, 2, H); is_safe (P, 2) bool; safer (P,) index; ranked (P,) bool;
-    step_unsafe (P, 2, H) bool or None. The three agreements are shares, added with weight 1.
+    step_unsafe (P, 2, H) bool or None, step_known (P,) bool: the pairs that have step labels
+    (None: all). The three agreements are shares, added with weight 1.
 
     The noisy-or fit ranks steps well but its probabilities under-count: an unsafe segment is
     explained by a few steps of moderate probability. Counting against a threshold fitted to
@@ -217,9 +226,11 @@ def count_threshold(
     n_safer, n_other = counts[:, rows, safer], counts[:, rows, 1 - safer]  # (K, P)
     order_ok = torch.where(ranked, n_other > n_safer, n_other == n_safer).float().mean(1)  # (K,)
     agreement = sign_ok + order_ok  # (K,)
-    if step_unsafe is not None:
-        labels = step_unsafe.flatten(0, 1)  # (2P, H)
-        agreement = agreement + ((z.unsqueeze(0) > bs[:, None, None]) == labels).float().mean((1, 2))
+    known = torch.ones(len(safer), dtype=torch.bool) if step_known is None else step_known
+    if step_unsafe is not None and bool(known.any()):
+        labels = step_unsafe[known].flatten(0, 1)  # (2P', H)
+        counted = z.view(-1, 2, z.shape[-1])[known].flatten(0, 1)  # (2P', H)
+        agreement = agreement + ((counted.unsqueeze(0) > bs[:, None, None]) == labels).float().mean((1, 2))
     best = int(torch.nonzero(agreement >= agreement.max() - 1e-9)[0])  # the lowest of the best
     return float(bs[best])
 

@@ -178,7 +178,10 @@ def test_propose_is_deterministic_and_survives_a_crash_mid_write(two_rounds, tmp
         (c.key, c.item.prompt, c.priority) for c in reference
     ]
     assert all(c.item.candidates[0].media is None for c in candidates)
-    assert _oracle(tmp_path) == _oracle(two_rounds["run_dir"])[:PAIRS]
+    rendered = _oracle(two_rounds["run_dir"])[:PAIRS]
+    # the same true values; a mark on a clip names a frame of 5 steps, without clips a step
+    assert [{**row, "frame_stride": 5} for row in _oracle(tmp_path)] == rendered
+    assert {row["frame_stride"] for row in _oracle(tmp_path)} == {1}
     # a crash after 5 oracle lines and half of the 6th, before proposal.json was written
     lines = (tmp_path / "oracle.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "oracle.jsonl").write_text("".join(lines[:5]) + lines[5][:40])
@@ -211,18 +214,18 @@ def test_judgements_map_to_labels(two_rounds) -> None:
         judged_as(6, 1, c[5], "A", "tie", True, True),
         judged_as(7, 1, c[6], "A", None, False, False),
     ]
-    obs, act, better, safer, ranked, is_safe, newest, rejected = domain._judged_arrays(run_dir, 2, judged)
-    assert better.tolist() == [0, 1, TIE, TIE, TIE, 0, 0]
+    a = domain._judged_arrays(run_dir, 2, judged)
+    assert a.better.tolist() == [0, 1, TIE, TIE, TIE, 0, 0]
     # the rule of feedback.pairs: judgement 3's "tie" between a safe A and an unsafe B makes A the
     # safer; 6 and 7 (two alike, a tie or no answer) keep only their sign terms
-    assert safer.tolist() == [1, 0, 0, TIE, TIE, 0, 0]
-    assert ranked.tolist() == [True, True, True, False, False, False, False]
-    assert is_safe.tolist() == [[1, 1], [0, 0], [1, 0], [-1, -1], [-1, -1], [1, 1], [0, 0]]  # -1: unknown
-    assert rejected == 1 and not newest.any()
+    assert a.safer.tolist() == [1, 0, 0, TIE, TIE, 0, 0]
+    assert a.ranked.tolist() == [True, True, True, False, False, False, False]
+    assert a.is_safe.tolist() == [[1, 1], [0, 0], [1, 0], [-1, -1], [-1, -1], [1, 1], [0, 0]]  # -1: unknown
+    assert a.rejected == 1 and not a.newest.any() and not a.marked.any()
     pairs = json.loads((run_dir / "round-001" / "proposal.json").read_text())["pairs"]
     with np.load(run_dir / "round-001" / "segments.npz") as seg:
-        np.testing.assert_array_equal(obs[2].numpy(), seg["obs"][pairs[2]].astype(np.float32))
-        assert act.shape == (7, 2, 20, seg["actions"].shape[-1])
+        np.testing.assert_array_equal(a.obs[2].numpy(), seg["obs"][pairs[2]].astype(np.float32))
+        assert a.act.shape == (7, 2, 20, seg["actions"].shape[-1]) and a.step_unsafe.shape == (7, 2, 20)
     with pytest.raises(ValueError, match="not in round 1's proposal"):
         domain._judged_arrays(
             run_dir,

@@ -19,8 +19,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from alignloop.core.selection import pair_disagreement  # noqa: E402
-from alignloop.feedback.schema import Candidate, Comparison, Item, Judgement, Severity, judgement_of  # noqa: E402  # noqa: E402
+from alignloop.core.selection import item_disagreement, pair_disagreement  # noqa: E402
+from alignloop.feedback.judged import comparisons  # noqa: E402
+from alignloop.feedback.schema import (  # noqa: E402
+    DEFAULT_QUESTIONS,
+    Candidate,
+    Comparison,
+    Item,
+    Judgement,
+    Severity,
+    judgement_of,
+)
 from alignloop.loop.domain import Judged, Proposal  # noqa: E402
 from alignloop.loop.toyworld import (  # noqa: E402
     PRESETS,
@@ -28,7 +37,7 @@ from alignloop.loop.toyworld import (  # noqa: E402
     dpo_pairs,
     previous_round_dir,
     round_half,
-    to_comparisons,
+    to_judged_items,
 )
 
 
@@ -89,7 +98,7 @@ def _judged(better: str | None, safer: str | None, safe_a: bool | None, safe_b: 
     return Judged(1, 2, Judgement(proposal.item, answers, "1"))
 
 
-def test_judgements_map_to_pku_comparisons():
+def test_judgements_become_judged_items_and_their_pku_comparisons():
     rows = [
         _judged("A", "B", True, True, harm_a=[], severity_a=None),
         _judged("tie", "tie", True, True, candidate=_candidate("r1-00001")),
@@ -103,18 +112,18 @@ def test_judgements_map_to_pku_comparisons():
             severity_b="severe",
         ),
         _judged("B", "A", False, True, candidate=_candidate("r1-00003")),  # safer A is the unsafe one
-        _judged(None, "A", None, None, candidate=_candidate("r1-00004")),
+        _judged(None, "A", None, None, candidate=_candidate("r1-00004")),  # "better" is required
     ]
-    comparisons, contradictory = to_comparisons(list(reversed(rows)))
-    assert contradictory == 1
-    assert [c.meta["key"] for c in comparisons] == ["r1-00000", "r1-00001", "r1-00002", "r1-00004"]
-    first, tie, both_bad, unjudged = comparisons
+    items, left_out = to_judged_items(list(reversed(rows)), DEFAULT_QUESTIONS)
+    assert left_out == 2
+    assert [i.item.key for i in items] == ["r1-00000", "r1-00001", "r1-00002"]
+    assert all(i.item.meta == {"round": "2"} and len(i.judgements) == 1 for i in items)
+    first, tie, both_bad = comparisons(items)
     assert (first.better, first.safer, first.is_safe) == (0, 1, (True, True))
     assert (first.response_0, first.response_1) == ("sure boil", "no tea")
     assert (tie.better, tie.safer) == (None, None)
     assert (both_bad.better, both_bad.safer, both_bad.is_safe) == (None, 0, (True, False))
     assert both_bad.harm_categories == ((), ("Violence",)) and both_bad.severity == (None, Severity.SEVERE)
-    assert (unjudged.better, unjudged.is_safe) == (None, (None, None))
 
 
 def test_dpo_pairs_put_the_safe_response_first_then_the_better_one():
@@ -148,6 +157,12 @@ def test_disagreement_against_hand_computed_scores():
     torch.testing.assert_close(
         pair_disagreement(r_a, r_b, c_a, c_b), torch.tensor([0.5, 0.75]), rtol=1e-5, atol=1e-6
     )
+    # three candidates, rewards (ln 3, 0, 0): pairs (A, B) and (A, C) 0.5 each, (B, C) 1; mean 2/3;
+    # costs (ln 9, -ln 3, 0): sign uncertainties 0.2, 0.5, 1; max 1; score (2/3 + 1) / 2 = 5/6
+    rewards = torch.tensor([[math.log(3.0), 0.0, 0.0]])
+    costs = torch.tensor([[math.log(9.0), -math.log(3.0), 0.0]])
+    torch.testing.assert_close(item_disagreement(rewards, costs), torch.tensor([5 / 6]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(item_disagreement(rewards), torch.tensor([2 / 3]), rtol=1e-5, atol=1e-6)
 
 
 def test_previous_round_folder_and_option_errors(tmp_path: Path):
@@ -284,9 +299,9 @@ def test_models_warm_start_from_the_previous_round(two_rounds):
     ]
     assert two_rounds["starts"]["lambda"] == [1.0, two_rounds["rounds"][0]["aligned"]["lambda"]]
     assert two_rounds["starts"]["lambda"][1] != 1.0
-    rows = (run_dir / "round-002" / "judgements.jsonl").read_text().splitlines()
-    assert len(rows) == len(two_rounds["judged"])  # round 2 learns from both rounds
-    assert {json.loads(row)["round"] for row in rows} == {"1", "2"}
+    rows = [json.loads(row) for row in (run_dir / "round-002" / "judgements.jsonl").read_text().splitlines()]
+    assert sum(len(row["judgements"]) for row in rows) == len(two_rounds["judged"])  # both rounds
+    assert {row["meta"]["round"] for row in rows} == {"1", "2"}
 
 
 @pytest.mark.slow
