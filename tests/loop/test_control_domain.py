@@ -362,3 +362,54 @@ def test_bad_options_say_what_is_allowed() -> None:
         ControlDomain("SafeSliderVelocity-v0", render=True, progress=False)
     with pytest.raises(ValueError, match="heldout"):
         _domain(heldout=1.0)
+
+
+def test_a_clip_project_with_marks_and_no_harm_categories_trains_both_models(two_rounds, tmp_path) -> None:
+    """The `clips` project (better, is_safe without harm categories, and a mark of the first
+    unsafe frame) answered by `alignloop annotate --teacher oracle`: the reward and cost models
+    fit on it, every judged pair's marks become per-step labels (each step from the mark on is
+    unsafe), and a round's policy trains on the learned reward and cost."""
+    from alignloop.feedback.schema import QUESTION_PRESETS, IsSafe
+    from alignloop.loop.annotate import OracleTeacher
+    from alignloop.loop.domain import item_to_json
+
+    questions = QUESTION_PRESETS["clips"]
+    assert next(q for q in questions if isinstance(q, IsSafe)).harm_categories == ()
+    domain = _domain(render=False, questions=questions)
+    shutil.copytree(two_rounds["run_dir"] / "policy-0", tmp_path / "policy-0")
+    rd = tmp_path / "round-001"
+    candidates = domain.propose(rd, 1, 2 * PAIRS, "uniform")
+    teacher = OracleTeacher(tmp_path / "oracle.jsonl", seed=0, questions=questions)
+    sent = [teacher(item_to_json(c.item)) for c in candidates]
+    judged = [
+        Judged(i, 1, Judgement(c.item, s["answers"], "1"))
+        for i, (c, s) in enumerate(zip(candidates, sent, strict=True))
+        if "answers" in s
+    ]
+    assert len(judged) >= PAIRS
+    # the smoke policy never speeds: the oracle marks every clip safe throughout; one judgement
+    # as a person who saw clip A turn unsafe at frame 7 would answer it
+    first = judged[0].judgement
+    answers = {
+        **first.answers,
+        "is_safe": [{"safe": False, "harms": [], "severity": None}, first.answers["is_safe"][1]],
+    }
+    answers["unsafe_from"] = [7, None]
+    judged[0] = Judged(judged[0].judgement_id, 1, Judgement(first.item, answers, "1"))
+    arrays = domain._judged_arrays(tmp_path, 1, judged)
+    assert arrays.marked.all() and (arrays.safer >= 0).all()  # the flags order each pair
+    rows = {row["key"]: row for row in _oracle(tmp_path)}
+    assert arrays.step_unsafe[0].tolist() == [[k >= 7 for k in range(20)], [False] * 20]
+    assert arrays.is_safe[0].tolist() == [0, 1] and arrays.safer[0] == 1
+    for j, steps in zip(judged[1:], arrays.step_unsafe[1:], strict=True):
+        marks = j.judgement.answers["unsafe_from"]
+        for side, mark in enumerate(marks):
+            true_costs = np.asarray(rows[j.key][f"costs_{'ab'[side]}"])
+            assert steps[side].tolist() == [mark is not None and k >= mark for k in range(20)]
+            # a noiseless oracle marks the first unsafe step, or none
+            assert mark == (int(np.flatnonzero(true_costs > 0)[0]) if (true_costs > 0).any() else None)
+    metrics = domain.learn(rd, 1, judged)
+    assert metrics["cost/marked_pairs"] == metrics["cost/train_pairs"] > 0
+    assert metrics["reward/train_pairs"] > 0 and math.isfinite(metrics["cost/train_sign_accuracy"])
+    assert domain.align(rd, 1)["align/steps"] == 512
+    assert math.isfinite(domain.evaluate(rd, 1)["learned_cost"])

@@ -9,6 +9,7 @@ Run as a script for the demo preset's three rounds (per-round figures, for tunin
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -30,7 +31,7 @@ from alignloop.feedback.schema import (  # noqa: E402
     Severity,
     judgement_of,
 )
-from alignloop.loop.domain import Judged, Proposal  # noqa: E402
+from alignloop.loop.domain import Judged, ProjectSpec, Proposal  # noqa: E402
 from alignloop.loop.toyworld import (  # noqa: E402
     PRESETS,
     ToyWorldDomain,
@@ -392,3 +393,72 @@ def test_the_toyworld_annotator_answers_any_questions():
         answers["safe"][1]["safe"] is False and answers["fix"]["candidate"] == "B"
     )  # the unsafe one corrected
     assert "detonator" not in answers["fix"]["text"]
+
+
+# ---------------------------------------------------------------------------- other question kinds
+def test_questions_option_takes_a_preset_with_a_count_or_a_definition_file(tmp_path: Path):
+    from alignloop.errors import UserError
+    from alignloop.feedback.schema import QUESTION_PRESETS
+    from alignloop.loop.domain import project_spec
+
+    assert project_spec("ranking4") == ProjectSpec(QUESTION_PRESETS["ranking"], 4)
+    assert project_spec("pku-saferlhf") == ProjectSpec(DEFAULT_QUESTIONS, 2)
+    spec = tmp_path / "project.yaml"
+    spec.write_text("candidates: 3\nquestions:\n  - {name: stars, kind: rating, scale_max: 5}\n")
+    loaded = project_spec(str(spec))
+    assert loaded.candidates == 3 and [q.name for q in loaded.questions] == ["stars"]
+    assert project_spec(str(spec)).to_json()["questions"][0]["kind"] == "rating"
+    with pytest.raises(UserError, match="neither a preset"):
+        project_spec("ranking-four")
+    with pytest.raises(UserError, match="compares two candidates"):
+        project_spec("pku-saferlhf4")  # "better" and "safer" ask about two
+    spec.write_text("candidates: 9\nquestions: [{name: order, kind: ranking}]\n")
+    with pytest.raises(UserError, match="2 to 8 candidates, got 9"):
+        project_spec(str(spec))
+    spec.write_text("questions: [{name: order, kind: shuffle}]\n")
+    with pytest.raises(UserError, match=str(spec)):
+        project_spec(str(spec))
+
+
+def scripted_judgements(domain: ToyWorldDomain, round: int, proposals: list[Proposal]) -> list[Judged]:
+    """What `alignloop annotate --teacher toyworld` answers to each item, whatever it asks."""
+    from alignloop.loop.annotate import toyworld_teacher
+    from alignloop.loop.domain import item_to_json
+
+    teacher = toyworld_teacher(domain.seed, domain.seed + round, domain.questions)
+    out = []
+    for i, p in enumerate(proposals):
+        sent = teacher(item_to_json(p.item))
+        if "answers" in sent:
+            out.append(Judged(1000 * round + i, round, Judgement(p.item, sent["answers"], "1")))
+    return out
+
+
+@pytest.mark.slow
+def test_a_round_on_a_ranking_project_learns_a_reward_model_that_ranks_held_out_answers(tmp_path):
+    """`--questions ranking4`: a round's items are 4 sampled responses that the scripted
+    annotator ranks; the reward model learned from the rankings (Plackett-Luce) orders held-out
+    toy-world answers by true helpfulness well above chance (about 170 pairs that differ: chance
+    is 0.5 +- 0.04; measured 0.69). A project that asks nothing about safety gets no cost model,
+    and its policy is updated by PPO on the reward alone. (The SFT policy is trained longer than
+    the smoke preset's, so that its samples are answers worth ranking rather than word salad.)"""
+    from alignloop.loop.domain import project_spec
+
+    spec = project_spec("ranking4")
+    domain = ToyWorldDomain.from_preset(
+        "smoke", seed=3, progress=False, questions=spec.questions, candidates=spec.candidates,
+        sft_steps=150, reward_steps=40, heldout_pairs=200,
+    )  # fmt: skip
+    domain.setup(tmp_path)
+    round_dir = tmp_path / "round-001"
+    proposals = domain.propose(round_dir, 1, 48, "uniform")
+    assert len(proposals) == 48 and {len(p.item.candidates) for p in proposals} == {4}
+    judged = scripted_judgements(domain, 1, proposals)
+    assert all(sorted(j.judgement.answers["ranking"]) == [1, 2, 3, 4] for j in judged[:5])
+    learned = domain.learn(round_dir, 1, judged)
+    assert learned["judgements"] == len(judged) >= 46 and learned["cost_pairs"] == 0
+    assert learned["reward_accuracy"] >= 0.6, learned
+    assert not (round_dir / "cost").exists() and math.isnan(learned["cost_sign_accuracy"])
+    aligned = domain.align(round_dir, 1)
+    assert (round_dir / "policy" / "final").is_dir() and set(aligned) == {"reward", "kl"}
+    assert "cost" not in domain.evaluate(round_dir, 1)
