@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export MUJOCO_GL ?= egl
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system demo test lint typecheck pytest clean bench
+.PHONY: setup system demo test lint typecheck pytest mutants clean bench
 
 setup: $(STAMP) $(SYSTEM_STAMP)
 
@@ -35,7 +35,7 @@ $(SYSTEM_STAMP): scripts/setup_system.sh
 demo: setup
 	$(BIN)/alignloop demo
 
-LINT_PATHS := alignloop tests $(wildcard bench)
+LINT_PATHS := alignloop tests $(wildcard bench scripts)
 
 lint: setup
 	$(BIN)/ruff check $(LINT_PATHS)
@@ -48,6 +48,10 @@ pytest: setup
 	$(BIN)/python -m pytest
 
 test: setup lint typecheck pytest
+
+# Deliberate breaks the tests must catch (scripts/mutants.yaml); a few minutes, not part of `make test`.
+mutants: setup
+	$(BIN)/python scripts/mutants.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -67,6 +67,31 @@ COMMANDS: Tree = {
                 "alignloop.lm.ppo:train_shaping",
                 "PPO on reward - fixed lambda * cost (baseline).",
             ),
+            "grpo": Command(
+                "alignloop.lm.grpo:GRPOConfig",
+                "alignloop.lm.grpo:train",
+                "GRPO (Dr. GRPO, DAPO with --loss): group-relative advantages, no critic.",
+            ),
+            "grpo-lag": Command(
+                "alignloop.lm.grpo:GRPOLagConfig",
+                "alignloop.lm.grpo:train_lagrangian",
+                "Safe GRPO: GRPO with a cost model and a Lagrange multiplier (arXiv 2602.05863).",
+            ),
+            "rloo": Command(
+                "alignloop.lm.grpo:RLOOConfig",
+                "alignloop.lm.grpo:train_rloo",
+                "RLOO: leave-one-out baseline.",
+            ),
+            "reinforce-pp": Command(
+                "alignloop.lm.grpo:ReinforcePPConfig",
+                "alignloop.lm.grpo:train_reinforce_pp",
+                "REINFORCE++: per-token KL rewards, global baseline.",
+            ),
+            "remax": Command(
+                "alignloop.lm.grpo:ReMaxConfig",
+                "alignloop.lm.grpo:train_remax",
+                "ReMax: the greedy response's reward as the baseline.",
+            ),
             "aligner": Command(
                 "alignloop.lm.aligner:AlignerConfig",
                 "alignloop.lm.aligner:train",

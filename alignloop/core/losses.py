@@ -17,6 +17,7 @@ chosen one strictly wins (``rewards/accuracy``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -27,6 +28,8 @@ from alignloop.core.advantages import kl_k3, masked_mean
 
 __all__ = [
     "DPO_LOSSES",
+    "GRPO_LOSSES",
+    "LossTotals",
     "bradley_terry_loss",
     "cost_model_loss",
     "dpo_hinge_loss",
@@ -34,7 +37,10 @@ __all__ = [
     "dpo_loss",
     "dpo_robust_loss",
     "dpo_sigmoid_loss",
+    "dapo_loss",
+    "dr_grpo_loss",
     "entropy_from_logits",
+    "grpo_loss",
     "kto_loss",
     "orpo_loss",
     "plackett_luce_loss",
@@ -596,6 +602,13 @@ def _mean(x: Tensor, mask: Tensor | None) -> Tensor:
     return x.mean() if mask is None else masked_mean(x, mask)
 
 
+def _clipped_surrogate(ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: float) -> Tensor:
+    """The clipped surrogate per element, as a loss: ``max(-A ratio, -A clip(ratio, 1 - low, 1 + high))``."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    return torch.max(unclipped, clipped)
+
+
 def ppo_policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -625,16 +638,206 @@ def ppo_policy_loss(
     old_logprobs, advantages = old_logprobs.detach(), advantages.detach()
     log_ratio = logprobs - old_logprobs  # (B, T)
     ratio = torch.exp(log_ratio)  # (B, T)
-    unclipped = -advantages * ratio  # (B, T)
-    clipped = -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)  # (B, T)
-    loss = _mean(torch.max(unclipped, clipped), mask)
+    per_element = _clipped_surrogate(ratio, advantages, clip_eps, clip_eps)  # (B, T)
+    loss = _mean(per_element, mask)
     with torch.no_grad():
         metrics = {
-            "clip_frac": _mean((clipped > unclipped).to(ratio.dtype), mask),
+            "clip_frac": _mean((per_element > -advantages * ratio).to(ratio.dtype), mask),
             "approx_kl": _mean(kl_k3(old_logprobs, logprobs), mask),
             "ratio_mean": _mean(ratio, mask),
         }
     return loss, metrics
+
+
+# --- GRPO family -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LossTotals:
+    """What a GRPO-family loss divides by, counted over one whole optimiser step (every
+    micro-batch of it), so that accumulation and data parallelism give the loss of one batch.
+
+    Under data parallelism each process passes the counts over all processes divided by the
+    number of processes: DDP averages the processes' gradients.
+    """
+
+    sequences: float
+    """Sequences that count (GRPO's 1/G and Dr. GRPO's batch size)."""
+    tokens: float
+    """Response tokens that count (DAPO's token-level normaliser)."""
+    max_length: int
+    """The longest a response may be (Dr. GRPO's constant), e.g. ``max_new_tokens``."""
+
+
+def _grpo_token_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_eps_low: float,
+    clip_eps_high: float,
+    ref_logprobs: Tensor | None,
+    kl_coef: float,
+) -> tuple[Tensor, Metrics]:
+    """Per-token loss ``(B, T)`` of the GRPO family (0 where ``mask`` is False) and its metrics:
+
+        ratio  = exp(log pi - log pi_old)
+        l_t    = max(-A ratio, -A clip(ratio, 1 - eps_low, 1 + eps_high)) + kl_coef * k3_t
+
+    ``k3_t = ref/pi - log(ref/pi) - 1`` on the sampled token (`kl_k3`), the KL to the reference
+    as a loss term (DeepSeekMath eq. 4); with ``kl_coef = 0`` or no ``ref_logprobs`` there is none.
+    ``advantages`` is ``(B,)`` (one per sequence) or ``(B, T)``."""
+    _check_positive("clip_eps_low", clip_eps_low)
+    _check_positive("clip_eps_high", clip_eps_high)
+    _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, mask=mask)
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    advantages = advantages.detach()
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]  # (B, 1): the sequence's advantage on each of its tokens
+    advantages = advantages.expand_as(logprobs)  # (B, T)
+    valid = mask.bool()  # (B, T) True = response token that counts
+    ratio = torch.exp(logprobs - old_logprobs.detach())  # (B, T)
+    per_token = _clipped_surrogate(ratio, advantages, clip_eps_low, clip_eps_high)  # (B, T)
+    kl = None
+    if ref_logprobs is not None and kl_coef > 0:
+        kl = kl_k3(logprobs, ref_logprobs.detach())  # (B, T) KL(pi || ref), carries gradient
+        per_token = per_token + kl_coef * kl
+    per_token = torch.where(valid, per_token, torch.zeros_like(per_token))
+    with torch.no_grad():
+        if valid.any():
+            low = (ratio < 1 - clip_eps_low) & (advantages < 0)
+            high = (ratio > 1 + clip_eps_high) & (advantages > 0)
+            metrics = {
+                "clip_ratio/low": masked_mean(low.to(ratio.dtype), valid),
+                "clip_ratio/high": masked_mean(high.to(ratio.dtype), valid),
+                "approx_kl": masked_mean(kl_k3(old_logprobs.detach(), logprobs), valid),
+                "ratio_mean": masked_mean(ratio, valid),
+            }
+            if kl is not None:
+                metrics["kl_ref"] = masked_mean(kl, valid)
+        else:  # every sequence dropped (e.g. by dynamic sampling)
+            zero = logprobs.new_zeros(())
+            metrics = {k: zero for k in ("clip_ratio/low", "clip_ratio/high", "approx_kl", "ratio_mean")}
+    return per_token, metrics
+
+
+def grpo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+    totals: LossTotals | None = None,
+) -> tuple[Tensor, Metrics]:
+    """GRPO's loss (Shao et al. 2024, "DeepSeekMath", eq. 3): the mean of each sequence's
+    per-token mean,
+
+        loss = (1 / N) sum_i (1 / |o_i|) sum_t l_it
+
+    with ``l_it`` as in `_grpo_token_loss` and ``N = totals.sequences`` (default: this batch's
+    rows). Each sequence weighs the same whatever its length, so a token of a short response
+    weighs more than one of a long response (the length bias Dr. GRPO removes).
+
+    Args:
+        logprobs: (B, T) log-probs of the sampled tokens under the current policy.
+        old_logprobs: (B, T) log-probs under the policy that sampled them.
+        advantages: (B,) or (B, T).
+        mask: (B, T) True = a response token that counts.
+        clip_eps_low, clip_eps_high: the ratio clip range [1 - low, 1 + high].
+        ref_logprobs: (B, T) log-probs under the reference, for the k3 KL term.
+        kl_coef: weight of the KL term (beta).
+        totals: counts over the whole optimiser step.
+    """
+    per_token, metrics = _grpo_token_loss(
+        logprobs, old_logprobs, advantages, mask,
+        clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high, ref_logprobs=ref_logprobs, kl_coef=kl_coef,
+    )  # fmt: skip
+    per_sequence = masked_mean(per_token, mask, dim=-1)  # (B,)
+    sequences = totals.sequences if totals is not None else mask.shape[0]
+    return per_sequence.sum() / max(sequences, 1), metrics
+
+
+def dr_grpo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+    totals: LossTotals | None = None,
+) -> tuple[Tensor, Metrics]:
+    """Dr. GRPO's loss (Liu et al. 2025, "Understanding R1-Zero-Like Training", eq. 3): the
+    token sum divided by a constant, the number of sequences times the longest a response may be,
+
+        loss = sum_i sum_t l_it / (N * L)
+
+    ``N = totals.sequences``, ``L = totals.max_length`` (default: this batch's rows and width).
+    No length normalisation per sequence (and, with `group_advantages(scale=False)`, no std
+    normalisation). Arguments as `grpo_loss`."""
+    per_token, metrics = _grpo_token_loss(
+        logprobs, old_logprobs, advantages, mask,
+        clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high, ref_logprobs=ref_logprobs, kl_coef=kl_coef,
+    )  # fmt: skip
+    if totals is None:
+        totals = LossTotals(sequences=mask.shape[0], tokens=float(mask.sum()), max_length=mask.shape[1])
+    return per_token.sum() / max(totals.sequences * totals.max_length, 1), metrics
+
+
+def dapo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.28,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+    totals: LossTotals | None = None,
+) -> tuple[Tensor, Metrics]:
+    """DAPO's token-level loss (Yu et al. 2025, "DAPO", eq. 8): every response token of the
+    batch weighs the same,
+
+        loss = sum_i sum_t l_it / sum_i |o_i|
+
+    the denominator ``totals.tokens`` (default: this batch's). DAPO pairs it with clip-higher,
+    a wider upper clip (``clip_eps_high`` 0.28 against ``clip_eps_low`` 0.2) that leaves room to
+    raise unlikely tokens. Arguments as `grpo_loss`."""
+    per_token, metrics = _grpo_token_loss(
+        logprobs, old_logprobs, advantages, mask,
+        clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high, ref_logprobs=ref_logprobs, kl_coef=kl_coef,
+    )  # fmt: skip
+    tokens = totals.tokens if totals is not None else float(mask.sum())
+    return per_token.sum() / max(tokens, 1.0), metrics
+
+
+class GRPOLoss(Protocol):
+    def __call__(
+        self,
+        logprobs: Tensor,
+        old_logprobs: Tensor,
+        advantages: Tensor,
+        mask: Tensor,
+        *,
+        clip_eps_low: float = ...,
+        clip_eps_high: float = ...,
+        ref_logprobs: Tensor | None = None,
+        kl_coef: float = 0.0,
+        totals: LossTotals | None = None,
+    ) -> tuple[Tensor, Metrics]: ...
+
+
+GRPO_LOSSES: dict[str, GRPOLoss] = {"grpo": grpo_loss, "dr-grpo": dr_grpo_loss, "dapo": dapo_loss}
+"""The GRPO-family loss normalisations by name (``--loss``)."""
 
 
 def value_loss(

@@ -10,6 +10,11 @@ Stages, each an ordinary trainer run in its own folder under ``output_dir``:
 3. ``ppo``            PPO-RLHF on the reward model alone;
    ``ppo-lag``        Safe RLHF: PPO-Lagrangian with reward and cost models;
    ``reward-shaping`` PPO on reward - lambda * cost with lambda fixed;
+   ``grpo``           GRPO on the reward model alone (no critic: group-relative advantages);
+   ``grpo-lag``       Safe GRPO: GRPO holding the share of responses the cost model judges
+                      unsafe under ``unsafe_share`` with a Lagrange multiplier, reward and
+                      violation standardised apart then mixed (arXiv 2602.05863);
+   ``grpo-lag-naive`` the same with the naive mix (R - lambda C standardised as one reward);
    ``dpo``            DPO on the teacher's ``better`` pairs;
 4. evaluation of every policy on held-out prompts with the toy world's ground-truth judges
    (helpfulness, unsafe rate on risky prompts) and the mean reward- and cost-model scores;
@@ -17,12 +22,13 @@ Stages, each an ordinary trainer run in its own folder under ``output_dir``:
    pairs.
 
 Writes ``report.json``, ``report.md`` (a table and the acceptance checks) and PNG plots:
-``training.png`` (reward, cost and lambda over PPO iterations) and ``tradeoff.png``
+``training.png`` (reward, cost and lambda over PPO and GRPO iterations) and ``tradeoff.png``
 (helpfulness against unsafe rate, one point per method).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -32,27 +38,32 @@ from typing import Any, Literal
 
 PRESETS: dict[str, dict[str, int]] = {
     # steps of each stage and the number of held-out prompts judged
-    "full": {"sft": 600, "reward": 250, "cost": 250, "ppo": 60, "dpo": 150, "eval_prompts": 500},
-    "smoke": {"sft": 8, "reward": 4, "cost": 4, "ppo": 2, "dpo": 4, "eval_prompts": 24},
+    "full": {"sft": 600, "reward": 250, "cost": 250, "ppo": 60, "grpo": 50, "dpo": 150, "eval_prompts": 500},
+    "smoke": {"sft": 8, "reward": 4, "cost": 4, "ppo": 2, "grpo": 2, "dpo": 4, "eval_prompts": 24},
 }
-METHODS = ("sft", "ppo", "ppo-lag", "reward-shaping", "dpo")
+METHODS = ("sft", "ppo", "ppo-lag", "reward-shaping", "grpo", "grpo-lag", "grpo-lag-naive", "dpo")
+RL_METHODS = ("ppo", "ppo-lag", "reward-shaping", "grpo", "grpo-lag", "grpo-lag-naive")
 COLORS = {
     "sft": "tab:gray",
     "ppo": "tab:red",
     "ppo-lag": "tab:green",
     "reward-shaping": "tab:orange",
+    "grpo": "tab:pink",
+    "grpo-lag": "tab:cyan",
+    "grpo-lag-naive": "tab:olive",
     "dpo": "tab:purple",
 }
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The toy-world Safe RLHF demo: SFT, reward + cost models, PPO, PPO-Lagrangian, shaping, DPO."""
+    """The toy-world Safe RLHF demo: SFT, reward + cost models, PPO, PPO-Lagrangian, shaping, GRPO,
+    Safe GRPO (and its naive mix), DPO."""
 
     output_dir: Path = Path("runs/demo")
     """Folder of the stages' runs, report.json, report.md and the plots."""
     preset: Literal["full", "smoke"] = "full"
-    """Step counts: "full" (the demo, about 3 min on 2 CPU cores) or "smoke" (seconds, a plumbing check)."""
+    """Step counts: "full" (the demo, about 6 min on 2 CPU cores) or "smoke" (seconds, a plumbing check)."""
     seed: int = 0
     """Seed of the toy world and of every stage."""
     threads: int = 1
@@ -65,7 +76,8 @@ class DemoConfig:
     cost_limit: float | None = None
     """Cost limit of PPO-Lagrangian; None = calibrated on the cost model (see unsafe_share)."""
     unsafe_share: float = 0.02
-    """Calibrated cost limit: the cost model's expected cost of answers unsafe with this probability."""
+    """Calibrated cost limit: the cost model's expected cost of answers unsafe with this probability;
+    also Safe GRPO's limit on the share of responses the cost model judges unsafe."""
     progress: bool = True
     """Show progress bars."""
 
@@ -89,7 +101,7 @@ def run(cfg: DemoConfig) -> int:
     import torch
     from rich.console import Console
 
-    from alignloop.lm import cost, dpo, ppo, reward, sft
+    from alignloop.lm import cost, dpo, grpo, ppo, reward, sft
 
     console = Console()
     steps = PRESETS[cfg.preset]
@@ -164,7 +176,9 @@ def run(cfg: DemoConfig) -> int:
     cost_limit = cfg.cost_limit
     if cost_limit is None:
         cost_limit = calibrated_cost_limit(cost_final, cfg.seed, 64 if small else 500, cfg.unsafe_share)
-    console.print(f"PPO-Lagrangian cost limit: {cost_limit:+.3f}")
+    console.print(
+        f"PPO-Lagrangian cost limit: {cost_limit:+.3f}; Safe GRPO: <= {cfg.unsafe_share:.0%} judged unsafe"
+    )
     rl: dict[str, Any] = {
         "policy": sft_final,
         "reward_model": reward_final,
@@ -202,6 +216,49 @@ def run(cfg: DemoConfig) -> int:
             ppo.ShapingConfig(output_dir=out / "reward-shaping", cost_model=cost_final, **rl)
         ),
     )
+    critic_free: dict[str, Any] = {
+        "policy": sft_final,
+        "reward_model": (reward_final,),
+        "max_steps": steps["grpo"],
+        "eval_every": max(steps["grpo"] // 5, 1),
+        "save_every": max(steps["grpo"], 1),
+        "eval_prompts": 16 if small else 128,
+        "toy_prompts": 256 if small else 2048,
+        "rollout_batch_size": 4 if small else 16,
+        "group_size": 8,
+        "batch_size": 32 if small else 128,
+        "lr": 3e-4,
+        "kl_coef": 0.02,
+        **common,
+    }
+    seconds["grpo"] = _stage(
+        console,
+        "3/4 GRPO (reward only)",
+        out / "grpo" / "final",
+        cfg.reuse,
+        lambda: grpo.train(grpo.GRPOConfig(output_dir=out / "grpo", **critic_free)),
+    )
+    mixes: tuple[tuple[str, Literal["constrained", "naive"]], ...] = (
+        ("grpo-lag", "constrained"),
+        ("grpo-lag-naive", "naive"),
+    )
+    for name, mix in mixes:
+        lagrangian = grpo.GRPOLagConfig(
+            output_dir=out / name,
+            cost_model=(cost_final,),
+            violation_threshold=0.0,  # constrain the share of responses the cost model judges unsafe
+            cost_limit=cfg.unsafe_share,
+            lambda_lr=0.5,
+            advantage_mix=mix,
+            **critic_free,
+        )
+        seconds[name] = _stage(
+            console,
+            f"3/4 Safe GRPO ({mix} mix)",
+            out / name / "final",
+            cfg.reuse,
+            functools.partial(grpo.train_lagrangian, lagrangian),
+        )
     methods = [m for m in METHODS if not (m == "dpo" and cfg.skip_dpo)]
     if "dpo" in methods:
         seconds["dpo"] = _stage(
@@ -226,6 +283,7 @@ def run(cfg: DemoConfig) -> int:
     console.rule("[bold]4/4 evaluation on held-out prompts")
     report = evaluate_all(out, methods, seed=cfg.seed, n_prompts=steps["eval_prompts"])
     report["cost_limit"] = cost_limit
+    report["violation_limit"] = cfg.unsafe_share
     report["seconds"] = {**seconds, "total": time.perf_counter() - started}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown_report(report))
@@ -300,12 +358,16 @@ def evaluate_all(out: Path, methods: list[str], *, seed: int, n_prompts: int) ->
         "reward_preference_accuracy": preference_accuracy(reward_model, tokenizer, world, pairs),
         "cost_sign_accuracy": sign_accuracy(cost_model, tokenizer, world, pairs),
     }
-    sft, lag = results["sft"], results["ppo-lag"]
+    sft, lag, safe_grpo = results["sft"], results["ppo-lag"], results["grpo-lag"]
     acceptance = {
         "SFT unsafe on >= 30% of risky prompts": sft["unsafe_rate"] >= 0.30,
         "PPO-Lagrangian unsafe rate <= 5%": lag["unsafe_rate"] <= 0.05,
         "PPO-Lagrangian helpfulness >= SFT's": lag["helpfulness"] >= sft["helpfulness"],
         "reward-only PPO unsafe rate > PPO-Lagrangian's": results["ppo"]["unsafe_rate"] > lag["unsafe_rate"],
+        "Safe GRPO unsafe rate <= 5%": safe_grpo["unsafe_rate"] <= 0.05,
+        "Safe GRPO helpfulness >= SFT's": safe_grpo["helpfulness"] >= sft["helpfulness"],
+        "reward-only GRPO unsafe rate > Safe GRPO's": results["grpo"]["unsafe_rate"]
+        > safe_grpo["unsafe_rate"],
         "reward model held-out preference accuracy >= 0.9": models["reward_preference_accuracy"] >= 0.9,
         "cost model sign accuracy >= 0.9": models["cost_sign_accuracy"] >= 0.9,
     }
@@ -338,7 +400,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         f"Reward model held-out preference accuracy: {models['reward_preference_accuracy']:.3f}  ",
         f"Cost model held-out sign accuracy: {models['cost_sign_accuracy']:.3f}  ",
-        f"PPO-Lagrangian cost limit: {report['cost_limit']:+.3f}",
+        f"PPO-Lagrangian cost limit: {report['cost_limit']:+.3f}  ",
+        f"Safe GRPO limit: {report.get('violation_limit', 0.0):.0%} of responses judged unsafe (cost > 0)",
         "",
         "## Checks",
         "",
@@ -369,7 +432,7 @@ def _rich_table(report: dict[str, Any]) -> Any:
 
 
 def plot_training(out: Path, path: Path, cost_limit: float | None = None) -> None:
-    """Reward, cost and lambda over PPO iterations, one line per RL method (and the cost limit)."""
+    """Reward, cost and lambda over PPO and GRPO iterations, one line per RL method (and the cost limit)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -378,20 +441,21 @@ def plot_training(out: Path, path: Path, cost_limit: float | None = None) -> Non
     from alignloop.lm.training import read_metrics
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for method in ("ppo", "ppo-lag", "reward-shaping"):
+    for method in RL_METHODS:
         if not (out / method / "metrics.jsonl").is_file():
             continue
         records = list(read_metrics(out / method, split="train"))
         steps = [r["step"] for r in records]
-        for ax, key in zip(axes, ("reward", "cost", "lambda"), strict=True):
-            values = [r.get(key) for r in records]
+        for ax, key in zip(axes, ("reward", "cost_score", "lambda"), strict=True):
+            # the cost model's mean score ("cost" is Safe GRPO's violation share)
+            values = [r.get(key, r.get("cost")) if key == "cost_score" else r.get(key) for r in records]
             if all(v is not None for v in values):
                 ax.plot(steps, values, label=method, color=COLORS[method])
     for ax, title in zip(
-        axes, ("reward model score", "cost model score", "lambda (PPO-Lagrangian)"), strict=True
+        axes, ("reward model score", "cost model score", "lambda (Lagrangian methods)"), strict=True
     ):
         ax.set_title(title)
-        ax.set_xlabel("PPO iteration")
+        ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
     if cost_limit is not None:
         axes[1].axhline(cost_limit, color="black", linestyle="--", linewidth=1, label="cost limit")

@@ -51,7 +51,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from alignloop.core.advantages import gae, masked_mean, masked_whiten
+from alignloop.core.advantages import gae, kl_shaped_rewards, masked_mean, masked_whiten
 from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage, mean_recent_cost
 from alignloop.core.losses import entropy_from_logits, ppo_policy_loss, value_loss
 from alignloop.errors import UserError
@@ -69,7 +69,6 @@ from alignloop.lm.rollouts import (
     forward_values,
     frozen_score_model,
     gather_rollout,
-    kl_shaped_rewards,
     load_prompts,
     sample_share,
     score_rollout,

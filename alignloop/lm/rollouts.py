@@ -32,7 +32,6 @@ __all__ = [
     "forward_values",
     "frozen_score_model",
     "gather_rollout",
-    "kl_shaped_rewards",
     "load_prompts",
     "sample_share",
     "score_rollout",
@@ -89,15 +88,6 @@ def forward_values(
 ) -> Tensor:
     """Values ``(B, R)``: the critic's score at the position just before each response token."""
     return critic(sequences, attention_mask).scores[:, prompt_length - 1 : -1]
-
-
-def kl_shaped_rewards(end_scores: Tensor, kl: Tensor, response_mask: Tensor, kl_coef: float) -> Tensor:
-    """Per-token rewards ``(B, R)``: ``-kl_coef * kl`` on every response token plus the end score
-    ``(B,)`` on the last one (``response_mask`` True = response token; a negative ``kl_coef``
-    gives the cost stream's ``+beta * kl``)."""
-    rewards = -kl_coef * kl * response_mask  # (B, R)
-    last = response_mask.long().cumsum(-1).argmax(-1)  # (B,) index of the last response token
-    return rewards.scatter_add(1, last[:, None], end_scores[:, None].to(rewards.dtype))
 
 
 @dataclass

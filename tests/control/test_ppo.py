@@ -26,7 +26,7 @@ from alignloop.control.ppo import (
     train,
     train_policy,
 )
-from alignloop.control.rollouts import Agent, Collector
+from alignloop.control.rollouts import Agent, Collector, Rollout, lagrangian_mix, rollout_advantages
 from alignloop.runstack.checkpoint import Checkpointer
 from alignloop.runstack.layout import RunLayout
 from alignloop.runstack.metrics import read_metrics
@@ -90,17 +90,76 @@ def test_truncation_bootstraps_from_the_final_observation() -> None:
     np.testing.assert_array_equal(ro.next_raw_obs[:-1][inside], ro.raw_obs[1:][inside])
 
 
+def test_rollout_advantages_stop_at_a_termination_and_bootstrap_a_truncation() -> None:
+    """`rollout_advantages` and `lagrangian_mix`, what the trainer runs on each rollout, on a
+    hand-built one of T = 4 steps of N = 2 envs: env 0 is cut by the time limit after step 1,
+    env 1 terminates after step 2. The cost stream is given the same numbers as the reward one.
+
+    gamma = lam = 0.5 (gamma * lam = 0.25); delta_t = r_t + gamma (1 - term_t) V' - V(s_t).
+    env 0: r = 1, 2, 3, 4; V = 1 everywhere; V' = 1, 4 (V(final obs) at the cut), 1, 2 (V(s_T))
+      t=3: delta = 4 + 0.5 * 2 - 1 = 4                     A = 4
+      t=2: delta = 3 + 0.5 * 1 - 1 = 2.5                   A = 2.5 + 0.25 * 4 = 3.5
+      t=1: truncated, bootstraps V' = 4, carries nothing: delta = 2 + 2 - 1 = 3, A = 3
+      t=0: delta = 0.5                                     A = 0.5 + 0.25 * 3 = 1.25
+    (passing no truncation would carry: A_1 = 3 + 0.25 * 3.5 = 3.875, A_0 = 1.46875)
+    env 1: r = 0, 0, 1, 0; V = 2 everywhere; V' = 2 (after the termination: the new episode's)
+      t=3: delta = 0 + 1 - 2 = -1                          A = -1
+      t=2: terminated, no bootstrap, no carry: delta = 1 - 2 = -1, A = -1
+      t=1: delta = -1                                      A = -1 + 0.25 * -1 = -1.25
+      t=0: delta = -1                                      A = -1 + 0.25 * -1.25 = -1.3125
+    """
+    steps, envs = 4, 2
+    zeros = np.zeros((steps, envs))
+    terminated, truncated = zeros.astype(bool), zeros.astype(bool)
+    truncated[1, 0] = True
+    terminated[2, 1] = True
+    values = np.array([[1.0, 2.0]] * steps, np.float32)  # (T, N)
+    rewards = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 1.0], [4.0, 0.0]])
+    ro = Rollout(
+        obs=np.zeros((steps, envs, 1), np.float32),
+        raw_obs=np.zeros((steps, envs, 1)),
+        actions=np.zeros((steps, envs, 1), np.float32),
+        logprobs=zeros.astype(np.float32),
+        rewards=rewards,
+        costs=rewards,
+        terminated=terminated,
+        truncated=truncated,
+        values_r=values,
+        values_c=values,
+    )
+    ro.next_values_r = ro.next_values_c = np.array(
+        [[1.0, 2.0], [4.0, 2.0], [1.0, 2.0], [2.0, 2.0]], np.float32
+    )
+    adv = rollout_advantages(ro, ro.rewards, ro.costs, gamma=0.5, gae_lambda=0.5)
+    expected = torch.tensor([[1.25, -1.3125], [3.0, -1.25], [3.5, -1.0], [4.0, -1.0]]).reshape(-1)  # (T*N,)
+    returns = expected + torch.from_numpy(values).reshape(-1)
+    for a, r in ((adv.reward, adv.reward_returns), (adv.cost, adv.cost_returns)):
+        torch.testing.assert_close(a, expected, rtol=1e-6, atol=1e-6)  # time-major, as the rollout
+        torch.testing.assert_close(r, returns, rtol=1e-6, atol=1e-6)
+    # the mix: reward advantages standardised, cost advantages centred, (A_r - lam A_c) / (1 + lam)
+    standardised = (expected - expected.mean()) / expected.std()
+    mixed = (standardised - 3.0 * (expected - expected.mean())) / 4.0
+    torch.testing.assert_close(lagrangian_mix(adv, 3.0), mixed, rtol=1e-5, atol=1e-6)
+
+
 def test_bad_input_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = TrainConfig(env="HalfCheeta-v5", total_env_steps=1000, output_dir=tmp_path / "run", progress=False)
+    # a short run each, so that a missing check fails this test in seconds instead of training
+    short = dict(
+        total_env_steps=64,
+        output_dir=tmp_path / "run",
+        progress=False,
+        ppo=PPOSettings(num_steps=64, minibatch_size=64),
+    )
+    cfg = TrainConfig(env="HalfCheeta-v5", **short)  # type: ignore[arg-type]
     assert train(cfg) == 2
     assert "did you mean HalfCheetah-v5" in capsys.readouterr().err
-    cfg = TrainConfig(env="InvertedPendulum-v5", cost="velocity", output_dir=tmp_path / "run", progress=False)
+    cfg = TrainConfig(env="InvertedPendulum-v5", cost="velocity", **short)  # type: ignore[arg-type]
     assert train(cfg) == 2
     assert "no velocity threshold for robot 'InvertedPendulum'" in capsys.readouterr().err
-    cfg = TrainConfig(env="Hopper-v5", algo="ppo-lag", output_dir=tmp_path / "run", progress=False)
+    cfg = TrainConfig(env="Hopper-v5", algo="ppo-lag", **short)  # type: ignore[arg-type]
     assert train(cfg) == 2
     assert "ppo-lag needs a cost" in capsys.readouterr().err
-    cfg = TrainConfig(env="Hopper-v5", resume=True, output_dir=tmp_path / "run", progress=False)
+    cfg = TrainConfig(env="Hopper-v5", resume=True, **short)  # type: ignore[arg-type]
     assert train(cfg) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing was started

@@ -16,6 +16,7 @@ Conventions that differ, and how each comparison bridges them:
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
@@ -235,3 +236,173 @@ def test_kto_matches_trl(seed: int, desirable_weight: float, undesirable_weight:
     assert float(metrics["kl_ref"]) == pytest.approx(logged["kl"][-1], rel=RTOL)
     assert float(metrics["rewards/chosen"]) == pytest.approx(logged["rewards/chosen"][-1], rel=RTOL)
     assert float(metrics["rewards/rejected"]) == pytest.approx(logged["rewards/rejected"][-1], rel=RTOL)
+
+
+# --- the GRPO family --------------------------------------------------------------------------
+
+
+def bare_grpo(**attributes: Any) -> Any:
+    """A `GRPOTrainer` with only what `_compute_loss` reads: token-level importance sampling,
+    no entropy mask, no off-policy mask, no vLLM, no entropy bonus, one process, no accumulation."""
+    from trl import GRPOTrainer
+
+    trainer = bare(GRPOTrainer, **attributes)
+    trainer.accelerator.autocast = contextlib.nullcontext
+    trainer.accelerator.reduce = lambda x, reduction="sum": x
+    trainer.accelerator.num_processes = 1
+    trainer.accelerator.is_main_process = True
+    defaults = {
+        "top_entropy_quantile": 1.0,
+        "off_policy_mask_threshold": None,
+        "importance_sampling_level": "token",
+        "use_vllm": False,
+        "current_gradient_accumulation_steps": 1,
+        "_entropy_bonus_enabled": False,
+        "args": SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
+    }
+    for name, value in defaults.items():
+        if name not in attributes:
+            object.__setattr__(trainer, name, value)
+    return trainer
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(
+    ("variant", "trl_name", "eps_high", "beta"),
+    [
+        ("grpo", "grpo", 0.2, 0.0),
+        ("grpo", "grpo", 0.2, 0.04),
+        ("dr-grpo", "dr_grpo", 0.2, 0.04),
+        ("dapo", "dapo", 0.28, 0.0),
+        ("dapo", "dapo", 0.28, 0.04),
+    ],
+)
+def test_grpo_losses_match_trl(seed: int, variant: str, trl_name: str, eps_high: float, beta: float) -> None:
+    from alignloop.core.losses import GRPO_LOSSES, LossTotals
+
+    gen = torch.Generator().manual_seed(seed)
+    batch, width, max_length = 12, 6, 8
+    old = rand_logps(gen, batch, width, scale=3.0)  # (B, C) log-probs when sampled
+    current = old + 0.4 * torch.randn(batch, width, generator=gen)  # ratios on both sides of the clip
+    ref = old + 0.3 * torch.randn(batch, width, generator=gen)
+    advantages = torch.randn(batch, generator=gen)  # (B,)
+    lengths = torch.randint(1, width + 1, (batch,), generator=gen)
+    completion_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()  # (B, C)
+    model = TableLM(current)
+    trainer = bare_grpo(
+        model=model,
+        loss_type=trl_name,
+        beta=beta,
+        epsilon_low=0.2,
+        epsilon_high=eps_high,
+        max_completion_length=max_length,
+    )
+    inputs = {
+        "prompt_ids": torch.arange(batch)[:, None].repeat(1, 2),  # the row id in column 0
+        "prompt_mask": torch.ones(batch, 2, dtype=torch.long),
+        "completion_ids": torch.zeros(batch, width, dtype=torch.long),
+        "completion_mask": completion_mask,
+        "advantages": advantages,
+        "old_per_token_logps": old,
+        "ref_per_token_logps": ref,
+        "num_items_in_batch": completion_mask.sum(),
+    }
+    theirs = trainer._compute_loss(model, inputs)
+
+    mask = completion_mask.bool()
+    totals = LossTotals(sequences=batch, tokens=float(mask.sum()), max_length=max_length)
+    ours, metrics = GRPO_LOSSES[variant](
+        current, old, advantages, mask,
+        clip_eps_low=0.2, clip_eps_high=eps_high, ref_logprobs=ref, kl_coef=beta, totals=totals,
+    )  # fmt: skip
+    close(ours, theirs)
+    logged = trainer._metrics["train"]
+    assert float(metrics["clip_ratio/low"]) == pytest.approx(logged["clip_ratio/low_mean"][-1], rel=RTOL)
+    assert float(metrics["clip_ratio/high"]) == pytest.approx(logged["clip_ratio/high_mean"][-1], rel=RTOL)
+    if beta:
+        assert float(metrics["kl_ref"]) == pytest.approx(logged["kl"][-1], rel=RTOL)
+
+
+GROUP, PROMPTS = 4, 3
+
+
+@pytest.fixture(scope="module")
+def trl_scorers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real `GRPOTrainer` (two reward functions, weights 0.5 and 2) and `RLOOTrainer` on the toy
+    model; the reward functions read each completion's score from a table by the row's ``idx``,
+    so the advantages TRL computes are those of known scores."""
+    import warnings
+
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    from alignloop.lm.toyworld import build_policy, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    table: dict[str, torch.Tensor] = {}
+
+    def first(prompts: list, completions: list, idx: list[int], **_: Any) -> list[float]:
+        return [float(table["first"][i]) for i in idx]
+
+    def second(prompts: list, completions: list, idx: list[int], **_: Any) -> list[float]:
+        return [float(table["second"][i]) for i in idx]
+
+    rows = [{"prompt": "how do i cook rice", "idx": i} for i in range(GROUP * PROMPTS)]
+    options = dict(
+        num_generations=GROUP, per_device_train_batch_size=GROUP * PROMPTS, max_completion_length=4, beta=0.0,
+        report_to=[], use_cpu=True, save_strategy="no",
+    )  # fmt: skip
+    out = tmp_path_factory.mktemp("trl")
+    with warnings.catch_warnings():  # TRL's configs use deprecated transformers arguments
+        warnings.simplefilter("ignore")
+        grpo = GRPOTrainer(
+            model=build_policy(tokenizer, seed=0),
+            reward_funcs=[first, second],
+            args=GRPOConfig(output_dir=str(out / "grpo"), reward_weights=[0.5, 2.0], **options),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+        rloo = RLOOTrainer(
+            model=build_policy(tokenizer, seed=0),
+            reward_funcs=[first],
+            args=RLOOConfig(output_dir=str(out / "rloo"), **options),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+    return {"grpo": grpo, "rloo": rloo, "table": table, "rows": rows}
+
+
+def _trl_advantages(
+    scorers: dict[str, Any], name: str, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    first, second = torch.randn(GROUP * PROMPTS, generator=gen), torch.randn(GROUP * PROMPTS, generator=gen)
+    first[:GROUP] = 1.0  # one group of equal scores
+    second[:GROUP] = -2.0
+    scorers["table"].update(first=first, second=second)
+    trainer = scorers[name]
+    trainer.model.train()
+    advantages = trainer._generate_and_score_completions(scorers["rows"])["advantages"]
+    return advantages, first.view(PROMPTS, GROUP), second.view(PROMPTS, GROUP)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("scale_rewards", "scale"), [("group", True), ("none", False)])
+def test_group_advantages_match_trl(
+    trl_scorers: dict[str, Any], seed: int, scale_rewards: str, scale: bool
+) -> None:
+    """GRPO (TRL ``scale_rewards="group"``) and Dr. GRPO (``"none"``) on the weighted sum of two
+    reward functions, TRL's ``reward_weights``."""
+    from alignloop.core.advantages import group_advantages
+
+    trl_scorers["grpo"].scale_rewards = scale_rewards
+    theirs, first, second = _trl_advantages(trl_scorers, "grpo", seed)
+    close(group_advantages(0.5 * first + 2.0 * second, scale=scale).flatten(), theirs)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rloo_advantages_match_trl(trl_scorers: dict[str, Any], seed: int) -> None:
+    from alignloop.core.advantages import rloo_advantages
+
+    theirs, first, _ = _trl_advantages(trl_scorers, "rloo", seed)
+    close(rloo_advantages(first).flatten(), theirs)

@@ -61,7 +61,6 @@ def test_cli_end_to_end_on_the_toy_world(folders, tmp_path):
     assert list(report["policies"]) == ["sft", "aligned"]  # "final" folders take their parent's name
     for row in report["policies"].values():
         assert row["n_prompts"] == 24
-        assert 0 <= row["unsafe_rate"] <= 1 and 0 <= row["true_unsafe_rate"] <= 1
         assert {"reward", "cost", "helpfulness", "mean_win_rate"} <= set(row)
     rates = report["win_rates"]
     assert rates["sft"]["aligned"] + rates["aligned"]["sft"] == pytest.approx(1.0)
@@ -71,9 +70,19 @@ def test_cli_end_to_end_on_the_toy_world(folders, tmp_path):
         assert r["lower"] <= r["rating"] <= r["upper"] and r["games"] == 24
     responses = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
     assert len(responses) == 48 and {"reward", "cost"} <= set(responses[0])
-    # the unsafe rate in the report is the share of costs above 0 in the responses
-    sft_costs = [r["cost"] for r in responses if r["policy"] == "sft"]
-    assert report["policies"]["sft"]["unsafe_rate"] == pytest.approx(sum(c > 0 for c in sft_costs) / 24)
+    # the report's rates are those of the responses: the share of costs above 0, and the toy
+    # world's judges on the risky prompts (helpfulness over all of them)
+    from alignloop.lm.toyworld import ToyWorld
+
+    world = ToyWorld(seed=0)
+    for name, row in report["policies"].items():
+        mine = [r for r in responses if r["policy"] == name]
+        assert row["unsafe_rate"] == pytest.approx(sum(r["cost"] > 0 for r in mine) / 24, abs=1e-12)
+        risky = [r for r in mine if world.prompt(r["prompt"]).risky]
+        unsafe = sum(world.is_unsafe(world.prompt(r["prompt"]), r["response"]) for r in risky)
+        assert risky and row["true_unsafe_rate"] == pytest.approx(unsafe / len(risky), abs=1e-12)
+        helpful = sum(world.helpfulness(world.prompt(r["prompt"]), r["response"]) for r in mine) / 24
+        assert row["helpfulness"] == pytest.approx(helpful, abs=1e-12)
     for png in ("reward_cost.png", "leaderboard.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "| sft |" in (out / "eval.md").read_text() and "| sft |" in proc.stdout

@@ -1,6 +1,7 @@
 """Data parallelism changes nothing but speed, and a resume under it continues exactly.
 
-Every language-model trainer (sft, reward, cost, dpo, aligner, ppo, ppo-lag) runs under
+Every language-model trainer (sft, reward, cost, dpo, aligner, ppo, ppo-lag, and grpo-lag for the
+critic-free family, which shares one loop) runs under
 `torchrun --nproc_per_node=2` (gloo on CPU) with --strategy fsdp and ends where one process on
 the whole batch ends; ddp and fsdp-grad-op are checked for some of them. Under fsdp each
 trainer is also stopped at its checkpoint after 2 of 3 steps and resumed, and must end exactly
@@ -49,7 +50,7 @@ RL = dict(
     toy_prompts=64, rollout_batch_size=8, batch_size=4, max_new_tokens=5, eval_prompts=0, max_steps=3,
     save_every=100, threads=1, progress=False,
 )  # fmt: skip
-ALL = ("sft", "reward", "cost", "dpo", "aligner", "ppo", "ppo-lag")
+ALL = ("sft", "reward", "cost", "dpo", "aligner", "ppo", "ppo-lag", "grpo-lag")
 DDP = ("sft", "reward", "cost", "dpo", "ppo")
 GRAD_OP = ("sft", "ppo-lag")
 KILLED = {"dpo": {"max_steps": 40, "save_every": 2}, "ppo-lag": {"max_steps": 8, "save_every": 2}}
@@ -93,6 +94,12 @@ def options(trainer: str, models: Path, out: Path, **extra) -> dict:
         base = {**RL, "policy": str(models / "policy"), "reward_model": str(models / "reward")}
         if trainer == "ppo-lag":
             base |= {"cost_model": str(models / "cost"), "cost_limit": -1.0}
+    elif (
+        trainer == "grpo-lag"
+    ):  # groups of 4, DAPO's token-level loss, a learning rate that moves the weights
+        base = {**RL, "policy": str(models / "policy"), "reward_model": [str(models / "reward")]}
+        base |= {"cost_model": [str(models / "cost")], "cost_limit": -1.0, "group_size": 4, "batch_size": 16}
+        base |= {"rollout_batch_size": 8, "loss": "dapo", "lr": 1e-3}
     else:
         base = dict(SUPERVISED)
         if trainer == "aligner":

@@ -87,7 +87,9 @@ def test_every_variant_takes_a_step(tmp_path: Path, loss: str):
     records = eval_records(tmp_path)
     assert [r["step"] for r in records] == [0, 2]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
-    assert records[-1]["margin"] != records[0]["margin"]  # the policy moved
+    # two steps on the training pairs already raise the held-out chosen-over-rejected margin
+    # (measured: +0.02 for SimPO and ORPO, whose margin has no reference; +0.5 for the others)
+    assert records[-1]["margin"] > records[0]["margin"] + 0.01, records
     assert (tmp_path / "final" / "config.json").is_file()
     assert (tmp_path / "final" / "tokenizer.json").is_file()
 

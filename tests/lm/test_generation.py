@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from alignloop.lm.generation import filter_logits, generate
@@ -159,35 +163,66 @@ def test_rows_stop_at_eos_and_are_padded_after():
     torch.testing.assert_close(full[out.response_mask], out.logprobs[out.response_mask], rtol=1e-5, atol=1e-5)
 
 
-def test_stops_early_when_every_row_has_ended_and_is_reproducible():
+class EndsAfter(nn.Module):
+    """A stub causal LM whose row i puts all its mass on EOS once it has generated ``ends[i]``
+    tokens, and none on EOS before: every row surely ends, row i after ``ends[i] + 1`` tokens.
+    It counts its forward calls."""
+
+    def __init__(self, prompt_length: int, ends: list[int]):
+        super().__init__()
+        self.prompt_length, self.ends, self.calls = prompt_length, torch.tensor(ends), 0
+
+    def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=False):
+        self.calls += 1
+        generated = attention_mask.shape[1] - self.prompt_length  # (the same for every row)
+        logits = torch.zeros(*input_ids.shape, VOCAB)  # (B, L, V)
+        at_end = generated >= self.ends  # (B,)
+        logits[:, -1] = torch.where(at_end[:, None], float("-inf"), 0.0)
+        logits[:, -1, EOS] = torch.where(at_end, 0.0, float("-inf"))
+        return SimpleNamespace(logits=logits, past_key_values="past" if use_cache else None)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_stops_as_soon_as_every_row_has_ended(use_cache):
+    ids, mask = _prompts(batch=4)
+    ends = [0, 2, 1, 3]  # row i samples ends[i] tokens, then EOS
+    model = EndsAfter(ids.shape[1], ends)
+    out = generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens=10,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        use_cache=use_cache,
+        generator=torch.Generator().manual_seed(0),
+    )
+    # the longest row ends at its 4th token: 4 steps, not 10
+    assert model.calls == 4
+    assert out.responses.shape == (4, 4) and out.logprobs.shape == (4, 4)
+    assert out.response_mask.sum(-1).tolist() == [1, 3, 2, 4]
+    ended = out.responses.gather(1, torch.tensor(ends)[:, None]).squeeze(1)  # (B,) token at each end
+    assert ended.tolist() == [EOS] * 4
+    assert (out.responses[~out.response_mask] == PAD).all() and (out.logprobs[~out.response_mask] == 0).all()
+    # log-probs: 0 (log 1) for each EOS, log(1 / 39) for a token drawn uniformly from the other 39
+    at_eos = out.responses == EOS
+    torch.testing.assert_close(out.logprobs[at_eos], torch.zeros(4), rtol=0, atol=1e-6)
+    drawn = out.logprobs[out.response_mask & ~at_eos]
+    torch.testing.assert_close(drawn, torch.full((6,), -math.log(VOCAB - 1)), rtol=1e-6, atol=1e-6)
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator():
     model = _gpt2()
     ids, mask = _prompts()
-    first = generate(model, ids, mask, max_new_tokens=1, eos_token_id=UNUSED, pad_token_id=PAD, greedy=True)
-    ends = set(first.responses[:, 0].tolist())
-    if len(ends) == 1:  # every row's first greedy token is the same: make it the end token
-        out = generate(
-            model, ids, mask, max_new_tokens=8, eos_token_id=ends.pop(), pad_token_id=PAD, greedy=True
-        )
-        assert out.responses.shape[1] == 1
-    a = generate(
-        model,
-        ids,
-        mask,
-        max_new_tokens=6,
-        eos_token_id=UNUSED,
-        pad_token_id=PAD,
-        generator=torch.Generator().manual_seed(5),
-    )
-    b = generate(
-        model,
-        ids,
-        mask,
-        max_new_tokens=6,
-        eos_token_id=UNUSED,
-        pad_token_id=PAD,
-        generator=torch.Generator().manual_seed(5),
-    )
-    assert torch.equal(a.sequences, b.sequences)
+
+    def sample(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return generate(
+            model, ids, mask, max_new_tokens=6, eos_token_id=UNUSED, pad_token_id=PAD, generator=generator
+        ).sequences
+
+    assert torch.equal(sample(5), sample(5))
+    assert not torch.equal(sample(5), sample(6))
 
 
 def test_rejects_right_padded_prompts():

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from alignloop.core.advantages import kl_shaped_rewards
 from alignloop.errors import UserError
 from alignloop.lm.generation import generate
 from alignloop.lm.models import ScoreModel
@@ -20,7 +21,7 @@ from alignloop.lm.ppo import (
     train_lagrangian,
     train_shaping,
 )
-from alignloop.lm.rollouts import forward_logprobs, forward_values, kl_shaped_rewards
+from alignloop.lm.rollouts import forward_logprobs, forward_values
 from alignloop.lm.toyworld import build_policy, build_tokenizer, tiny_config
 
 

@@ -47,7 +47,7 @@ def test_sft_corpus_is_unsafe_on_at_least_30_percent_of_risky_prompts(world: Toy
     pairs = world.sft_data(2000)
     risky = [s for s in pairs if world.prompt(s.prompt).risky]
     unsafe = sum(world.is_unsafe(s.prompt, s.response) for s in risky) / len(risky)
-    assert 0.3 <= unsafe <= 0.7, unsafe
+    assert 0.4 <= unsafe <= 0.6, unsafe  # about half (0.49 for seed 0)
     # benign answers leave room to improve: mean helpfulness well below 1
     benign = [world.helpfulness(s.prompt, s.response) for s in pairs if not world.prompt(s.prompt).risky]
     assert 0.3 < sum(benign) / len(benign) < 0.5
@@ -63,7 +63,10 @@ def test_prompts_are_seeded_split_and_mixed(world: ToyWorld) -> None:
     assert not {p.text for p in train} & {p.text for p in evals}
     share = sum(p.risky for p in train) / len(train)
     assert 0.25 < share < 0.45
-    assert {p.intent for p in train} >= {"cooking", "travel", "math", "chemistry", "hacking", "weapons"}
+    # eight intents; some prompts of the chemistry, hacking and weapons ones are risky
+    intents = {"cooking", "travel", "math", "garden", "chemistry", "medicine", "hacking", "weapons"}
+    assert {p.intent for p in train} == intents
+    assert {p.intent for p in train if p.risky} == {"chemistry", "hacking", "weapons"}
 
 
 def test_teacher_labels_follow_helpfulness_and_safety(world: ToyWorld) -> None:
@@ -115,7 +118,7 @@ def test_tokenizer_covers_every_word(tokenizer, world: ToyWorld) -> None:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert tokenizer.unk_token_id not in ids
         assert tokenizer.decode(ids) == text
-    assert len(vocabulary()) == len(tokenizer) < 200
+    assert len(vocabulary()) == len(tokenizer) == 151
     assert HARMFUL_WORDS <= set(vocabulary())
 
 

@@ -141,7 +141,12 @@ def test_models_are_refitted_and_relabel_the_rollouts(two_rounds) -> None:
     learn = two_rounds["learn2"]
     assert learn["judged"] == len(two_rounds["judged"]) and learn["judged_newest"] <= PAIRS
     assert math.isnan(two_rounds["learn1"]["reward/accuracy_before_fit"])
-    assert 0 <= learn["reward/accuracy_before_fit"] <= 1
+    # round 1's models scored on round 2's pairs with a preference: a share of those pairs
+    decided = sum(
+        j.round == 2 and j.judgement.answers.get("better") in ("A", "B") for j in two_rounds["judged"]
+    )
+    right = learn["reward/accuracy_before_fit"] * decided
+    assert decided > 0 and right == pytest.approx(round(right), abs=1e-9)
     assert two_rounds["align1"]["align/steps"] == 512 == two_rounds["align2"]["align/steps"]
     actors = [load_policy(run_dir / name)[0] for name in ("policy-0", "round-001/policy", "round-002/policy")]
     for before, after in zip(actors, actors[1:], strict=False):

@@ -74,9 +74,14 @@ def test_one_round_through_the_real_server_with_scripted_annotators(tmp_path: Pa
         j["answers"]["better"] in {"A", "B", "tie"} and j["answers"]["is_safe"][0] is not None for j in stored
     )
     metrics = state["metrics"]["1"]
-    assert metrics["judgements"] == n and 0 <= metrics["unsafe_rate"] <= 1
+    assert metrics["judgements"] == n
+    unsafe = metrics["unsafe_rate"] * metrics["n_risky"]  # a share of the risky held-out prompts
+    assert metrics["n_risky"] > 0 and unsafe == pytest.approx(round(unsafe), abs=1e-9)
+    # the report is the state's figures: round 0 the starting policy, round 1 this one
+    rows = json.loads((cfg.run_dir / "report.json").read_text())["rounds"]
+    assert rows == [{"round": 0.0, **state["setup_metrics"]}, {"round": 1.0, **metrics}]
     report = (cfg.run_dir / "report.md").read_text()
-    assert "| 1 |" in report and (cfg.run_dir / "rounds.png").stat().st_size > 0
+    assert "| 1 |" in report and (cfg.run_dir / "rounds.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def wait_for_phase(

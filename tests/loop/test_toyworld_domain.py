@@ -238,13 +238,11 @@ def two_rounds(tmp_path_factory):
 @pytest.mark.slow
 def test_rounds_give_figures_under_stable_names(two_rounds):
     for metrics in [two_rounds["sft"], *(r["metrics"] for r in two_rounds["rounds"])]:
-        assert 0.0 <= metrics["helpfulness"] <= 1.0 and 0.0 <= metrics["unsafe_rate"] <= 1.0
         assert metrics["n_prompts"] == PRESETS["smoke"]["eval_prompts"]
+        unsafe = metrics["unsafe_rate"] * metrics["n_risky"]  # a share of the risky prompts
+        assert metrics["n_risky"] > 0 and unsafe == pytest.approx(round(unsafe), abs=1e-9)
     for r in two_rounds["rounds"]:
         assert {"reward", "cost"} <= set(r["metrics"])
-        assert (
-            0.0 <= r["learned"]["reward_accuracy"] <= 1.0 and 0.0 <= r["learned"]["cost_sign_accuracy"] <= 1.0
-        )
         assert {"cost_limit", "lambda", "J_c", "flagged_share", "target_share"} <= set(r["aligned"])
         assert r["aligned"]["target_share"] <= r["aligned"]["flagged_share"]
         assert all(isinstance(v, float) for v in {**r["metrics"], **r["learned"], **r["aligned"]}.values())
@@ -325,13 +323,48 @@ def test_calling_a_finished_phase_again_keeps_its_results(two_rounds):
 
 @pytest.mark.slow
 def test_dpo_update_writes_a_policy(two_rounds, tmp_path: Path):
+    import torch
+
     source = two_rounds["run_dir"]
     shutil.copytree(source / "sft", tmp_path / "sft")
     domain = ToyWorldDomain.from_preset("smoke", seed=3, progress=False, policy_update="dpo")
     round_dir = tmp_path / "round-001"
     domain.learn(round_dir, 1, [j for j in two_rounds["judged"] if j.round == 1])
     assert domain.align(round_dir, 1)["dpo_pairs"] > 0
-    assert 0.0 <= domain.evaluate(round_dir, 1)["unsafe_rate"] <= 1.0
+    from safetensors.torch import load_file
+
+    start = load_file(str(source / "sft" / "final" / "model.safetensors"))
+    aligned = load_file(str(round_dir / "policy" / "final" / "model.safetensors"))
+    assert any(not torch.equal(start[name], aligned[name]) for name in start)  # DPO moved the policy
+    assert domain.evaluate(round_dir, 1)["n_prompts"] == PRESETS["smoke"]["eval_prompts"]
+
+
+# ----------------------------------------------------------------- learning: README's headline, scaled down
+LEARNING = dict(
+    sft_steps=120,
+    sft_pairs=2000,
+    reward_steps=30,
+    cost_steps=30,
+    ppo_steps=6,
+    eval_prompts=200,
+    heldout_pairs=100,
+    flag_samples=128,
+)
+"""The demo preset with shorter training (about 35 s of one CPU core): the SFT policy is unsafe on
+about a quarter of the risky prompts, and two rounds of 150 judged pairs more than halve that
+(seed 0: 27% -> 25% -> 10%; seed 1: 38% -> 37% -> 18%)."""
+
+
+@pytest.mark.slow
+def test_two_rounds_of_judgements_lower_the_true_unsafe_rate(tmp_path: Path):
+    """The toy-world loop's claim (README: 46.8% -> 1.7% over the demo's three rounds), on the
+    same phases with less training: the true unsafe rate on risky prompts after round 2 is at
+    most 60% of the SFT policy's."""
+    domain = ToyWorldDomain.from_preset("demo", seed=0, progress=False, **LEARNING)
+    history = simulate(domain, tmp_path, rounds=2, n_pairs=150)
+    before, after = history[0]["unsafe_rate"], history[2]["unsafe_rate"]
+    assert before >= 0.2, f"the SFT policy should be unsafe on many risky prompts, got {before:.3f}"
+    assert after <= 0.6 * before, [round(h["unsafe_rate"], 3) for h in history]
 
 
 if __name__ == "__main__":
