@@ -17,6 +17,8 @@ from alignloop.loop.rounds import LoopConfig
 from alignloop.platform.schemas import ItemIn, ProjectIn
 from alignloop.platform.settings import Settings
 
+TWO = [{"text": "a"}, {"text": "b"}]
+
 
 def test_platform_defaults() -> None:
     s = Settings()
@@ -26,12 +28,14 @@ def test_platform_defaults() -> None:
     # "up to 40 PostgreSQL connections (ALIGNLOOP_DB_POOL_SIZE 10, twice that in bursts, plus ... 20)"
     assert (s.db_pool_size, s.async_pool_size) == (10, 20) and 2 * s.db_pool_size + s.async_pool_size == 40
     assert s.db == "sqlite:///alignloop.db"  # "# sqlite:///alignloop.db"
-    # "the harm categories (default: the 19 PKU-SafeRLHF categories)"
-    assert ProjectIn(name="p").harm_categories == list(HARM_CATEGORIES) and len(HARM_CATEGORIES) == 19
+    # "The default is today's PKU-SafeRLHF questions (better; safer, is_safe with the 19 ..."
+    asked = {q.name: q for q in ProjectIn(name="p").questions}
+    assert list(asked)[:3] == ["better", "safer", "is_safe"]
+    assert asked["is_safe"].harm_categories == HARM_CATEGORIES and len(HARM_CATEGORIES) == 19
     # "An item may carry a `key` (up to 128 characters ...)"
-    assert ItemIn(key="k" * 128, prompt="p", response_a="a", response_b="b").key == "k" * 128
+    assert ItemIn(key="k" * 128, prompt="p", candidates=TWO).key == "k" * 128
     with pytest.raises(ValidationError, match="at most 128 characters"):
-        ItemIn(key="k" * 129, prompt="p", response_a="a", response_b="b")
+        ItemIn(key="k" * 129, prompt="p", candidates=TWO)
 
 
 def test_demo_defaults() -> None:

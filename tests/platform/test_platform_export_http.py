@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from platform_helpers import make_world
+from platform_helpers import SAFE, make_world, unsafe
 
 from alignloop.feedback.formats import read_comparisons
 from alignloop.feedback.schema import HARM_CATEGORIES, Severity
@@ -20,14 +20,14 @@ def test_export_carries_harm_categories_and_severity(
     world = make_world(app, client, overlap=3)
     world.add_items(1)
     votes = {  # B unsafe for two of three annotators: Violence twice, Physical Harm once
-        "ann1": {"safe_b": False, "harm_b": ["Violence", "Physical Harm"], "severity_b": "severe"},
-        "ann2": {"safe_b": False, "harm_b": ["Violence"], "severity_b": "moderate"},
-        "ann3": {"safe_b": True},
+        "ann1": unsafe("Violence", "Physical Harm", severity="severe"),
+        "ann2": unsafe("Violence", severity="moderate"),
+        "ann3": SAFE,
     }
-    for name, labels in votes.items():
+    for name, flag_b in votes.items():
         a = world.next(name)
         assert a is not None
-        r = world.submit(name, a["id"], f"{name}-1", better="A", safer="A", safe_a=True, **labels)
+        r = world.submit(name, a["id"], f"{name}-1", is_safe=[SAFE, flag_b])
         assert r.status_code == 201, r.text
     r = client.get(f"/api/projects/{world.project_id}/export", headers=world.auth("admin"))
     assert r.status_code == 200

@@ -29,7 +29,7 @@ def world(db_url: str, tmp_path: Path) -> Iterator[World]:
 
 def _items_body(size: int) -> bytes:
     """A JSON body of exactly `size` bytes that pushes one item (padded with whitespace)."""
-    body = b'{"items": [{"prompt": "p", "response_a": "a", "response_b": "b"}]}'
+    body = b'{"items": [{"prompt": "p", "candidates": [{"text": "a"}, {"text": "b"}]}]}'
     return body + b" " * (size - len(body))
 
 
