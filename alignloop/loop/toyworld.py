@@ -436,22 +436,11 @@ class ToyWorldDomain:
         if not (out / "final").is_dir():
             status = ppo.train_lagrangian(
                 ppo.PPOLagConfig(
-                    policy=self._policy(round_dir, round),
-                    reward_model=round_dir / "reward" / "final",
                     cost_model=round_dir / "cost" / "final",
                     cost_limit=cost_limit,
-                    toyworld_seed=self.seed,
-                    max_steps=self.ppo_steps,
-                    eval_prompts=0,
-                    eval_every=max(self.ppo_steps, 1),
-                    save_every=max(self.ppo_steps // 4, 1),
-                    rollout_batch_size=self.rollout_batch_size,
-                    batch_size=min(32, self.rollout_batch_size),
-                    max_new_tokens=self.max_new_tokens,
-                    kl_coef=self.kl_coef,
                     lambda_init=self._previous_lambda(round_dir, round),
                     lambda_lr=self.lambda_lr,
-                    **self._trainer_options(round, out),
+                    **self._ppo_options(round_dir, round, out),
                 )
             )
             if status not in (None, 0):
@@ -579,6 +568,24 @@ class ToyWorldDomain:
         limit = cost_limit_from_labels(cost_model, tokenizer, labelled, target)
         return {"cost_limit": limit, "flagged": flagged, "target": target}
 
+    def _ppo_options(self, round_dir: Path, round: int, out: Path) -> dict[str, Any]:
+        """The options PPO and PPO-Lagrangian share: the round's policy and reward model, the
+        domain's sizes, the run stack's options."""
+        return {
+            "policy": self._policy(round_dir, round),
+            "reward_model": round_dir / "reward" / "final",
+            "toyworld_seed": self.seed,
+            "max_steps": self.ppo_steps,
+            "eval_prompts": 0,
+            "eval_every": max(self.ppo_steps, 1),
+            "save_every": max(self.ppo_steps // 4, 1),
+            "rollout_batch_size": self.rollout_batch_size,
+            "batch_size": min(32, self.rollout_batch_size),
+            "max_new_tokens": self.max_new_tokens,
+            "kl_coef": self.kl_coef,
+            **self._trainer_options(round, out),
+        }
+
     def _align_ppo(self, round_dir: Path, round: int) -> dict[str, float]:
         """PPO on the reward model alone (a project that asks nothing about safety)."""
         from alignloop.lm import ppo
@@ -586,22 +593,7 @@ class ToyWorldDomain:
 
         out = round_dir / "policy"
         if not (out / "final").is_dir():
-            status = ppo.train(
-                ppo.PPOConfig(
-                    policy=self._policy(round_dir, round),
-                    reward_model=round_dir / "reward" / "final",
-                    toyworld_seed=self.seed,
-                    max_steps=self.ppo_steps,
-                    eval_prompts=0,
-                    eval_every=max(self.ppo_steps, 1),
-                    save_every=max(self.ppo_steps // 4, 1),
-                    rollout_batch_size=self.rollout_batch_size,
-                    batch_size=min(32, self.rollout_batch_size),
-                    max_new_tokens=self.max_new_tokens,
-                    kl_coef=self.kl_coef,
-                    **self._trainer_options(round, out),
-                )
-            )
+            status = ppo.train(ppo.PPOConfig(**self._ppo_options(round_dir, round, out)))
             if status not in (None, 0):
                 raise RuntimeError(f"round {round}: PPO failed with exit code {status}")
         last = list(read_metrics(out, split="train"))[-1]
