@@ -8,6 +8,10 @@ writes the same frames as one PNG grid, which the labelling page plays on a canv
 annotator pause and step (to mark the frame where a clip becomes unsafe). Rendering does not
 step the physics: the same states always give the same bytes.
 
+An env whose scene is more than its qpos defines ``get_state()`` and ``state_size`` (the
+navigation tasks: their qpos is followed by the layout of the objects that have no joints);
+`segment_states` then records that state, so a clip shows the episode's own hazards and goal.
+
     qpos, qvel = zip(*(segment_states(env) for _ in steps))   # while rolling out
     render_clip("SafeHalfCheetahVelocity-v5", np.stack(qpos), np.stack(qvel), Path("r1-0003-a.gif"))
 
@@ -39,9 +43,21 @@ class ClipError(ValueError):
 
 
 def segment_states(env: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Copies of the current (qpos, qvel) of a MuJoCo env (any wrapper around one)."""
-    data = env.unwrapped.data
-    return np.array(data.qpos, dtype=np.float64), np.array(data.qvel, dtype=np.float64)
+    """Copies of the current (qpos, qvel) of a MuJoCo env (any wrapper around one); for an env
+    with ``get_state`` (the navigation tasks), the state it returns."""
+    base = env.unwrapped
+    if hasattr(base, "get_state"):
+        qpos, qvel = base.get_state()
+        return np.array(qpos, dtype=np.float64), np.array(qvel, dtype=np.float64)
+    return np.array(base.data.qpos, dtype=np.float64), np.array(base.data.qvel, dtype=np.float64)
+
+
+def _state_size(env: Any) -> tuple[int, int]:
+    """Sizes of the (qpos, qvel) that `segment_states` records for this env."""
+    base = env.unwrapped
+    if hasattr(base, "state_size"):
+        return tuple(base.state_size)  # type: ignore[return-value]
+    return int(base.model.nq), int(base.model.nv)
 
 
 def _env(env_id: str, width: int, height: int) -> Any:
@@ -96,10 +112,12 @@ def _plain_scene(env: Any) -> None:
         viewer.scn.flags[flag] = 0
 
 
-def _check_shapes(env_id: str, model: Any, qpos: np.ndarray, qvel: np.ndarray) -> None:
-    nq, nv = int(model.nq), int(model.nv)
+def _check_shapes(env_id: str, sizes: tuple[int, int], qpos: np.ndarray, qvel: np.ndarray) -> None:
+    nq, nv = sizes
     if qpos.ndim != 2 or qpos.shape[1] != nq:
-        raise ClipError(f"qpos: {env_id} needs shape (T, {nq}), got {qpos.shape}")
+        raise ClipError(
+            f"qpos: {env_id} needs shape (T, {nq}), got {qpos.shape} (record states with segment_states(env))"
+        )
     if qvel.ndim != 2 or qvel.shape[1] != nv:
         raise ClipError(f"qvel: {env_id} needs shape (T, {nv}), got {qvel.shape}")
     if len(qpos) != len(qvel):
@@ -129,7 +147,7 @@ def _frames(
 
     qpos, qvel = np.asarray(qpos, dtype=np.float64), np.asarray(qvel, dtype=np.float64)
     env = _env(env_id, width, height)
-    _check_shapes(env_id, env.unwrapped.model, qpos, qvel)
+    _check_shapes(env_id, _state_size(env), qpos, qvel)
     frames = []
     for qpos_t, qvel_t in zip(qpos, qvel, strict=True):
         env.unwrapped.set_state(qpos_t, qvel_t)

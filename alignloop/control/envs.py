@@ -12,7 +12,10 @@ Task ids:
 - ``"Safe{Robot}Velocity-v5"`` (e.g. ``"SafeHalfCheetahVelocity-v5"``), the v5 robot with the
   velocity cost (Safety-Gymnasium calls the same tasks ``Safety{Robot}Velocity-v1``);
 - ``"alignloop/Slider-v0"`` / ``"SafeSliderVelocity-v0"``: a cheap velocity task for tests (see
-  `SliderEnv`).
+  `SliderEnv`);
+- ``"Safety{Robot}{Task}{Level}-v0"`` (e.g. ``"SafetyPointGoal1-v0"``): Safety-Gymnasium's
+  navigation tasks (`alignloop.control.nav`), which carry their own cost (resolved as
+  ``"navigation"``; no wrapper is added).
 
 Vector envs reset finished episodes within the same step (``AutoresetMode.SAME_STEP``): the
 observation returned is the first of the next episode and ``info["final_obs"]`` holds the last
@@ -31,11 +34,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
+from alignloop.control.nav import NAV_IDS, nav_id_pattern
+
 __all__ = [
     "COSTS",
     "VELOCITY_THRESHOLDS",
     "EnvSpecError",
     "KeepInfo",
+    "NAVIGATION_COST",
     "ObsNormalizer",
     "ReturnScaler",
     "SliderEnv",
@@ -64,6 +70,8 @@ SLIDER_THRESHOLD = 0.5
 _PLANAR_ROBOTS = frozenset({"Ant", "Humanoid", "Swimmer"})
 COSTS = ("velocity",)
 """Cost wrappers `make_env` can add."""
+NAVIGATION_COST = "navigation"
+"""The cost the navigation tasks compute themselves (hazards entered, objects touched)."""
 
 _SAFE_ID = re.compile(r"^Safe(?P<robot>\w+?)Velocity-v(?P<version>\d+)$")
 
@@ -166,8 +174,20 @@ def resolve_env(env_id: str, cost: str | None = None) -> tuple[str, str | None, 
     """Check a task id and cost; return ``(gymnasium id, cost, velocity threshold)``.
 
     Raises EnvSpecError, naming close matches, for an unknown id, and listing the robots that
-    have one for a velocity cost on a robot without a threshold. Nothing is built.
+    have one for a velocity cost on a robot without a threshold. A navigation task resolves to
+    its own id and the cost ``"navigation"``; another cost on it is refused. Nothing is built.
     """
+    if env_id in NAV_IDS:
+        if cost not in (None, NAVIGATION_COST):
+            raise EnvSpecError(
+                f"env {env_id!r} computes its own cost (hazards, vases, buttons, ...); drop --cost {cost}"
+            )
+        return env_id, NAVIGATION_COST, None
+    if cost == NAVIGATION_COST:
+        raise EnvSpecError(
+            f"cost {cost!r} belongs to the navigation tasks ({nav_id_pattern()}), not to {env_id!r}; "
+            f"choose from {', '.join(COSTS)} or none"
+        )
     if cost is not None and cost not in COSTS:
         raise EnvSpecError(f"cost {cost!r} is unknown; choose from {', '.join(COSTS)} or none")
     match = _SAFE_ID.match(env_id)
@@ -181,7 +201,9 @@ def resolve_env(env_id: str, cost: str | None = None) -> tuple[str, str | None, 
         known = sorted(set(gym.registry) | set(_safe_ids()))
         close = difflib.get_close_matches(env_id, known, n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see gymnasium.pprint_registry()"
-        raise EnvSpecError(f"unknown env id {env_id!r}{hint} (safe tasks: {', '.join(_safe_ids())})")
+        raise EnvSpecError(
+            f"unknown env id {env_id!r}{hint} (safe tasks: {', '.join(_safe_ids())}, {nav_id_pattern()})"
+        )
     if cost is None:
         return base, None, None
     robot = _robot(base)
@@ -202,7 +224,8 @@ def make_env(
     max_episode_steps: int | None = None,
     **kwargs: Any,
 ) -> gym.Env:
-    """Build one task, with its cost wrapper when ``cost`` is set or the id is a Safe id."""
+    """Build one task, with its cost wrapper when ``cost`` is set or the id is a Safe id (the
+    navigation tasks need none: they put ``info["cost"]`` themselves)."""
     base, cost, threshold = resolve_env(env_id, cost)
     env = gym.make(base, render_mode=render_mode, max_episode_steps=max_episode_steps, **kwargs)
     if cost == "velocity":

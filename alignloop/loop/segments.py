@@ -13,6 +13,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from alignloop.control.clips import segment_states
+
 __all__ = ["append_new_lines", "cut_segments", "record_episodes"]
 
 
@@ -22,18 +24,21 @@ def record_episodes(
     """Run whole episodes (reset seeds ``seed, seed + 1, ...``) and concatenate their steps:
     obs (T, D) as the env returned them, actions (T, A) as the policy drew them (unclipped, as
     PPO stores them), rewards and costs (T,), qpos (T, nq) and qvel (T, nv) the simulator state
-    in which each action was taken ((T, 0) for a task without MuJoCo), episode (T,) index."""
+    in which each action was taken, as `segment_states` records it (a navigation task's qpos is
+    followed by its layout, so a clip shows the episode's own hazards and goal; (T, 0) for a
+    task without MuJoCo), episode (T,) index."""
     box = isinstance(env.action_space, gym.spaces.Box)
     rows: dict[str, list[Any]] = {
         k: [] for k in ("obs", "actions", "rewards", "costs", "qpos", "qvel", "episode")
     }
-    data = getattr(env.unwrapped, "data", None)
+    mujoco = hasattr(env.unwrapped, "data")
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         done = False
         while not done:
-            rows["qpos"].append(np.array(data.qpos) if data is not None else np.zeros(0))
-            rows["qvel"].append(np.array(data.qvel) if data is not None else np.zeros(0))
+            qpos, qvel = segment_states(env) if mujoco else (np.zeros(0), np.zeros(0))
+            rows["qpos"].append(qpos)
+            rows["qvel"].append(qvel)
             with torch.inference_mode():
                 obs_t = torch.from_numpy(normalize(obs))
                 action = (actor.mode(obs_t) if deterministic else actor.sample(obs_t)[0]).numpy()[0]
