@@ -3,19 +3,29 @@
 Every leaf command is a frozen dataclass (its options, parsed by tyro) and a function that
 takes it. Both are named as "module:attribute" strings and imported only when that command
 runs, so `alignloop serve` never imports torch and `--help` stays quick.
+
+A user's mistake (`alignloop.errors.UserError`, raised where the mistake is found) is printed
+as one line and the command exits with code 2; `--debug` before the command (or
+`ALIGNLOOP_DEBUG=1`) lets its traceback through instead. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Union
 
 from alignloop import __version__
-from alignloop.config import ConfigError, parse
+from alignloop.config import parse
 from alignloop.errors import EXIT_USER_ERROR, UserError
+
+DEBUG_ENV = "ALIGNLOOP_DEBUG"
+"""Set to 1 (or pass --debug before the command) to see the traceback behind a user error."""
+EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,7 @@ def _usage(prog: str, help_text: str, tree: Tree) -> str:
             "options:",
             "  -h, --help  show this help and exit",
             "  --version   print the version and exit",
+            f"  --debug     show the traceback behind an error message (or set {DEBUG_ENV}=1)",
             "",
         ]
     lines.append("commands:")
@@ -193,8 +204,34 @@ def _usage(prog: str, help_text: str, tree: Tree) -> str:
     return "\n".join(lines)
 
 
+QUIET_LIBRARIES = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+"""alignloop draws its own progress; the bars transformers, huggingface_hub and datasets draw for
+every model loaded or saved ("Loading weights", "Writing model shards") would break into it.
+Set either variable to 0 to see them."""
+
+
+def quiet_libraries() -> None:
+    """Turn the libraries' own progress bars off for this process and its children, before
+    they are imported (or, where they already are, through their switches)."""
+    for name, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(name, value)
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] != "0" and "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] != "0" and "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+
+
+def debugging() -> bool:
+    """Whether tracebacks of user errors are wanted (`ALIGNLOOP_DEBUG` set to anything but 0)."""
+    return os.environ.get(DEBUG_ENV, "0").strip().lower() not in ("", "0", "false", "no")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = debugging()
+    while args[:1] == ["--debug"]:
+        debug = True
+        args.pop(0)
     if args[:1] == ["--version"]:
         print(f"alignloop {__version__}")
         return 0
@@ -219,16 +256,20 @@ def main(argv: list[str] | None = None) -> int:
     if not available(node):
         print(f"{prog}: this command is not part of this version of alignloop", file=sys.stderr)
         return 2
+    quiet_libraries()
     try:
         config = parse(_load(node.config), args, prog=prog, description=node.help)
-    except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    try:
         result = _load(node.run)(config)
     except UserError as exc:
+        if debug:
+            raise
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return int(result or 0)
 
 

@@ -1,12 +1,18 @@
 """Typed configs: frozen dataclasses parsed by tyro, optionally pre-filled from YAML.
 
 A command's dataclass is the single source of its options; its field docstrings are the
-`--help`. `--config FILE.yaml` fills fields before the command line overrides them.
+`--help`. `--config FILE.yaml` fills fields before the command line overrides them. A YAML key
+may be spelled as the flag (`max-steps: 100`) or as the field (`max_steps: 100`); a nested
+group's options go under its name (`ppo: {cost-limit: 25}`) or in one dotted key
+(`ppo.cost-limit: 25`). PyYAML reads `1e-4` (no decimal point) as text, so a number field takes
+text that reads as a number. An unknown key is refused with the closest option named.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import types
 import typing
 from pathlib import Path
@@ -74,6 +80,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a path, got {type(value).__name__}")
         return Path(value)
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no point) as text
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -92,16 +103,62 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _renamed(hints: dict[str, Any]) -> dict[str, str]:
+    """Fields whose flag tyro names otherwise (``tyro.conf.arg(name="output-dir")``): flag -> field."""
+    out = {}
+    for name, tp in hints.items():
+        for meta in get_args(tp)[1:] if get_origin(tp) is typing.Annotated else ():
+            flag = getattr(meta, "name", None)
+            if isinstance(flag, str):
+                out[flag.replace("-", "_")] = name
+    return out
+
+
+def _by_field(
+    data: dict[Any, Any], names: set[str], where: str, renamed: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`data` keyed by field name: `max-steps` and `max_steps` both mean `max_steps`, a field's
+    own flag name (`renamed`) means it too, and a dotted key (`ppo.cost-limit`) goes into its
+    group. Unknown keys are refused, with the closest option."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        head, dot, rest = str(key).partition(".")
+        name = head.replace("-", "_")
+        name = (renamed or {}).get(name, name)
+        if name not in names:
+            match = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {_flag(match[0])}?" if match else ""
+            allowed = ", ".join(sorted(_flag(n) for n in names))
+            raise ConfigError(f"{where}: unknown option {key!r}{hint} (the options: {allowed})")
+        if dot:
+            value = {rest: value}
+            if isinstance(out.get(name), dict):
+                value = {**out[name], **value}
+        elif name in out and not (isinstance(out[name], dict) and isinstance(value, dict)):
+            raise ConfigError(f"{where}: option {_flag(name)} is given twice")
+        elif isinstance(out.get(name), dict):
+            value = {**out[name], **value}
+        out[name] = value
+    return out
+
+
 def from_mapping(cls: type[T], data: dict[str, Any], where: str = "config", base: T | None = None) -> T:
     """Build `cls` from a mapping, checking every key and value; unknown keys are errors."""
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}"
-        )
-    base = base if base is not None else cls()  # type: ignore[call-arg]
+    data = _by_field(data, set(fields), where, _renamed(hints))
+    if base is None:  # fields without a default stay required (tyro asks for them on the command line)
+        import tyro
+
+        base = cls(**{name: tyro.MISSING for name, f in fields.items() if _required(f)})
     values = {}
     for key, value in data.items():
         current = getattr(base, key)
@@ -128,6 +185,25 @@ def load_yaml(cls: type[T], path: Path) -> T:
     return from_mapping(cls, data, str(path))
 
 
+CONFIG_HELP = (
+    "YAML file of options to start from; the options given here win. Keys as the options are "
+    "named (max-steps: 100, or max_steps), a group's under its name (ppo: {cost-limit: 25}) or "
+    "dotted (ppo.cost-limit: 25)."
+)
+
+
+@functools.cache
+def _with_config_option(cls: type) -> type:
+    """`cls` plus a `--config` field, only so that `--help` lists it with the other options
+    (`parse` reads `--config` itself, before tyro sees the rest)."""
+    import tyro
+
+    option = typing.Annotated[Path | None, tyro.conf.arg(help=CONFIG_HELP, metavar="FILE.yaml")]
+    return dataclasses.make_dataclass(
+        cls.__name__, [("config", option, dataclasses.field(default=None))], bases=(cls,), frozen=True
+    )
+
+
 def parse(cls: type[T], args: list[str], prog: str, description: str | None = None) -> T:
     """Parse `args` into `cls` with tyro; `--config FILE.yaml` pre-fills the defaults."""
     import tyro
@@ -136,6 +212,7 @@ def parse(cls: type[T], args: list[str], prog: str, description: str | None = No
     if upgrade is not None:
         args = upgrade(list(args), prog)
     default: T | None = None
+    config: Path | None = None
     rest: list[str] = []
     i = 0
     while i < len(args):
@@ -149,10 +226,18 @@ def parse(cls: type[T], args: list[str], prog: str, description: str | None = No
             else:
                 value = arg.split("=", 1)[1]
                 i += 1
-            default = load_yaml(cls, Path(value))
+            config = Path(value)
+            default = load_yaml(cls, config)
             continue
         rest.append(arg)
         i += 1
+    if "-h" in rest or "--help" in rest:
+        shown: Any = _with_config_option(cls)  # type: ignore[arg-type]
+        base = None
+        if default is not None:
+            values = {f.name: getattr(default, f.name) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+            base = shown(**values, config=config)
+        tyro.cli(shown, args=rest, prog=prog, default=base, description=description)
     if default is None:
         return tyro.cli(cls, args=rest, prog=prog, description=description)
     return tyro.cli(cls, args=rest, prog=prog, default=default, description=description)

@@ -93,6 +93,8 @@ def test_help_on_every_level(path: tuple[str, ...], helps: dict[str, dict]) -> N
     shown = helps[" ".join(path)]
     assert shown["code"] == 0
     assert shown["help"].lower().startswith(f"usage: alignloop {' '.join(path)}")
+    if isinstance(node, Command):  # every command can start from a YAML file, and says so
+        assert "--config FILE.yaml" in shown["help"] and "YAML file of options" in shown["help"]
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from pathlib import Path
 import alignloop
 
 ROOT = Path(alignloop.__file__).parent
-SHARED = {"errors", "config"}
+SHARED = {"errors", "config", "checks"}
 """Top-level modules every layer may import (they import nothing of ours but `errors`)."""
 ARROWS = {
     "core": set(),

@@ -64,7 +64,7 @@ def _env(env_id: str, width: int, height: int) -> Any:
     """The process's offscreen rgb_array env for the task (alignloop's Safe* ids name their robot)."""
     import gymnasium as gym
 
-    from alignloop.control.envs import EnvSpecError, resolve_env
+    from alignloop.control.envs import EnvSpecError, quiet_mujoco_warnings, resolve_env
 
     try:
         base_id, _, _ = resolve_env(env_id)
@@ -73,6 +73,7 @@ def _env(env_id: str, width: int, height: int) -> Any:
     cached = (base_id, width, height)
     if cached not in _ENVS:
         os.environ.setdefault("MUJOCO_GL", "egl")
+        quiet_mujoco_warnings()
         try:
             env = gym.make(base_id, render_mode="rgb_array", width=width, height=height)
         except TypeError as exc:  # a task without MuJoCo's width/height options

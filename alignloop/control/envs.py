@@ -25,6 +25,7 @@ one, which PPO needs to bootstrap the value of a time-limit truncation.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -35,6 +36,9 @@ import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
 from alignloop.control.nav import NAV_IDS, nav_id_pattern
+from alignloop.errors import UserError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "COSTS",
@@ -76,7 +80,7 @@ NAVIGATION_COST = "navigation"
 _SAFE_ID = re.compile(r"^Safe(?P<robot>\w+?)Velocity-v(?P<version>\d+)$")
 
 
-class EnvSpecError(ValueError):
+class EnvSpecError(UserError, ValueError):
     """A task id or cost that cannot be built; the message lists what can."""
 
 
@@ -216,6 +220,26 @@ def resolve_env(env_id: str, cost: str | None = None) -> tuple[str, str | None, 
     return base, cost, thresholds[robot]
 
 
+def quiet_mujoco_warnings() -> None:
+    """Say each MuJoCo warning once, through `logging`: MuJoCo prints a model's compiler warnings
+    (HalfCheetah's deprecated `settotalmass`) every time the model is loaded, once per env built,
+    into the middle of the progress display, and writes them to MUJOCO_LOG.TXT. A handler the
+    program set itself is kept."""
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_warn_once)
+
+
+_said: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        log.warning("MuJoCo: %s", message)
+
+
 def make_env(
     env_id: str,
     cost: str | None = None,
@@ -227,6 +251,7 @@ def make_env(
     """Build one task, with its cost wrapper when ``cost`` is set or the id is a Safe id (the
     navigation tasks need none: they put ``info["cost"]`` themselves)."""
     base, cost, threshold = resolve_env(env_id, cost)
+    quiet_mujoco_warnings()
     env = gym.make(base, render_mode=render_mode, max_episode_steps=max_episode_steps, **kwargs)
     if cost == "velocity":
         assert threshold is not None

@@ -17,6 +17,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import tyro
 
+from alignloop.checks import output_dir
+from alignloop.errors import UserError
+
 __all__ = ["EvalConfig", "evaluate_policy", "load_policy", "run"]
 
 
@@ -111,12 +114,14 @@ def run(cfg: EvalConfig) -> int:
     """`alignloop control eval`: prints and writes RUN_DIR/eval.json, renders the video."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     if cfg.episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}")
+        raise UserError(f"--episodes must be >= 1, got {cfg.episodes}")
     if cfg.video == "mp4":
         try:
             import imageio_ffmpeg  # noqa: F401
         except ImportError as exc:
-            raise ValueError("--video mp4 needs the imageio-ffmpeg package; use --video gif") from exc
+            raise UserError("--video mp4 needs the imageio-ffmpeg package; use --video gif") from exc
+    if cfg.run_dir.is_dir():
+        output_dir(cfg.run_dir, "RUN_DIR")  # eval.json and the video are written there
     render_steps = 0 if cfg.video == "none" else cfg.video_steps
     returns, costs, frames = evaluate_policy(
         cfg.run_dir, cfg.episodes, cfg.seed, deterministic=cfg.deterministic, render_steps=render_steps

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignloop.checks import output_dir
 from alignloop.control.nets import CostModel, StepModel
 from alignloop.control.ppo import (
     PPOSettings,
@@ -64,6 +65,7 @@ from alignloop.feedback.pairs import preference, safety_order, step_labels
 from alignloop.feedback.teachers import NO_MARK, SegmentTeacher, TeacherNoise, answer_letter
 from alignloop.runstack.checkpoint import to_numpy, to_plain
 from alignloop.runstack.layout import RunLayout
+from alignloop.runstack.metrics import check_report_to
 from alignloop.runstack.options import RunOptions, upgrade_args
 
 
@@ -619,6 +621,8 @@ def train(cfg: PbrlConfig) -> int:
     except ValueError as exc:
         print(f"alignloop control pbrl: {exc}", file=sys.stderr)
         return 2
+    output_dir(run_dir, "--output-dir")
+    check_report_to(cfg.report_to)
     probe = make_env(cfg.env, cost)
     obs_dim = int(np.prod(probe.observation_space.shape))  # type: ignore[arg-type]
     space = probe.action_space
@@ -671,6 +675,7 @@ def train(cfg: PbrlConfig) -> int:
         progress=cfg.progress,
         command="control pbrl",
         config=cfg,
+        report_to=cfg.report_to,
     )
     final = RunLayout(run_dir).final
     final.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ import json
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from alignloop.checks import output_dir
 from alignloop.control.envs import ReturnScaler, make_vec_env, resolve_env
 from alignloop.control.rollouts import (
     Agent,
@@ -58,6 +59,7 @@ from alignloop.core.lagrange import LagrangeMultiplier, mean_recent_cost
 from alignloop.core.losses import ppo_policy_loss, value_loss
 from alignloop.errors import UserError
 from alignloop.runstack.checkpoint import Checkpointer, NumpyState, Stateful
+from alignloop.runstack.metrics import check_report_to
 from alignloop.runstack.options import RunOptions, upgrade_args
 from alignloop.runstack.run import Run, check_schedule
 
@@ -264,12 +266,13 @@ def train_policy(
     progress: bool = True,
     command: str = "control train",
     config: Any = None,
+    report_to: Sequence[str] = ("tensorboard",),
 ) -> dict[str, float]:
     """Train a policy with PPO (``lagrangian=False``) or PPO-Lagrangian for ``total_steps``
         environment steps; returns the last iteration's statistics. The run folder is the run
         stack's: ``run.json`` (`config`, by default these arguments), ``metrics.jsonl``, ``tb/`` and
         ``checkpoints/`` every ``save_every`` iterations (the envs are re-seeded there; 0: at the end
-        only). `relabel_stats` gives further statistics (``"split/name": value``) to log each
+        only; metrics also to the sinks of `report_to`). `relabel_stats` gives further statistics (``"split/name": value``) to log each
     iteration; `extra_states` are further objects (a ``relabel`` hook's models) checkpointed and resumed
     with the policy.
 
@@ -358,7 +361,11 @@ def train_policy(
         run.checkpointer.save(iteration, models, optimizers, extra=extra, states=states)
 
     logger = run.logger(
-        total_steps=iterations, description=f"{algo} {env_id}", resume_step=start, progress=progress
+        total_steps=iterations,
+        description=f"{algo} {env_id}",
+        resume_step=start,
+        progress=progress,
+        report_to=report_to,
     )
     stats: dict[str, float] = {}
     t0, steps0 = time.perf_counter(), global_step
@@ -492,6 +499,8 @@ def train(cfg: TrainConfig) -> int:
     except ValueError as exc:
         print(f"alignloop control train: {exc}", file=sys.stderr)
         return 2
+    output_dir(run_dir, "--output-dir")
+    check_report_to(cfg.report_to)
     stats = train_policy(
         run_dir,
         cfg.env,
@@ -505,6 +514,7 @@ def train(cfg: TrainConfig) -> int:
         resume=cfg.resume,
         progress=cfg.progress,
         config=cfg,
+        report_to=cfg.report_to,
     )
     shown = {
         k: round(v, 3) for k, v in stats.items() if k.startswith(("episode/", "time/")) or k == "train/lambda"

@@ -33,12 +33,13 @@ from typing import Annotated, Any
 
 import tyro
 
+from alignloop.checks import output_dir
+from alignloop.errors import UserError
 from alignloop.eval import metrics
+from alignloop.lm.folders import model_folder
 
-SCORE_HEAD_CONFIG = "score_head.json"  # the file that marks a score-model folder (alignloop.lm.models)
 
-
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """An option or input that the evaluation cannot use; the message names it."""
 
 
@@ -103,22 +104,9 @@ def parse_policies(specs: tuple[str, ...]) -> dict[str, Path]:
             raise EvalError(f"policies: {spec!r} has an empty name (use NAME=PATH)")
         if name in out:
             raise EvalError(f"policies: two policies are named {name!r}; name them with NAME=PATH")
-        check_model_folder(path, f"policy {name!r}")
+        model_folder(path, f"policy {name!r}", "causal-lm")
         out[name] = path
     return out
-
-
-def check_model_folder(path: Path, what: str, score_model: bool = False) -> None:
-    """Raise `EvalError` naming `what` and `path` unless it is a model folder."""
-    if not path.is_dir():
-        raise EvalError(f"{what}: {path}: no such model folder")
-    if not (path / "config.json").is_file():
-        raise EvalError(f"{what}: {path}: not a Hugging Face model folder (no config.json)")
-    if score_model and not (path / SCORE_HEAD_CONFIG).is_file():
-        raise EvalError(
-            f"{what}: {path}: not a score-model folder (no {SCORE_HEAD_CONFIG}); "
-            "train one with `alignloop train reward` or `alignloop train cost`"
-        )
 
 
 def load_prompts(cfg: EvalConfig) -> tuple[list[str], list[Any]]:
@@ -278,7 +266,7 @@ def score_folder(
     """Scores of every policy's responses by the score model in `folder`: {policy: (N,) floats}."""
     from alignloop.lm.models import ScoreModel, load_tokenizer
 
-    check_model_folder(folder, what, score_model=True)
+    model_folder(folder, what, "score")
     tokenizer, model = load_tokenizer(folder), ScoreModel.from_pretrained(folder).to(device)
     model.eval()
     return {
@@ -399,11 +387,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     check_options(cfg)
     device = resolve_device(cfg.device)
     policies = parse_policies(cfg.policies)
-    for folder, what in ((cfg.reward_model, "reward_model"), (cfg.cost_model, "cost_model")):
+    for folder, what in ((cfg.reward_model, "--reward-model"), (cfg.cost_model, "--cost-model")):
         if folder is not None:
-            check_model_folder(folder, what, score_model=True)
+            model_folder(folder, what, "score")
     if cfg.aligner is not None:
-        check_model_folder(cfg.aligner, "aligner")
+        model_folder(cfg.aligner, "--aligner", "causal-lm")
+    output_dir(cfg.output_dir, "--output-dir")
     prompts, toy = load_prompts(cfg)
 
     responses: dict[str, list[str]] = {}
@@ -515,11 +504,9 @@ def write_outputs(
 
 def run(cfg: EvalConfig) -> int:
     """Exit 0 with the report written, 2 when an input or option cannot be used."""
-    from alignloop.feedback.formats import FormatError
-
     try:
         report = evaluate(cfg)
-    except (EvalError, FormatError) as exc:
+    except UserError as exc:
         print(f"alignloop eval: error: {exc}", file=sys.stderr)
         return 2
     print(markdown_report(report))

@@ -12,6 +12,7 @@ from typing import Annotated, Literal, get_args
 
 import tyro
 
+from alignloop.checks import output_dir
 from alignloop.feedback.formats import (
     FORMATS,
     FormatError,
@@ -40,7 +41,7 @@ class ValidateConfig:
     """Check a feedback file and report each bad row by file, line (or row index) and field."""
 
     file: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="FILE")]]
-    """The file to check: .jsonl, .json (a list), .parquet, or a folder saved by `datasets`."""
+    """The file to check: .jsonl, .json (a list), .csv, .parquet, or a folder saved by `datasets`."""
     format: InputFormat = "auto"
     """The file's format; `auto` tells it from the fields of the first row."""
     max_errors: int = 20
@@ -52,9 +53,9 @@ class ConvertConfig:
     """Convert a feedback file to another format or container (the output's suffix picks it)."""
 
     input: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="IN")]]
-    """The file to read: .jsonl, .json, .parquet, or a folder saved by `datasets`."""
+    """The file to read: .jsonl, .json, .csv, .parquet, or a folder saved by `datasets`."""
     output: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="OUT")]]
-    """Where to write: .jsonl, .json, .parquet, or a path without suffix for a `datasets` folder."""
+    """Where to write: .jsonl, .json, .csv, .parquet, or a path without suffix for a `datasets` folder."""
     to: OutputFormat
     """The format to write."""
     format: InputFormat = "auto"
@@ -157,6 +158,7 @@ def convert(cfg: ConvertConfig) -> int:
     if cfg.output.exists() and not cfg.overwrite:
         _error(f"{cfg.output}: already exists; pass --overwrite to replace it")
         return 1
+    output_dir(cfg.output.parent, "OUT", create=False)
     try:
         container_of(cfg.output, for_writing=True)
         with _row_progress(cfg.input) as progress:

@@ -2,9 +2,18 @@
 supervised pairs, corrections.
 
 A *format* says which fields a row has; a *container* says how rows are stored (JSONL, a JSON
-list, Parquet, or a `datasets` folder written by `save_to_disk`). Any format goes in any
+list, CSV, Parquet, or a `datasets` folder written by `save_to_disk`). Any format goes in any
 container. Rows become the records of `schema` (`Comparison`, `PromptRecord`, `SupervisedPair`,
 `Correction`) or `judged.JudgedItem`.
+
+Rows in TRL's conversational form, lists of `{"role", "content"}` messages, are read as text
+first (`from_conversational`), so every format may come that way: `prompt` (prompt-only),
+`prompt` + `completion` (read as supervised), `messages` (the last assistant message is the
+response), `prompt` + `chosen` + `rejected` (preference), and `chosen` + `rejected` holding
+whole conversations (the messages they share are the prompt). A one-message prompt becomes
+its text; a longer one the HH-RLHF dialogue "\n\nHuman: ...\n\nAssistant:". In CSV, cells
+of text fields stay text (a JSON list of messages excepted) and other cells are read as JSON
+values (`true`, `1`, `{"a": true}`; Python's `True`/`False` too; empty = null).
 
 Formats (`FORMATS`):
 
@@ -26,12 +35,14 @@ Formats (`FORMATS`):
 - `correction`: `prompt, original, corrected` (the Aligner trainer's input); a row
   `prompt, response, original` reads the same (`response` is the corrected answer).
 
-Every error names the file, the place (JSONL line number, else the 0-based row index) and the
-field. Fields a format does not know are kept in the record's `meta` when they hold text.
+Every error names the file, the place (JSONL and CSV line number, else the 0-based row index)
+and the field. Fields a format does not know are kept in the record's `meta` when they hold text.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -55,7 +66,7 @@ from alignloop.feedback.schema import (
 
 Format = Literal["pku-saferlhf", "hh-rlhf", "preference", "prompt", "supervised", "judgements", "correction"]
 FORMATS: tuple[str, ...] = get_args(Format)
-Container = Literal["jsonl", "json", "parquet", "datasets"]
+Container = Literal["jsonl", "json", "csv", "parquet", "datasets"]
 Record = Union[Comparison, PromptRecord, SupervisedPair, Correction, JudgedItem]
 
 # Fields each format reads; anything else in a row goes to `meta` (when it is text).
@@ -370,6 +381,8 @@ def container_of(path: str | Path, *, for_writing: bool = False) -> Container:
         return "jsonl"
     if suffix == ".json":
         return "json"
+    if suffix == ".csv":
+        return "csv"
     if suffix in (".parquet", ".pq"):
         return "parquet"
     if for_writing and not suffix:
@@ -378,20 +391,98 @@ def container_of(path: str | Path, *, for_writing: bool = False) -> Container:
         path,
         None,
         None,
-        f"unknown file type {suffix!r}; expected .jsonl, .json, .parquet or a datasets folder",
+        f"unknown file type {suffix!r}; expected .jsonl, .json, .csv, .parquet or a datasets folder",
     )
 
 
-def iter_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield (place, row): place is the 1-based line for JSONL, else the 0-based row index.
+def place_unit(path: str | Path) -> Literal["line", "row index"]:
+    """What the places `iter_rows` yields for `path` count: lines (JSONL, CSV) or row indices."""
+    return "line" if container_of(path) in ("jsonl", "csv") else "row index"
 
-    A JSONL line that is not valid JSON is yielded as a `FormatError` instead of a row.
+
+# Fields that hold text (a prompt, a response, a dialogue): in CSV their cells stay text, however
+# they look ("1", "true"), unless they hold a JSON list of messages.
+TEXT_FIELDS = frozenset(
+    {"prompt", "response", "chosen", "rejected", "response_0", "response_1", "completion", "messages"}
+    | {"original", "corrected"}  # Aligner corrections
+)
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None}
+
+
+def _csv_cell(name: str, text: str) -> Any:
+    """A CSV cell as the value a JSON row would hold (see the module docstring)."""
+    stripped = text.strip()
+    if name in TEXT_FIELDS:
+        if stripped.startswith("[") and stripped.endswith("]"):
+            try:
+                value = json.loads(stripped)
+            except json.JSONDecodeError:
+                return text
+            return value if isinstance(value, list) and all(isinstance(m, dict) for m in value) else text
+        return text
+    if not stripped:
+        return None
+    if stripped in _PYTHON_LITERALS:
+        return _PYTHON_LITERALS[stripped]
+    try:
+        return json.loads(stripped)
+    except json.JSONDecodeError:
+        return text
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc, path.read_bytes()) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            if None in row:  # more cells than the header names
+                yield (
+                    reader.line_num,
+                    FormatError(path, reader.line_num, None, "more cells than the header has"),
+                )
+                continue
+            yield reader.line_num, {k: _csv_cell(k, v) for k, v in row.items() if v is not None}
+    except csv.Error as exc:
+        raise FormatError(path, reader.line_num, None, f"not valid CSV: {exc}") from None
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError, data: bytes) -> FormatError:
+    line = data[: exc.start].count(b"\n") + 1
+    return FormatError(path, line, None, f"not UTF-8 text (byte {data[exc.start]:#04x})")
+
+
+def iter_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield (place, row): place is the 1-based line for JSONL and CSV, else the 0-based row index.
+
+    Conversational rows come as text (`from_conversational`). A JSONL line that is not valid
+    JSON, or a row whose messages cannot be read, is yielded as a `FormatError` instead of a row.
     """
     path = Path(path)
-    kind = container_of(path)
+    unit = place_unit(path)
+    for place, row in _raw_rows(path, container_of(path)):
+        if not isinstance(row, FormatError):
+            try:
+                row = from_conversational(row)
+            except LabelError as exc:
+                row = FormatError(path, place, exc.field, str(exc).partition(": ")[2], unit=unit)
+        yield place, row
+
+
+def _raw_rows(path: Path, kind: Container) -> Iterator[tuple[int, Any]]:
     if kind == "jsonl":
-        with path.open(encoding="utf-8-sig") as lines:
-            for number, line in enumerate(lines, 1):
+        with path.open("rb") as lines:
+            for number, raw in enumerate(lines, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    yield (
+                        number,
+                        FormatError(path, number, None, f"not UTF-8 text (byte {raw[exc.start]:#04x})"),
+                    )
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -402,20 +493,32 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
                         FormatError(path, number, None, f"not valid JSON: {exc.msg} at column {exc.colno}"),
                     )
     elif kind == "json":
+        data = path.read_bytes()
         try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc, data) from None
+        try:
+            rows = json.loads(text)
         except json.JSONDecodeError as exc:
             raise FormatError(
                 path, exc.lineno, None, f"not valid JSON: {exc.msg} at column {exc.colno}"
             ) from None
-        if not isinstance(data, list):
-            raise FormatError(path, None, None, f"expected a JSON list of records, got {type(data).__name__}")
-        yield from enumerate(data)
+        if not isinstance(rows, list):
+            raise FormatError(path, None, None, f"expected a JSON list of records, got {type(rows).__name__}")
+        yield from enumerate(rows)
+    elif kind == "csv":
+        yield from _csv_rows(path)
     elif kind == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
+        try:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        except pa.ArrowException as exc:
+            raise FormatError(path, None, None, f"not a Parquet file ({exc})") from None
         index = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for batch in batches:
             for row in batch.to_pylist():
                 yield index, row
                 index += 1
@@ -441,11 +544,107 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
         yield from enumerate(dataset)
 
 
+# ---------------------------------------------------------------------------- conversations
+
+ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+"""How a message's role is written when a conversation becomes HH-RLHF dialogue text."""
+
+
+def _messages(value: Any, name: str) -> list[tuple[str, str]] | None:
+    """(role, content) pairs of a message list, None when `value` is not a list."""
+    if not isinstance(value, list):
+        return None
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping):
+            raise LabelError(
+                f"{name}[{i}]", f"expected a message {{role, content}}, got {_describe(message)}"
+            )
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLE_NAMES:
+            raise LabelError(
+                f"{name}[{i}].role", f"expected one of {', '.join(ROLE_NAMES)}, got {_describe(role)}"
+            )
+        if not isinstance(content, str):
+            raise LabelError(f"{name}[{i}].content", f"expected text, got {_describe(content)}")
+        out.append((str(role), content))
+    if not out:
+        raise LabelError(name, "an empty list of messages")
+    return out
+
+
+def _dialogue_text(messages: list[tuple[str, str]]) -> str:
+    """A prompt's messages as text: a lone user message as itself, more as an HH-RLHF dialogue
+    that ends where the assistant answers."""
+    if len(messages) == 1 and messages[0][0] == "user":
+        return messages[0][1]
+    text = "".join(f"\n\n{ROLE_NAMES[role]}: {content}" for role, content in messages)
+    return text + ASSISTANT if messages[-1][0] != "assistant" else text
+
+
+def _answer(messages: list[tuple[str, str]], name: str) -> str:
+    """A completion's text: its one message (or, if several, the dialogue without a trailing cue)."""
+    if len(messages) == 1:
+        return messages[0][1]
+    return "".join(f"\n\n{ROLE_NAMES[role]}: {content}" for role, content in messages).lstrip("\n")
+
+
+def from_conversational(row: Any) -> Any:
+    """A row whose fields hold TRL conversational messages, as the same row with text fields
+    (see the module docstring); any other row as it is. Raises `LabelError` naming the field
+    (`chosen[1].content`) of a message that cannot be read."""
+    if not isinstance(row, Mapping):
+        return row
+    if "completion" in row and "response" not in row:
+        if "label" in row:
+            raise LabelError("label", "unpaired preferences (prompt, completion, label) are not read; "
+                             "give pairs of chosen and rejected responses")  # fmt: skip
+        row = {("response" if k == "completion" else k): v for k, v in row.items()}
+    fields = {name: _messages(row[name], name) for name in ("prompt", "response", "chosen", "rejected", "messages")
+              if name in row}  # fmt: skip
+    if not any(m is not None for m in fields.values()):
+        return row
+    out = {k: v for k, v in row.items() if k != "messages"}
+    if fields.get("messages") is not None:
+        messages = fields["messages"]
+        assert messages is not None
+        if messages[-1][0] != "assistant" or len(messages) < 2:
+            raise LabelError(
+                "messages", "the last message must be the assistant's answer to what comes before"
+            )
+        out["prompt"], out["response"] = _dialogue_text(messages[:-1]), messages[-1][1]
+        return out
+    chosen, rejected = fields.get("chosen"), fields.get("rejected")
+    if "prompt" not in row and chosen is not None and rejected is not None:  # implicit prompt
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        if shared == 0:
+            raise LabelError("chosen", "the two conversations share no messages to be the prompt")
+        out["prompt"] = _dialogue_text(chosen[:shared])
+        fields["chosen"], fields["rejected"] = chosen[shared:], rejected[shared:]
+    for name, messages in fields.items():
+        if messages is not None:
+            out[name] = _dialogue_text(messages) if name == "prompt" else _answer(messages, name)
+    return out
+
+
 def _columns(rows: list[dict[str, Any]], fmt: str) -> dict[str, list[Any]]:
     names = [k for k in FIELDS[fmt] if not rows or any(k in row for row in rows)]
     for row in rows:
         names.extend(k for k in row if k not in names)
     return {name: [row.get(name) for row in rows] for name in names}
+
+
+def _csv_text(name: str, value: Any) -> str:
+    """A value as the CSV cell `_csv_cell` reads back as that value."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and name in TEXT_FIELDS:
+        return value
+    if isinstance(value, str):  # keep text that looks like a number or true as text
+        return value if _csv_cell(name, value) == value else json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def write_rows(rows: list[dict[str, Any]], path: str | Path, fmt: str) -> None:
@@ -460,6 +659,13 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path, fmt: str) -> None:
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
     elif kind == "json":
         path.write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    elif kind == "csv":
+        columns = _columns(rows, fmt)
+        with path.open("w", encoding="utf-8", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(columns)
+            for i in range(len(rows)):
+                writer.writerow(_csv_text(name, columns[name][i]) for name in columns)
     elif kind == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -494,7 +700,7 @@ def read_records(
         raise FormatError(
             path, None, "format", f"unknown format {format!r}; choose from {', '.join(FORMATS)}"
         )
-    unit: Literal["line", "row index"] = "line" if container_of(path) == "jsonl" else "row index"
+    unit = place_unit(path)
     result = ReadResult(records=[], format=format, rows=0)
     for place, row in iter_rows(path):
         result.rows += 1

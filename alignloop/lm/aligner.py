@@ -47,8 +47,9 @@ from torch import Tensor
 
 from alignloop.feedback.formats import write_rows
 from alignloop.feedback.schema import Correction
-from alignloop.lm.data import pad
+from alignloop.lm.data import check_batches, pad
 from alignloop.lm.evaluate import decode_responses
+from alignloop.lm.folders import check_inputs
 from alignloop.lm.generation import generate
 from alignloop.lm.models import load_causal_lm, load_tokenizer
 from alignloop.lm.sft import response_nll
@@ -310,10 +311,20 @@ def load_model(name: str, seed: int) -> tuple[Any, Any]:
 
 
 def train(cfg: AlignerConfig) -> int:
+    files = {"--train-file": cfg.train_file, "--eval-file": cfg.eval_file}
+    check_inputs(cfg.output_dir, files=files, models={"--model": (cfg.model, "causal-lm")})
     run = start_run(cfg, "train aligner")
     model: Any
     tokenizer, model = load_model(cfg.model, cfg.seed)
     train_records, eval_records = load_data(cfg)
+    check_batches(
+        len(train_records),
+        cfg.batch_size,
+        cfg.grad_accum,
+        what="training corrections",
+        source=cfg.train_file,
+        held_out=len(eval_records) if cfg.train_file is not None and cfg.eval_file is None else 0,
+    )
     collate = CorrectionCollator(tokenizer, cfg.max_length)
     world = ToyWorld(seed=cfg.seed) if cfg.train_file is None else None
     model = prepare_model(model, run, cfg)

@@ -20,7 +20,8 @@ import torch
 
 from alignloop.core.losses import cost_model_loss
 from alignloop.feedback.schema import Comparison
-from alignloop.lm.data import PreferenceCollator, comparison_splits, safety_judged
+from alignloop.lm.data import PreferenceCollator, check_batches, comparison_splits, safety_judged
+from alignloop.lm.folders import check_inputs
 from alignloop.lm.models import load_score_model
 from alignloop.lm.training import DistributedContext, TrainCommon, fit, prepare_model, save_final, start_run
 
@@ -103,6 +104,8 @@ def evaluate(
 
 
 def train(cfg: CostConfig) -> int:
+    files = {"--train-file": cfg.train_file, "--eval-file": cfg.eval_file}
+    check_inputs(cfg.output_dir, files=files, models={"--model": (cfg.model, "any")})
     run = start_run(cfg, "train cost")
     model: Any
     tokenizer, model = load_score_model(cfg.model, cfg.seed)
@@ -119,6 +122,14 @@ def train(cfg: CostConfig) -> int:
     eval_pairs, eval_left = safety_judged(eval_all)
     if run.ctx.is_main and (train_left or eval_left):
         print(f"left out {train_left} training and {eval_left} held-out pairs without safety judgements")
+    check_batches(
+        len(train_pairs),
+        cfg.batch_size,
+        cfg.grad_accum,
+        what="training pairs with safety labels",
+        source=cfg.train_file,
+        held_out=len(eval_all) if cfg.train_file is not None and cfg.eval_file is None else 0,
+    )
     collate = PreferenceCollator(tokenizer, cfg.max_length, by="safer")
     model = prepare_model(model, run, cfg)
 

@@ -57,10 +57,11 @@ from alignloop.core.losses import GRPO_LOSSES, GRPOLoss, LossTotals
 from alignloop.errors import UserError
 from alignloop.lm.data import PromptCollator
 from alignloop.lm.evaluate import decode_responses
+from alignloop.lm.folders import check_inputs
 from alignloop.lm.generation import Rollout, generate
 from alignloop.lm.models import load_causal_lm, load_tokenizer, position_ids_from_mask, token_logprobs
 from alignloop.lm.rollouts import load_prompts
-from alignloop.lm.scoring import Scorer
+from alignloop.lm.scoring import Scorer, check_sources
 from alignloop.lm.training import (
     DistributedContext,
     TrainCommon,
@@ -261,6 +262,12 @@ def run(
     from alignloop.lm.evaluate import evaluate_policy
     from alignloop.lm.toyworld import ToyWorld
 
+    check_inputs(
+        cfg.output_dir, files={"--prompts": cfg.prompts}, models={"--policy": (cfg.policy, "causal-lm")}
+    )
+    check_sources(cfg.reward_model, cfg.reward_function, "reward")
+    if constraint is not None:
+        check_sources(constraint.models, constraint.functions, "cost")
     run = start_run(cfg, command)
     ctx = run.ctx
     _check_shapes(cfg, ctx, minimum_group)
@@ -277,9 +284,9 @@ def run(
     loss_fn: GRPOLoss = GRPO_LOSSES[cfg.loss]
     world = ToyWorld(cfg.toyworld_seed)
     tokenizer = load_tokenizer(cfg.policy)
-    prompts = load_prompts(cfg.prompts, world, cfg.toy_prompts, cfg.seed)
-    if len(prompts) < cfg.rollout_batch_size:
-        raise UserError(f"{len(prompts)} prompts is fewer than --rollout-batch-size {cfg.rollout_batch_size}")
+    prompts = load_prompts(
+        cfg.prompts, world, cfg.toy_prompts, cfg.seed, rollout_batch_size=cfg.rollout_batch_size
+    )
     collate = PromptCollator(tokenizer)
 
     policy: nn.Module = load_causal_lm(cfg.policy)
@@ -288,16 +295,12 @@ def run(
         reference = load_causal_lm(cfg.policy).eval().requires_grad_(False).to(ctx.device)
     score = dict(tokenizer=tokenizer, device=ctx.device, score_clip=cfg.score_clip)
     rewards = Scorer.load(cfg.reward_model, cfg.reward_function, cfg.reward_weights, option="reward", **score)
-    if rewards.empty:
-        raise UserError("no reward: pass --reward-model DIR or --reward-function module:function")
     costs = lagrange = None
     cost_window: deque[float] = deque(maxlen=constraint.window if constraint else 1)
     if constraint is not None:
         costs = Scorer.load(
             constraint.models, constraint.functions, constraint.weights, option="cost", **score
         )
-        if costs.empty:
-            raise UserError("no cost: pass --cost-model DIR or --cost-function module:function")
         lagrange = LagrangeMultiplier(**constraint.lagrange)
     policy = prepare_model(policy, run, cfg)
 
@@ -329,6 +332,7 @@ def run(
         resume_step=step,
         progress=cfg.progress,
         log_dir=cfg.log_dir,
+        report_to=cfg.report_to,
     )
     batches_per_epoch = len(prompts) // cfg.rollout_batch_size
     share = n_rows // ctx.world_size

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from alignloop.errors import UserError
 from alignloop.feedback.pairs import (
     RankedCandidates,
     SafetyOrder,
@@ -255,6 +256,8 @@ def load_comparisons(
     from alignloop.feedback.judged import comparisons
 
     result = read_records(path, format, skip_invalid=skip_invalid)
+    if not result.rows:
+        raise FormatError(path, None, None, "holds no rows; give a file of comparisons")
     if result.format in ("prompt", "supervised", "correction"):
         raise FormatError(path, None, None, f"holds {result.format} records, not comparisons")
     if result.skipped:
@@ -330,9 +333,13 @@ def load_supervised(
     path: str | Path, format: str | None = None, skip_invalid: bool = False
 ) -> list[SupervisedPair]:
     """Prompt/response pairs from a supervised file; a comparison file gives its `better` responses."""
-    from alignloop.feedback.formats import read_records
+    from alignloop.feedback.formats import FormatError, read_records
 
     result = read_records(path, format, skip_invalid=skip_invalid)
+    if not result.rows:
+        raise FormatError(path, None, None, "holds no rows; give a file of prompt/response pairs")
+    if result.format == "prompt":
+        raise FormatError(path, None, None, "holds prompts only; supervised training needs responses too")
     if result.skipped:
         print(f"{path}: skipped {result.skipped} invalid row(s) of {result.rows}; first: {result.errors[0]}")
     out = []
@@ -365,3 +372,32 @@ def comparison_splits(
         return train, load_comparisons(eval_file, skip_invalid=skip_invalid)
     n_eval = max(1, int(len(train) * eval_fraction))
     return train[n_eval:], train[:n_eval]
+
+
+def check_batches(
+    n_items: int,
+    batch_size: int,
+    grad_accum: int,
+    *,
+    what: str,
+    source: str | Path | None,
+    held_out: int = 0,
+) -> int:
+    """Optimiser steps per epoch of `n_items` in batches of `batch_size`; a `UserError` with the
+    fix when the options do not fit the data (`source`: the file it came from, None for the toy
+    world; `held_out`: how many of its rows were kept back for evaluation)."""
+    of = f" in {source}" if source is not None else ""
+    if held_out:
+        of += f" ({held_out} more held out for evaluation, see --eval-fraction and --eval-file)"
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if not 1 <= grad_accum <= batch_size:
+        raise UserError(f"--grad-accum must be between 1 and --batch-size ({batch_size}), got {grad_accum}")
+    if n_items == 0:
+        raise UserError(f"no {what} to train on{of}")
+    if n_items < batch_size:
+        raise UserError(
+            f"--batch-size {batch_size} is larger than the {n_items} {what}{of}; pass --batch-size "
+            f"{n_items} or less, or give more data"
+        )
+    return n_items // batch_size

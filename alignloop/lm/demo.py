@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from alignloop.checks import output_dir
+
 PRESETS: dict[str, dict[str, int]] = {
     # steps of each stage and the number of held-out prompts judged
     "full": {"sft": 600, "reward": 250, "cost": 250, "ppo": 60, "grpo": 50, "dpo": 150, "eval_prompts": 500},
@@ -105,8 +107,10 @@ def run(cfg: DemoConfig) -> int:
 
     console = Console()
     steps = PRESETS[cfg.preset]
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(cfg.output_dir, "--output-dir")
+    methods = [m for m in METHODS if not (m == "dpo" and cfg.skip_dpo)]
+    stages = len(methods) + 3  # each method's training, the reward and cost models, the evaluation
+    number = (f"{n}/{stages}" for n in range(1, stages + 1))
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     common: dict[str, Any] = {"seed": cfg.seed, "progress": cfg.progress, "threads": cfg.threads}
@@ -119,7 +123,7 @@ def run(cfg: DemoConfig) -> int:
 
     seconds["sft"] = _stage(
         console,
-        "1/4 supervised fine-tuning",
+        f"{next(number)} supervised fine-tuning",
         sft_final,
         cfg.reuse,
         lambda: sft.train(
@@ -145,7 +149,7 @@ def run(cfg: DemoConfig) -> int:
     }
     seconds["reward"] = _stage(
         console,
-        "2/4 reward model",
+        f"{next(number)} reward model",
         reward_final,
         cfg.reuse,
         lambda: reward.train(
@@ -160,7 +164,7 @@ def run(cfg: DemoConfig) -> int:
     )
     seconds["cost"] = _stage(
         console,
-        "2/4 cost model",
+        f"{next(number)} cost model",
         cost_final,
         cfg.reuse,
         lambda: cost.train(
@@ -193,14 +197,14 @@ def run(cfg: DemoConfig) -> int:
     }
     seconds["ppo"] = _stage(
         console,
-        "3/4 PPO (reward only)",
+        f"{next(number)} PPO (reward only)",
         out / "ppo" / "final",
         cfg.reuse,
         lambda: ppo.train(ppo.PPOConfig(output_dir=out / "ppo", **rl)),
     )
     seconds["ppo-lag"] = _stage(
         console,
-        "3/4 Safe RLHF (PPO-Lagrangian)",
+        f"{next(number)} Safe RLHF (PPO-Lagrangian)",
         out / "ppo-lag" / "final",
         cfg.reuse,
         lambda: ppo.train_lagrangian(
@@ -209,7 +213,7 @@ def run(cfg: DemoConfig) -> int:
     )
     seconds["reward-shaping"] = _stage(
         console,
-        "3/4 reward shaping (fixed lambda)",
+        f"{next(number)} reward shaping (fixed lambda)",
         out / "reward-shaping" / "final",
         cfg.reuse,
         lambda: ppo.train_shaping(
@@ -233,7 +237,7 @@ def run(cfg: DemoConfig) -> int:
     }
     seconds["grpo"] = _stage(
         console,
-        "3/4 GRPO (reward only)",
+        f"{next(number)} GRPO (reward only)",
         out / "grpo" / "final",
         cfg.reuse,
         lambda: grpo.train(grpo.GRPOConfig(output_dir=out / "grpo", **critic_free)),
@@ -254,16 +258,15 @@ def run(cfg: DemoConfig) -> int:
         )
         seconds[name] = _stage(
             console,
-            f"3/4 Safe GRPO ({mix} mix)",
+            f"{next(number)} Safe GRPO ({mix} mix)",
             out / name / "final",
             cfg.reuse,
             functools.partial(grpo.train_lagrangian, lagrangian),
         )
-    methods = [m for m in METHODS if not (m == "dpo" and cfg.skip_dpo)]
     if "dpo" in methods:
         seconds["dpo"] = _stage(
             console,
-            "3/4 DPO",
+            f"{next(number)} DPO",
             out / "dpo" / "final",
             cfg.reuse,
             lambda: dpo.train(
@@ -280,7 +283,7 @@ def run(cfg: DemoConfig) -> int:
             ),
         )
 
-    console.rule("[bold]4/4 evaluation on held-out prompts")
+    console.rule(f"[bold]{next(number)} evaluation on held-out prompts")
     report = evaluate_all(out, methods, seed=cfg.seed, n_prompts=steps["eval_prompts"])
     report["cost_limit"] = cost_limit
     report["violation_limit"] = cfg.unsafe_share

@@ -43,7 +43,8 @@ from torch import Tensor, nn
 from alignloop.core.losses import DPO_LOSSES, kto_loss, orpo_loss, simpo_loss
 from alignloop.errors import UserError
 from alignloop.feedback.schema import Comparison
-from alignloop.lm.data import encode_pair, load_comparisons, pad, preferred_pairs
+from alignloop.lm.data import check_batches, encode_pair, load_comparisons, pad, preferred_pairs
+from alignloop.lm.folders import check_inputs
 from alignloop.lm.models import position_ids_from_mask, token_logprobs
 from alignloop.lm.sft import load_model
 from alignloop.lm.training import (
@@ -420,11 +421,25 @@ def make_reference(
 
 
 def train(cfg: DPOConfig) -> int:
+    files = {"--train-file": cfg.train_file, "--eval-file": cfg.eval_file}
+    check_inputs(
+        cfg.output_dir,
+        files=files,
+        models={"--model": (cfg.model, "causal-lm"), "--ref-model": (cfg.ref_model, "causal-lm")},
+    )
     run = start_run(cfg, "train dpo")
     policy: Any
     tokenizer, policy = load_model(cfg.model, cfg.seed)
     pad_id = int(tokenizer.pad_token_id)
     train_pairs, eval_pairs = load_pairs(cfg)
+    check_batches(
+        len(train_pairs),
+        cfg.batch_size,
+        cfg.grad_accum,
+        what="training pairs with a preference",
+        source=cfg.train_file,
+        held_out=len(eval_pairs) if cfg.train_file is not None and cfg.eval_file is None else 0,
+    )
     train_set = encode_pairs(tokenizer, train_pairs, cfg.max_length, mismatched=cfg.loss == "kto")
     eval_set = encode_pairs(tokenizer, eval_pairs, cfg.max_length, mismatched=cfg.loss == "kto")
     reference, eval_reference = make_reference(cfg, train_set, eval_set, pad_id, run.ctx)

@@ -56,6 +56,7 @@ from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage, me
 from alignloop.core.losses import entropy_from_logits, ppo_policy_loss, value_loss
 from alignloop.errors import UserError
 from alignloop.lm.data import PromptCollator
+from alignloop.lm.folders import check_inputs
 from alignloop.lm.generation import Rollout
 from alignloop.lm.models import (
     ScoreModel,
@@ -407,6 +408,15 @@ def _run(
     from alignloop.lm.evaluate import evaluate_policy
     from alignloop.lm.toyworld import ToyWorld
 
+    check_inputs(
+        cfg.output_dir,
+        files={"--prompts": cfg.prompts},
+        models={
+            "--policy": (cfg.policy, "causal-lm"),
+            "--reward-model": (cfg.reward_model, "score"),
+            "--cost-model": (cost_model_path, "score"),
+        },
+    )
     run = start_run(cfg, command)
     ctx = run.ctx
     if cfg.rollout_batch_size % cfg.batch_size or cfg.batch_size % (ctx.world_size * cfg.grad_accum):
@@ -416,9 +426,9 @@ def _run(
         )
     world = ToyWorld(cfg.toyworld_seed)
     tokenizer = load_tokenizer(cfg.policy)
-    prompts = load_prompts(cfg.prompts, world, cfg.toy_prompts, cfg.seed)
-    if len(prompts) < cfg.rollout_batch_size:
-        raise UserError(f"{len(prompts)} prompts is fewer than --rollout-batch-size {cfg.rollout_batch_size}")
+    prompts = load_prompts(
+        cfg.prompts, world, cfg.toy_prompts, cfg.seed, rollout_batch_size=cfg.rollout_batch_size
+    )
     collate = PromptCollator(tokenizer)
 
     policy: nn.Module = load_causal_lm(cfg.policy)
@@ -461,6 +471,7 @@ def _run(
         resume_step=step,
         progress=cfg.progress,
         log_dir=cfg.log_dir,
+        report_to=cfg.report_to,
     )
     batches_per_epoch = len(prompts) // cfg.rollout_batch_size
     with logger:

@@ -29,7 +29,8 @@ import torch
 
 from alignloop.core.losses import plackett_luce_loss
 from alignloop.feedback.pairs import RankedCandidates
-from alignloop.lm.data import RankingCollator, ranking_splits
+from alignloop.lm.data import RankingCollator, check_batches, ranking_splits
+from alignloop.lm.folders import check_inputs
 from alignloop.lm.models import load_score_model
 from alignloop.lm.training import DistributedContext, TrainCommon, fit, prepare_model, save_final, start_run
 
@@ -119,6 +120,8 @@ def evaluate(
 
 
 def train(cfg: RewardConfig) -> int:
+    files = {"--train-file": cfg.train_file, "--eval-file": cfg.eval_file}
+    check_inputs(cfg.output_dir, files=files, models={"--model": (cfg.model, "any")})
     run = start_run(cfg, "train reward")
     model: Any
     tokenizer, model = load_score_model(cfg.model, cfg.seed)
@@ -135,6 +138,14 @@ def train(cfg: RewardConfig) -> int:
         print(
             f"left out {left_out} judgements or pairs that say no preference (ties, both bad, equal scores)"
         )
+    check_batches(
+        len(train_rankings),
+        cfg.batch_size,
+        cfg.grad_accum,
+        what="training judgements that say a preference",
+        source=cfg.train_file,
+        held_out=len(eval_rankings) if cfg.train_file is not None and cfg.eval_file is None else 0,
+    )
     collate = RankingCollator(tokenizer, cfg.max_length)
     model = prepare_model(model, run, cfg)
 

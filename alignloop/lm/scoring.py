@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from alignloop.errors import UserError
+from alignloop.lm.folders import model_folder
 from alignloop.lm.models import ScoreModel
 from alignloop.lm.rollouts import check_same_vocab
 
@@ -98,6 +99,15 @@ def call_function(
     return out
 
 
+def check_sources(models: Sequence[Path], functions: Sequence[str], option: str) -> None:
+    """A trainer's entry check of ``--{option}-model`` and ``--{option}-function``, before anything
+    loads: at least one source, and every model folder a reward or cost model."""
+    if not models and not functions:
+        raise UserError(f"no {option}: pass --{option}-model DIR or --{option}-function module:function")
+    for path in models:
+        model_folder(path, f"--{option}-model", "score")
+
+
 @dataclass
 class Scorer:
     """Weighted score models and functions; ``scorer(...)`` scores a batch of responses."""
@@ -130,11 +140,7 @@ class Scorer:
         weight = list(weights) or [1.0] * count
         loaded: list[tuple[str, ScoreModel]] = []
         for path in models:
-            if not (Path(path) / "score_head.json").is_file():
-                raise UserError(
-                    f"--{option}-model {path}: not a score model folder (no score_head.json); pass a folder "
-                    f"written by `alignloop train {option}` (its final/)"
-                )
+            model_folder(path, f"--{option}-model", "score")
             model = ScoreModel.from_pretrained(path).eval().requires_grad_(False).to(device)
             check_same_vocab(tokenizer, model, Path(path))
             name = Path(path).parent.name if Path(path).name == "final" else Path(path).name
@@ -147,10 +153,6 @@ class Scorer:
             ],
             score_clip=score_clip,
         )
-
-    @property
-    def empty(self) -> bool:
-        return not self.models and not self.functions
 
     @torch.no_grad()
     def __call__(

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from alignloop.feedback.schema import SupervisedPair
-from alignloop.lm.data import SFTCollator, load_supervised
+from alignloop.lm.data import SFTCollator, check_batches, load_supervised
+from alignloop.lm.folders import check_inputs
 from alignloop.lm.models import load_causal_lm, load_tokenizer, position_ids_from_mask, token_logprobs
 from alignloop.lm.toyworld import ToyWorld, build_policy, build_tokenizer
 from alignloop.lm.training import DistributedContext, TrainCommon, fit, prepare_model, save_final, start_run
@@ -104,9 +105,19 @@ def evaluate(
 
 
 def train(cfg: SFTConfig) -> int:
+    files = {"--train-file": cfg.train_file, "--eval-file": cfg.eval_file}
+    check_inputs(cfg.output_dir, files=files, models={"--model": (cfg.model, "causal-lm")})
     run = start_run(cfg, "train sft")
     tokenizer, model = load_model(cfg.model, cfg.seed)
     train_pairs, eval_pairs = load_data(cfg)
+    check_batches(
+        len(train_pairs),
+        cfg.batch_size,
+        cfg.grad_accum,
+        what="training pairs",
+        source=cfg.train_file,
+        held_out=len(eval_pairs) if cfg.train_file is not None and cfg.eval_file is None else 0,
+    )
     collate = SFTCollator(tokenizer, cfg.max_length)
     model = prepare_model(model, run, cfg)
 

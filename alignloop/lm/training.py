@@ -51,7 +51,7 @@ from alignloop.runstack.distributed import (
     unwrap,
     wrap_model,
 )
-from alignloop.runstack.metrics import MetricsLogger, read_metrics
+from alignloop.runstack.metrics import MetricsLogger, check_report_to, read_metrics
 from alignloop.runstack.optim import Scheduler, clip_grad_norm, make_optimizer, make_scheduler
 from alignloop.runstack.options import RunOptions
 from alignloop.runstack.run import Run, check_schedule
@@ -149,6 +149,7 @@ class TrainCommon(RunOptions):
 # ------------------------------------------------------------------------ set-up
 def start_run(cfg: TrainCommon, command: str, seed_offset: int = 0) -> Run:
     """Threads, the process group, seeds (``seed + seed_offset``) and `Run.start`."""
+    check_report_to(cfg.report_to)
     set_threads(cfg.threads)
     ctx = init_distributed()
     if cfg.batch_size % ctx.world_size:
@@ -234,12 +235,11 @@ def fit(
     starting model (step 0) of a fresh run.
     """
     ctx, o = run.ctx, options
-    per_epoch = steps_per_epoch(len(examples), o.batch_size)
-    if per_epoch == 0:
-        raise UserError(
-            f"--batch-size {o.batch_size} is larger than the {len(examples)} training examples; "
-            "lower --batch-size or give more data"
-        )
+    from alignloop.lm.data import check_batches  # the trainers call it first, naming their file
+
+    per_epoch = check_batches(
+        len(examples), o.batch_size, o.grad_accum, what="training examples", source=None
+    )
     n_steps = o.max_steps or o.epochs * per_epoch
     schedule_steps = o.total_steps or n_steps
     optimizer = make_optimizer(model, o.lr, o.weight_decay)
@@ -253,7 +253,12 @@ def fit(
         )
     bf16 = bf16_available(ctx, o.bf16)
     logger = run.logger(
-        total_steps=n_steps, description=description, resume_step=step, progress=o.progress, log_dir=o.log_dir
+        total_steps=n_steps,
+        description=description,
+        resume_step=step,
+        progress=o.progress,
+        log_dir=o.log_dir,
+        report_to=o.report_to,
     )
 
     def held_out() -> dict[str, float]:

@@ -33,6 +33,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from alignloop.checks import closest, http_url, read_password
+from alignloop.errors import UserError
 from alignloop.feedback.schema import Question, parse_questions
 from alignloop.feedback.teachers import ScriptedAnnotator, TeacherNoise, Truth
 from alignloop.platform.client import PlatformClient, PlatformError, item_from_json
@@ -169,32 +171,54 @@ def make_teacher(cfg: AnnotateConfig, questions: tuple[Question, ...]) -> Teache
     if cfg.teacher == "toyworld":
         return toyworld_teacher(cfg.world_seed, cfg.seed, questions)
     if cfg.oracle is None:
-        raise ValueError("--teacher oracle needs --oracle PATH (the control loop's oracle.jsonl)")
+        raise UserError("--teacher oracle needs --oracle PATH (the control loop's oracle.jsonl)")
     return OracleTeacher(cfg.oracle, cfg.seed, questions, cfg.mistake_rate)
 
 
 def connect(url: str, user: str | None, password_file: Path | None) -> PlatformClient:
     """A client logged in with a name and password file, or with the token in $ALIGNLOOP_TOKEN."""
+    url = http_url(url)
     if user is not None:
         if password_file is None or not password_file.is_file():
-            raise ValueError(f"--user {user} needs --password-file with the password (got {password_file})")
-        lines = password_file.read_text(encoding="utf-8").splitlines()
-        return PlatformClient.login(url, user, lines[0] if lines else "")
+            raise UserError(f"--user {user} needs --password-file with the password (got {password_file})")
+        return PlatformClient.login(url, user, read_password(password_file))
     token = os.environ.get(TOKEN_ENV)
     if not token:
-        raise ValueError(f"give --user and --password-file, or set ${TOKEN_ENV} to an API token")
-    return PlatformClient(url, token)
+        raise UserError(f"give --user and --password-file, or set ${TOKEN_ENV} to an API token")
+    client = PlatformClient(url, token)
+    try:
+        client.projects()  # the token is checked now, not after the first item
+    except PlatformError as exc:
+        client.close()
+        if exc.status == 401:
+            raise UserError(f"{url}: the platform refused the token in ${TOKEN_ENV} ({exc.detail})") from exc
+        raise
+    return client
 
 
 def find_project(client: PlatformClient, name: str, wait: float) -> tuple[int, tuple[Question, ...]]:
-    """The id and questions of the project called `name`, waiting up to `wait` seconds for it."""
+    """The id and questions of the project called `name`, waiting up to `wait` seconds for it to
+    appear (the loop may create it after its annotators start); says once that it waits."""
     deadline = time.monotonic() + wait
+    said = False
     while True:
-        project = client.find_project(name)
-        if project is not None:
-            return int(project["id"]), parse_questions(project["questions"])
+        projects = client.projects()
+        found = [p for p in projects if p["name"] == name]
+        if found:
+            return int(found[0]["id"]), parse_questions(found[0]["questions"])
+        names = [str(p["name"]) for p in projects]
+        there = f"projects there: {', '.join(names)}" if names else "it has no projects yet"
         if time.monotonic() >= deadline:
-            raise ValueError(f"no project named {name!r} on the platform")
+            raise UserError(
+                f"--project {name!r}: no such project on {client.base_url}{closest(name, names)} ({there})"
+            )
+        if not said:
+            print(
+                f"no project {name!r} on {client.base_url} yet ({there}); waiting for it"
+                f"{'' if math.isinf(wait) else f' up to {wait:g} s'} (--idle-exit S gives up after S seconds)",
+                file=sys.stderr,
+            )
+            said = True
         time.sleep(1.0)
 
 
@@ -216,21 +240,10 @@ def label(client: PlatformClient, project: int, teacher: Teacher, limit: int, pa
 
 def run(cfg: AnnotateConfig) -> int:
     if cfg.idle_exit < 0 or cfg.poll <= 0 or cfg.limit < 0 or cfg.pace < 0:
-        print(
-            "alignloop annotate: --idle-exit, --limit and --pace must be >= 0 and --poll > 0", file=sys.stderr
-        )
-        return 2
+        raise UserError("--idle-exit, --limit and --pace must be >= 0 and --poll > 0")
     if cfg.teacher == "oracle" and cfg.oracle is None:
-        print(
-            "alignloop annotate: --teacher oracle needs --oracle PATH (the control loop's oracle.jsonl)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        client = connect(cfg.url, cfg.user, cfg.password_file)
-    except (ValueError, PlatformError) as exc:
-        print(f"alignloop annotate: {exc}", file=sys.stderr)
-        return 2
+        raise UserError("--teacher oracle needs --oracle PATH (the control loop's oracle.jsonl)")
+    client = connect(cfg.url, cfg.user, cfg.password_file)
     stop = False
 
     def on_term(*_: object) -> None:

@@ -38,6 +38,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from alignloop.config import ConfigError
 from alignloop.control.envs import VELOCITY_THRESHOLDS, make_env, resolve_env
 from alignloop.control.evaluate import load_policy
 from alignloop.control.nets import CostModel, StepModel
@@ -330,9 +331,10 @@ class ControlDomain:
         shown = np.sort(rng.choice(k, min(k, self.max_clips or k), replace=False))  # (S,) clip budget
         every = np.array([(i, j) for n, i in enumerate(shown) for j in shown[n + 1 :]]).reshape(-1, 2)
         if n_pairs > len(every):
-            raise ValueError(
-                f"n_pairs {n_pairs} exceeds the {len(every)} pairs of {len(shown)} segments; raise "
-                f"pool_episodes or max_clips, or lower segment_length"
+            raise ConfigError(
+                f"--pairs {n_pairs} exceeds the {len(every)} pairs of {len(shown)} segments; pass --pairs "
+                f"{len(every)} or less (the preset's pool_episodes, max_clips and segment_length set how "
+                "many segments there are)"
             )
         models = self._load_models(self._round_dir(run_dir, round - 1) / "models") if round > 1 else None
         if select == "disagreement" and models is not None:

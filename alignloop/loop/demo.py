@@ -39,13 +39,25 @@ DEMOS: dict[str, dict[str, Any]] = {
         "rounds": 5,  # the cost model needs the unsafe clips of a fast policy before it can hold it back
     },
 }
+SMOKE: dict[str, dict[str, Any]] = {
+    "toyworld": {"pairs": 24, "rounds": 2, "annotators": 2},
+    "cheetah": {"pairs": 20, "rounds": 2},
+}
+"""What `--preset smoke` changes in each demo besides the models' sizes: a plumbing check that
+ends in under a minute (few pairs, two rounds)."""
 DEFAULT = LoopConfig()
+
+
+def demo_spec(cfg: LoopConfig) -> dict[str, Any]:
+    """The demo's settings, cut down by `SMOKE` under `--preset smoke`."""
+    assert cfg.demo is not None
+    return {**DEMOS[cfg.demo], **(SMOKE[cfg.demo] if cfg.preset == "smoke" else {})}
 
 
 def demo_config(cfg: LoopConfig) -> LoopConfig:
     """The demo's options: its preset's, except where the command line changed a default."""
     assert cfg.demo is not None
-    preset = {k: v for k, v in DEMOS[cfg.demo].items() if k in {f.name for f in dataclasses.fields(cfg)}}
+    preset = {k: v for k, v in demo_spec(cfg).items() if k in {f.name for f in dataclasses.fields(cfg)}}
     chosen = {k: v for k, v in preset.items() if getattr(cfg, k) == getattr(DEFAULT, k)}
     run_dir = Path(f"runs/loop-{cfg.demo}") if cfg.run_dir == DEFAULT.run_dir else cfg.run_dir
     return dataclasses.replace(cfg, **chosen, run_dir=run_dir, project=f"loop-{cfg.demo}")
@@ -120,7 +132,7 @@ def start_annotators(
 
 def run_demo(cfg: LoopConfig) -> int:
     assert cfg.demo is not None
-    spec = DEMOS[cfg.demo]
+    spec = demo_spec(cfg)
     cfg = demo_config(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

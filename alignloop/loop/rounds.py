@@ -34,6 +34,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import tyro
 
+from alignloop.checks import http_url, output_dir
+from alignloop.config import ConfigError
 from alignloop.feedback.schema import Item, questions_json
 from alignloop.loop.domain import Domain, Judged, Proposal, Selection, project_spec
 from alignloop.loop.state import (
@@ -141,13 +143,14 @@ def identity(cfg: LoopConfig) -> dict[str, Any]:
 def check_config(cfg: LoopConfig) -> None:
     """Every option checked before anything is built or sent."""
     if cfg.rounds < 1 or cfg.pairs < 1 or cfg.overlap < 1:
-        raise ValueError(
+        raise ConfigError(
             f"--rounds, --pairs and --overlap must be >= 1 (got {cfg.rounds}, {cfg.pairs}, {cfg.overlap})"
         )
     if not 0 < cfg.quota <= 1:
-        raise ValueError(f"--quota must be in (0, 1], got {cfg.quota}")
+        raise ConfigError(f"--quota must be in (0, 1], got {cfg.quota}")
     if cfg.timeout <= 0 or cfg.poll <= 0:
-        raise ValueError("--timeout and --poll must be > 0")
+        raise ConfigError("--timeout and --poll must be > 0")
+    http_url(cfg.url)
 
 
 def make_domain(cfg: LoopConfig) -> Domain:
@@ -157,7 +160,7 @@ def make_domain(cfg: LoopConfig) -> Domain:
         from alignloop.loop import toyworld
 
         if preset_of(cfg) not in toyworld.PRESETS:
-            raise ValueError(f"--preset {cfg.preset!r}: toyworld has {sorted(toyworld.PRESETS)}")
+            raise ConfigError(f"--preset {cfg.preset!r}: toyworld has {sorted(toyworld.PRESETS)}")
         if spec is not None:
             asked = {"questions": spec.questions, "candidates": spec.candidates}
         return toyworld.ToyWorldDomain(
@@ -171,10 +174,10 @@ def make_domain(cfg: LoopConfig) -> Domain:
     from alignloop.loop import control
 
     if preset_of(cfg) not in control.PRESETS:
-        raise ValueError(f"--preset {cfg.preset!r}: control has {sorted(control.PRESETS)}")
+        raise ConfigError(f"--preset {cfg.preset!r}: control has {sorted(control.PRESETS)}")
     if spec is not None:
         if spec.candidates != 2:
-            raise ValueError(
+            raise ConfigError(
                 f"--questions {cfg.questions}: the control domain shows pairs of clips; ask about 2 candidates"
             )
         asked = {"questions": spec.questions}
@@ -364,23 +367,20 @@ def _read_ids(rd: Path) -> dict[str, int]:
 
 
 def run(cfg: LoopConfig) -> int:
-    import sys
-
+    """Every option, the run directory and the account are checked before any work starts; a
+    mistake is a `UserError` (`alignloop.cli` prints it)."""
     from alignloop.loop.annotate import connect
-    from alignloop.platform.client import PlatformError
 
-    try:  # every option, the run directory and the account are checked before any work starts
-        check_config(cfg)
-        if cfg.demo is not None:
-            from alignloop.loop.demo import demo_config, run_demo
+    check_config(cfg)
+    if cfg.demo is not None:
+        from alignloop.loop.demo import demo_config, run_demo
 
-            LoopState.check(Path(demo_config(cfg).run_dir), identity(demo_config(cfg)))
-            return run_demo(cfg)
-        LoopState.check(Path(cfg.run_dir), identity(cfg))
-        domain = make_domain(cfg)
-        client = connect(cfg.url, cfg.user, cfg.password_file)
-    except (ValueError, PlatformError) as exc:
-        print(f"alignloop loop: {exc}", file=sys.stderr)
-        return 2
+        output_dir(demo_config(cfg).run_dir, "--output-dir", create=False)
+        LoopState.check(Path(demo_config(cfg).run_dir), identity(demo_config(cfg)))
+        return run_demo(cfg)
+    output_dir(cfg.run_dir, "--output-dir", create=False)
+    LoopState.check(Path(cfg.run_dir), identity(cfg))
+    domain = make_domain(cfg)
+    client = connect(cfg.url, cfg.user, cfg.password_file)
     with client:
         return drive(cfg, client, domain)

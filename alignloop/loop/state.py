@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignloop.config import ConfigError
 from alignloop.loop.domain import Judged, Proposal
 
 PHASES = ("proposed", "pushed", "collected", "learned", "aligned", "evaluated")
@@ -78,11 +79,11 @@ class LoopState:
         try:
             state = cls(**json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"{path}: not a loop state file ({exc})") from exc
+            raise ConfigError(f"{path}: not a loop state file ({exc})") from exc
         changed = {k: (state.identity.get(k), v) for k, v in identity.items() if state.identity.get(k) != v}
         if changed:
             what = ", ".join(f"{k}: {old!r} in the run, {new!r} now" for k, (old, new) in changed.items())
-            raise ValueError(
+            raise ConfigError(
                 f"{run_dir} holds a loop started with other options ({what}); "
                 "use another run directory or the same options"
             )

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from alignloop.errors import UserError
 from alignloop.feedback.schema import Candidate, Comparison, Item, Judgement, judgement_of
 
 RETRY_STATUSES = {502, 503, 504}
@@ -60,13 +61,17 @@ def judgement_from_json(row: Mapping[str, Any], item: Item, annotator: str = "")
     )
 
 
-class PlatformError(RuntimeError):
+class PlatformError(UserError, RuntimeError):
     """The platform refused a request; `status` and the server's `detail` say why (and for a 429,
     `retry_after` how many seconds to wait)."""
 
     def __init__(self, status: int, detail: str, method: str, path: str, retry_after: float | None = None):
         super().__init__(f"{method} {path} -> {status}: {detail}")
         self.status, self.detail, self.retry_after = status, detail, retry_after
+
+
+class PlatformUnreachable(UserError, ConnectionError):
+    """No answer from the platform's address (nothing listening, a wrong host, a timeout)."""
 
 
 def labels_from_comparison(judged: Comparison | None) -> dict[str, Any]:
@@ -110,8 +115,17 @@ class PlatformClient:
         body: dict[str, Any] = {"name": name, "password": password, "label": label}
         if expires_in_s is not None:
             body["expires_in_s"] = expires_in_s
-        token = client._request("POST", "/api/tokens", json=body)["token"]
-        client.http.headers["Authorization"] = f"Bearer {token}"
+        try:
+            answer = client._request("POST", "/api/tokens", json=body)
+        except PlatformError as exc:
+            client.close()
+            if exc.status in (401, 403, 422):
+                raise UserError(
+                    f"{client.base_url}: the platform refused to log in {name!r} ({exc.detail}); check the "
+                    "user name and the password (file)"
+                ) from exc
+            raise
+        client.http.headers["Authorization"] = f"Bearer {answer['token']}"
         return client
 
     def logout(self) -> None:
@@ -132,6 +146,21 @@ class PlatformClient:
         body = {"current_password": current_password, "new_password": new_password}
         self._request("PUT", "/api/me/password", json=body)
 
+    @property
+    def base_url(self) -> str:
+        return str(self.http.base_url).rstrip("/")
+
+    def _unreachable(self, exc: httpx.TransportError) -> PlatformUnreachable:
+        """What to tell the user when a request got no answer."""
+        if isinstance(exc, httpx.TimeoutException):
+            reason = f"no answer within {self.http.timeout.read or self.http.timeout.connect} s"
+        else:
+            reason = str(exc) or type(exc).__name__
+        return PlatformUnreachable(
+            f"cannot reach the platform at {self.base_url} ({reason}); is `alignloop serve` running "
+            "there? check --url"
+        )
+
     def close(self) -> None:
         self.http.close()
 
@@ -147,9 +176,9 @@ class PlatformClient:
         for attempt in range(attempts):
             try:
                 response = self.http.request(method, path, **kwargs)
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 if attempt + 1 == attempts:
-                    raise
+                    raise self._unreachable(exc) from exc
                 time.sleep(min(0.1 * 2**attempt, 2.0))
                 continue
             if response.status_code in RETRY_STATUSES and attempt + 1 < attempts:
@@ -200,10 +229,13 @@ class PlatformClient:
         body = {"name": name, "overlap": overlap, "gold_rate": gold_rate, **fields}
         return dict(self._request("POST", "/api/projects", json=body))
 
+    def projects(self) -> list[dict[str, Any]]:
+        """Every project this account may see."""
+        return [dict(p) for p in self._request("GET", "/api/projects", retry=True)]
+
     def find_project(self, name: str) -> dict[str, Any] | None:
         """The project called `name`, or None."""
-        projects = self._request("GET", "/api/projects", retry=True)
-        return next((dict(p) for p in projects if p["name"] == name), None)
+        return next((p for p in self.projects() if p["name"] == name), None)
 
     def ensure_project(self, name: str, **fields: Any) -> dict[str, Any]:
         """The project called `name`, created with `fields` (as `create_project`) unless it exists.

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import getpass
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from alignloop.checks import output_dir, read_password
+from alignloop.errors import UserError
 from alignloop.platform.db import is_sqlite, make_engine, make_sessionmaker, migrate
 from alignloop.platform.settings import Settings
 
@@ -45,17 +49,81 @@ class ServeConfig:
 
 def _admin_password(password_file: Path | None) -> str:
     if password_file is not None:
-        if not password_file.is_file():
-            raise SystemExit(f"--password-file: {password_file} not found")
-        return password_file.read_text().splitlines()[0] if password_file.read_text() else ""
+        return read_password(password_file, "--password-file")
     if os.environ.get(PASSWORD_ENV):
         return os.environ[PASSWORD_ENV]
     if not sys.stdin.isatty():
-        raise SystemExit(f"--create-admin: set ${PASSWORD_ENV}, pass --password-file, or run in a terminal")
+        raise UserError(f"--create-admin: set ${PASSWORD_ENV}, pass --password-file, or run in a terminal")
     first = getpass.getpass("admin password: ")
     if first != getpass.getpass("again: "):
-        raise SystemExit("--create-admin: the passwords differ")
+        raise UserError("--create-admin: the passwords differ")
     return first
+
+
+def check_options(config: ServeConfig) -> None:
+    """Every option that can be checked without the database, before anything is touched."""
+    if not 0 < config.port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, got {config.port}")
+    if config.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {config.workers}")
+    if config.lock_s < 1:
+        raise UserError(f"--lock-s must be >= 1, got {config.lock_s}")
+    output_dir(config.media_dir, "--media-dir")
+
+
+def check_address(host: str, port: int) -> None:
+    """A `UserError` when the server could not listen on `host:port` (taken, not this machine's,
+    not allowed); the socket is closed again at once, for uvicorn to open."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host!r}: not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(
+                    f"--port {port}: already in use on {host} (another server?); stop it or pick another --port"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise UserError(
+                    f"--port {port}: not allowed for this user (ports below 1024 need root)"
+                ) from None
+            raise UserError(
+                f"--host {host} --port {port}: cannot listen there ({exc.strerror}); give an address of "
+                "this machine (127.0.0.1, or 0.0.0.0 for every interface)"
+            ) from None
+
+
+def open_database(url: str) -> None:
+    """Migrate the database at `url`; a `UserError` naming --db (password hidden) when the URL is
+    not one, the driver is unknown, or the database cannot be opened or reached."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    example = "sqlite:///FILE or postgresql+psycopg://USER:PASSWORD@HOST/DATABASE"
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise UserError(f"--db {url!r}: not a database URL; give {example}") from None
+    database = make_url(url).database if is_sqlite(url) else None
+    if database and database != ":memory:":
+        folder = Path(database).parent
+        blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise UserError(
+                f"--db {shown}: {blocking} is a file, not a folder; give the database another path"
+            )
+    try:
+        migrate(url)
+    except NoSuchModuleError as exc:
+        raise UserError(f"--db {shown}: unknown database kind ({exc}); give {example}") from None
+    except (DBAPIError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise UserError(f"--db {shown}: cannot open the database ({reason})") from None
 
 
 def ensure_admin(url: str, name: str, password: str) -> bool:
@@ -135,10 +203,14 @@ def _fit_pools(url: str, workers: int, env: dict[str, str]) -> None:
 
 
 def run(config: ServeConfig) -> int:
-    migrate(config.db)
-    if config.create_admin:
+    check_options(config)
+    password = _admin_password(config.password_file) if config.create_admin else None
+    if not config.migrate_only:
+        check_address(config.host, config.port)
+    open_database(config.db)
+    if config.create_admin and password is not None:
         try:
-            created = ensure_admin(config.db, config.create_admin, _admin_password(config.password_file))
+            created = ensure_admin(config.db, config.create_admin, password)
         except Exception as exc:  # crud errors carry a message for the user
             print(f"--create-admin: {getattr(exc, 'detail', exc)}", file=sys.stderr)
             return 2

@@ -13,7 +13,10 @@ leaves a torn last line; it is dropped, not fatal. Only the main process writes.
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import secrets
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -99,13 +102,58 @@ class TensorBoardSink:
         self.writer.close()
 
 
+class WandbSink:
+    """Weights & Biases: one wandb run per run folder, continued when the run resumes (its id is
+    kept in the folder's wandb-run-id); ``WANDB_MODE=offline`` keeps it on disk."""
+
+    def __init__(self, root: Path):
+        import wandb
+
+        id_file = root / "wandb-run-id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        root.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id + "\n")
+        project = os.environ.get("WANDB_PROJECT", "alignloop")
+        self.run = wandb.init(project=project, name=root.name, id=run_id, resume="allow", dir=str(root))
+
+    def log(self, step: int, split: str, values: dict[str, float]) -> None:
+        self.run.log({f"{split}/{key}": value for key, value in values.items()}, step=step)
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        import wandb
+
+        self.run.log({tag: wandb.Html(f"<pre>{html.escape(text)}</pre>")}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 SinkFactory = Callable[[RunLayout, "Path | None", "int | None"], Sink]
 SINKS: dict[str, SinkFactory] = {
     "tensorboard": lambda layout, log_dir, resume_step: TensorBoardSink(
         log_dir or layout.tensorboard, resume_step
     ),
+    "wandb": lambda layout, log_dir, resume_step: WandbSink(layout.root),
 }
-"""Sinks `MetricsLogger` can add by name (``report_to``): factory(layout, log_dir, resume_step)."""
+"""Sinks `MetricsLogger` can add by name (``report_to``): factory(layout, log_dir, resume_step).
+``none`` (alone) names no sink."""
+
+
+def check_report_to(report_to: Sequence[str]) -> None:
+    """A `UserError` for ``--report-to`` values that cannot be used: unknown, none with others, or
+    wandb without its package."""
+    unknown = [name for name in report_to if name not in SINKS and name != "none"]
+    if unknown:
+        raise UserError(f"--report-to: {', '.join(unknown)} not one of {', '.join(SINKS)}, none")
+    if "none" in report_to and len(report_to) > 1:
+        raise UserError(f"--report-to {' '.join(report_to)}: none means no other sink; give it alone")
+    if "wandb" in report_to:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError(
+                "--report-to wandb needs the wandb package: pip install 'alignloop[wandb]'"
+            ) from None
 
 
 class ProgressBar:
@@ -156,14 +204,14 @@ class MetricsLogger:
         self.path = self.layout.metrics
         self.sinks: list[Sink] = []
         self._bar: ProgressBar | None = None
+        check_report_to(report_to)
         if not enabled:
             return
-        unknown = [name for name in report_to if name not in SINKS]
-        if unknown:
-            raise UserError(f"--report-to: {', '.join(unknown)} not one of {', '.join(SINKS)}")
         self.sinks.append(JsonlSink(self.path, resume_step))
         log_path = None if log_dir is None else Path(log_dir)
-        self.sinks += [SINKS[name](self.layout, log_path, resume_step) for name in report_to]
+        self.sinks += [
+            SINKS[name](self.layout, log_path, resume_step) for name in report_to if name != "none"
+        ]
         self.sinks += list(sinks)
         if progress:
             self._bar = ProgressBar(description, total_steps, resume_step or 0)

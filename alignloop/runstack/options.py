@@ -15,6 +15,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+ReportTo = Literal["tensorboard", "wandb", "none"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class RunOptions:
     """Save a checkpoint every this many steps, and at the end (0 = only at the end)."""
     progress: bool = True
     """Show a progress bar."""
+    report_to: tuple[ReportTo, ...] = ("tensorboard",)
+    """Where metrics go besides metrics.jsonl: tensorboard (the run's tb/), wandb (Weights &
+    Biases, the `alignloop[wandb]` extra; project $WANDB_PROJECT, default alignloop), both, or none."""
 
 
 def upgrade_args(args: list[str], renamed: Mapping[str, str], prog: str) -> list[str]:

@@ -138,15 +138,15 @@ def _error(cfg: EvalConfig, capsys) -> str:
 def test_missing_model_folder_is_named(folders, tmp_path, capsys):
     missing = tmp_path / "nowhere"
     err = _error(EvalConfig(policies=(str(folders["sft"]), f"rl={missing}"), toyworld=True), capsys)
-    assert "policy 'rl'" in err and str(missing) in err and "no such model folder" in err
+    assert "policy 'rl'" in err and str(missing) in err and "no such folder" in err
     err = _error(EvalConfig(policies=(str(folders["sft"]),), toyworld=True, reward_model=missing), capsys)
-    assert "reward_model" in err and str(missing) in err
+    assert "--reward-model" in err and str(missing) in err
     err = _error(
         EvalConfig(policies=(str(folders["sft"]),), toyworld=True, cost_model=folders["sft"]), capsys
     )
-    assert "cost_model" in err and "not a score-model folder" in err
+    assert "--cost-model" in err and "not a reward or cost model" in err
     err = _error(EvalConfig(policies=(str(folders["sft"]),), toyworld=True, aligner=missing), capsys)
-    assert "aligner" in err and str(missing) in err
+    assert "--aligner" in err and str(missing) in err
     empty = tmp_path / "empty"
     empty.mkdir()
     err = _error(EvalConfig(policies=(str(empty),), toyworld=True), capsys)

@@ -22,7 +22,7 @@ from alignloop.feedback.formats import (
 )
 from alignloop.feedback.schema import HARM_CATEGORIES, Comparison, PromptRecord, Severity, SupervisedPair
 
-CONTAINERS = ("data.jsonl", "data.json", "data.parquet", "data_folder")
+CONTAINERS = ("data.jsonl", "data.json", "data.csv", "data.parquet", "data_folder")
 
 
 def pku_row(**overrides):
@@ -285,9 +285,11 @@ def test_progress_and_logged_skips(tmp_path: Path, caplog: pytest.LogCaptureFixt
 def test_file_level_errors(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match="no such file or folder"):
         read_records(tmp_path / "missing.jsonl")
-    (tmp_path / "d.csv").write_text("a,b\n")
-    with pytest.raises(FormatError, match=r"unknown file type '.csv'; expected .jsonl, .json, .parquet"):
-        read_records(tmp_path / "d.csv")
+    (tmp_path / "d.tsv").write_text("a\tb\n")
+    with pytest.raises(
+        FormatError, match=r"unknown file type '.tsv'; expected .jsonl, .json, .csv, .parquet"
+    ):
+        read_records(tmp_path / "d.tsv")
     (tmp_path / "d.json").write_text('{"prompt": "p"}')
     with pytest.raises(FormatError, match="expected a JSON list of records, got dict"):
         read_records(tmp_path / "d.json")

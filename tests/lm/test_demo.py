@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,13 @@ def test_demo_smoke_writes_the_report(tmp_path: Path):
     for plot in ("training.png", "tradeoff.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "evaluation on held-out prompts" in result.stdout
+    stages = ["supervised fine-tuning", "reward model", "cost model", "PPO (reward only)"]
+    stages += ["Safe RLHF (PPO-Lagrangian)", "reward shaping (fixed lambda)", "GRPO (reward only)"]
+    stages += ["Safe GRPO (constrained mix)", "Safe GRPO (naive mix)", "DPO", "evaluation on held-out"]
+    shown = re.findall(r"─ (\d+/\d+ [^─\n]+?)(?: prompts)? ─", result.stdout)  # the stages' rules
+    assert shown == [f"{n}/{len(stages)} {stage}" for n, stage in enumerate(stages, 1)], result.stdout
+    for bar in ("Loading weights", "Writing model shards"):  # transformers' bars stay out of ours
+        assert bar not in result.stdout + result.stderr
 
 
 def test_markdown_report_lists_every_method_and_check():

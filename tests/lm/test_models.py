@@ -3,6 +3,8 @@ Hugging Face folder; token log-probabilities against a direct computation; LoRA.
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from alignloop.lm.data import pad
@@ -42,17 +44,13 @@ def test_end_score_is_read_at_last_real_token_for_left_and_right_padding(tokeniz
 
 def test_score_model_save_load_round_trip(tmp_path, tokenizer) -> None:
     model = ScoreModel.from_backbone_config(tiny_config(tokenizer), seed=1).eval()
-    with torch.no_grad():
-        model.score_head.bias.fill_(0.25)
     model.save_pretrained(tmp_path / "rm", tokenizer=tokenizer)
     files = {p.name for p in (tmp_path / "rm").iterdir()}
-    assert {
-        "config.json",
-        "model.safetensors",
-        "score_head.json",
-        "score_head.safetensors",
-        "tokenizer.json",
-    } <= files
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    assert not files & {"score_head.json", "score_head.safetensors"}
+    config = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"] and len(config["id2label"]) == 1
+    assert config["pad_token_id"] == tokenizer.pad_token_id
     tok, loaded = load_score_model(str(tmp_path / "rm"))
     loaded.eval()
     ids = torch.tensor([[1, 4, 9, 10, 5, 20]])
@@ -60,6 +58,23 @@ def test_score_model_save_load_round_trip(tmp_path, tokenizer) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, mask).scores, model(ids, mask).scores, rtol=0, atol=0)
     assert tok.pad_token_id == tokenizer.pad_token_id
+
+
+def test_score_model_folders_of_earlier_versions_still_load(tmp_path, tokenizer) -> None:
+    """Backbone + score_head.json + score_head.safetensors, the head with a bias."""
+    model = ScoreModel(
+        ScoreModel.from_backbone_config(tiny_config(tokenizer), seed=1).backbone, head_bias=True
+    )
+    with torch.no_grad():
+        model.score_head.bias.fill_(0.25)
+    model.eval().save_pretrained(tmp_path / "old", tokenizer=tokenizer)  # a biased head keeps that layout
+    files = {p.name for p in (tmp_path / "old").iterdir()}
+    assert {"score_head.json", "score_head.safetensors"} <= files
+    _, loaded = load_score_model(str(tmp_path / "old"))
+    ids, mask = torch.tensor([[1, 4, 9, 10, 5, 20]]), torch.ones(1, 6, dtype=torch.long)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(ids, mask).scores, model(ids, mask).scores, rtol=0, atol=0)
+    assert float(loaded.score_head.bias.detach()) == 0.25
 
 
 def test_score_model_from_causal_lm_takes_its_body(tmp_path, tokenizer) -> None:

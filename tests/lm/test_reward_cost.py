@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from alignloop.lm import cost, reward
+from alignloop.lm.folders import is_score_folder
 from alignloop.lm.models import ScoreModel
 from alignloop.lm.toyworld import ToyWorld, build_tokenizer, tiny_config
 from alignloop.lm.training import read_metrics
@@ -87,7 +88,8 @@ def test_reward_trains_from_a_pku_saferlhf_file(tmp_path: Path) -> None:
     )
     assert reward.train(cfg) == 0
     assert list(read_metrics(tmp_path / "run", "eval"))[-1]["step"] == 2
-    assert (tmp_path / "run" / "final" / "score_head.safetensors").is_file()
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert is_score_folder(tmp_path / "run" / "final")
 
 
 @pytest.mark.slow

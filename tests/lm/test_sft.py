@@ -89,7 +89,8 @@ def test_sft_then_cost_model_from_the_command_line(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert (tmp_path / "cost" / "final" / "score_head.json").is_file()
+    config = json.loads((tmp_path / "cost" / "final" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"]
 
 
 def test_warmup_then_cosine_schedule_by_hand() -> None:

@@ -199,7 +199,8 @@ def test_max_clips_bounds_the_segments_shown(two_rounds, tmp_path: Path) -> None
     shutil.copytree(two_rounds["run_dir"] / "policy-0", tmp_path / "policy-0")
     domain = _domain(render=False, max_clips=4)
     with pytest.raises(
-        ValueError, match="n_pairs 7 exceeds the 6 pairs of 4 segments; raise pool_episodes or max_clips"
+        ValueError,
+        match=r"--pairs 7 exceeds the 6 pairs of 4 segments; pass --pairs 6 or less \(the preset's",
     ):
         domain.propose(tmp_path / "round-001", 1, 7, "uniform")
     domain.propose(tmp_path / "round-001", 1, 6, "uniform")

@@ -103,9 +103,9 @@ def wait_for_phase(
 
 def test_killed_loop_resumes_without_asking_twice_or_losing_a_judgement(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    command = [
+    command = [  # the smoke preset's own sizes: 2 rounds of 24 pairs
         sys.executable, "-m", "alignloop.cli", "loop", "--demo", "toyworld", "--preset", "smoke",
-        "--rounds", "2", "--pairs", "24", "--output-dir", str(run_dir), "--no-progress",
+        "--output-dir", str(run_dir), "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -145,7 +145,7 @@ def test_killed_loop_resumes_without_asking_twice_or_losing_a_judgement(tmp_path
     assert sorted(j["judgement_id"] for j in stored) == sorted(jid for jid, _ in rows["judgements"])
     assert len(stored) == len(proposed)  # none lost, none duplicated
     state = json.loads((run_dir / "loop.json").read_text())
-    assert state["phases"] == {"1": "evaluated", "2": "evaluated"}
+    assert state["phases"] == {"1": "evaluated", "2": "evaluated"} and len(proposed) == 2 * 24
     assert state["metrics"]["2"]["judgements"] == len(
         proposed
     )  # round 2 learned from both rounds' judgements
