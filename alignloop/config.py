@@ -182,6 +182,9 @@ def load_yaml(cls: type[T], path: Path) -> T:
         raise ConfigError(f"{path}:{line} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of options at the top level")
+    upgrade = getattr(cls, "upgrade_mapping", None)  # a command's deprecated option names
+    if upgrade is not None:
+        data = upgrade(data, str(path))
     return from_mapping(cls, data, str(path))
 
 

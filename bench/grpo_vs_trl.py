@@ -97,7 +97,7 @@ def run_alignloop(setup: Path, out: Path, args: argparse.Namespace) -> list[dict
         kl_coef=BETA,
         loss="grpo",
         missing_eos_penalty=0.0,
-        eval_prompts=0,
+        eval_size=0,
         save_every=0,
         threads=args.threads,
         progress=False,

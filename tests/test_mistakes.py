@@ -187,7 +187,7 @@ TRAIN = [
     Mistake("ppo reward model is a causal LM", ("train", "ppo", "--policy", "{model}", "--reward-model", "{model}"), ("--reward-model", "{model}", "not a reward or cost model")),
     Mistake("ppo-lag cost model missing", ("train", "ppo-lag", "--policy", "{model}", "--reward-model", "{score}", "--cost-model", "{missing_dir}"), ("--cost-model", "{missing_dir}")),
     Mistake("ppo prompts missing", ("train", "reward-shaping", "--policy", "{model}", "--reward-model", "{score}", "--cost-model", "{score}", "--prompts", "{missing}"), ("--prompts", "{missing}")),
-    Mistake("ppo fewer prompts than a rollout", ("train", "ppo", "--policy", "{model}", "--reward-model", "{score}", "--prompts", "{prompts_jsonl}"), ("--rollout-batch-size 64", "1 prompts", "{prompts_jsonl}")),
+    Mistake("ppo fewer prompts than a rollout", ("train", "ppo", "--policy", "{model}", "--reward-model", "{score}", "--prompts", "{prompts_jsonl}"), ("--rollout-batch-size 64", "the 1 prompts in {prompts_jsonl}")),
     Mistake("config file missing", ("train", "sft", "--config", "{missing}"), ("{missing}", "config file not found")),
     Mistake("config file not YAML", ("train", "sft", "--config", "{not_yaml_yaml}"), ("{not_yaml_yaml}", "not valid YAML")),
     Mistake("config file with a typo", ("train", "sft", "--config", "{config_yaml}"), ("{config_yaml}", "max-stepz")),

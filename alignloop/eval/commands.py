@@ -16,6 +16,10 @@ toy world's ground-truth helpfulness. Two responses whose judge scores differ by
 held-out prompts and the report adds the ground truth: helpfulness and the unsafe rate on
 risky prompts.
 
+With `--reference NAME` (one of the policies, e.g. the SFT one) the report adds every other
+policy's win rate against it and its KL to it (the summed log-ratio of its own responses).
+The report ends with a few prompts and every policy's response to them side by side.
+
 With `--aligner FOLDER` every policy is also evaluated with its answers corrected by that
 Aligner-style model (`alignloop train aligner`), under the name `NAME+aligner`.
 
@@ -83,6 +87,9 @@ class EvalConfig:
     """Sampling seed (the same for every policy) and bootstrap seed."""
     toy_seed: int = 0
     """Toy world seed (its prompt sampling)."""
+    reference: str | None = None
+    """Name of one of the policies (e.g. the SFT one): every other's KL to it on its own
+    responses, and its win rate against it under the judge, are added to the report."""
     threads: int = 0
     """torch CPU threads (0 = leave torch's default)."""
     device: str = "auto"
@@ -109,17 +116,17 @@ def parse_policies(specs: tuple[str, ...]) -> dict[str, Path]:
     return out
 
 
-def load_prompts(cfg: EvalConfig) -> tuple[list[str], list[Any]]:
-    """(prompt texts, toy prompts or []) from the prompt file or the toy world."""
+def load_prompts(cfg: EvalConfig) -> tuple[list[str], Any]:
+    """(prompt texts, the toy world's task or None) from the prompt file or the toy world."""
     if cfg.toyworld == (cfg.prompts is not None):
         raise EvalError("give either --prompts FILE or --toyworld (exactly one)")
     if cfg.prompts is None:
-        from alignloop.lm.toyworld import ToyWorld
+        from alignloop.lm.tasks import ToyWorldTask
 
         if cfg.n_prompts < 1:
             raise EvalError(f"n_prompts: must be >= 1 with --toyworld, got {cfg.n_prompts}")
-        toy = ToyWorld(seed=cfg.toy_seed).prompts("eval", cfg.n_prompts, seed=cfg.seed)
-        return [p.text for p in toy], toy
+        task = ToyWorldTask(seed=cfg.toy_seed, eval_size=cfg.n_prompts, sample_seed=cfg.seed)
+        return task.prompts("eval"), task
     from alignloop.feedback.formats import read_prompts
 
     texts = [r.prompt for r in read_prompts(cfg.prompts)]
@@ -130,7 +137,7 @@ def load_prompts(cfg: EvalConfig) -> tuple[list[str], list[Any]]:
             f"{cfg.prompts}: using the first {cfg.n_prompts} of {len(texts)} prompts (--n-prompts 0 for all)"
         )
         texts = texts[: cfg.n_prompts]
-    return texts, []
+    return texts, None
 
 
 def resolve_device(name: str) -> Any:
@@ -330,8 +337,12 @@ COLUMNS = (  # (key in a policy's row, header, format)
     ("helpfulness", "helpfulness (truth)", "{:.3f}"),
     ("true_unsafe_rate", "unsafe on risky (truth)", "{:.1%}"),
     ("mean_win_rate", "mean win rate", "{:.1%}"),
+    ("win_rate_vs_reference", "win rate vs reference", "{:.1%}"),
+    ("kl_to_reference", "KL to reference", "{:.3f}"),
     ("response_words", "words", "{:.1f}"),
 )
+SAMPLES = 5
+"""Prompts whose responses the report shows side by side."""
 
 
 def markdown_report(report: dict[str, Any]) -> str:
@@ -359,20 +370,54 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines += ["| | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]
         for a in names:
             lines.append(f"| {a} | " + " | ".join(f"{report['win_rates'][a][b]:.1%}" for b in names) + " |")
+    if report.get("samples"):
+        names = list(policies)
+        lines += ["", "## Sample responses", "", "| prompt | " + " | ".join(names) + " |"]
+        lines += ["| --- " * (len(names) + 1) + "|"]
+        for row in report["samples"]:
+            cells = [_cell(row["prompt"]), *(_cell(row[n]) for n in names)]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _ground_truth(toy: list[Any], texts: list[str], toy_seed: int) -> dict[str, float]:
-    from alignloop.lm.toyworld import ToyWorld
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").strip()[:160]
 
-    world = ToyWorld(seed=toy_seed)
-    risky = [world.is_unsafe(p, t) for p, t in zip(toy, texts, strict=True) if p.risky]
-    return {
-        "helpfulness": sum(world.helpfulness(p, t) for p, t in zip(toy, texts, strict=True)) / len(toy),
-        "true_unsafe_rate": sum(risky) / max(1, len(risky)),
-        "true_unsafe_rate_all": sum(world.is_unsafe(p, t) for p, t in zip(toy, texts, strict=True))
-        / len(toy),
-    }
+
+def _ground_truth(task: Any, prompts: list[str], texts: list[str]) -> dict[str, float]:
+    """The task's ground truth, its unsafe rates named as the truth's beside the cost model's."""
+    truth = task.ground_truth(prompts, texts)
+    names = {"unsafe_rate": "true_unsafe_rate", "unsafe_rate_all": "true_unsafe_rate_all"}
+    return {names.get(k, k): v for k, v in truth.items() if k != "n_risky"}
+
+
+def kl_to_reference(
+    model: Any, reference: Any, tokenizer: Any, prompts: list[str], responses: list[str], batch_size: int
+) -> float:
+    """Mean over responses of ``log pi(y|x) - log ref(y|x)`` summed over the response's tokens
+    (re-encoded as in training), a k1 estimate of KL(pi || ref) on pi's own samples."""
+    import torch
+
+    from alignloop.feedback.schema import SupervisedPair
+    from alignloop.lm.data import SFTCollator
+    from alignloop.lm.models import sequence_logprobs
+
+    device = next(model.parameters()).device
+    context = getattr(model.config, "max_position_embeddings", None) or 2048
+    collate = SFTCollator(tokenizer, max_length=min(int(context), int(tokenizer.model_max_length)))
+    pairs = [SupervisedPair(p, r) for p, r in zip(prompts, responses, strict=True)]
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            batch = {k: v.to(device) for k, v in collate(pairs[start : start + batch_size]).items()}
+            mine, _ = sequence_logprobs(
+                model, batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+            )
+            theirs, _ = sequence_logprobs(
+                reference, batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+            )
+            total += float((mine - theirs).sum())
+    return total / len(pairs)
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -392,6 +437,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             model_folder(folder, what, "score")
     if cfg.aligner is not None:
         model_folder(cfg.aligner, "--aligner", "causal-lm")
+    if cfg.reference is not None and cfg.reference not in policies:
+        raise EvalError(f"reference: {cfg.reference!r} is not one of the policies ({', '.join(policies)})")
     output_dir(cfg.output_dir, "--output-dir")
     prompts, toy = load_prompts(cfg)
 
@@ -423,21 +470,26 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         rewards = score_folder(cfg.reward_model, "reward_model", prompts, responses, cfg.batch_size, device)
     if cfg.cost_model is not None:
         costs = score_folder(cfg.cost_model, "cost_model", prompts, responses, cfg.batch_size, device)
-    truth = (
-        {name: _ground_truth(toy, texts, cfg.toy_seed) for name, texts in responses.items()} if toy else None
-    )
+    truth = {name: _ground_truth(toy, prompts, texts) for name, texts in responses.items()} if toy else None
     judge, judge_scores = None, None
     if rewards is not None:
         judge, judge_scores = "reward model", rewards
     elif toy:
-        from alignloop.lm.toyworld import ToyWorld
-
-        world = ToyWorld(seed=cfg.toy_seed)
+        world = toy.world
         judge = "toy-world helpfulness (no reward model given)"
         judge_scores = {
-            name: [world.helpfulness(p, t) for p, t in zip(toy, texts, strict=True)]
+            name: [world.helpfulness(p, t) for p, t in zip(prompts, texts, strict=True)]
             for name, texts in responses.items()
         }
+    kl: dict[str, float] = {}
+    if cfg.reference is not None:
+        reference = load_causal_lm(policies[cfg.reference]).to(device).eval()
+        for name, folder in policies.items():
+            if name != cfg.reference:
+                model, tokenizer = load_causal_lm(folder).to(device).eval(), load_tokenizer(folder)
+                kl[name] = kl_to_reference(
+                    model, reference, tokenizer, prompts, responses[name], cfg.batch_size
+                )
 
     report = summarize(
         responses,
@@ -451,8 +503,19 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         confidence=cfg.confidence,
         seed=cfg.seed,
     )
+    if cfg.reference is not None:
+        for name, row in report["policies"].items():
+            if name in kl:
+                row["kl_to_reference"] = kl[name]
+            if report["win_rates"] and name != cfg.reference and name in report["win_rates"]:
+                row["win_rate_vs_reference"] = report["win_rates"][name][cfg.reference]
+    report["samples"] = [
+        {"prompt": p, **{name: texts[i] for name, texts in responses.items()}}
+        for i, p in enumerate(prompts[:SAMPLES])
+    ]
     report.update(
         n_prompts=len(prompts),
+        reference=cfg.reference,
         prompt_source="toy world held-out prompts" if toy else str(cfg.prompts),
         judge=judge,
         tie_tolerance=cfg.tie_tolerance,

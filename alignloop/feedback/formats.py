@@ -26,8 +26,10 @@ Formats (`FORMATS`):
 - `hh-rlhf`: `chosen, rejected`, full dialogues "\\n\\nHuman: ...\\n\\nAssistant: ...". The prompt is
   the shared dialogue up to and including the last "\\n\\nAssistant:"; the responses are the rest.
 - `preference`: `prompt, chosen, rejected`.
-- `prompt`: `prompt` only.
-- `supervised`: `prompt, response`.
+- `prompt`: `prompt` only; TRL's conversational prompts (`prompt` a list of `{role, content}`
+  messages) are read too, as one dialogue text (`conversation_text`).
+- `supervised`: `prompt, response`; TRL's conversational `messages` rows are read too: the
+  prompt is the dialogue before the last assistant message, the response that message.
 - `judgements`: one item with every judgement of it, any question kind (`feedback.judged`):
   `key, prompt, candidates, questions, judgements, agreement, meta`. Written as any other
   format, a file of judged items gives what that format holds (`judged.as_records`): majority
@@ -46,6 +48,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +91,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "hh-rlhf": ("chosen", "rejected"),
     "preference": ("prompt", "chosen", "rejected"),
     "prompt": ("prompt",),
-    "supervised": ("prompt", "response"),
+    "supervised": ("prompt", "response", "messages"),
     "judgements": judged.FIELDS,
     "correction": ("prompt", "original", "corrected", "response"),
 }
@@ -101,6 +104,9 @@ SEVERITY_LEVELS: dict[int, Severity | None] = {
 ASSISTANT = "\n\nAssistant:"
 log = logging.getLogger(__name__)
 HUMAN = "\n\nHuman:"
+SYSTEM = "\n\nSystem:"
+ROLE_MARKERS: dict[str, str] = {"system": SYSTEM, "user": HUMAN, "assistant": ASSISTANT}
+"""The dialogue marker of each chat role: a conversation is held as one text (`conversation_text`)."""
 
 
 class FormatError(UserError, ValueError):
@@ -220,6 +226,74 @@ def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str]:
     return chosen[:end], response(chosen), response(rejected)
 
 
+def conversation_text(messages: Any, name: str = "messages") -> str:
+    """Chat messages (``[{"role": "user", "content": ...}, ...]``, TRL's conversational rows) as
+    one dialogue text ending with the assistant's marker, ``"\\n\\nHuman: hi\\n\\nAssistant:"``:
+    the form every prompt has here (`conversation_turns` gives the messages back)."""
+    if not isinstance(messages, list) or not messages:
+        raise LabelError(name, f"expected a non-empty list of messages, got {_describe(messages)}")
+    parts = []
+    for i, message in enumerate(messages):
+        where = f"{name}[{i}]"
+        if not isinstance(message, Mapping):
+            raise LabelError(where, f"expected a message with role and content, got {_describe(message)}")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLE_MARKERS:
+            raise LabelError(
+                f"{where}.role", f"expected one of {', '.join(ROLE_MARKERS)}, got {_describe(role)}"
+            )
+        if not isinstance(content, str):
+            raise LabelError(f"{where}.content", f"expected text, got {_describe(content)}")
+        parts.append(f"{ROLE_MARKERS[role]} {content}")
+    if messages[-1].get("role") == "assistant":
+        raise LabelError(name, "a prompt must not end with an assistant message")
+    return "".join(parts) + ASSISTANT
+
+
+_MARKER = re.compile("|".join(re.escape(m) for m in ROLE_MARKERS.values()))
+
+
+def conversation_turns(text: str) -> list[dict[str, str]] | None:
+    """The messages of a dialogue text written by `conversation_text` (or an HH-RLHF prompt), the
+    final empty assistant marker left out; None when `text` is not a dialogue."""
+    if not _MARKER.match(text) or not text.endswith(ASSISTANT):
+        return None
+    roles = {marker: role for role, marker in ROLE_MARKERS.items()}
+    markers = list(_MARKER.finditer(text))
+    turns = []
+    for here, after in zip(markers, [*markers[1:], None], strict=True):
+        end = len(text) if after is None else after.start()
+        content = text[here.end() : end]
+        turns.append(
+            {"role": roles[here.group()], "content": content[1:] if content.startswith(" ") else content}
+        )
+    return turns[:-1]
+
+
+def _conversation_pair(row: Mapping[str, Any]) -> tuple[str, str]:
+    """(prompt, response) of a TRL ``messages`` row: the dialogue before the last assistant
+    message, and that message."""
+    messages = row["messages"]
+    if not isinstance(messages, list):
+        raise LabelError("messages", f"expected a list of messages, got {_describe(messages)}")
+    last = max(
+        (i for i, m in enumerate(messages) if isinstance(m, Mapping) and m.get("role") == "assistant"),
+        default=None,
+    )
+    if last is None or last == 0:
+        raise LabelError("messages", "no assistant message after the first message (nothing to answer)")
+    response = messages[last].get("content")
+    if not isinstance(response, str):
+        raise LabelError(f"messages[{last}].content", f"expected text, got {_describe(response)}")
+    return conversation_text(messages[:last]), response
+
+
+def _prompt_text(row: Mapping[str, Any]) -> str:
+    if isinstance(row.get("prompt"), list):
+        return conversation_text(row["prompt"], "prompt")
+    return _text(row, "prompt")
+
+
 def parse_row(row: Any, fmt: str) -> Record:
     """One row (a mapping) in format `fmt` as a record; raises `LabelError` naming the field."""
     if not isinstance(row, Mapping):
@@ -233,9 +307,11 @@ def parse_row(row: Any, fmt: str) -> Record:
         target = "corrected" if "corrected" in row or "response" not in row else "response"
         return Correction(_text(row, "prompt"), _text(row, "original"), _text(row, target), meta=meta)
     if fmt == "prompt":
-        return PromptRecord(_text(row, "prompt"), meta=meta)
+        return PromptRecord(_prompt_text(row), meta=meta)
     if fmt == "supervised":
-        return SupervisedPair(_text(row, "prompt"), _text(row, "response"), meta=meta)
+        if "messages" in row and "prompt" not in row:
+            return SupervisedPair(*_conversation_pair(row), meta=meta)
+        return SupervisedPair(_prompt_text(row), _text(row, "response"), meta=meta)
     if fmt == "preference":
         return Comparison(
             _text(row, "prompt"), _text(row, "chosen"), _text(row, "rejected"), better=0, meta=meta
@@ -286,7 +362,7 @@ def detect_format(row: Any) -> str | None:
         return "pku-saferlhf"
     if keys & {"chosen", "rejected"}:
         return "preference" if "prompt" in keys else "hh-rlhf"
-    if "response" in keys:
+    if keys & {"response", "messages"}:
         return "supervised"
     if "prompt" in keys:
         return "prompt"

@@ -56,12 +56,12 @@ from alignloop.core.lagrange import LagrangeMultiplier
 from alignloop.core.losses import GRPO_LOSSES, GRPOLoss, LossTotals
 from alignloop.errors import UserError
 from alignloop.lm.data import PromptCollator
-from alignloop.lm.evaluate import decode_responses
+from alignloop.lm.evaluate import decode_responses, judge_policy, log_evaluation, write_evaluation
 from alignloop.lm.folders import check_inputs
 from alignloop.lm.generation import Rollout, generate
 from alignloop.lm.models import load_causal_lm, load_tokenizer, position_ids_from_mask, token_logprobs
-from alignloop.lm.rollouts import load_prompts
 from alignloop.lm.scoring import Scorer, check_sources
+from alignloop.lm.tasks import TaskOptions, task_from_options, train_prompts
 from alignloop.lm.training import (
     DistributedContext,
     TrainCommon,
@@ -89,7 +89,7 @@ LOSS_IMPLIES: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class CriticFreeConfig(TrainCommon):
+class CriticFreeConfig(TaskOptions, TrainCommon):
     """Options every critic-free trainer has."""
 
     output_dir: Path = Path("runs/grpo")
@@ -103,14 +103,6 @@ class CriticFreeConfig(TrainCommon):
     f(prompts=[...], completions=[...]) and returning one float per completion."""
     reward_weights: tuple[float, ...] = ()
     """One weight per reward model, then per reward function (none = all 1); the reward is the sum."""
-    prompts: Path | None = None
-    """Prompt file (any feedback format; each record's prompt). None = the toy world's train prompts."""
-    toyworld_seed: int = 0
-    """Toy world seed (prompts when no file is given, and the ground-truth evaluation)."""
-    toy_prompts: int = 2048
-    """Number of toy-world train prompts drawn when no prompt file is given."""
-    eval_prompts: int = 128
-    """Held-out toy-world prompts judged every eval_every steps (0 = no evaluation)."""
     max_steps: int = 60
     """Iterations (rollout + update)."""
     lr: float = 1e-4
@@ -259,11 +251,10 @@ def run(
 ) -> int:
     """The loop of the module docstring for one method (its `advantage`); ReMax asks for the
     `greedy_baseline`, Safe GRPO passes its `constraint`."""
-    from alignloop.lm.evaluate import evaluate_policy
-    from alignloop.lm.toyworld import ToyWorld
-
     check_inputs(
-        cfg.output_dir, files={"--prompts": cfg.prompts}, models={"--policy": (cfg.policy, "causal-lm")}
+        cfg.output_dir,
+        files={"--prompts": cfg.prompts, "--eval-prompts": cfg.eval_prompts},
+        models={"--policy": (cfg.policy, "causal-lm")},
     )
     check_sources(cfg.reward_model, cfg.reward_function, "reward")
     if constraint is not None:
@@ -282,11 +273,9 @@ def run(
         )
     kl_in_loss = cfg.kl_penalty == "loss"
     loss_fn: GRPOLoss = GRPO_LOSSES[cfg.loss]
-    world = ToyWorld(cfg.toyworld_seed)
+    task = task_from_options(cfg, cfg.seed)
     tokenizer = load_tokenizer(cfg.policy)
-    prompts = load_prompts(
-        cfg.prompts, world, cfg.toy_prompts, cfg.seed, rollout_batch_size=cfg.rollout_batch_size
-    )
+    prompts = train_prompts(task, cfg.rollout_batch_size)
     collate = PromptCollator(tokenizer)
 
     policy: nn.Module = load_causal_lm(cfg.policy)
@@ -325,7 +314,8 @@ def run(
         if lagrange is not None:
             lagrange.load_state_dict(extra["lagrange"])
             cost_window.extend(extra["cost_window"])
-    eval_set = world.prompts("eval", cfg.eval_prompts, seed=cfg.seed) if cfg.eval_prompts else []
+    eval_set = task.prompts("eval") if cfg.eval_size else []
+    evaluation = None
     logger = run.logger(
         total_steps=cfg.max_steps,
         description=description,
@@ -459,16 +449,18 @@ def run(
             if eval_set and (
                 due or step == cfg.max_steps
             ):  # every process: a sharded forward is a collective
-                judged = evaluate_policy(
+                evaluation = judge_policy(
                     unwrap(policy),
                     tokenizer,
-                    world,
+                    task,
                     eval_set,
+                    reward=lambda *batch: rewards(*batch)[0],
+                    cost=None if costs is None else (lambda *batch: costs(*batch)[0]),
+                    reference=reference,
                     max_new_tokens=cfg.max_new_tokens,
                     seed=cfg.seed,
                 )
-                logger.log(step, judged, split="eval")
-                info += f"  help {judged['helpfulness']:.2f}  unsafe {judged['unsafe_rate']:.2f}"
+                info += log_evaluation(logger, step, evaluation)
             logger.advance(step, info)
             if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == cfg.max_steps:
                 extra = {"schedule_steps": schedule_steps}
@@ -476,6 +468,8 @@ def run(
                     extra |= {"lagrange": lagrange.state_dict(), "cost_window": list(cost_window)}
                 run.checkpointer.save(step, models, optimizers, {"policy": scheduler}, extra)
     save_final(policy, tokenizer, run.layout.final, ctx)
+    if evaluation is not None and ctx.is_main:
+        write_evaluation(run.layout.root, evaluation, step=step, prompt_source=task.eval_source)
     run.close()
     return 0
 

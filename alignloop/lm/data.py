@@ -1,13 +1,15 @@
 """From feedback records to padded tensors.
 
 Prompt format: when the tokenizer has a chat template, a prompt is rendered as one user turn
-with the generation prompt appended (`apply_chat_template(..., add_generation_prompt=True)`).
-Otherwise the default format is
+with the generation prompt appended (`apply_chat_template(..., add_generation_prompt=True)`); a
+prompt that is a dialogue (chat messages read from a file, held as one text by
+`feedback.formats.conversation_text`, or an HH-RLHF prompt) goes through the template as its
+messages. Otherwise the default format is
 
     Human: {prompt}
     Assistant:
 
-and the response follows after a space. Sequences are tokenised as prompt (with the
+(a dialogue is kept as it is), and the response follows after a space. Sequences are tokenised as prompt (with the
 tokenizer's special tokens, e.g. <bos>) + response (without) + <eos>, so the boundary between
 prompt and response is exact: `response_mask` is True on the response tokens and the <eos>.
 
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 
 from alignloop.errors import UserError
+from alignloop.feedback.formats import conversation_turns
 from alignloop.feedback.pairs import (
     RankedCandidates,
     SafetyOrder,
@@ -40,12 +43,11 @@ DEFAULT_PROMPT_FORMAT = "Human: {prompt}\nAssistant:"
 
 def format_prompt(tokenizer: Any, prompt: str) -> str:
     """The text the model sees before its response (chat template, else the default format)."""
+    turns = conversation_turns(prompt)
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return str(text)
-    return DEFAULT_PROMPT_FORMAT.format(prompt=prompt)
+        messages = turns if turns is not None else [{"role": "user", "content": prompt}]
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return prompt.lstrip("\n") if turns is not None else DEFAULT_PROMPT_FORMAT.format(prompt=prompt)
 
 
 def encode_prompt(tokenizer: Any, prompt: str, max_length: int | None = None) -> list[int]:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alignloop.checks import output_dir
+from alignloop.lm.tasks import cost_limit_from_labels as cost_limit_from_labels  # its old home
 
 PRESETS: dict[str, dict[str, int]] = {
     # steps of each stage and the number of held-out prompts judged
@@ -189,8 +190,8 @@ def run(cfg: DemoConfig) -> int:
         "max_steps": steps["ppo"],
         "eval_every": max(steps["ppo"] // 6, 1),
         "save_every": max(steps["ppo"], 1),
-        "eval_prompts": 16 if small else 128,
-        "toy_prompts": 256 if small else 2048,
+        "eval_size": 16 if small else 128,
+        "train_size": 256 if small else 2048,
         "rollout_batch_size": 16 if small else 64,
         "batch_size": 16 if small else 32,
         **common,
@@ -226,8 +227,8 @@ def run(cfg: DemoConfig) -> int:
         "max_steps": steps["grpo"],
         "eval_every": max(steps["grpo"] // 5, 1),
         "save_every": max(steps["grpo"], 1),
-        "eval_prompts": 16 if small else 128,
-        "toy_prompts": 256 if small else 2048,
+        "eval_size": 16 if small else 128,
+        "train_size": 256 if small else 2048,
         "rollout_batch_size": 4 if small else 16,
         "group_size": 8,
         "batch_size": 32 if small else 128,
@@ -300,19 +301,11 @@ def run(cfg: DemoConfig) -> int:
 
 
 def calibrated_cost_limit(cost_model_dir: Path, seed: int, n_pairs: int, unsafe_share: float) -> float:
-    """A cost limit in the cost model's own units: the expected cost of answers that are unsafe
-    with probability ``unsafe_share``,
-
-        d = (1 - unsafe_share) * mean cost(labelled safe) + unsafe_share * mean cost(labelled unsafe),
-
-    the means taken over fresh training-split pairs labelled by the scripted teacher (no
-    ground truth). With the limit at 0, the boundary, the many benign prompts keep the mean
-    cost far below it whatever the policy does on risky ones, and lambda decays to 0."""
+    """The toy world's cost limit (`tasks.cost_limit_from_labels`) on fresh training-split
+    pairs labelled by the scripted teacher (no ground truth)."""
     from alignloop.lm.models import ScoreModel, load_tokenizer
     from alignloop.lm.toyworld import ToyWorld
 
-    if not 0.0 <= unsafe_share < 1.0:
-        raise ValueError(f"unsafe_share must be in [0, 1), got {unsafe_share}")
     cost_model = ScoreModel.from_pretrained(cost_model_dir).eval()
     tokenizer = load_tokenizer(cost_model_dir)
     labelled: dict[bool, list[tuple[str, str]]] = {True: [], False: []}
@@ -320,41 +313,32 @@ def calibrated_cost_limit(cost_model_dir: Path, seed: int, n_pairs: int, unsafe_
         for i in (0, 1):
             if c.is_safe[i] is not None:
                 labelled[bool(c.is_safe[i])].append((c.prompt, c.response(i)))
-    if not labelled[True] or not labelled[False]:
-        raise ValueError("too few labelled responses to calibrate the cost limit on; pass --cost-limit")
     return cost_limit_from_labels(cost_model, tokenizer, labelled, unsafe_share)
-
-
-def cost_limit_from_labels(
-    cost_model: Any, tokenizer: Any, labelled: dict[bool, list[tuple[str, str]]], unsafe_share: float
-) -> float:
-    """``(1 - unsafe_share) * mean cost(labelled safe) + unsafe_share * mean cost(labelled unsafe)``
-    over (prompt, response) pairs keyed by their safety label (True = safe); both lists non-empty."""
-    from alignloop.lm.evaluate import score_texts
-
-    means = {
-        safe: float(score_texts(cost_model, tokenizer, [p for p, _ in rows], [r for _, r in rows]).mean())
-        for safe, rows in labelled.items()
-    }
-    return (1.0 - unsafe_share) * means[True] + unsafe_share * means[False]
 
 
 def evaluate_all(out: Path, methods: list[str], *, seed: int, n_prompts: int) -> dict[str, Any]:
     """Judge every method's final policy and the reward and cost models; the report's content."""
     from alignloop.lm.evaluate import evaluate_policy, held_out_pairs, preference_accuracy, sign_accuracy
     from alignloop.lm.models import ScoreModel, load_causal_lm, load_tokenizer
+    from alignloop.lm.tasks import ToyWorldTask
     from alignloop.lm.toyworld import ToyWorld
 
     world = ToyWorld(seed)
     tokenizer = load_tokenizer(out / "sft" / "final")
     reward_model = ScoreModel.from_pretrained(out / "reward" / "final").eval()
     cost_model = ScoreModel.from_pretrained(out / "cost" / "final").eval()
-    prompts = world.prompts("eval", n_prompts, seed=seed + 1000)
+    prompts = [p.text for p in world.prompts("eval", n_prompts, seed=seed + 1000)]
     results: dict[str, dict[str, float]] = {}
     for method in methods:
         policy = load_causal_lm(out / method / "final").eval()
         results[method] = evaluate_policy(
-            policy, tokenizer, world, prompts, reward_model=reward_model, cost_model=cost_model, seed=seed
+            policy,
+            tokenizer,
+            ToyWorldTask(seed),
+            prompts,
+            reward_model=reward_model,
+            cost_model=cost_model,
+            seed=seed,
         )
     pairs = held_out_pairs(world, max(n_prompts, 200), seed=seed)
     models = {

@@ -56,6 +56,7 @@ from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage, me
 from alignloop.core.losses import entropy_from_logits, ppo_policy_loss, value_loss
 from alignloop.errors import UserError
 from alignloop.lm.data import PromptCollator
+from alignloop.lm.evaluate import judge_policy, log_evaluation, model_scores, write_evaluation
 from alignloop.lm.folders import check_inputs
 from alignloop.lm.generation import Rollout
 from alignloop.lm.models import (
@@ -70,13 +71,13 @@ from alignloop.lm.rollouts import (
     forward_values,
     frozen_score_model,
     gather_rollout,
-    load_prompts,
     sample_share,
     score_rollout,
 )
 from alignloop.lm.rollouts import (
     forward_logprobs as forward_logprobs,  # importable from here too, as before
 )
+from alignloop.lm.tasks import TaskOptions, task_from_options, train_prompts
 from alignloop.lm.training import (
     DistributedContext,
     TrainCommon,
@@ -95,7 +96,7 @@ from alignloop.runstack.run import check_schedule
 
 
 @dataclass(frozen=True)
-class PPOConfig(TrainCommon):
+class PPOConfig(TaskOptions, TrainCommon):
     """PPO-RLHF: maximise a reward model's score with a KL penalty to the starting policy."""
 
     output_dir: Path = Path("runs/ppo")
@@ -104,14 +105,6 @@ class PPOConfig(TrainCommon):
     """Starting policy (a causal-LM folder with its tokenizer); also the frozen reference."""
     reward_model: Path = Path("runs/reward/final")
     """Reward model folder (`alignloop train reward`); also initialises the reward critic."""
-    prompts: Path | None = None
-    """Prompt file (any feedback format; each record's prompt). None = the toy world's train prompts."""
-    toyworld_seed: int = 0
-    """Toy world seed (prompts when no file is given, and the ground-truth evaluation)."""
-    toy_prompts: int = 2048
-    """Number of toy-world train prompts drawn when no prompt file is given."""
-    eval_prompts: int = 128
-    """Held-out toy-world prompts judged every eval_every steps (0 = no evaluation)."""
     max_steps: int = 60
     """PPO iterations (rollout + update)."""
     total_steps: int = 0
@@ -405,12 +398,9 @@ def _run(
 ) -> int:
     """The loop of the module docstring. Safe RLHF passes its `constraint` (and the cost model,
     which also initialises the cost critic); shaping passes the cost model and its fixed lambda."""
-    from alignloop.lm.evaluate import evaluate_policy
-    from alignloop.lm.toyworld import ToyWorld
-
     check_inputs(
         cfg.output_dir,
-        files={"--prompts": cfg.prompts},
+        files={"--prompts": cfg.prompts, "--eval-prompts": cfg.eval_prompts},
         models={
             "--policy": (cfg.policy, "causal-lm"),
             "--reward-model": (cfg.reward_model, "score"),
@@ -424,11 +414,9 @@ def _run(
             f"--rollout-batch-size ({cfg.rollout_batch_size}) must be a multiple of --batch-size ({cfg.batch_size}), "
             f"and --batch-size a multiple of processes x --grad-accum ({ctx.world_size} x {cfg.grad_accum})"
         )
-    world = ToyWorld(cfg.toyworld_seed)
+    task = task_from_options(cfg, cfg.seed)
     tokenizer = load_tokenizer(cfg.policy)
-    prompts = load_prompts(
-        cfg.prompts, world, cfg.toy_prompts, cfg.seed, rollout_batch_size=cfg.rollout_batch_size
-    )
+    prompts = train_prompts(task, cfg.rollout_batch_size)
     collate = PromptCollator(tokenizer)
 
     policy: nn.Module = load_causal_lm(cfg.policy)
@@ -464,7 +452,8 @@ def _run(
         )
         if constraint is not None:
             constraint.load_state_dict(extra["constraint"])
-    eval_set = world.prompts("eval", cfg.eval_prompts, seed=cfg.seed) if cfg.eval_prompts else []
+    eval_set = task.prompts("eval") if cfg.eval_size else []
+    evaluation = None
     logger = run.logger(
         total_steps=cfg.max_steps,
         description=description,
@@ -560,16 +549,18 @@ def _run(
             if eval_set and (
                 due or step == cfg.max_steps
             ):  # every process: a sharded forward is a collective
-                judged = evaluate_policy(
+                evaluation = judge_policy(
                     unwrap(policy),
                     tokenizer,
-                    world,
+                    task,
                     eval_set,
+                    reward=model_scores(reward_model),
+                    cost=None if cost_model is None else model_scores(cost_model),
+                    reference=reference,
                     max_new_tokens=cfg.max_new_tokens,
                     seed=cfg.seed,
                 )
-                logger.log(step, judged, split="eval")
-                info += f"  help {judged['helpfulness']:.2f}  unsafe {judged['unsafe_rate']:.2f}"
+                info += log_evaluation(logger, step, evaluation)
             logger.advance(step, info)
             if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == cfg.max_steps:
                 extra = {"schedule_steps": schedule_steps}
@@ -577,6 +568,8 @@ def _run(
                     extra["constraint"] = constraint.state_dict()
                 run.checkpointer.save(step, models, saved_optimizers, schedulers, extra)
     save_final(policy, tokenizer, run.layout.final, ctx)
+    if evaluation is not None and ctx.is_main:
+        write_evaluation(run.layout.root, evaluation, step=step, prompt_source=task.eval_source)
     run.close()
     return 0
 

@@ -32,7 +32,6 @@ __all__ = [
     "forward_values",
     "frozen_score_model",
     "gather_rollout",
-    "load_prompts",
     "sample_share",
     "score_rollout",
 ]
@@ -154,29 +153,6 @@ def gather_rollout(rollout: Rollout, scores: Scores, ctx: DistributedContext) ->
         rollout.prompt_length,
     )
     return whole, Scores(*(cat(getattr(scores, f.name)) for f in fields(scores)))
-
-
-def load_prompts(
-    path: Path | None, world: Any, n: int, seed: int, *, rollout_batch_size: int = 1
-) -> list[str]:
-    """The prompts of a prompt file (any feedback format), or `n` of the toy world's train prompts;
-    a `UserError` when there are fewer than one rollout batch of them."""
-    if path is None:
-        prompts = [p.text for p in world.prompts("train", n, seed=seed)]
-        source = f"--toy-prompts {n}"
-    else:
-        from alignloop.feedback.formats import read_prompts
-
-        prompts = [r.prompt for r in read_prompts(path)]
-        if not prompts:
-            raise UserError(f"{path}: no prompts in the file")
-        source = f"the {len(prompts)} prompts in {path}"
-    if len(prompts) < rollout_batch_size:
-        raise UserError(
-            f"--rollout-batch-size {rollout_batch_size} is more than {source}; "
-            "pass a smaller --rollout-batch-size or more prompts"
-        )
-    return prompts
 
 
 def check_same_vocab(tokenizer: Any, model: ScoreModel, path: Path) -> None:

@@ -3,11 +3,13 @@
 It logs in like a person would, asks for its next assignment, answers the project's questions
 (whatever kinds it asks: `alignloop.feedback.teachers.ScriptedAnnotator`) and submits, exactly
 through the API the web page uses, so the loop on the other side cannot tell it from a person.
-Two teachers:
+Three teachers:
 
 - ``toyworld``: the toy world's ground-truth judges (helpfulness, harm) with the toy world's
   noise, the annotator the toy-world loop is measured against; it corrects unsafe responses into
   the toy world's safest helpful answer (`alignloop.lm.aligner.toy_correction`);
+- ``reward-model``: a reward model's scores as helpfulness and a cost model's as harm (cost
+  > 0 = unsafe), behind Bradley-Terry noise: any prompts, for the loop on any language model;
 - ``oracle``: judges trajectory clips from the per-step true rewards and costs that the control
   loop writes to ``run_dir/oracle.jsonl`` for each item key (the platform never sees them),
   playing a person watching the clips: segment sums for choices, rankings and ratings
@@ -60,10 +62,19 @@ class AnnotateConfig:
     """Annotator account name (with --password-file); without it, a token from $ALIGNLOOP_TOKEN."""
     password_file: Path | None = None
     """File whose first line is the account's password."""
-    teacher: Literal["toyworld", "oracle"] = "toyworld"
-    """toyworld: the toy world's judges; oracle: per-step true rewards/costs in --oracle."""
+    teacher: Literal["toyworld", "oracle", "reward-model"] = "toyworld"
+    """toyworld: the toy world's judges; oracle: per-step true rewards/costs in --oracle;
+    reward-model: judges with --reward-model (and --cost-model) on any prompts."""
     oracle: Path | None = None
     """The control loop's oracle.jsonl (teacher oracle)."""
+    reward_model: Path | None = None
+    """Reward model folder (`alignloop train reward`) of --teacher reward-model."""
+    cost_model: Path | None = None
+    """Cost model folder (`alignloop train cost`) of --teacher reward-model: cost > 0 is unsafe
+    (without it, safety questions are answered as if every response were safe)."""
+    beta: float = 1.0
+    """Rationality of --teacher reward-model: P(prefer A) = sigmoid(beta (r_A - r_B)), 1 = the
+    reward model's own Bradley-Terry probability (inf = always the higher score)."""
     world_seed: int = 0
     """Toy world seed (must match the loop's)."""
     seed: int = 0
@@ -82,18 +93,28 @@ class AnnotateConfig:
 
 
 def toyworld_teacher(world_seed: int, seed: int, questions: tuple[Question, ...]) -> Teacher:
-    """The toy world's judges behind the toy world's teacher noise, for any questions."""
+    """The toy world's judges behind the toy world's teacher noise, for any questions; an item
+    whose prompt is not a toy-world prompt is a `UserError` (nothing is submitted for it)."""
     import random
 
     from alignloop.lm.aligner import toy_correction
+    from alignloop.lm.tasks import ToyWorldTask
     from alignloop.lm.toyworld import ToyWorld
 
     world = ToyWorld(seed=world_seed)
+    task = ToyWorldTask(seed=world_seed)
     annotator = ScriptedAnnotator(questions, world.teacher(seed).noise, seed=seed)
     rng = random.Random(seed)
 
     def judge(raw: dict[str, Any]) -> dict[str, Any]:
         item = item_from_json(raw)
+        if not task.can_judge(item.prompt):
+            shown = item.prompt if len(item.prompt) <= 80 else item.prompt[:77] + "..."
+            raise UserError(
+                f"item {item.key!r}: --teacher toyworld cannot judge the prompt {shown!r}: its judges know "
+                "only the toy world's prompts; label this project with people, or point the annotator "
+                "at a toy-world project (`alignloop loop --demo toyworld`)"
+            )
         texts = [item.text(i) for i in range(len(item.candidates))]
         values = np.asarray([world.helpfulness(item.prompt, t) for t in texts])
         truth = Truth(
@@ -104,6 +125,38 @@ def toyworld_teacher(world_seed: int, seed: int, questions: tuple[Question, ...]
             corrected=lambda i: toy_correction(world, item.prompt, texts[i], rng),
         )
         return _labels(annotator.answer(truth))
+
+    return judge
+
+
+def reward_model_teacher(
+    reward_model: Path,
+    cost_model: Path | None,
+    seed: int,
+    questions: tuple[Question, ...],
+    beta: float = 1.0,
+) -> Teacher:
+    """Judges any prompts with a reward model (helpfulness: its scores) and a cost model (cost
+    > 0 = unsafe), behind Bradley-Terry noise of rationality `beta`; corrections are not offered."""
+    from alignloop.lm.evaluate import score_texts
+    from alignloop.lm.models import ScoreModel, load_tokenizer
+
+    models = {"reward": reward_model, "cost": cost_model}
+    loaded = {k: (ScoreModel.from_pretrained(p).eval(), load_tokenizer(p)) for k, p in models.items() if p}
+    annotator = ScriptedAnnotator(questions, TeacherNoise(beta=beta, cost_threshold=0.0), seed=seed)
+
+    def scores(kind: str, prompt: str, texts: list[str]) -> np.ndarray:
+        model, tokenizer = loaded[kind]
+        context = int(getattr(model.config, "max_position_embeddings", None) or 2048)
+        values = score_texts(model, tokenizer, [prompt] * len(texts), texts, max_length=context)
+        return values.double().numpy()
+
+    def judge(raw: dict[str, Any]) -> dict[str, Any]:
+        item = item_from_json(raw)
+        texts = [item.text(i) for i in range(len(item.candidates))]
+        rewards = scores("reward", item.prompt, texts)
+        costs = scores("cost", item.prompt, texts) if "cost" in loaded else np.full(len(texts), -1.0)
+        return _labels(annotator.answer(Truth(rewards, rewards, costs=costs)))
 
     return judge
 
@@ -170,6 +223,9 @@ class OracleTeacher:
 def make_teacher(cfg: AnnotateConfig, questions: tuple[Question, ...]) -> Teacher:
     if cfg.teacher == "toyworld":
         return toyworld_teacher(cfg.world_seed, cfg.seed, questions)
+    if cfg.teacher == "reward-model":
+        assert cfg.reward_model is not None, "checked in run()"
+        return reward_model_teacher(cfg.reward_model, cfg.cost_model, cfg.seed, questions, cfg.beta)
     if cfg.oracle is None:
         raise UserError("--teacher oracle needs --oracle PATH (the control loop's oracle.jsonl)")
     return OracleTeacher(cfg.oracle, cfg.seed, questions, cfg.mistake_rate)
@@ -243,6 +299,16 @@ def run(cfg: AnnotateConfig) -> int:
         raise UserError("--idle-exit, --limit and --pace must be >= 0 and --poll > 0")
     if cfg.teacher == "oracle" and cfg.oracle is None:
         raise UserError("--teacher oracle needs --oracle PATH (the control loop's oracle.jsonl)")
+    if cfg.teacher == "reward-model":
+        from alignloop.lm.folders import model_folder
+
+        if cfg.reward_model is None:
+            raise UserError(
+                "--teacher reward-model needs --reward-model DIR (and --cost-model DIR for safety)"
+            )
+        for folder, what in ((cfg.reward_model, "--reward-model"), (cfg.cost_model, "--cost-model")):
+            if folder is not None:
+                model_folder(folder, what, "score")
     client = connect(cfg.url, cfg.user, cfg.password_file)
     stop = False
 

@@ -26,7 +26,7 @@ The Lagrange multiplier likewise starts where the previous round's PPO-Lagrangia
 restarted at 1 it climbed too slowly (a log-space step of lr * lambda * (J_c - d) per
 iteration) to hold a tighter limit against the reward model within a round.
 
-Cost limit: calibrated with the formula of `alignloop demo` (`lm.demo.cost_limit_from_labels`),
+Cost limit: calibrated with the formula of `alignloop demo` (`lm.tasks.cost_limit_from_labels`),
 ``d = (1 - target) * mean cost(safe) + target * mean cost(unsafe)``, on the current policy's
 answers to fresh train prompts split by the new cost model's sign (the demo uses annotator
 labels of fixed pairs; the policy's own answers make ``d`` mean the same thing in every round).
@@ -545,9 +545,9 @@ class ToyWorldDomain:
         """The round's cost limit (see the module docstring), with the flagged and target shares."""
         import torch
 
-        from alignloop.lm.demo import cost_limit_from_labels
         from alignloop.lm.evaluate import score_texts
         from alignloop.lm.models import ScoreModel, load_causal_lm, load_tokenizer
+        from alignloop.lm.tasks import cost_limit_from_labels
 
         policy_dir = self._policy(round_dir, round)
         tokenizer = load_tokenizer(policy_dir)
@@ -574,9 +574,10 @@ class ToyWorldDomain:
         return {
             "policy": self._policy(round_dir, round),
             "reward_model": round_dir / "reward" / "final",
-            "toyworld_seed": self.seed,
+            "task": "toyworld",
+            "task_seed": self.seed,
             "max_steps": self.ppo_steps,
-            "eval_prompts": 0,
+            "eval_size": 0,
             "eval_every": max(self.ppo_steps, 1),
             "save_every": max(self.ppo_steps // 4, 1),
             "rollout_batch_size": self.rollout_batch_size,
@@ -631,13 +632,14 @@ class ToyWorldDomain:
     def _judge(self, policy_dir: Path, reward_dir: Path | None, cost_dir: Path | None) -> dict[str, float]:
         from alignloop.lm.evaluate import evaluate_policy
         from alignloop.lm.models import ScoreModel, load_causal_lm, load_tokenizer
+        from alignloop.lm.tasks import ToyWorldTask
 
         policy = load_causal_lm(policy_dir).eval()
-        prompts = self.world.prompts("eval", self.eval_prompts, seed=self.seed + 1000)
+        prompts = [p.text for p in self.world.prompts("eval", self.eval_prompts, seed=self.seed + 1000)]
         return evaluate_policy(
             policy,
             load_tokenizer(policy_dir),
-            self.world,
+            ToyWorldTask(self.seed),
             prompts,
             reward_model=None if reward_dir is None else ScoreModel.from_pretrained(reward_dir).eval(),
             cost_model=None if cost_dir is None else ScoreModel.from_pretrained(cost_dir).eval(),

@@ -48,7 +48,7 @@ def test_cli_end_to_end_on_the_toy_world(folders, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", COLUMNS="120")
     args = [folders["sft"], f"aligned={folders['ppo']}", "--toyworld", "--n-prompts", "24"]
     args += ["--reward-model", folders["reward"], "--cost-model", folders["cost"], "--output-dir", out]
-    args += ["--bootstrap-rounds", "30", "--tie-tolerance", "0.01"]
+    args += ["--bootstrap-rounds", "30", "--tie-tolerance", "0.01", "--reference", "sft"]
     proc = subprocess.run(
         [sys.executable, "-m", "alignloop.cli", "eval", *map(str, args)],
         capture_output=True,
@@ -64,6 +64,11 @@ def test_cli_end_to_end_on_the_toy_world(folders, tmp_path):
         assert {"reward", "cost", "helpfulness", "mean_win_rate"} <= set(row)
     rates = report["win_rates"]
     assert rates["sft"]["aligned"] + rates["aligned"]["sft"] == pytest.approx(1.0)
+    assert report["policies"]["aligned"]["win_rate_vs_reference"] == rates["aligned"]["sft"]
+    assert (
+        "kl_to_reference" in report["policies"]["aligned"]
+        and "kl_to_reference" not in report["policies"]["sft"]
+    )
     assert report["judge"] == "reward model"
     assert [r["model"] for r in report["leaderboard"]] and len(report["leaderboard"]) == 2
     for r in report["leaderboard"]:
@@ -101,6 +106,7 @@ def test_prompt_file_and_identical_policies_tie(folders, tmp_path, capsys):
         max_new_tokens=6,
         aligner=folders["ppo"],  # any causal LM can stand in for an aligner here
         n_prompts=4,
+        reference="a",
     )
     assert run(cfg) == 0
     assert "using the first 4 of 6 prompts" in capsys.readouterr().out
@@ -108,6 +114,11 @@ def test_prompt_file_and_identical_policies_tie(folders, tmp_path, capsys):
     assert list(report["policies"]) == ["a", "b", "c", "a+aligner", "b+aligner", "c+aligner"]
     assert report["win_rates"]["a"]["b"] == 0.5 and report["n_prompts"] == 4
     assert report["win_rates"]["a+aligner"]["b+aligner"] == 0.5  # same answers, same corrections
+    b, c = report["policies"]["b"], report["policies"]["c"]
+    assert b["kl_to_reference"] == pytest.approx(0.0, abs=1e-6) and b["win_rate_vs_reference"] == 0.5
+    assert c["kl_to_reference"] != pytest.approx(0.0, abs=1e-3)  # another policy: its own log-ratio
+    markdown = (tmp_path / "out" / "eval.md").read_text()
+    assert "## Sample responses" in markdown and "| how do i cook rice 0 |" in markdown
     assert "unsafe_rate" not in report["policies"]["a"]  # no cost model, no unsafe rate
     assert "helpfulness" not in report["policies"]["a"]  # no toy world, no ground truth
     assert not (tmp_path / "out" / "reward_cost.png").exists()

@@ -32,6 +32,7 @@ def test_demo_smoke_writes_the_report(tmp_path: Path):
     # SFT policy again gives the report's figures
     from alignloop.lm.evaluate import evaluate_policy
     from alignloop.lm.models import ScoreModel, load_causal_lm, load_tokenizer
+    from alignloop.lm.tasks import ToyWorldTask
     from alignloop.lm.toyworld import ToyWorld
 
     world = ToyWorld(0)
@@ -39,8 +40,8 @@ def test_demo_smoke_writes_the_report(tmp_path: Path):
     again = evaluate_policy(
         load_causal_lm(out / "sft" / "final"),
         load_tokenizer(out / "sft" / "final"),
-        world,
-        prompts,
+        ToyWorldTask(0),
+        [p.text for p in prompts],
         reward_model=ScoreModel.from_pretrained(out / "reward" / "final").eval(),
         cost_model=ScoreModel.from_pretrained(out / "cost" / "final").eval(),
         seed=0,

@@ -47,7 +47,7 @@ SUPERVISED = dict(
     warmup_steps=0, lr=5e-3, threads=1, progress=False,
 )  # fmt: skip
 RL = dict(
-    toy_prompts=64, rollout_batch_size=8, batch_size=4, max_new_tokens=5, eval_prompts=0, max_steps=3,
+    train_size=64, rollout_batch_size=8, batch_size=4, max_new_tokens=5, eval_size=0, max_steps=3,
     save_every=100, threads=1, progress=False,
 )  # fmt: skip
 ALL = ("sft", "reward", "cost", "dpo", "aligner", "ppo", "ppo-lag", "grpo-lag")

@@ -49,8 +49,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _options(tiny_models: Path, out: Path, **overrides) -> dict:
     options = dict(
-        policy=tiny_models / "policy", reward_model=(tiny_models / "reward",), output_dir=out, toy_prompts=64,
-        rollout_batch_size=4, group_size=4, batch_size=8, max_new_tokens=5, eval_prompts=0, progress=False,
+        policy=tiny_models / "policy", reward_model=(tiny_models / "reward",), output_dir=out, train_size=64,
+        rollout_batch_size=4, group_size=4, batch_size=8, max_new_tokens=5, eval_size=0, progress=False,
         max_steps=3, save_every=2, threads=1,
     )  # fmt: skip
     options.update(overrides)
@@ -246,8 +246,8 @@ def test_resume_continues_exactly(tiny_models: Path, tmp_path: Path):
 # The toy world's ground truth as the reward (helpfulness) and the cost (+1 unsafe, -1 safe):
 # on risky prompts the most helpful answer is unsafe, so reward alone makes a policy less safe.
 LEARN = dict(
-    reward_model=(), reward_function=(HELPFULNESS,), max_steps=30, lr=5e-4, kl_coef=0.01, eval_prompts=0,
-    toy_prompts=512, progress=False, threads=1, save_every=100,
+    reward_model=(), reward_function=(HELPFULNESS,), max_steps=30, lr=5e-4, kl_coef=0.01, eval_size=0,
+    train_size=512, progress=False, threads=1, save_every=100,
 )  # fmt: skip
 GROUPS = dict(rollout_batch_size=16, group_size=4, batch_size=64)
 SINGLES = dict(rollout_batch_size=64, group_size=1, batch_size=64)
@@ -274,11 +274,14 @@ def _judge(policy_dir: Path) -> dict[str, float]:
     sampled response each (a seeded generator: the same policy gives the same figures)."""
     from alignloop.lm.evaluate import evaluate_policy
     from alignloop.lm.models import load_causal_lm, load_tokenizer
+    from alignloop.lm.tasks import ToyWorldTask
     from alignloop.lm.toyworld import ToyWorld
 
     world = ToyWorld(0)
-    prompts = world.prompts("eval", 512, seed=123)
-    return evaluate_policy(load_causal_lm(policy_dir), load_tokenizer(policy_dir), world, prompts, seed=1)
+    prompts = [p.text for p in world.prompts("eval", 512, seed=123)]
+    return evaluate_policy(
+        load_causal_lm(policy_dir), load_tokenizer(policy_dir), ToyWorldTask(0), prompts, seed=1
+    )
 
 
 @pytest.fixture(scope="module")

@@ -172,12 +172,12 @@ def _rl_options(tiny_models: Path, out: Path, **overrides) -> dict:
         policy=tiny_models / "policy",
         reward_model=tiny_models / "reward",
         output_dir=out,
-        toy_prompts=64,
+        train_size=64,
         rollout_batch_size=8,
         batch_size=4,
         grad_accum=2,
         max_new_tokens=5,
-        eval_prompts=0,
+        eval_size=0,
         progress=False,
         max_steps=3,
         save_every=2,
@@ -302,12 +302,13 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _risky_unsafe_rate(policy_dir: Path, n: int = 400) -> float:
     from alignloop.lm.evaluate import evaluate_policy
     from alignloop.lm.models import load_causal_lm, load_tokenizer
+    from alignloop.lm.tasks import ToyWorldTask
     from alignloop.lm.toyworld import ToyWorld
 
     world = ToyWorld(0)
-    risky = [p for p in world.prompts("eval", n, seed=123) if p.risky]
+    risky = [p.text for p in world.prompts("eval", n, seed=123) if p.risky]
     policy = load_causal_lm(policy_dir)
-    return evaluate_policy(policy, load_tokenizer(policy_dir), world, risky, seed=1)["unsafe_rate"]
+    return evaluate_policy(policy, load_tokenizer(policy_dir), ToyWorldTask(0), risky, seed=1)["unsafe_rate"]
 
 
 @pytest.mark.slow
@@ -327,8 +328,8 @@ def test_ppo_lagrangian_lowers_the_unsafe_rate(trained_models: Path, tmp_path: P
         max_steps=15,
         rollout_batch_size=64,
         batch_size=32,
-        toy_prompts=1024,
-        eval_prompts=0,
+        train_size=1024,
+        eval_size=0,
         progress=False,
         save_every=100,
     )

@@ -65,6 +65,47 @@ def test_annotate_with_a_missing_password_file_is_refused(
     assert f"--user a needs --password-file with the password (got {missing})" in capsys.readouterr().err
 
 
+class _OneItemPlatform:
+    """A platform client with one assignment waiting (nothing is submitted to it here)."""
+
+    def __init__(self, prompt: str) -> None:
+        self.prompt, self.submitted = prompt, []
+
+    def __enter__(self) -> _OneItemPlatform:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def next_assignment(self, project: int) -> dict:
+        candidates = [{"text": t, "media": None, "model": "", "frames": None} for t in ("Sure.", "No.")]
+        return {"id": 7, "item": {"key": "item-3", "prompt": self.prompt, "candidates": candidates}}
+
+    def submit_and_next(self, assignment: int, labels: dict) -> tuple[dict, None]:
+        self.submitted.append(labels)
+        return {}, None
+
+    submit = submit_and_next
+
+
+def test_annotate_toyworld_on_prompts_it_cannot_judge_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Real prompts on the platform and `--teacher toyworld`: one message naming the item, the
+    prompt, the reason and the fix, exit 2, no traceback, nothing submitted."""
+    from alignloop.feedback.schema import Pairwise
+    from alignloop.loop import annotate
+
+    platform = _OneItemPlatform("How do I fix a bicycle?")
+    monkeypatch.setattr(annotate, "connect", lambda *args: platform)
+    monkeypatch.setattr(annotate, "find_project", lambda *args, **kw: (1, (Pairwise("better"),)))
+    assert main(["annotate", "--teacher", "toyworld", "--idle-exit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "item 'item-3': --teacher toyworld cannot judge the prompt 'How do I fix a bicycle?'" in err
+    assert "label this project with people" in err and "Traceback" not in err
+    assert platform.submitted == []
+
+
 def test_loop_reads_its_options_from_a_yaml_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
