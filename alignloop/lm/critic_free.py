@@ -60,6 +60,7 @@ from alignloop.lm.evaluate import decode_responses, judge_policy, log_evaluation
 from alignloop.lm.folders import check_inputs
 from alignloop.lm.generation import Rollout, generate
 from alignloop.lm.models import load_causal_lm, load_tokenizer, position_ids_from_mask, token_logprobs
+from alignloop.lm.rollouts import gather_shares, sample_share
 from alignloop.lm.scoring import Scorer, check_sources
 from alignloop.lm.tasks import TaskOptions, task_from_options, train_prompts
 from alignloop.lm.training import (
@@ -327,7 +328,6 @@ def run(
     batches_per_epoch = len(prompts) // cfg.rollout_batch_size
     share = n_rows // ctx.world_size
     mine = slice(ctx.rank * share, (ctx.rank + 1) * share)  # this process's rows of a rollout
-    all_ended = (lambda ended: not ctx.any(not ended)) if ctx.distributed else None
     with logger:
         while step < cfg.max_steps:
             started = time.perf_counter()
@@ -337,18 +337,16 @@ def run(
             texts = [prompts[i] for i in rows for _ in range(group)]  # (N,) G copies of each prompt
             batch = collate(texts)  # the whole rollout: the same padding on every process
             policy.eval()
-            rollout = generate(
-                unwrap(policy),
-                batch["input_ids"][mine].to(ctx.device),
-                batch["attention_mask"][mine].to(ctx.device),
+            rollout = sample_share(
+                policy,
+                batch,
+                ctx,
                 max_new_tokens=cfg.max_new_tokens,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
                 temperature=cfg.temperature,
                 top_k=cfg.top_k,
                 top_p=cfg.top_p,
-                rows=(mine.start, n_rows),
-                all_ended=all_ended,
             )
             completions = decode_responses(tokenizer, rollout.responses, rollout.response_mask)
             reward, parts = _score(
@@ -366,7 +364,7 @@ def run(
             if greedy_baseline:
                 greedy = _greedy_reward(unwrap(policy), texts[mine][::group], rewards, tokenizer, cfg, ctx)
             # every process: the whole rollout, so the baselines, lambda and mini-batches are one process's
-            rollout, reward, ref_logprobs, summed, greedy = _gather(
+            rollout, (reward, ref_logprobs, summed, greedy) = gather_shares(
                 ctx, rollout, reward, ref_logprobs, summed, greedy
             )
             mask = rollout.response_mask  # (N, R) True = response token
@@ -472,20 +470,6 @@ def run(
         write_evaluation(run.layout.root, evaluation, step=step, prompt_source=task.eval_source)
     run.close()
     return 0
-
-
-def _gather(ctx: DistributedContext, rollout: Rollout, *scores: Tensor | None) -> tuple[Any, ...]:
-    """Every process's share of the rollout and of its scores, concatenated in rank order."""
-    if not ctx.distributed:
-        return (rollout, *scores)
-    whole = Rollout(
-        ctx.all_gather(rollout.sequences),
-        ctx.all_gather(rollout.attention_mask),
-        ctx.all_gather(rollout.response_mask),
-        ctx.all_gather(rollout.logprobs),
-        rollout.prompt_length,
-    )
-    return (whole, *(None if t is None else ctx.all_gather(t) for t in scores))
 
 
 def _score(

@@ -5,8 +5,9 @@ and the critics, and gather the shares.
 `sample_share` draws the sampling noise of each row at that row's place in the whole batch
 (`generation.generate`'s ``rows``) and keeps every process decoding until every response has
 ended, so N processes sampling their shares draw the tokens one process sampling the whole
-batch draws; `gather_rollout` then gives every process the whole rollout. PPO
-(`alignloop.lm.ppo`) is built on these; so can critic-free trainers, without critics.
+batch draws; `gather_rollout` (`gather_shares` for scores of another shape) then gives every
+process the whole rollout. PPO (`alignloop.lm.ppo`) and the critic-free trainers
+(`alignloop.lm.critic_free`, without critics) are built on these.
 Tensors are aligned on response tokens: ``(B, R)``, ``response_mask`` True = response token.
 """
 
@@ -32,6 +33,7 @@ __all__ = [
     "forward_values",
     "frozen_score_model",
     "gather_rollout",
+    "gather_shares",
     "sample_share",
     "score_rollout",
 ]
@@ -137,22 +139,27 @@ def score_rollout(
     )
 
 
-def gather_rollout(rollout: Rollout, scores: Scores, ctx: DistributedContext) -> tuple[Rollout, Scores]:
-    """Every process's rollout share and scores, concatenated in rank order (the whole batch)."""
+def gather_shares(
+    ctx: DistributedContext, rollout: Rollout, *shares: Tensor | None
+) -> tuple[Rollout, list[Any]]:
+    """Every process's rollout share and the tensors ``shares`` aligned on its rows (None stays
+    None), concatenated in rank order: the whole batch's."""
     if not ctx.distributed:
-        return rollout, scores
-
-    def cat(t: Tensor | None) -> Any:
-        return None if t is None else ctx.all_gather(t)
-
+        return rollout, list(shares)
     whole = Rollout(
-        cat(rollout.sequences),
-        cat(rollout.attention_mask),
-        cat(rollout.response_mask),
-        cat(rollout.logprobs),
+        ctx.all_gather(rollout.sequences),
+        ctx.all_gather(rollout.attention_mask),
+        ctx.all_gather(rollout.response_mask),
+        ctx.all_gather(rollout.logprobs),
         rollout.prompt_length,
     )
-    return whole, Scores(*(cat(getattr(scores, f.name)) for f in fields(scores)))
+    return whole, [None if t is None else ctx.all_gather(t) for t in shares]
+
+
+def gather_rollout(rollout: Rollout, scores: Scores, ctx: DistributedContext) -> tuple[Rollout, Scores]:
+    """Every process's rollout share and scores, concatenated in rank order (the whole batch)."""
+    whole, gathered = gather_shares(ctx, rollout, *(getattr(scores, f.name) for f in fields(scores)))
+    return whole, Scores(*gathered)
 
 
 def check_same_vocab(tokenizer: Any, model: ScoreModel, path: Path) -> None:

@@ -1,13 +1,14 @@
 """Data parallelism changes nothing but speed, and a resume under it continues exactly.
 
-Every language-model trainer (sft, reward, cost, dpo, aligner, ppo, ppo-lag, and grpo-lag for the
-critic-free family, which shares one loop) runs under
+Every language-model trainer (sft, reward, cost, dpo, aligner, ppo, ppo-lag, and the
+critic-free grpo, rloo, reinforce-pp, remax and grpo-lag) runs under
 `torchrun --nproc_per_node=2` (gloo on CPU) with --strategy fsdp and ends where one process on
 the whole batch ends; ddp and fsdp-grad-op are checked for some of them. Under fsdp each
-trainer is also stopped at its checkpoint after 2 of 3 steps and resumed, and must end exactly
-where the uninterrupted run ends; DPO and PPO-Lagrangian are killed (SIGKILL of the whole
-launch) after their first checkpoint and resumed in the next launch, and must end exactly
-where an uninterrupted two-process run ends.
+trainer of `ALL` is also stopped at its checkpoint after 2 of 3 steps and resumed, and must end
+exactly where the uninterrupted run ends (the critic-free trainers share one loop, which Safe
+GRPO, with lambda's state, stands for); DPO, PPO-Lagrangian and Safe GRPO are killed (SIGKILL of
+the whole launch) after their first checkpoint and resumed in the next launch, and must end
+exactly where an uninterrupted two-process run ends.
 
 A launch costs seconds of Python start-up, so the runs are grouped: one launch
 (`torchrun_plan.py`) runs every uninterrupted and stopped-and-resumed run in sequence, and the
@@ -52,8 +53,13 @@ RL = dict(
 )  # fmt: skip
 ALL = ("sft", "reward", "cost", "dpo", "aligner", "ppo", "ppo-lag", "grpo-lag")
 DDP = ("sft", "reward", "cost", "dpo", "ppo")
+CRITIC_FREE = ("grpo", "rloo", "reinforce-pp", "remax")  # fsdp against one process only
 GRAD_OP = ("sft", "ppo-lag")
-KILLED = {"dpo": {"max_steps": 40, "save_every": 2}, "ppo-lag": {"max_steps": 8, "save_every": 2}}
+KILLED = {
+    "dpo": {"max_steps": 40, "save_every": 2},
+    "ppo-lag": {"max_steps": 8, "save_every": 2},
+    "grpo-lag": {"max_steps": 8, "save_every": 2},
+}
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -94,12 +100,11 @@ def options(trainer: str, models: Path, out: Path, **extra) -> dict:
         base = {**RL, "policy": str(models / "policy"), "reward_model": str(models / "reward")}
         if trainer == "ppo-lag":
             base |= {"cost_model": str(models / "cost"), "cost_limit": -1.0}
-    elif (
-        trainer == "grpo-lag"
-    ):  # groups of 4, DAPO's token-level loss, a learning rate that moves the weights
+    elif trainer in (*CRITIC_FREE, "grpo-lag"):  # groups of 4, a learning rate that moves the weights
         base = {**RL, "policy": str(models / "policy"), "reward_model": [str(models / "reward")]}
-        base |= {"cost_model": [str(models / "cost")], "cost_limit": -1.0, "group_size": 4, "batch_size": 16}
-        base |= {"rollout_batch_size": 8, "loss": "dapo", "lr": 1e-3}
+        base |= {"group_size": 4, "batch_size": 16, "rollout_batch_size": 8, "lr": 1e-3}
+        if trainer == "grpo-lag":  # DAPO's token-level loss and dynamic sampling
+            base |= {"cost_model": [str(models / "cost")], "cost_limit": -1.0, "loss": "dapo"}
     else:
         base = dict(SUPERVISED)
         if trainer == "aligner":
@@ -152,7 +157,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runs(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Single-process references here, then one launch of every two-process run."""
     root = tmp_path_factory.mktemp("dist_runs")
-    for name in ALL:
+    for name in (*ALL, *CRITIC_FREE):
         config_cls, train = command(name)
         assert train(from_mapping(config_cls, options(name, models, root / f"{name}-one"))) == 0
     plan = []
@@ -168,6 +173,10 @@ def runs(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             {"trainer": trainer, "options": {**split, "max_steps": 2, "total_steps": 3, "save_every": 2}}
         )
         plan.append({"trainer": trainer, "options": {**split, "resume": True}})
+    plan += [
+        {"trainer": t, "options": options(t, models, root / f"{t}-fsdp", strategy="fsdp")}
+        for t in CRITIC_FREE
+    ]
     plan += [{"trainer": t, "options": options(t, models, root / f"{t}-ddp", strategy="ddp")} for t in DDP]
     plan += [
         {"trainer": t, "options": options(t, models, root / f"{t}-grad-op", strategy="fsdp-grad-op")}
@@ -186,9 +195,11 @@ def runs(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("trainer", ALL)
+@pytest.mark.parametrize("trainer", ALL + CRITIC_FREE)
 def test_fsdp_on_two_processes_matches_one(runs: Path, trainer: str):
     assert relative_difference(runs / f"{trainer}-one", runs / f"{trainer}-fsdp") < 2e-4
+    if trainer in CRITIC_FREE:
+        return
     state = torch.load(Checkpointer(runs / f"{trainer}-split").latest() / "state.pt", weights_only=True)  # type: ignore[operator]
     assert all(
         type(t) is torch.Tensor
@@ -215,7 +226,7 @@ def test_ddp_and_fsdp_grad_op_match_one_process(runs: Path, trainer: str, strate
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_killed_runs_resume_exactly(runs: Path, models: Path):
-    """DPO, then PPO-Lagrangian: each launch is SIGKILLed after the run's first checkpoint (the
+    """DPO, then PPO-Lagrangian, then Safe GRPO: each launch is SIGKILLed after the run's first checkpoint (the
     next run starts only once the previous one has resumed and finished)."""
     trainers = list(KILLED)
     plans = [[] for _ in range(len(trainers) + 1)]
