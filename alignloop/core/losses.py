@@ -207,7 +207,9 @@ def plackett_luce_loss(
     preference pair, `feedback.pairs`): each tied candidate is chosen against the candidates
     ranked below it, not against its tied peers. Without ties this is the exact Plackett-Luce
     likelihood; a tie of two gives 0, like a tied pair; for two candidates without a tie it is
-    Bradley-Terry, ``-log sigmoid(r_winner - r_loser)``. Each ranking's terms are summed (a
+    Bradley-Terry, ``-log sigmoid(r_winner - r_loser)``, and a batch of untied pairs goes through
+    `bradley_terry_loss` itself (score_l2 over the winners' then the losers' scores), so that a
+    pairwise project trains on exactly what a Bradley-Terry reward model trains on. Each ranking's terms are summed (a
     ranking of k says k - 1 choices) and rankings are averaged.
 
     Args:
@@ -225,6 +227,14 @@ def plackett_luce_loss(
     if mask is None:
         mask = torch.ones_like(scores, dtype=torch.bool)
     _check_same_shape(scores=scores, mask=mask)
+    if scores.shape[1] == 2 and bool(mask.all()) and bool((ranks[:, 0] != ranks[:, 1]).all()):
+        # untied pairs: Bradley-Terry, computed as `bradley_terry_loss` computes it (the same
+        # loss and gradients to the last bit, not only the same function)
+        first_better = ranks[:, 0] < ranks[:, 1]  # (B,)
+        better = torch.where(first_better, scores[:, 0], scores[:, 1])
+        worse = torch.where(first_better, scores[:, 1], scores[:, 0])
+        loss, metrics = bradley_terry_loss(better, worse, score_l2=score_l2)
+        return loss, {k: metrics[k] for k in ("rewards/accuracy", "rewards/margin")}
     # compete[b, i, j]: candidate j is among those candidate i is chosen against (itself included)
     compete = mask[:, None, :] & (ranks[:, None, :] > ranks[:, :, None])  # (B, K, K) ranked below i
     compete = compete | torch.eye(scores.shape[1], dtype=torch.bool, device=scores.device)

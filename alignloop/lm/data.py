@@ -181,11 +181,12 @@ class PreferenceCollator:
 class RankingCollator:
     """RankedCandidates list -> every candidate's tokens in one batch, and where each goes.
 
-    Returns input_ids, attention_mask (N, T) for the N candidates of all B rankings (ranking b's
-    candidates in order, then b + 1's), `ranks` (B, K) long and `mask` (B, K) bool (True = a
-    candidate; K the longest ranking, shorter ones padded), and `slots` (N,) long: the flat
-    index b * K + k of each candidate's score in (B, K). A batch of pairs is the (2B, T) batch
-    of `PreferenceCollator`, chosen and rejected interleaved.
+    Returns input_ids, attention_mask (N, T) for the N candidates of all B rankings (every ranking's
+    first candidate, then every ranking's second, and so on), `ranks` (B, K) long and `mask`
+    (B, K) bool (True = a candidate; K the longest ranking, shorter ones padded), and `slots`
+    (N,) long: the flat index b * K + k of each candidate's score in (B, K). A batch of pairs
+    (winner first) is exactly the (2B, T) batch `PreferenceCollator` puts through the model:
+    every chosen response, then every rejected one.
     """
 
     tokenizer: Any
@@ -196,11 +197,12 @@ class RankingCollator:
         encoded, slots = [], []
         ranks = torch.zeros(len(rankings), K, dtype=torch.long)
         mask = torch.zeros(len(rankings), K, dtype=torch.bool)
-        for b, r in enumerate(rankings):
-            for k, (text, rank) in enumerate(zip(r.texts, r.ranks, strict=True)):
-                encoded.append(encode_pair(self.tokenizer, r.prompt, text, self.max_length))
-                slots.append(b * K + k)
-                ranks[b, k], mask[b, k] = rank, True
+        for k in range(K):
+            for b, r in enumerate(rankings):
+                if k < len(r.texts):
+                    encoded.append(encode_pair(self.tokenizer, r.prompt, r.texts[k], self.max_length))
+                    slots.append(b * K + k)
+                    ranks[b, k], mask[b, k] = r.ranks[k], True
         batch = _pad_encoded(encoded, self.tokenizer.pad_token_id)
         return {
             "input_ids": batch["input_ids"],  # (N, T)

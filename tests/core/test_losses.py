@@ -122,7 +122,14 @@ def test_plackett_luce_of_two_is_bradley_terry_and_padding_is_ignored() -> None:
     winner, loser = t(2.0, 0.0, 0.3), t(1.0, 1.0, 0.3)
     bt, _ = bradley_terry_loss(winner, loser, score_l2=0.1)
     pl, _ = plackett_luce_loss(torch.stack([winner, loser], 1), torch.tensor([[1, 2]] * 3), score_l2=0.1)
-    close(pl, float(bt))
+    assert torch.equal(pl, bt)  # untied pairs go through bradley_terry_loss itself
+    flipped, _ = plackett_luce_loss(torch.stack([loser, winner], 1), torch.tensor([[2, 1]] * 3), score_l2=0.1)
+    assert torch.equal(flipped, bt)
+    # the general formula on the same pairs (padded to 3: not the pairs' path) agrees
+    padded = torch.stack([winner, loser, torch.zeros(3, dtype=F64)], 1)
+    mask = torch.tensor([[True, True, False]] * 3)
+    general, _ = plackett_luce_loss(padded, torch.tensor([[1, 2, 3]] * 3), mask, score_l2=0.1)
+    close(general, float(bt))
     # a batch of a ranking of 3 and a pair padded to 3 (NaN where nothing is): the mean of the
     # two rankings' losses, (0.72086765196260 + log(1 + e^-1)) / 2
     scores = torch.tensor([[1.0, 0.0, -1.0], [2.0, 1.0, float("nan")]], dtype=F64)

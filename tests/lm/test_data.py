@@ -156,7 +156,8 @@ def test_rankings_are_batched_candidate_by_candidate_and_scored_in_place(tokeniz
     three = RankedCandidates("what is tea", ("a", "b", "c"), (2, 1, 2))
     batch = RankingCollator(tokenizer, 32)([pair, three])
     assert batch["input_ids"].shape[0] == 5  # 2 + 3 candidates, no padding candidate
-    assert batch["slots"].tolist() == [0, 1, 3, 4, 5]  # into (2, 3): the pair's third slot is empty
+    # every first candidate, then every second, ...: into (2, 3), the pair's third slot is empty
+    assert batch["slots"].tolist() == [0, 3, 1, 4, 5]
     assert batch["ranks"].tolist() == [[1, 2, 0], [2, 1, 2]]
     assert batch["mask"].tolist() == [[True, True, False], [True, True, True]]
     first = encode_pair(tokenizer, "how do i cook rice", "boil", 32)["input_ids"]
@@ -167,11 +168,11 @@ def test_rankings_are_batched_candidate_by_candidate_and_scored_in_place(tokeniz
         return SimpleNamespace(end_scores=10.0 + torch.arange(len(input_ids), dtype=torch.float32))
 
     scores = ranking_scores(model, batch)
-    assert scores.tolist() == [[10.0, 11.0, 0.0], [12.0, 13.0, 14.0]]
+    assert scores.tolist() == [[10.0, 12.0, 0.0], [11.0, 13.0, 14.0]]
     better, worse = implied_pair_scores(scores, batch["ranks"], batch["mask"])
     assert sorted(zip(better.tolist(), worse.tolist(), strict=True)) == [
-        (10.0, 11.0),
-        (13.0, 12.0),
+        (10.0, 12.0),
+        (13.0, 11.0),
         (13.0, 14.0),
     ]
 

@@ -127,6 +127,69 @@ def test_judgements_become_judged_items_and_their_pku_comparisons():
     assert both_bad.harm_categories == ((), ("Violence",)) and both_bad.severity == (None, Severity.SEVERE)
 
 
+def test_a_pairwise_round_trains_the_reward_model_on_exactly_the_bradley_terry_pairs(tmp_path: Path):
+    """On two candidates the round's reward data (`judgements` export -> `preference_rankings`
+    -> `RankingCollator` -> `plackett_luce_loss`) is the PKU comparisons' `better` pairs, put
+    through the model as the same (2B, T) batch, with the same Bradley-Terry loss and gradients
+    to the last bit: a pairwise project trains as it did before rankings were read."""
+    import torch
+
+    from alignloop.core.losses import bradley_terry_loss, plackett_luce_loss
+    from alignloop.feedback.formats import write_records
+    from alignloop.lm.data import (
+        PreferenceCollator,
+        RankingCollator,
+        load_comparisons,
+        load_rankings,
+        preferred_pairs,
+    )
+    from alignloop.lm.models import load_score_model
+    from alignloop.lm.reward import ranking_scores
+    from alignloop.lm.toyworld import ToyWorld
+
+    world = ToyWorld(0)
+    teacher = world.teacher(1)
+    judged = []
+    for i, c in enumerate(world.comparisons(48, "train")):
+        item = Item(c.prompt, (Candidate(c.response_0), Candidate(c.response_1)), key=f"r1-{i:05d}")
+        answer = teacher.compare(c.prompt, c.response_0, c.response_1)
+        if answer is not None:
+            judged.append(Judged(1000 + i, 1, Judgement(item, judgement_of(answer).answers, "1")))
+    items, _ = to_judged_items(judged, DEFAULT_QUESTIONS)
+    write_records(items, tmp_path / "judgements.jsonl", "judgements")
+    rankings, ties = load_rankings(tmp_path / "judgements.jsonl")
+    pairs, pair_ties = preferred_pairs(load_comparisons(tmp_path / "judgements.jsonl"), "better")
+    assert ties == pair_ties > 0 and len(rankings) == len(pairs) > 30
+    assert [(r.prompt, r.texts, r.ranks) for r in rankings] == [
+        (c.prompt, (c.response(c.better), c.response(1 - c.better)), (1, 2)) for c in pairs
+    ]
+
+    tokenizer, model = load_score_model("toy", seed=0)
+    new = RankingCollator(tokenizer, 64)(rankings[:16])
+    old = PreferenceCollator(tokenizer, 64, by="better")(pairs[:16])
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(new[key], torch.cat([old[f"chosen_{key}"], old[f"rejected_{key}"]]))
+
+    def loss_and_grads(value_of) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        value = value_of()
+        value.backward()
+        return value.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    def ranked() -> torch.Tensor:
+        return plackett_luce_loss(ranking_scores(model, new), new["ranks"], new["mask"], score_l2=1e-3)[0]
+
+    def paired() -> torch.Tensor:
+        ids = torch.cat([old["chosen_input_ids"], old["rejected_input_ids"]])
+        mask = torch.cat([old["chosen_attention_mask"], old["rejected_attention_mask"]])
+        scores = model(ids, mask).end_scores  # (2B,)
+        return bradley_terry_loss(scores[:16], scores[16:], score_l2=1e-3)[0]
+
+    (a, grads_a), (b, grads_b) = loss_and_grads(ranked), loss_and_grads(paired)
+    assert torch.equal(a, b) and len(grads_a) == len(grads_b) > 0
+    assert all(torch.equal(x, y) for x, y in zip(grads_a, grads_b, strict=True))
+
+
 def test_dpo_pairs_put_the_safe_response_first_then_the_better_one():
     pairs = dpo_pairs(
         [
