@@ -130,12 +130,12 @@ COMMANDS: Tree = {
         "The toy-world Safe RLHF demo: SFT, reward+cost models, PPO, PPO-Lagrangian, shaping, DPO.",
     ),
     "control": Group(
-        "Control policies on Gymnasium/MuJoCo: PPO, PPO-Lagrangian, preference-based RL.",
+        "Control policies on Gymnasium/MuJoCo: safe RL (PPO-Lag, CPO, ..., SAC-Lag) and preference-based RL.",
         {
             "train": Command(
-                "alignloop.control.ppo:TrainConfig",
-                "alignloop.control.ppo:train",
-                "PPO or PPO-Lagrangian on a task's true reward and cost.",
+                "alignloop.control.train:TrainConfig",
+                "alignloop.control.train:train",
+                "PPO, PPO-Lagrangian, CPO, PCPO, FOCOPS, CUP, SAC, SAC-Lagrangian; --saute.",
             ),
             "pbrl": Command(
                 "alignloop.control.pbrl:PbrlConfig",

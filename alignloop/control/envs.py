@@ -54,6 +54,7 @@ __all__ = [
     "make_vec_env",
     "resolve_env",
     "step_costs",
+    "step_info",
 ]
 
 VELOCITY_THRESHOLDS: dict[str, float] = {
@@ -266,18 +267,20 @@ def make_vec_env(
     *,
     vectorization: Literal["sync", "async"] = "sync",
     max_episode_steps: int | None = None,
+    wrap: Callable[[gym.Env], gym.Env] | None = None,
 ) -> VectorEnv:
     """``num_envs`` copies of a task in a vector env that resets finished episodes in the same
     step. Seed it with ``envs.reset(seed=[...])``. The id is checked before any process starts.
-    Step infos carry only ``cost`` (merging every per-env info key into arrays at each step
-    would cost more than a fast simulator step)."""
+    `wrap` (e.g. Sauté's budget) is applied to each copy. Step infos carry only ``cost`` and
+    ``task_reward`` (merging every per-env info key into arrays at each step would cost more
+    than a fast simulator step)."""
     resolve_env(env_id, cost)
     if num_envs < 1:
         raise EnvSpecError(f"num_envs must be >= 1, got {num_envs}")
 
     def factory() -> gym.Env:
         env = make_env(env_id, cost, max_episode_steps=max_episode_steps)
-        return KeepInfo(env, ("cost",))
+        return KeepInfo(env if wrap is None else wrap(env), ("cost", "task_reward"))
 
     fns: list[Callable[[], gym.Env]] = [factory] * num_envs
     if vectorization == "async":
@@ -287,20 +290,27 @@ def make_vec_env(
     raise EnvSpecError(f"vectorization {vectorization!r} is unknown; choose sync or async")
 
 
-def step_costs(info: dict[str, Any], done: np.ndarray) -> np.ndarray:
-    """The per-env ``cost`` of one vector step, ``(N,)``; 0 where a task has no cost.
+def step_info(
+    info: dict[str, Any], done: np.ndarray, key: str, default: np.ndarray | float = 0.0
+) -> np.ndarray:
+    """The per-env ``info[key]`` of one vector step, ``(N,)``; `default` where an env has none.
 
     With same-step autoreset the info of an env whose episode just ended sits in
     ``info["final_info"]`` (the top level then holds the reset info of its next episode)."""
-    costs = np.zeros(done.shape, dtype=np.float64)
-    if "cost" in info:
-        live = info["_cost"] & ~done
-        costs[live] = info["cost"][live]
+    values = np.array(np.broadcast_to(default, done.shape), dtype=np.float64)
+    if key in info:
+        live = info[f"_{key}"] & ~done
+        values[live] = info[key][live]
     final = info.get("final_info")
-    if final is not None and "cost" in final:
-        ended = final["_cost"] & done
-        costs[ended] = final["cost"][ended]
-    return costs
+    if final is not None and key in final:
+        ended = final[f"_{key}"] & done
+        values[ended] = final[key][ended]
+    return values
+
+
+def step_costs(info: dict[str, Any], done: np.ndarray) -> np.ndarray:
+    """The per-env ``cost`` of one vector step, ``(N,)``; 0 where a task has no cost."""
+    return step_info(info, done, "cost")
 
 
 class ObsNormalizer:

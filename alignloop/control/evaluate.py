@@ -20,7 +20,7 @@ import tyro
 from alignloop.checks import output_dir
 from alignloop.errors import UserError
 
-__all__ = ["EvalConfig", "evaluate_policy", "load_policy", "run"]
+__all__ = ["EvalConfig", "evaluate_policy", "load_policy", "make_task", "run"]
 
 
 @dataclass(frozen=True)
@@ -41,18 +41,31 @@ class EvalConfig:
     fps: int = 30
 
 
+def make_task(extra: dict[str, Any], render_mode: str | None = None) -> Any:
+    """The task a checkpoint's ``extra`` names, with its Sauté budget when it was trained with one."""
+    from alignloop.control.envs import make_env
+    from alignloop.control.saute import SauteOptions, SauteWrapper
+
+    env = make_env(
+        extra["env"], extra["cost"], max_episode_steps=extra["max_episode_steps"], render_mode=render_mode
+    )
+    saute = extra.get("saute")  # absent from checkpoints older than Sauté
+    return env if saute is None else SauteWrapper(env, SauteOptions(**saute))
+
+
 def load_policy(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """Rebuild ``(actor, obs_normalize, checkpoint extra)`` from a run folder's newest intact
-    checkpoint (the extra holds the task: ``env``, ``cost``, ``hidden``, ``norm_obs``, ...)."""
-    from alignloop.control.envs import ObsNormalizer, make_env
-    from alignloop.control.nets import Actor
-    from alignloop.control.ppo import read_checkpoint
+    checkpoint (the extra holds the task: ``env``, ``cost``, ``hidden``, ``norm_obs``, ``actor``,
+    ``saute``, ...)."""
+    from alignloop.control.envs import ObsNormalizer
+    from alignloop.control.nets import ACTORS
+    from alignloop.control.onpolicy import read_checkpoint
     from alignloop.runstack.checkpoint import NumpyState
 
     state, extra = read_checkpoint(run_dir)
-    env = make_env(extra["env"], extra["cost"], max_episode_steps=extra["max_episode_steps"])
+    env = make_task(extra)
     obs_dim = int(np.prod(env.observation_space.shape))  # type: ignore[arg-type]
-    actor = Actor(obs_dim, env.action_space, tuple(extra["hidden"]))
+    actor = ACTORS[extra.get("actor", "Actor")](obs_dim, env.action_space, tuple(extra["hidden"]))
     agent = state["models"]["agent"]
     actor.load_state_dict({k.removeprefix("actor."): v for k, v in agent.items() if k.startswith("actor.")})
     env.close()
@@ -73,8 +86,6 @@ def evaluate_policy(
     import gymnasium as gym
     import torch
 
-    from alignloop.control.envs import make_env
-
     actor, normalize, state = load_policy(run_dir)
     torch.manual_seed(seed)
     returns: list[float] = []
@@ -82,12 +93,7 @@ def evaluate_policy(
     frames: list[np.ndarray] = []
     for episode in range(episodes):
         render = episode == 0 and render_steps > 0
-        env = make_env(
-            state["env"],
-            state["cost"],
-            max_episode_steps=state["max_episode_steps"],
-            render_mode="rgb_array" if render else None,
-        )
+        env = make_task(state, render_mode="rgb_array" if render else None)
         obs, _ = env.reset(seed=seed + episode)
         total_r = total_c = 0.0
         done = False
@@ -99,7 +105,7 @@ def evaluate_policy(
             if isinstance(env.action_space, gym.spaces.Box):
                 act = np.clip(act, env.action_space.low, env.action_space.high)
             obs, reward, terminated, truncated, info = env.step(act)
-            total_r += float(reward)
+            total_r += float(info.get("task_reward", reward))  # a Sauté task's own reward
             total_c += float(info.get("cost", 0.0))
             done = terminated or truncated
             if render and len(frames) < render_steps:

@@ -1,4 +1,4 @@
-"""Small networks for control: the actor, the critics and the per-step reward/cost models.
+"""Small networks for control: the actors, the critics and the per-step reward/cost models.
 
 The distributions are written out (log-density and entropy of a diagonal Gaussian, of a
 categorical) rather than built as ``torch.distributions`` objects: the rollout calls the actor
@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP", "Actor", "Critic", "CostModel", "StepModel"]
+from alignloop.core.offpolicy import squashed_gaussian_logprob
+from alignloop.core.trust_region import kl_categorical, kl_diag_gaussian
+
+__all__ = ["ACTORS", "MLP", "Actor", "Critic", "CostModel", "QEnsemble", "SquashedGaussianActor", "StepModel"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -56,7 +59,11 @@ class MLP(nn.Module):
         return F.linear(x, w_out, b_out)
 
 
-_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "leaky_relu": F.leaky_relu}
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh,
+    "leaky_relu": F.leaky_relu,
+    "relu": F.relu,
+}
 
 
 class Actor(nn.Module):
@@ -104,6 +111,23 @@ class Actor(nn.Module):
             entropy = (0.5 * (1.0 + _LOG_2PI) + self.log_std).sum().expand(out.shape[0])
         return self._logprob(out, actions), entropy
 
+    def dist_params(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """What pi(. | s) is, for `kl`: ``(means (B, A), log std (A,))`` for Box actions,
+        ``(logits (B, n), an empty tensor)`` for Discrete ones."""
+        out = self.net(obs)
+        return out, (out.new_zeros(0) if self.discrete else self.log_std)
+
+    @staticmethod
+    def rows(p: tuple[Tensor, Tensor], idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Rows `idx` of `dist_params` (a state-independent log std is shared by all rows)."""
+        return p[0][idx], p[1]
+
+    def kl(self, p: tuple[Tensor, Tensor], q: tuple[Tensor, Tensor]) -> Tensor:
+        """KL(p || q) per state, ``(B,)``, of two `dist_params` of this actor."""
+        if self.discrete:
+            return kl_categorical(p[0], q[0])
+        return kl_diag_gaussian(p[0], p[1], q[0], q[1])
+
     def _logprob(self, out: Tensor, actions: Tensor) -> Tensor:
         if self.discrete:
             return torch.log_softmax(out, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
@@ -120,6 +144,78 @@ class Critic(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs).squeeze(-1)
+
+
+class SquashedGaussianActor(nn.Module):
+    """SAC's policy: ``a = low + (tanh(u) + 1) (high - low) / 2`` with ``u ~ N(mu(s), sigma(s))``,
+    mean and log std from one network (Haarnoja et al. 2018), log std clamped to [-20, 2]."""
+
+    LOG_STD_RANGE = (-20.0, 2.0)
+
+    def __init__(self, obs_dim: int, action_space: gym.spaces.Box, hidden: tuple[int, ...] = (256, 256)):
+        super().__init__()
+        self.act_dim = int(np.prod(action_space.shape))
+        self.net = MLP([obs_dim, *hidden, 2 * self.act_dim], activation="relu", out_gain=0.01)
+        low, high = np.asarray(action_space.low, np.float32), np.asarray(action_space.high, np.float32)
+        self.scale: Tensor
+        self.offset: Tensor
+        self.register_buffer("scale", torch.from_numpy((high - low) / 2).reshape(-1))
+        self.register_buffer("offset", torch.from_numpy((high + low) / 2).reshape(-1))
+
+    def _gaussian(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        mu, log_std = self.net(obs).split(self.act_dim, dim=-1)  # (B, A) each
+        return mu, log_std.clamp(*self.LOG_STD_RANGE)
+
+    def rsample(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Reparameterised actions ``(B, A)`` in the action bounds and their log-probs ``(B,)``."""
+        mu, log_std = self._gaussian(obs)
+        u = mu + log_std.exp() * torch.randn_like(mu)
+        return self.offset + self.scale * torch.tanh(u), squashed_gaussian_logprob(u, mu, log_std)
+
+    def sample(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """The collector's `Sample` (same as `rsample`; called without gradient there)."""
+        return self.rsample(obs)
+
+    def mode(self, obs: Tensor) -> Tensor:
+        """The action of the Gaussian's mean (evaluation)."""
+        return self.offset + self.scale * torch.tanh(self._gaussian(obs)[0])
+
+
+class QEnsemble(nn.Module):
+    """K independent Q critics evaluated as one batched network: ``(B, obs_dim), (B, act_dim) ->
+    (K, B)`` (SAC's twin critics, and SAC-Lagrangian's cost critic as a third member). Each layer
+    is one batched matrix product over the members (``torch.baddbmm``), so K critics cost about
+    what one does on a small machine; each member starts as `MLP` does (orthogonal weights, zero
+    biases) and sees its own gradient only."""
+
+    def __init__(self, members: int, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256)):
+        super().__init__()
+        sizes = [obs_dim + act_dim, *hidden, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            w = torch.empty(members, n_in, n_out)
+            for k in range(members):  # (n_out, n_in) orthogonal, as nn.Linear's weight, transposed
+                w[k] = nn.init.orthogonal_(
+                    torch.empty(n_out, n_in), gain=1.0 if i == len(sizes) - 2 else math.sqrt(2)
+                ).T
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(members, 1, n_out)))
+        self.members = members
+
+    def forward(self, obs: Tensor, actions: Tensor) -> Tensor:
+        x = torch.cat([obs, actions], dim=-1).expand(self.members, -1, -1)  # (K, B, D)
+        *hidden, last = list(zip(self.weights, self.biases, strict=True))
+        for w, b in hidden:
+            x = F.relu(torch.baddbmm(b, x, w))  # (K, B, H)
+        w, b = last
+        return torch.baddbmm(b, x, w).squeeze(-1)  # (K, B)
+
+
+ACTORS: dict[str, type[Actor] | type[SquashedGaussianActor]] = {
+    cls.__name__: cls for cls in (Actor, SquashedGaussianActor)
+}
+"""The policies a checkpoint names (its ``extra["actor"]``), to rebuild them for evaluation."""
 
 
 class StepModel(nn.Module):

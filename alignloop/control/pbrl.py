@@ -49,16 +49,9 @@ from torch import Tensor
 
 from alignloop.checks import output_dir
 from alignloop.control.nets import CostModel, StepModel
-from alignloop.control.ppo import (
-    PPOSettings,
-    TrainConfig,
-    check_setup,
-    fill_run_dir,
-    has_checkpoint,
-    train_policy,
-    upgrade_output_args,
-)
+from alignloop.control.ppo import PPOSettings, check_setup, has_checkpoint, train_policy
 from alignloop.control.rollouts import Rollout
+from alignloop.control.train import TrainConfig, fill_run_dir, upgrade_output_args
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss, step_cost_loss
 from alignloop.core.selection import sign_uncertainty
 from alignloop.feedback.pairs import preference, safety_order, step_labels

@@ -1,13 +1,14 @@
-"""What an on-policy control learner is made of, apart from its update: the actor with reward
-and cost critics, a rollout of vector envs, GAE on both streams, the Lagrangian mix and the
-window of episode costs.
+"""What a control learner is made of, apart from its update: the settings of the cost
+constraint and its multiplier, the actor with reward and cost critics, a rollout of vector envs,
+GAE on both streams, the Lagrangian mix, the flat batch an update reads, the critics' own
+regression, and the window of episode costs.
 
 A rollout is time-major, ``(T, N)`` for T steps of N envs. `Collector.collect` steps the envs
 with any ``sample`` function (and optional critics: an off-policy learner collects without, and
 finds each step's next observation in ``next_raw_obs``). `rollout_advantages` runs GAE
 (`alignloop.core.advantages.gae`) with ``V(final observation)`` bootstrapped at time-limit
-truncations. PPO-Lagrangian (`alignloop.control.ppo`) is built from these functions; so can
-the other constrained learners.
+truncations. The on-policy learners (`alignloop.control.onpolicy` and the algorithms on it) and
+SAC (`alignloop.control.sac`) are built from these functions.
 """
 
 from __future__ import annotations
@@ -15,28 +16,123 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from alignloop.control.envs import ObsNormalizer, step_costs
+from alignloop.control.envs import ObsNormalizer, step_costs, step_info
 from alignloop.control.nets import Actor, Critic
 from alignloop.core.advantages import gae, masked_whiten
-from alignloop.core.lagrange import lagrangian_advantage
+from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage
+from alignloop.core.losses import value_loss
 
 __all__ = [
     "Agent",
+    "Batch",
     "Collector",
+    "ConstraintSettings",
+    "CriticFitSettings",
+    "LagrangeSettings",
+    "OnPolicySettings",
     "Rollout",
     "RolloutAdvantages",
     "Sample",
     "Values",
+    "centered_cost_advantage",
+    "critic_optimizer",
+    "fit_critics",
     "lagrangian_mix",
+    "make_multiplier",
+    "minibatches",
     "record_episode_costs",
     "rollout_advantages",
+    "standardized_reward_advantage",
 ]
+
+
+@dataclass(frozen=True)
+class ConstraintSettings:
+    """The cost constraint: the mean episode cost held under a limit."""
+
+    cost_limit: float = 25.0
+    """Limit on the mean episode cost (25: Safety-Gymnasium's and OmniSafe's navigation benchmarks)."""
+    cost_window: int = 100
+    """J_c is the mean cost of this many most recent episodes (OmniSafe's window_lens, 100)."""
+
+
+@dataclass(frozen=True)
+class LagrangeSettings(ConstraintSettings):
+    """The Lagrange multiplier of the constraint (`alignloop.core.lagrange`)."""
+
+    lagrange_method: Literal["log", "projected", "pid"] = "projected"
+    """Update rule of lambda: log (Safe RLHF), projected (gradient ascent), pid (Stooke et al. 2020)."""
+    lagrange_init: float = 0.0
+    """Initial lambda (> 0 for the log rule)."""
+    lagrange_lr: float = 0.01
+    """Step size of lambda per iteration, per unit of J_c - cost_limit (the pid rule's K_I)."""
+    lagrange_max: float | None = 100.0
+    """Upper bound on lambda (None: unbounded)."""
+    lagrange_kp: float = 0.1
+    """The pid rule's proportional gain K_P (OmniSafe's CPPOPID, 0.1)."""
+    lagrange_kd: float = 0.01
+    """The pid rule's derivative gain K_D (OmniSafe's CPPOPID, 0.01)."""
+
+
+def make_multiplier(s: LagrangeSettings) -> LagrangeMultiplier:
+    """The multiplier `s` describes."""
+    return LagrangeMultiplier(
+        s.lagrange_method,
+        init=s.lagrange_init,
+        lr=s.lagrange_lr,
+        max_value=s.lagrange_max,
+        kp=s.lagrange_kp,
+        ki=s.lagrange_lr,
+        kd=s.lagrange_kd,
+    )
+
+
+@dataclass(frozen=True)
+class OnPolicySettings(ConstraintSettings):
+    """What every on-policy learner collects and how (its rollouts, critics and normalisers)."""
+
+    num_envs: int = 1
+    """Parallel environments."""
+    vectorization: Literal["sync", "async"] = "sync"
+    """sync: envs step in this process; async: one subprocess per env."""
+    num_steps: int = 2048
+    """Steps collected from each env per iteration."""
+    gamma: float = 0.99
+    """Discount factor (of the reward and of the cost)."""
+    gae_lambda: float = 0.95
+    """GAE lambda (of both streams)."""
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the actor and the critics."""
+    norm_obs: bool = True
+    """Normalise observations with running statistics (saved in the checkpoint)."""
+    norm_reward: bool = True
+    """Divide rewards by the running std of the discounted return (costs are never scaled)."""
+    max_episode_steps: int | None = None
+    """Override the task's time limit."""
+    threads: int = 1
+    """torch threads (1 is fastest for these small networks)."""
+
+
+@dataclass(frozen=True)
+class CriticFitSettings(OnPolicySettings):
+    """On-policy learners whose critics are fitted apart from the policy's loss (`fit_critics`)."""
+
+    epochs: int = 10
+    """Passes over each rollout."""
+    minibatch_size: int = 64
+    """Samples per gradient step."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    critic_l2: float = 0.001
+    """Weight of the critics' squared parameters in their loss (OmniSafe's critic_norm_coef, 0.001)."""
+    max_grad_norm: float = 40.0
+    """Clip of each network's gradient norm (OmniSafe's max_grad_norm)."""
 
 
 Sample = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -107,6 +203,8 @@ class Collector:
         self.lengths: deque[int] = deque(maxlen=cost_window)
         self.num_episodes = 0
         self.obs = np.zeros((n, self.obs_dim))
+        self.task_reward = False
+        """Whether the envs report their own reward in ``info["task_reward"]`` (Sauté)."""
 
     def reset(self, seeds: list[int]) -> None:
         """Start new episodes in every env; unfinished ones are dropped from the records."""
@@ -152,7 +250,8 @@ class Collector:
             cost = step_costs(info, done)
             ro.obs[t], ro.raw_obs[t], ro.actions[t], ro.logprobs[t] = obs_n, self.obs, act, logp.numpy()
             ro.rewards[t], ro.costs[t], ro.terminated[t], ro.truncated[t] = reward, cost, term, trunc
-            self.ep_return += reward
+            # the episode records keep the task's own reward (a Sauté env trains on another)
+            self.ep_return += step_info(info, done, "task_reward", reward) if self.task_reward else reward
             self.ep_cost += cost
             self.ep_len += 1
             self.obs = next_obs.reshape(n, -1)
@@ -224,15 +323,93 @@ def rollout_advantages(
     return RolloutAdvantages(adv_r, ret_r, adv_c, ret_c)
 
 
+def standardized_reward_advantage(adv: RolloutAdvantages) -> Tensor:
+    """A_r standardised over the rollout (every on-policy learner's reward advantage)."""
+    return masked_whiten(adv.reward, torch.ones_like(adv.reward, dtype=torch.bool))
+
+
+def centered_cost_advantage(adv: RolloutAdvantages) -> Tensor:
+    """A_c centred over the rollout, its scale kept (so lambda, and CPO's cost gradient, keep
+    their meaning); OmniSafe and safety-starter-agents do the same."""
+    if adv.cost is None:
+        raise ValueError("the rollout's advantages have no cost stream")
+    return adv.cost - adv.cost.mean()
+
+
 def lagrangian_mix(adv: RolloutAdvantages, lam: float) -> Tensor:
     """The advantage PPO(-Lagrangian) ascends: reward advantages standardised, cost advantages
     centred (their scale, and lambda's meaning, kept), mixed as ``(A_r - lam A_c) / (1 + lam)``;
     the standardised A_r alone without costs."""
-    everywhere = torch.ones_like(adv.reward, dtype=torch.bool)
-    mixed = masked_whiten(adv.reward, everywhere)
+    mixed = standardized_reward_advantage(adv)
     if adv.cost is not None:
-        mixed = lagrangian_advantage(mixed, adv.cost - adv.cost.mean(), lam)
+        mixed = lagrangian_advantage(mixed, centered_cost_advantage(adv), lam)
     return mixed
+
+
+@dataclass
+class Batch:
+    """A rollout flattened for an update: ``(B,)`` rows, B = T * N, time-major."""
+
+    obs: Tensor  # (B, obs_dim) normalised
+    actions: Tensor  # (B, act_dim) float32, or (B,) int64
+    logprobs: Tensor  # (B,) under the policy that collected them
+    values_r: Tensor  # (B,) V_r(s) when collected
+    values_c: Tensor  # (B,)
+
+    @classmethod
+    def of(cls, ro: Rollout) -> Batch:
+        return cls(
+            obs=torch.from_numpy(ro.obs.reshape(-1, ro.obs.shape[-1])),
+            actions=torch.from_numpy(ro.actions.reshape(ro.logprobs.size, *ro.actions.shape[2:])),
+            logprobs=torch.from_numpy(ro.logprobs.reshape(-1)),
+            values_r=torch.from_numpy(ro.values_r.reshape(-1)),
+            values_c=torch.from_numpy(ro.values_c.reshape(-1)),
+        )
+
+    def __len__(self) -> int:
+        return self.obs.shape[0]
+
+
+def minibatches(size: int, minibatch_size: int, rng: np.random.Generator) -> list[Tensor]:
+    """One epoch's shuffled minibatches of row indices (the last one may be smaller)."""
+    perm = torch.from_numpy(rng.permutation(size))
+    return [perm[start : start + minibatch_size] for start in range(0, size, minibatch_size)]
+
+
+def critic_optimizer(agent: Agent, s: CriticFitSettings) -> torch.optim.Optimizer:
+    """Adam over both critics, the L2 term as its weight decay (``2 * critic_l2``: the gradient of
+    ``critic_l2 * |w|^2``)."""
+    params = [*agent.critic_r.parameters(), *agent.critic_c.parameters()]
+    return torch.optim.Adam(params, lr=s.critic_lr, weight_decay=2 * s.critic_l2, fused=True)
+
+
+def fit_critics(
+    agent: Agent,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    adv: RolloutAdvantages,
+    idx: Tensor,
+    s: CriticFitSettings,
+) -> dict[str, Tensor]:
+    """One gradient step of both critics on the rows `idx` (the cost critic's only when the
+    advantages have a cost stream): half the squared error to each one's returns, each network's
+    gradient clipped to ``max_grad_norm``, then `critic_optimizer`'s step, whose weight decay is
+    OmniSafe's ``critic_norm_coef`` L2 term (added after the clipping here). Returns the detached
+    losses."""
+    obs = batch.obs[idx]
+    loss_r, _ = value_loss(agent.critic_r(obs), batch.values_r[idx], adv.reward_returns[idx])
+    out = {"value_loss": loss_r.detach()}
+    loss = loss_r
+    if adv.cost_returns is not None:
+        loss_c, _ = value_loss(agent.critic_c(obs), batch.values_c[idx], adv.cost_returns[idx])
+        out["cost_value_loss"] = loss_c.detach()
+        loss = loss + loss_c
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for critic in (agent.critic_r, agent.critic_c):
+        nn.utils.clip_grad_norm_(critic.parameters(), s.max_grad_norm, foreach=True)
+    optimizer.step()
+    return out
 
 
 def record_episode_costs(

@@ -406,8 +406,8 @@ def test_ppo_lagrangian_trains_on_a_navigation_task(tmp_path: Path) -> None:
     run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "alignloop.cli", "control", "train", "--env", "SafetyPointGoal1-v0",
-        "--algo", "ppo-lag", "--total-env-steps", "512", "--ppo.num-envs", "2", "--ppo.num-steps", "256",
-        "--ppo.minibatch-size", "128", "--ppo.epochs", "1", "--output-dir", str(run), "--no-progress",
+        "--algo", "ppo-lag", "--total-env-steps", "512", "--ppo-lag.num-envs", "2", "--ppo-lag.num-steps", "256",
+        "--ppo-lag.minibatch-size", "128", "--ppo-lag.epochs", "1", "--output-dir", str(run), "--no-progress",
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -18,15 +18,10 @@ import torch
 from alignloop.config import parse
 from alignloop.control.envs import make_vec_env
 from alignloop.control.nets import Actor
-from alignloop.control.ppo import (
-    PPOSettings,
-    TrainConfig,
-    has_checkpoint,
-    read_checkpoint,
-    train,
-    train_policy,
-)
+from alignloop.control.ppo import PPOSettings, has_checkpoint, read_checkpoint, train_policy
 from alignloop.control.rollouts import Agent, Collector, Rollout, lagrangian_mix, rollout_advantages
+from alignloop.control.train import TrainConfig, train
+from alignloop.errors import UserError
 from alignloop.runstack.checkpoint import Checkpointer
 from alignloop.runstack.layout import RunLayout
 from alignloop.runstack.metrics import read_metrics
@@ -142,26 +137,22 @@ def test_rollout_advantages_stop_at_a_termination_and_bootstrap_a_truncation() -
     torch.testing.assert_close(lagrangian_mix(adv, 3.0), mixed, rtol=1e-5, atol=1e-6)
 
 
-def test_bad_input_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_fails_before_training(tmp_path: Path) -> None:
     # a short run each, so that a missing check fails this test in seconds instead of training
-    short = dict(
-        total_env_steps=64,
-        output_dir=tmp_path / "run",
-        progress=False,
-        ppo=PPOSettings(num_steps=64, minibatch_size=64),
-    )
-    cfg = TrainConfig(env="HalfCheeta-v5", **short)  # type: ignore[arg-type]
-    assert train(cfg) == 2
-    assert "did you mean HalfCheetah-v5" in capsys.readouterr().err
-    cfg = TrainConfig(env="InvertedPendulum-v5", cost="velocity", **short)  # type: ignore[arg-type]
-    assert train(cfg) == 2
-    assert "no velocity threshold for robot 'InvertedPendulum'" in capsys.readouterr().err
-    cfg = TrainConfig(env="Hopper-v5", algo="ppo-lag", **short)  # type: ignore[arg-type]
-    assert train(cfg) == 2
-    assert "ppo-lag needs a cost" in capsys.readouterr().err
-    cfg = TrainConfig(env="Hopper-v5", resume=True, **short)  # type: ignore[arg-type]
-    assert train(cfg) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    short = dict(total_env_steps=64, output_dir=tmp_path / "run", progress=False)
+    tiny = PPOSettings(num_steps=64, minibatch_size=64)
+    cfg = TrainConfig(env="HalfCheeta-v5", ppo=tiny, **short)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="did you mean HalfCheetah-v5"):
+        train(cfg)
+    cfg = TrainConfig(env="InvertedPendulum-v5", cost="velocity", ppo=tiny, **short)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="no velocity threshold for robot 'InvertedPendulum'"):
+        train(cfg)
+    cfg = TrainConfig(env="Hopper-v5", algo="ppo-lag", ppo_lag=tiny, **short)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="ppo-lag needs a cost"):
+        train(cfg)
+    cfg = TrainConfig(env="Hopper-v5", resume=True, ppo=tiny, **short)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="no checkpoint"):
+        train(cfg)
     assert list(tmp_path.iterdir()) == []  # nothing was started
 
 
@@ -232,8 +223,8 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
     moments, lambda, normaliser and episode records must be bit-identical, and metrics.jsonl
     reads as one run."""
     common = ["--env", "SafeSliderVelocity-v0", "--algo", "ppo-lag", "--total-env-steps", "4000"]
-    common += ["--ppo.num-steps", "200", "--ppo.minibatch-size", "100", "--ppo.epochs", "2"]
-    common += ["--save-every", "2", "--ppo.cost-limit", "5", "--no-progress"]
+    common += ["--ppo-lag.num-steps", "200", "--ppo-lag.minibatch-size", "100", "--ppo-lag.epochs", "2"]
+    common += ["--save-every", "2", "--ppo-lag.cost-limit", "5", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert train(parse(TrainConfig, [*common, "--output-dir", str(full)], prog="train")) == 0  # in-process
