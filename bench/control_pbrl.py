@@ -9,11 +9,17 @@ Safe (`--safe`): SafeHalfCheetahVelocity-v5; the teacher also says whether each 
 and which is safer; the cost model is learned from that and PPO-Lagrangian (limit 25) trains on
 the learned reward and cost. The figure is the final true episode cost (target <= 25).
 
+Marks (`--cost-labels segments marks`): the same safe run with the teacher's segment labels
+only, and with the teacher also marking the step where each segment first becomes unsafe
+(`--mark-noise` steps of Gaussian noise; the cost model learns per-step labels from the marks
+beside the segment labels), at the same number of queries, interleaved seed by seed.
+
 Final = mean over the last 100 training episodes, true reward and true cost.
 
     python bench/control_pbrl.py --steps 1000000 --seeds 0 1 2
     python bench/control_pbrl.py --safe --steps 1000000 --seeds 0 1 2
     python bench/control_pbrl.py --steps 100000 --seeds 0 --rules uniform     # a short check
+    python bench/control_pbrl.py --safe --rules disagreement --cost-labels segments marks
 """
 
 from __future__ import annotations
@@ -92,6 +98,8 @@ def worker(spec: dict) -> dict:
             cost_queries=spec.get("cost_queries", 0.5),
             threshold_pairs=spec.get("threshold_pairs", 250),
             cost_ensemble=spec.get("cost_ensemble", 3),
+            marks=spec.get("cost_labels") == "marks",
+            teacher_mark_noise=spec.get("mark_noise", 2.0),
             total_env_steps=spec["steps"],
             seed=spec["seed"],
             output_dir=Path(tmp) / "r",
@@ -137,6 +145,16 @@ def main() -> None:
         help="safe: recent pairs the step-counting threshold is fitted on",
     )
     parser.add_argument("--cost-ensemble", type=int, default=3, help="safe: cost models in the ensemble")
+    parser.add_argument(
+        "--cost-labels",
+        nargs="+",
+        choices=["segments", "marks"],
+        default=["segments"],
+        help="safe: what the teacher tells the cost model, segment labels alone or with marks (each is a run)",
+    )
+    parser.add_argument(
+        "--mark-noise", type=float, default=2.0, help="safe, marks: the marks' noise in steps"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at the same time (one core each)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
@@ -162,9 +180,13 @@ def main() -> None:
     env = "SafeHalfCheetahVelocity-v5" if args.safe else "HalfCheetah-v5"
     rules = ["ppo-true-reward", *args.rules] if args.reference else list(args.rules)
     out = args.out or Path(f"bench/results/control_pbrl{'_safe' if args.safe else ''}.json")
+    labels = args.cost_labels if args.safe else ["segments"]
     specs = [
         {
             "rule": rule,
+            "variant": rule if label == "segments" or rule == "ppo-true-reward" else f"{rule}, marks",
+            "cost_labels": label,
+            "mark_noise": args.mark_noise,
             "env": env,
             "steps": args.steps,
             "seed": seed,
@@ -178,6 +200,7 @@ def main() -> None:
         }
         for seed in args.seeds
         for rule in rules
+        for label in (labels if rule != "ppo-true-reward" else labels[:1])
     ]
     rows = run_all(__file__, specs, out, args.jobs)
     reference = {r["seed"]: r["return"] for r in rows if r["rule"] == "ppo-true-reward"}
@@ -188,9 +211,9 @@ def main() -> None:
         ref = reference.get(row["seed"])
         row["fraction_of_ppo"] = row["return"] / ref if ref else float("nan")
     fields = ["return", "cost", "learned_cost", "fraction_of_ppo", "seconds"]
-    summary = summarise(rows, "rule", fields)
+    summary = summarise(rows, "variant", fields)
     save(out, rows, summary)
-    print(markdown(summary, "rule", fields))
+    print(markdown(summary, "variant", fields))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,12 @@ and PEBBLE, for the teacher model and query selection), run inside PPO's iterati
    under-count unsafe steps, so the policy's per-step cost is a count instead: 1 where ``z_t``
    is above the threshold that best reproduces the teacher's labels when steps are counted
    (`count_threshold`), 0 elsewhere, in the true cost's unit (1 per unsafe step) and that of
-   ``cost_limit``;
+   ``cost_limit``. With ``--marks`` the teacher also marks the step where each segment first
+   becomes unsafe (the first step over the limit, with noise); by the rule of
+   `alignloop.feedback.pairs.step_labels` every step from the mark on is unsafe and every step
+   of a segment marked safe throughout is safe, and those per-step labels are fitted too
+   (`alignloop.core.losses.step_cost_loss`, the per-step sign terms) and join the threshold's
+   choice;
 5. the rollout is relabelled with the updated models (mean of the ensemble for the reward) and
    PPO-Lagrangian trains on the learned reward and cost (plain PPO when the task has no cost).
    The pool is always scored with the current models, so it is relabelled after every update.
@@ -47,10 +52,10 @@ from alignloop.control.nets import CostModel, StepModel
 from alignloop.control.ppo import PPOSettings, check_setup, has_checkpoint, train_policy
 from alignloop.control.rollouts import Rollout
 from alignloop.control.train import TrainConfig, fill_run_dir, upgrade_output_args
-from alignloop.core.losses import bradley_terry_loss, cost_model_loss
+from alignloop.core.losses import bradley_terry_loss, cost_model_loss, step_cost_loss
 from alignloop.core.selection import sign_uncertainty
-from alignloop.feedback.pairs import preference, safety_order
-from alignloop.feedback.teachers import SegmentTeacher, TeacherNoise, answer_letter
+from alignloop.feedback.pairs import preference, safety_order, step_labels
+from alignloop.feedback.teachers import NO_MARK, SegmentTeacher, TeacherNoise, answer_letter
 from alignloop.runstack.checkpoint import to_numpy, to_plain
 from alignloop.runstack.layout import RunLayout
 from alignloop.runstack.metrics import check_report_to
@@ -137,14 +142,20 @@ def fit_cost_model(
     batch_size: int,
     gen: torch.Generator,
     calibrate_last: int | None = None,
+    step_unsafe: Tensor | None = None,
+    step_known: Tensor | None = None,
 ) -> float:
     """Safe RLHF cost-model fit on segment scores `segment_cost_logit`, each member of the
     ensemble on its own bootstrap resample of the pairs. obs (P, 2, H, D), safer (P,) index of
     the safer segment, is_safe (P, 2) bool, ranked (P,) bool: False for a tie, whose two safety
     labels still count (a safe segment says every one of its steps is safe) but which ranks
-    nothing. Then sets each member's step-counting threshold (`count_threshold`) on the same
-    pairs, or on the last ``calibrate_last`` of them (pairs in the order they were asked: the
-    policy's current states). Returns the sign accuracy of the members' mean logit."""
+    nothing. With per-step labels ``step_unsafe`` (P, 2, H) bool, from marks
+    (`feedback.pairs.step_labels`), each step's logit is also fitted to its label
+    (`core.losses.step_cost_loss`, added to the pair loss with weight 1); ``step_known`` (P,)
+    bool says which pairs have them (None: all). Then sets each
+    member's step-counting threshold (`count_threshold`, on the step labels too when given) on
+    the same pairs, or on the last ``calibrate_last`` of them (pairs in the order they were
+    asked: the policy's current states). Returns the sign accuracy of the members' mean logit."""
     rows = torch.arange(len(safer))
     sign = torch.where(is_safe, -1.0, 1.0)  # (P, 2): +1 unsafe, -1 safe
     for member in model.models:
@@ -152,29 +163,47 @@ def fit_cost_model(
         for _ in range(steps):
             idx = boot[torch.randint(len(boot), (min(batch_size, len(boot)),), generator=gen)]
             r = rows[: len(idx)]
-            score = segment_cost_logit(member(obs[idx], actions[idx]))  # (B, 2)
+            step_logits = member(obs[idx], actions[idx])  # (B, 2, H)
+            score = segment_cost_logit(step_logits)  # (B, 2)
             s, u = safer[idx], 1 - safer[idx]
             loss, _ = cost_model_loss(
                 score[r, u], score[r, s], sign[idx][r, u], sign[idx][r, s], ranked=ranked[idx], score_l2=1e-3
             )
+            known = None if step_known is None else step_known[idx][:, None, None].expand_as(step_logits)
+            if step_unsafe is not None and (known is None or bool(known.any())):
+                loss = loss + step_cost_loss(step_logits, step_unsafe[idx], known)[0]
             optimizer.zero_grad(set_to_none=True)  # the other members' parameters stay untouched
             loss.backward()
             optimizer.step()
     with torch.no_grad():
         step_logits = model.member_logits(obs, actions)  # (K, P, 2, H)
         last = slice(-calibrate_last if calibrate_last else None, None)
+        labels = None if step_unsafe is None else step_unsafe[last]
+        known = None if step_known is None else step_known[last]
         for k, z in enumerate(step_logits):
-            model.threshold[k] = count_threshold(z[last], is_safe[last], safer[last], ranked[last])
+            model.threshold[k] = count_threshold(
+                z[last], is_safe[last], safer[last], ranked[last], labels, step_known=known
+            )
         return float(((segment_cost_logit(step_logits.mean(0)) > 0) == ~is_safe).float().mean())
 
 
 def count_threshold(
-    step_logits: Tensor, is_safe: Tensor, safer: Tensor, ranked: Tensor, candidates: int = 256
+    step_logits: Tensor,
+    is_safe: Tensor,
+    safer: Tensor,
+    ranked: Tensor,
+    step_unsafe: Tensor | None = None,
+    candidates: int = 256,
+    *,
+    step_known: Tensor | None = None,
 ) -> float:
     """The per-step threshold b for which counting the steps with logit above b best
     reproduces the teacher's labels of judged pairs: a segment is unsafe when its count is at
-    least 1; of a ranked pair the less safe has the larger count, and a tie has equal counts.
-    step_logits (P, 2, H); is_safe (P, 2) bool; safer (P,) index; ranked (P,) bool.
+    least 1; of a ranked pair the less safe has the larger count, and a tie has equal counts;
+    with per-step labels (from marks), a step is counted exactly when it is labelled unsafe.
+    step_logits (P, 2, H); is_safe (P, 2) bool; safer (P,) index; ranked (P,) bool;
+    step_unsafe (P, 2, H) bool or None, step_known (P,) bool: the pairs that have step labels
+    (None: all). The three agreements are shares, added with weight 1.
 
     The noisy-or fit ranks steps well but its probabilities under-count: an unsafe segment is
     explained by a few steps of moderate probability. Counting against a threshold fitted to
@@ -192,6 +221,11 @@ def count_threshold(
     n_safer, n_other = counts[:, rows, safer], counts[:, rows, 1 - safer]  # (K, P)
     order_ok = torch.where(ranked, n_other > n_safer, n_other == n_safer).float().mean(1)  # (K,)
     agreement = sign_ok + order_ok  # (K,)
+    known = torch.ones(len(safer), dtype=torch.bool) if step_known is None else step_known
+    if step_unsafe is not None and bool(known.any()):
+        labels = step_unsafe[known].flatten(0, 1)  # (2P', H)
+        counted = z.view(-1, 2, z.shape[-1])[known].flatten(0, 1)  # (2P', H)
+        agreement = agreement + ((counted.unsqueeze(0) > bs[:, None, None]) == labels).float().mean((1, 2))
     best = int(torch.nonzero(agreement >= agreement.max() - 1e-9)[0])  # the lowest of the best
     return float(bs[best])
 
@@ -258,8 +292,10 @@ class PreferenceLearner:
         fit_steps: int,
         lr: float,
         seed: int,
+        marks: bool = False,
     ):
         self.teacher, self.safe, self.budget = teacher, safe, budget
+        self.marks = marks and safe
         self.stats: dict[str, float] = {}
         self.queries_per_round, self.round_every = queries_per_round, round_every
         self.h, self.pool_size, self.candidates, self.select = segment_length, pool_size, candidates, select
@@ -274,7 +310,7 @@ class PreferenceLearner:
         self.cost_opt = torch.optim.Adam(self.cost_model.parameters(), lr=lr)
         self.pool: dict[str, np.ndarray] = {}
         self.pairs: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("obs", "act", "better", "safer", "is_safe")
+            k: [] for k in ("obs", "act", "better", "safer", "is_safe", *("mark",) * self.marks)
         }
         self.asked = self.skipped = 0
         self.fitted = False
@@ -336,6 +372,8 @@ class PreferenceLearner:
             self.pairs[key].append(value[keep])
         flags = judged.is_safe if judged.is_safe is not None else np.ones((len(idx), 2), bool)
         self.pairs["is_safe"].append(flags[keep])
+        if self.marks:  # (q, 2) the step each segment is marked unsafe at, NO_MARK: safe throughout
+            self.pairs["mark"].append(self.teacher.mark(self.pool["cost"][idx])[keep])
 
     def fit(self, iteration: int) -> None:
         obs = torch.as_tensor(np.concatenate(self.pairs["obs"]))
@@ -359,9 +397,18 @@ class PreferenceLearner:
             ]
             safer = torch.as_tensor([o.safer for o in orders if o is not None]).long()
             ranked = torch.as_tensor([o.ranked for o in orders if o is not None])
+            steps = None
+            if self.marks:  # the rule of `feedback.pairs`: unsafe from the marked step on
+                steps = torch.as_tensor(
+                    [
+                        [step_labels(None if m == NO_MARK else int(m), self.h) for m in pair]
+                        for pair in np.concatenate(self.pairs["mark"])
+                    ],
+                    dtype=torch.bool,
+                )  # (P, 2, H)
             stats["pbrl/cost_sign_accuracy"] = fit_cost_model(
                 self.cost_model, self.cost_opt, obs, act, safer, torch.as_tensor(flags), ranked,
-                self.fit_steps, 64, self.gen, self.threshold_pairs,
+                self.fit_steps, 64, self.gen, self.threshold_pairs, steps,
             )  # fmt: skip
             stats["pbrl/cost_threshold"] = float(self.cost_model.threshold.mean())
             stats |= self.cost_calibration()
@@ -486,6 +533,13 @@ class PbrlConfig(RunOptions):
     (0.5: equal counts, such as two safe segments, are a tie)."""
     teacher_skip: float | None = None
     """Skip a pair when both segment returns are below this."""
+    marks: bool = False
+    """Safe tasks: the teacher also marks the step where each segment first becomes unsafe (or
+    marks it safe throughout), and the cost model learns per-step labels from the marks (every
+    step from the mark on is unsafe, `feedback.pairs.step_labels`) beside the segment labels."""
+    teacher_mark_noise: float = 2.0
+    """With --marks: standard deviation, in steps, of where the teacher's mark lands around the
+    first truly unsafe step (Gaussian, rounded, kept inside the segment)."""
     teacher_equal: float = 0.0
     """Call a tie when the segment returns differ by less than this."""
     total_env_steps: int = 1_000_000
@@ -530,6 +584,10 @@ def check_config(cfg: PbrlConfig) -> str | None:
     for name in ("round_every", "ensemble", "cost_ensemble", "candidates", "fit_steps", "pool_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.teacher_mark_noise < 0:
+        raise ValueError(f"--teacher-mark-noise must be >= 0, got {cfg.teacher_mark_noise}")
+    if cfg.marks and cost is None:
+        raise ValueError(f"--marks: {cfg.env} has no cost to mark; give a Safe... task or --cost velocity")
     TeacherNoise(  # its own checks: beta >= 0, rates in [0, 1]
         beta=cfg.teacher_beta,
         mistake_rate=cfg.teacher_mistake,
@@ -571,7 +629,7 @@ def train(cfg: PbrlConfig) -> int:
         safety_mistake_rate=cfg.teacher_safety_mistake,
         safety_equal_threshold=cfg.teacher_safety_equal,
     )
-    teacher = SegmentTeacher(noise, gamma=cfg.teacher_gamma, seed=cfg.seed)
+    teacher = SegmentTeacher(noise, gamma=cfg.teacher_gamma, seed=cfg.seed, mark_noise=cfg.teacher_mark_noise)
     learner = PreferenceLearner(
         obs_dim,
         act_dim,
@@ -591,6 +649,7 @@ def train(cfg: PbrlConfig) -> int:
         fit_steps=cfg.fit_steps,
         lr=cfg.model_lr,
         seed=cfg.seed,
+        marks=cfg.marks,
     )
     stats = train_policy(
         run_dir,

@@ -43,8 +43,10 @@ __all__ = [
     "grpo_loss",
     "kto_loss",
     "orpo_loss",
+    "plackett_luce_loss",
     "ppo_policy_loss",
     "simpo_loss",
+    "step_cost_loss",
     "value_loss",
 ]
 
@@ -183,6 +185,98 @@ def cost_model_loss(
         # a cost is on the right side of 0 when its sign matches the label
         "costs/sign_accuracy": (torch.sign(costs) == signs).float().mean(),
     }
+    return loss, metrics
+
+
+def plackett_luce_loss(
+    scores: Tensor,
+    ranks: Tensor,
+    mask: Tensor | None = None,
+    *,
+    score_l2: float = 0.0,
+) -> tuple[Tensor, Metrics]:
+    """Plackett-Luce reward-model loss over rankings of up to K candidates (Plackett 1975;
+    Luce 1959; as the ranking objective of Rafailov et al. 2023, "DPO", appendix A.3):
+
+        loss = -mean_b sum_{i} [ r_i - log( exp(r_i) + sum_{j: rank_j > rank_i} exp(r_j) ) ]
+               + score_l2 * mean(r^2)
+
+    A ranking is a sequence of choices: the best candidate is chosen from all of them, the next
+    from those left, and so on; the last term is 0. Equal ranks (ties) say nothing about the
+    order of the tied candidates, as a tie says nothing anywhere in alignloop (it gives no
+    preference pair, `feedback.pairs`): each tied candidate is chosen against the candidates
+    ranked below it, not against its tied peers. Without ties this is the exact Plackett-Luce
+    likelihood; a tie of two gives 0, like a tied pair; for two candidates without a tie it is
+    Bradley-Terry, ``-log sigmoid(r_winner - r_loser)``, and a batch of untied pairs goes through
+    `bradley_terry_loss` itself (score_l2 over the winners' then the losers' scores), so that a
+    pairwise project trains on exactly what a Bradley-Terry reward model trains on. Each ranking's terms are summed (a
+    ranking of k says k - 1 choices) and rankings are averaged.
+
+    Args:
+        scores: (B, K) score of each candidate.
+        ranks: (B, K) integer rank of each candidate, 1 = best; equal ranks are ties.
+        mask: optional (B, K) bool, True on a candidate that exists (rankings of fewer than K
+            candidates are padded); None means every candidate counts.
+
+    Metrics: ``rewards/accuracy``, the share of the implied pairs (different ranks) whose
+    better candidate scores strictly higher, and ``rewards/margin``, their mean score gap.
+    """
+    _check_same_shape(scores=scores, ranks=ranks)
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (B, K), got shape {tuple(scores.shape)}")
+    if mask is None:
+        mask = torch.ones_like(scores, dtype=torch.bool)
+    _check_same_shape(scores=scores, mask=mask)
+    if scores.shape[1] == 2 and bool(mask.all()) and bool((ranks[:, 0] != ranks[:, 1]).all()):
+        # untied pairs: Bradley-Terry, computed as `bradley_terry_loss` computes it (the same
+        # loss and gradients to the last bit, not only the same function)
+        first_better = ranks[:, 0] < ranks[:, 1]  # (B,)
+        better = torch.where(first_better, scores[:, 0], scores[:, 1])
+        worse = torch.where(first_better, scores[:, 1], scores[:, 0])
+        loss, metrics = bradley_terry_loss(better, worse, score_l2=score_l2)
+        return loss, {k: metrics[k] for k in ("rewards/accuracy", "rewards/margin")}
+    # compete[b, i, j]: candidate j is among those candidate i is chosen against (itself included)
+    compete = mask[:, None, :] & (ranks[:, None, :] > ranks[:, :, None])  # (B, K, K) ranked below i
+    compete = compete | torch.eye(scores.shape[1], dtype=torch.bool, device=scores.device)
+    others = scores[:, None, :].expand_as(compete).masked_fill(~compete, float("-inf"))  # (B, K, K)
+    terms = scores - torch.logsumexp(others, dim=-1)  # (B, K) log P(i chosen from its set)
+    loss = -torch.where(mask, terms, torch.zeros_like(terms)).sum(-1).mean()
+    if score_l2:
+        loss = loss + score_l2 * scores[mask].square().mean()
+    with torch.no_grad():
+        better = mask[:, :, None] & mask[:, None, :] & (ranks[:, :, None] < ranks[:, None, :])  # (B, K, K)
+        gap = scores[:, :, None] - scores[:, None, :]  # (B, K, K) score of i minus score of j
+        pairs = better.sum().clamp(min=1)
+        metrics = {
+            "rewards/accuracy": ((gap > 0) & better).sum() / pairs,
+            "rewards/margin": torch.where(better, gap, torch.zeros_like(gap)).sum() / pairs,
+        }
+    return loss, metrics
+
+
+def step_cost_loss(
+    step_costs: Tensor, step_unsafe: Tensor, mask: Tensor | None = None
+) -> tuple[Tensor, Metrics]:
+    """The sign terms of the Safe RLHF cost loss (`cost_model_loss`), one per labelled step:
+
+        loss = -mean_t log sigmoid(s_t * c_t),   s_t = +1 for a step labelled unsafe, -1 safe
+
+    the cross-entropy of a per-step unsafe logit ``c_t`` with per-step labels, such as those of
+    a mark on a clip (`feedback.pairs.step_labels`: the steps from the marked frame on are
+    unsafe, every step of a clip marked safe throughout is safe). Cost 0 stays the boundary.
+
+    Args:
+        step_costs: (..., T) per-step cost (logit of "this step is unsafe").
+        step_unsafe: (..., T) labels, 1 / True = unsafe, 0 / False = safe.
+        mask: optional (..., T) bool, True on a labelled step; None means every step.
+    """
+    _check_same_shape(step_costs=step_costs, step_unsafe=step_unsafe)
+    sign = 2.0 * step_unsafe.to(step_costs.dtype) - 1.0  # +1 unsafe, -1 safe
+    per_step = -F.logsigmoid(sign * step_costs)
+    loss = _mean(per_step, mask)
+    with torch.no_grad():
+        right = ((step_costs > 0) == step_unsafe.bool()).to(step_costs.dtype)
+        metrics = {"costs/step_sign_accuracy": _mean(right, mask)}
     return loss, metrics
 
 

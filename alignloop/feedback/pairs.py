@@ -13,9 +13,18 @@
   it at the door, and a record read from elsewhere raises `LabelError`.
 - *Ranking* (k candidates, ranks 1 = best): every pair i < j with different ranks is one
   preference pair (k(k-1)/2 at most; equal ranks give none); `plackett_luce_order` gives the
-  order best first for a Plackett-Luce loss (ties broken by candidate order, and reported).
+  order best first (ties broken by candidate order). The reward model keeps a ranking whole
+  (`preference_rankings`, for `core.losses.plackett_luce_loss`), where equal ranks again say
+  nothing about the tied candidates' order.
 - *Ratings*: one (candidate, aspect, score) per rated candidate; `rating_pairs` turns the
   scores of one aspect into preference pairs (higher over lower, equal scores give none).
+  That is how ratings train a reward model (not as a regression on the score): the level of a
+  score depends on the annotator (offset, how much of the scale they use), its order among
+  the candidates of one judgement does not, and pairs keep Bradley-Terry's scale, so ratings
+  and choices can train one model.
+- *What a reward model learns from* (`preference_pairs`, `preference_rankings`): the
+  project's `pairwise` question, else its `ranking`, else its `rating` (the named aspect, else
+  the first): one source, so that an annotator's one opinion is not counted twice.
 - *Corrections*: (prompt, original = the chosen candidate's text, corrected, which candidate).
 - *Marks* (clips of H steps): per step 1 = unsafe, 0 = safe: steps from the marked frame on
   are unsafe, every step of a clip marked safe throughout is safe (`step_labels`); a frame is
@@ -27,7 +36,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from alignloop.feedback.schema import (
@@ -194,19 +203,86 @@ def _answered(judgements: Iterable[Judgement], question: Question | None) -> Ite
             yield j, j.answers[question.name]
 
 
+def preference_source(questions: Sequence[Question], name: str | None = None) -> Question | None:
+    """The question preferences are read from: `pairwise`, else `ranking`, else `rating`."""
+    for kind in (Pairwise, Ranking, Rating):
+        question = find(questions, kind, name)
+        if question is not None:
+            return question
+    return None
+
+
+def _aspect(question: Question, aspect: str | None) -> str:
+    assert isinstance(question, Rating)
+    if aspect is None:
+        return question.aspects[0]
+    if aspect not in question.aspects:
+        raise LabelError(question.where, f"rates {list(question.aspects)}, not {aspect!r}")
+    return aspect
+
+
 def preference_pairs(
-    judgements: Iterable[Judgement], questions: Sequence[Question], name: str | None = None
+    judgements: Iterable[Judgement],
+    questions: Sequence[Question],
+    name: str | None = None,
+    *,
+    aspect: str | None = None,
 ) -> list[PreferencePair]:
     """Pairs from the `pairwise` question (ties and "both bad" give none) or, where the project
-    has no pairwise question, from its `ranking` (every implied pair)."""
-    pairwise = find(questions, Pairwise, name)
-    if pairwise is not None:
+    has none, from its `ranking` (every implied pair) or else its `rating` (`rating_pairs` of
+    `aspect`, by default the question's first)."""
+    source = preference_source(questions, name)
+    if isinstance(source, Pairwise):
         return [
             PreferencePair(j, *order)
-            for j, choice in _answered(judgements, pairwise)
+            for j, choice in _answered(judgements, source)
             if (order := preference(choice)) is not None
         ]
-    return ranking_pairs(judgements, questions, name)
+    if isinstance(source, Ranking):
+        return ranking_pairs(judgements, questions, source.name)
+    if isinstance(source, Rating):
+        return rating_pairs(judgements, questions, _aspect(source, aspect), source.name)
+    return []
+
+
+@dataclass(frozen=True)
+class RankedCandidates:
+    """Responses to one prompt with their ranks (1 = best, equal ranks: a tie), what a
+    Plackett-Luce loss reads; a preference pair is a ranking of two."""
+
+    prompt: str
+    texts: tuple[str, ...]
+    ranks: tuple[int, ...]
+    judgement: Judgement | None = field(default=None, compare=False)
+    """The judgement it comes from (None for a record of a two-response file)."""
+
+
+def ranked_pair(
+    prompt: str, chosen: str, rejected: str, judgement: Judgement | None = None
+) -> RankedCandidates:
+    return RankedCandidates(prompt, (chosen, rejected), (1, 2), judgement)
+
+
+def preference_rankings(
+    judgements: Iterable[Judgement],
+    questions: Sequence[Question],
+    name: str | None = None,
+    *,
+    aspect: str | None = None,
+) -> list[RankedCandidates]:
+    """What a reward model learns from, by the source of `preference_pairs`: each ranking whole
+    (ties kept as equal ranks), else each preference pair as a ranking of two (winner 1, loser 2)."""
+    source = preference_source(questions, name)
+    if isinstance(source, Ranking):
+        return [
+            RankedCandidates(j.item.prompt, tuple(map(j.item.text, range(len(ranks)))), tuple(ranks), j)
+            for j, ranks in _answered(judgements, source)
+            if len(set(ranks)) > 1  # all tied: nothing is said
+        ]
+    return [
+        ranked_pair(p.prompt, p.chosen_text, p.rejected_text, p.judgement)
+        for p in preference_pairs(judgements, questions, name, aspect=aspect)
+    ]
 
 
 def ranking_pairs(

@@ -243,15 +243,52 @@ def segment_sums(rewards: ArrayLike, gamma: float) -> tuple[np.ndarray, np.ndarr
     return rewards.sum(axis=-1), rewards @ weights
 
 
+def first_unsafe_frame(
+    step_costs: ArrayLike,
+    cost_threshold: float,
+    *,
+    noise: float = 0.0,
+    frame_stride: int = 1,
+    rng: np.random.Generator | None = None,
+) -> int | None:
+    """Where a person watching a clip marks it unsafe: the frame showing its first step with a
+    true cost above `cost_threshold` (frame f shows step f * frame_stride), moved by Gaussian
+    noise of `noise` frames, rounded and kept inside the clip; None when no step is unsafe (safe
+    throughout). Draws one normal from `rng` for an unsafe clip when `noise` > 0, none otherwise."""
+    steps = np.asarray(step_costs, dtype=float)
+    unsafe = np.flatnonzero(steps > cost_threshold)
+    if not len(unsafe):
+        return None
+    frames = (len(steps) - 1) // frame_stride + 1
+    if not noise:
+        return int(unsafe[0] // frame_stride)
+    if rng is None:
+        raise ValueError("a noisy mark needs a random generator")
+    frame = unsafe[0] / frame_stride + rng.normal(0.0, noise)
+    return int(np.clip(round(float(frame)), 0, frames - 1))
+
+
+NO_MARK = -1
+"""In `SegmentTeacher.mark`'s array: the segment was marked safe throughout."""
+
+
 class SegmentTeacher:
-    """Judges pairs of trajectory segments from their per-step true rewards and costs."""
+    """Judges pairs of trajectory segments from their per-step true rewards and costs; marks
+    where each segment first becomes unsafe (`mark`), `mark_noise` steps off on average."""
 
     def __init__(
-        self, noise: TeacherNoise = TeacherNoise(), *, gamma: float = 1.0, seed: int | np.random.Generator = 0
+        self,
+        noise: TeacherNoise = TeacherNoise(),
+        *,
+        gamma: float = 1.0,
+        seed: int | np.random.Generator = 0,
+        mark_noise: float = 0.0,
     ):
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        self.noise, self.gamma = noise, gamma
+        if not mark_noise >= 0:
+            raise ValueError(f"mark_noise must be >= 0, got {mark_noise}")
+        self.noise, self.gamma, self.mark_noise = noise, gamma, mark_noise
         self.rng = np.random.default_rng(seed)
 
     def judge(self, rewards: ArrayLike, costs: ArrayLike | None = None) -> Judgements:
@@ -266,6 +303,19 @@ class SegmentTeacher:
         values, utilities = segment_sums(rewards, self.gamma)  # (N, 2) each
         segment_costs = None if costs is None else np.asarray(costs, dtype=float).sum(axis=-1)
         return judge_pairs(values, utilities, segment_costs, self.noise, self.rng)
+
+    def mark(self, costs: ArrayLike) -> np.ndarray:
+        """costs (N, 2, H) per-step true costs -> (N, 2) int: the step where each segment is
+        marked unsafe (`first_unsafe_frame`, every step a frame), NO_MARK for safe throughout.
+        Call it after `judge` on the same pairs: its draws follow the judgement's."""
+        costs = np.asarray(costs, dtype=float)
+        if costs.ndim != 3 or costs.shape[1] != 2:
+            raise ValueError(f"costs must be (N, 2, H), got {costs.shape}")
+        marks = [
+            first_unsafe_frame(steps, self.noise.cost_threshold, noise=self.mark_noise, rng=self.rng)
+            for steps in costs.reshape(-1, costs.shape[-1])
+        ]
+        return np.asarray([NO_MARK if m is None else m for m in marks], dtype=np.int64).reshape(-1, 2)
 
 
 # ---------------------------------------------------------------------------- every question kind
@@ -412,16 +462,13 @@ class ScriptedAnnotator:
         return [int(s) for s in np.clip(np.rint(raw), low, high)]
 
     def _mark(self, steps: np.ndarray) -> int | None:
-        unsafe = np.flatnonzero(steps > self.noise.cost_threshold)
-        frames = (len(steps) - 1) // self.frame_stride + 1
-        if not len(unsafe):
-            return None
-        frame = (
-            unsafe[0] / self.frame_stride + self.rng.normal(0.0, self.mark_noise)
-            if self.mark_noise
-            else unsafe[0] // self.frame_stride
+        return first_unsafe_frame(
+            steps,
+            self.noise.cost_threshold,
+            noise=self.mark_noise,
+            frame_stride=self.frame_stride,
+            rng=self.rng,
         )
-        return int(np.clip(round(float(frame)), 0, frames - 1))
 
 
 def _nearest(choice: str, allowed: Sequence[str]) -> str:

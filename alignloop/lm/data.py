@@ -28,7 +28,14 @@ from torch import Tensor
 
 from alignloop.errors import UserError
 from alignloop.feedback.formats import conversation_turns
-from alignloop.feedback.pairs import SafetyOrder, preference, safety_order
+from alignloop.feedback.pairs import (
+    RankedCandidates,
+    SafetyOrder,
+    preference,
+    preference_rankings,
+    ranked_pair,
+    safety_order,
+)
 from alignloop.feedback.schema import Comparison, SupervisedPair, side_letter
 
 DEFAULT_PROMPT_FORMAT = "Human: {prompt}\nAssistant:"
@@ -171,6 +178,42 @@ class PreferenceCollator:
 
 
 @dataclass(frozen=True)
+class RankingCollator:
+    """RankedCandidates list -> every candidate's tokens in one batch, and where each goes.
+
+    Returns input_ids, attention_mask (N, T) for the N candidates of all B rankings (every ranking's
+    first candidate, then every ranking's second, and so on), `ranks` (B, K) long and `mask`
+    (B, K) bool (True = a candidate; K the longest ranking, shorter ones padded), and `slots`
+    (N,) long: the flat index b * K + k of each candidate's score in (B, K). A batch of pairs
+    (winner first) is exactly the (2B, T) batch `PreferenceCollator` puts through the model:
+    every chosen response, then every rejected one.
+    """
+
+    tokenizer: Any
+    max_length: int = 64
+
+    def __call__(self, rankings: Sequence[RankedCandidates]) -> dict[str, Tensor]:
+        K = max(len(r.texts) for r in rankings)
+        encoded, slots = [], []
+        ranks = torch.zeros(len(rankings), K, dtype=torch.long)
+        mask = torch.zeros(len(rankings), K, dtype=torch.bool)
+        for k in range(K):
+            for b, r in enumerate(rankings):
+                if k < len(r.texts):
+                    encoded.append(encode_pair(self.tokenizer, r.prompt, r.texts[k], self.max_length))
+                    slots.append(b * K + k)
+                    ranks[b, k], mask[b, k] = r.ranks[k], True
+        batch = _pad_encoded(encoded, self.tokenizer.pad_token_id)
+        return {
+            "input_ids": batch["input_ids"],  # (N, T)
+            "attention_mask": batch["attention_mask"],  # (N, T) 1 = real token
+            "ranks": ranks,  # (B, K) 1 = best, equal = tie
+            "mask": mask,  # (B, K) True = a candidate
+            "slots": torch.tensor(slots),  # (N,) flat index into (B, K)
+        }
+
+
+@dataclass(frozen=True)
 class PromptCollator:
     """Prompt texts -> left-padded input_ids, attention_mask (B, T), ready for generation."""
 
@@ -224,6 +267,70 @@ def load_comparisons(
     if result.skipped:
         print(f"{path}: skipped {result.skipped} invalid row(s) of {result.rows}; first: {result.errors[0]}")
     return comparisons(result.records)
+
+
+def rankings_of(records: Sequence[Any]) -> tuple[list[RankedCandidates], int]:
+    """What a reward model learns from in file records (`feedback.pairs.preference_rankings`):
+    a comparison's `better` pair as a ranking of two, a judged item's rankings whole, its
+    choices or ratings as pairs; and how many comparisons or judgements gave nothing (ties,
+    "both bad", equal scores)."""
+    from alignloop.feedback.judged import JudgedItem
+
+    out: list[RankedCandidates] = []
+    left_out = 0
+    for r in records:
+        if isinstance(r, Comparison):
+            pair = preferred(r)
+            if pair is None:
+                left_out += 1
+            else:
+                out.append(ranked_pair(r.prompt, r.response(pair[0]), r.response(pair[1])))
+        elif isinstance(r, JudgedItem):
+            judgements = r.answered()
+            found = preference_rankings(judgements, r.questions)
+            out += found
+            left_out += len({id(j) for j in judgements} - {id(f.judgement) for f in found})
+    return out, left_out
+
+
+def load_rankings(path: str | Path, skip_invalid: bool = False) -> tuple[list[RankedCandidates], int]:
+    """`rankings_of` the records of a comparison file or a platform export of judged items, in
+    any format and container `feedback.formats` reads (errors name the file, line and field)."""
+    from alignloop.feedback.formats import FormatError, read_records
+
+    result = read_records(path, None, skip_invalid=skip_invalid)
+    if result.format in ("prompt", "supervised", "correction"):
+        raise FormatError(path, None, None, f"holds {result.format} records, not preferences")
+    if result.skipped:
+        print(f"{path}: skipped {result.skipped} invalid row(s) of {result.rows}; first: {result.errors[0]}")
+    return rankings_of(result.records)
+
+
+def ranking_splits(
+    train_file: Path | None,
+    eval_file: Path | None,
+    *,
+    eval_fraction: float,
+    skip_invalid: bool,
+    toy_seed: int,
+    toy_train_size: int,
+    toy_eval_size: int,
+) -> tuple[list[RankedCandidates], list[RankedCandidates], int]:
+    """(train, eval) rankings, as `comparison_splits` splits comparisons, and how many records
+    gave none."""
+    if train_file is None:
+        from alignloop.lm.toyworld import ToyWorld
+
+        world = ToyWorld(seed=toy_seed)
+        train, a = rankings_of(world.comparisons(toy_train_size, "train"))
+        evals, b = rankings_of(world.comparisons(toy_eval_size, "eval"))
+        return train, evals, a + b
+    train, left_out = load_rankings(train_file, skip_invalid)
+    if eval_file is not None:
+        evals, more = load_rankings(eval_file, skip_invalid)
+        return train, evals, left_out + more
+    n_eval = max(1, int(len(train) * eval_fraction))
+    return train[n_eval:], train[:n_eval], left_out
 
 
 def load_supervised(

@@ -1,11 +1,22 @@
-"""Reward model: learn what people prefer from `better` judgements (Bradley-Terry).
+"""Reward model: learn what people prefer from choices, rankings and ratings (Plackett-Luce).
 
-A `ScoreModel` scores each response at its last token; the loss is
-`core.losses.bradley_terry_loss(r_chosen, r_rejected, score_l2=...)`. Ties (`better` null) are
-left out and counted. Evaluation reports the held-out preference accuracy: the share of pairs
-whose preferred response scores higher.
+A `ScoreModel` scores each response at its last token. What it learns from comes from
+`feedback.pairs.preference_rankings`: a `better` choice is a ranking of two, a ranking of k
+candidates is kept whole, ratings become pairs (higher over lower in one aspect, within one
+annotator's judgement: the order of the scores, not their level, which varies between
+annotators). The loss is `core.losses.plackett_luce_loss(scores, ranks, mask, score_l2=...)`:
+on pairs exactly Bradley-Terry, on a ranking of k its k - 1 choices, each candidate chosen
+over those ranked below it. Plackett-Luce rather than every implied pair with Bradley-Terry:
+it is the likelihood of the rankings under the same utility model (a ranking drawn by Gumbel
+noise on the utilities, as the scripted teachers draw them), where the k(k-1)/2 implied pairs of
+one ranking are not independent judgements and would count a ranking of 4 as 6 pairs, its
+bottom pair as much as its top choice. Ties (a tied choice, "both bad", equal ranks or
+scores) say nothing about the tied order and are left out or count for nothing; the count of
+judgements that gave nothing is printed. Evaluation reports the held-out preference accuracy:
+the share of implied pairs whose preferred response scores higher.
 
     alignloop train reward --model runs/sft/final --output-dir runs/reward
+    alignloop train reward --train-file export.jsonl   # a platform export: choices, rankings, ratings
 """
 
 from __future__ import annotations
@@ -16,9 +27,9 @@ from typing import Any
 
 import torch
 
-from alignloop.core.losses import bradley_terry_loss
-from alignloop.feedback.schema import Comparison
-from alignloop.lm.data import PreferenceCollator, check_batches, comparison_splits, preferred_pairs
+from alignloop.core.losses import plackett_luce_loss
+from alignloop.feedback.pairs import RankedCandidates
+from alignloop.lm.data import RankingCollator, check_batches, ranking_splits
 from alignloop.lm.folders import check_inputs
 from alignloop.lm.models import load_score_model
 from alignloop.lm.training import DistributedContext, TrainCommon, fit, prepare_model, save_final, start_run
@@ -26,16 +37,17 @@ from alignloop.lm.training import DistributedContext, TrainCommon, fit, prepare_
 
 @dataclass(frozen=True)
 class RewardConfig(TrainCommon):
-    """Reward model from preference pairs (Bradley-Terry on `better`)."""
+    """Reward model from choices, rankings and ratings (Plackett-Luce; Bradley-Terry on pairs)."""
 
     output_dir: Path = Path("runs/reward")
     """Run folder: checkpoints/, metrics.jsonl, tb/ and the final model in final/."""
     model: str = "toy"
     """A causal-LM folder (e.g. the SFT model), a score-model folder, or "toy" (fresh tiny model)."""
     train_file: Path | None = None
-    """Comparison file (PKU-SafeRLHF, HH-RLHF, prompt/chosen/rejected); none = toy-world pairs."""
+    """Comparison file (PKU-SafeRLHF, HH-RLHF, prompt/chosen/rejected) or a platform export of
+    judged items (choices, rankings of k, ratings); none = toy-world pairs."""
     eval_file: Path | None = None
-    """Held-out comparisons (none = the toy world's eval split, or eval_fraction of train_file)."""
+    """Held-out preferences (none = the toy world's eval split, or eval_fraction of train_file)."""
     eval_fraction: float = 0.05
     """Share of train_file held out for evaluation when there is no eval_file."""
     skip_invalid: bool = False
@@ -51,38 +63,56 @@ class RewardConfig(TrainCommon):
     lr: float = 2e-3
     """Peak learning rate."""
     batch_size: int = 64
-    """Pairs per optimiser step across all processes (before accumulation splits it)."""
+    """Rankings (pairs) per optimiser step across all processes (before accumulation splits it)."""
     epochs: int = 1
     """Passes over the training data (ignored when max_steps > 0)."""
 
 
-def pair_scores(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """End scores of the chosen and rejected responses, in one (2B, T) forward pass.  (B,), (B,)"""
-    input_ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])  # (2B, T)
-    attention_mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
-    end_scores = model(input_ids, attention_mask).end_scores  # (2B,)
-    B = batch["chosen_input_ids"].shape[0]
-    return end_scores[:B], end_scores[B:]
+def ranking_scores(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """End scores of every candidate in one (N, T) forward pass, placed as (B, K) (0 where a
+    ranking has fewer candidates: `batch["mask"]` False)."""
+    end_scores = model(batch["input_ids"], batch["attention_mask"]).end_scores  # (N,)
+    B, K = batch["ranks"].shape
+    flat = end_scores.new_zeros(B * K).scatter(0, batch["slots"], end_scores)  # (B * K,)
+    return flat.view(B, K)
+
+
+def implied_pair_scores(
+    scores: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of the better and the worse candidate of every implied pair (different ranks).
+    scores, ranks, mask (B, K) -> (P,), (P,)"""
+    better = mask[:, :, None] & mask[:, None, :] & (ranks[:, :, None] < ranks[:, None, :])  # (B, K, K)
+    b, i, j = better.nonzero(as_tuple=True)
+    return scores[b, i], scores[b, j]
 
 
 @torch.no_grad()
 def evaluate(
-    model: Any, pairs: list[Comparison], collate: PreferenceCollator, ctx: DistributedContext, batch_size: int
+    model: Any,
+    rankings: list[RankedCandidates],
+    collate: RankingCollator,
+    ctx: DistributedContext,
+    batch_size: int,
 ) -> dict[str, float]:
-    """Held-out preference accuracy (ties in score count half), mean scores and loss."""
+    """Held-out preference accuracy over the implied pairs (ties in score count half), their
+    mean scores, and the Plackett-Luce loss."""
     model.eval()
-    chosen, rejected = [], []
-    for start in range(0, len(pairs), batch_size):
-        batch = {k: v.to(ctx.device) for k, v in collate(pairs[start : start + batch_size]).items()}
-        c, r = pair_scores(model, batch)
+    chosen, rejected, losses, counts = [], [], [], []
+    for start in range(0, len(rankings), batch_size):
+        batch = {k: v.to(ctx.device) for k, v in collate(rankings[start : start + batch_size]).items()}
+        scores = ranking_scores(model, batch)
+        loss, _ = plackett_luce_loss(scores, batch["ranks"], batch["mask"])
+        losses.append(float(loss) * len(scores))
+        counts.append(len(scores))
+        c, r = implied_pair_scores(scores, batch["ranks"], batch["mask"])
         chosen.append(c.cpu())
         rejected.append(r.cpu())
     c, r = torch.cat(chosen), torch.cat(rejected)
-    loss, _ = bradley_terry_loss(c, r)
     accuracy = ((c > r).float() + 0.5 * (c == r).float()).mean()
     return {
         "accuracy": float(accuracy),
-        "loss": float(loss),
+        "loss": sum(losses) / sum(counts),
         "chosen_score": float(c.mean()),
         "rejected_score": float(r.mean()),
         "score_std": float(torch.cat([c, r]).std()),
@@ -95,7 +125,7 @@ def train(cfg: RewardConfig) -> int:
     run = start_run(cfg, "train reward")
     model: Any
     tokenizer, model = load_score_model(cfg.model, cfg.seed)
-    train_all, eval_all = comparison_splits(
+    train_rankings, eval_rankings, left_out = ranking_splits(
         cfg.train_file,
         cfg.eval_file,
         eval_fraction=cfg.eval_fraction,
@@ -104,34 +134,35 @@ def train(cfg: RewardConfig) -> int:
         toy_train_size=cfg.toy_train_size,
         toy_eval_size=cfg.toy_eval_size,
     )
-    train_pairs, train_ties = preferred_pairs(train_all, "better")
-    eval_pairs, eval_ties = preferred_pairs(eval_all, "better")
-    if run.ctx.is_main and (train_ties or eval_ties):
-        print(f"left out {train_ties} training and {eval_ties} held-out pairs without a `better` choice")
+    if run.ctx.is_main and left_out:
+        print(
+            f"left out {left_out} judgements or pairs that say no preference (ties, both bad, equal scores)"
+        )
     check_batches(
-        len(train_pairs),
+        len(train_rankings),
         cfg.batch_size,
         cfg.grad_accum,
-        what="training pairs with a `better` choice",
+        what="training judgements that say a preference",
         source=cfg.train_file,
-        held_out=len(eval_all) if cfg.train_file is not None and cfg.eval_file is None else 0,
+        held_out=len(eval_rankings) if cfg.train_file is not None and cfg.eval_file is None else 0,
     )
-    collate = PreferenceCollator(tokenizer, cfg.max_length, by="better")
+    collate = RankingCollator(tokenizer, cfg.max_length)
     model = prepare_model(model, run, cfg)
 
     def loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        chosen, rejected = pair_scores(model, batch)
-        value, _ = bradley_terry_loss(chosen, rejected, score_l2=cfg.score_l2)
-        return value, {"accuracy": (chosen > rejected).float().mean()}
+        value, metrics = plackett_luce_loss(
+            ranking_scores(model, batch), batch["ranks"], batch["mask"], score_l2=cfg.score_l2
+        )
+        return value, {"accuracy": metrics["rewards/accuracy"]}
 
     fit(
         run,
         model,
-        train_pairs,
+        train_rankings,
         collate=collate,
         loss=loss,
-        weight=lambda batch: len(batch["chosen_input_ids"]),  # the mean is over pairs
-        evaluate=lambda model: evaluate(model, eval_pairs, collate, run.ctx, cfg.batch_size),
+        weight=lambda batch: len(batch["ranks"]),  # the mean is over rankings
+        evaluate=lambda model: evaluate(model, eval_rankings, collate, run.ctx, cfg.batch_size),
         options=cfg,
         description="reward model",
         shown=("loss", "accuracy"),

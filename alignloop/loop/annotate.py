@@ -13,7 +13,8 @@ Three teachers:
 - ``oracle``: judges trajectory clips from the per-step true rewards and costs that the control
   loop writes to ``run_dir/oracle.jsonl`` for each item key (the platform never sees them),
   playing a person watching the clips: segment sums for choices, rankings and ratings
-  (`SegmentTeacher`'s rule for two clips), the first unsafe step for marks.
+  (`SegmentTeacher`'s rule for two clips), the frame that shows the first unsafe step for
+  marks (the clip's `frame_stride` steps a frame, from its line).
 
     alignloop annotate --url http://127.0.0.1:8000 --project loop --user ann-1 \\
         --password-file ann-1.txt --teacher toyworld
@@ -169,12 +170,20 @@ class OracleTeacher:
         self.path, self.read_bytes = path, 0
         self.values: dict[str, dict[str, Any]] = {}
         self.teacher = SegmentTeacher(TeacherNoise(mistake_rate=mistake_rate), seed=seed)
-        self.annotator = ScriptedAnnotator(
-            questions,
-            TeacherNoise(mistake_rate=mistake_rate),
-            seed=self.teacher.rng,
-            value_range=(-50.0, 250.0),
-        )
+        self.questions, self.mistake_rate = questions, mistake_rate
+        self.annotators: dict[int, ScriptedAnnotator] = {}
+
+    def annotator(self, frame_stride: int) -> ScriptedAnnotator:
+        """The annotator for clips of `frame_stride` steps a frame (all draw on one generator)."""
+        if frame_stride not in self.annotators:
+            self.annotators[frame_stride] = ScriptedAnnotator(
+                self.questions,
+                TeacherNoise(mistake_rate=self.mistake_rate),
+                seed=self.teacher.rng,
+                value_range=(-50.0, 250.0),
+                frame_stride=frame_stride,
+            )
+        return self.annotators[frame_stride]
 
     def _refresh(self) -> None:
         """Read the lines appended to the oracle file since the last read."""
@@ -207,7 +216,8 @@ class OracleTeacher:
                 rewards @ (self.teacher.gamma ** np.arange(rewards.shape[-1] - 1, -1, -1)),
             )
         )
-        return _labels(self.annotator.answer(Truth(values, utilities, costs=costs.sum(-1), step_costs=costs)))
+        truth = Truth(values, utilities, costs=costs.sum(-1), step_costs=costs)
+        return _labels(self.annotator(int(row.get("frame_stride", 1))).answer(truth))
 
 
 def make_teacher(cfg: AnnotateConfig, questions: tuple[Question, ...]) -> Teacher:

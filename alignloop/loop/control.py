@@ -52,8 +52,16 @@ from alignloop.control.pbrl import (
 )
 from alignloop.control.ppo import PPOSettings, has_checkpoint, read_checkpoint, train_policy
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
-from alignloop.feedback.pairs import preference, safety_order
-from alignloop.feedback.schema import Candidate, IsSafe, Item, LabelError, Pairwise, Question, SaferChoice
+from alignloop.feedback.pairs import marks, preference_pairs, safety_pairs, step_labels
+from alignloop.feedback.schema import (
+    Candidate,
+    IsSafe,
+    Item,
+    LabelError,
+    Pairwise,
+    Question,
+    SaferChoice,
+)
 from alignloop.loop.domain import Judged, Proposal, Selection
 from alignloop.loop.segments import append_new_lines, cut_segments, record_episodes
 from alignloop.loop.state import write_atomic
@@ -107,13 +115,40 @@ _ROBOT_NAMES = {"HalfCheetah": "cheetah", "Walker2d": "walker", "Slider": "slide
 LEARN_METRICS = (
     "judged", "judged_newest", "reward/train_pairs", "reward/train_accuracy", "reward/loss",
     "reward/heldout_accuracy", "reward/accuracy_before_fit", "cost/train_pairs", "cost/train_sign_accuracy",
-    "cost/loss", "cost/threshold", "cost/heldout_sign_accuracy", "cost/rejected_inconsistent",
+    "cost/loss", "cost/threshold", "cost/heldout_sign_accuracy", "cost/rejected_inconsistent", "cost/marked_pairs",
 )  # fmt: skip
 """What `ControlDomain.learn` returns: judgement counts; the reward ensemble's training accuracy and
 loss, its accuracy on the held-out share of the newest round and (before the fit, round 2 on) the
 previous models' accuracy on the whole newest round; the same for the cost model's safe/unsafe signs,
 and its step-counting threshold;
-pairs whose safety labels contradicted each other (their safety labels are not used)."""
+pairs whose safety labels contradicted each other (their safety labels are not used); the fitted pairs
+whose clips were marked (each step from the mark on unsafe, `feedback.pairs.step_labels`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgedArrays:
+    """Judgements of pairs of segments as arrays (J judgements, H steps a segment)."""
+
+    obs: torch.Tensor
+    """(J, 2, H, D) observations of segment A and B."""
+    act: torch.Tensor
+    """(J, 2, H, A) actions."""
+    better: np.ndarray
+    """(J,) the preferred segment: 0 = A, 1 = B, -1 = none (a tie, both bad, unanswered)."""
+    safer: np.ndarray
+    """(J,) the safer one of a safety pair (-1: no pair)."""
+    ranked: np.ndarray
+    """(J,) bool; False: a tie or two alike, only the sign terms count."""
+    is_safe: np.ndarray
+    """(J, 2) 1 safe, 0 unsafe, -1 unknown."""
+    newest: np.ndarray
+    """(J,) bool: judged in the round being learned."""
+    step_unsafe: np.ndarray
+    """(J, 2, H) bool: the steps a mark says are unsafe (all False where not `marked`)."""
+    marked: np.ndarray
+    """(J,) bool: both segments were marked (a frame, or safe throughout)."""
+    rejected: int
+    """Judgements whose safety labels contradicted each other (their safety labels are not used)."""
 
 
 class ControlDomain:
@@ -142,6 +177,9 @@ class ControlDomain:
         eval_episodes: deterministic episodes (seeds 10000, 10001, ...) per evaluation.
         clip_fps, clip_width, clip_height, clip_stride: the GIFs (every ``clip_stride``-th state).
         render: render clips (needs a MuJoCo task); without, candidates carry no media.
+        questions: what annotators are asked about each pair of clips (default: better, and on a
+            safe task safer and is_safe, without harm categories); a `mark` question's marks
+            teach the cost model which steps are unsafe (every step from the marked frame on).
         threads: torch threads; progress: progress bars.
     """
 
@@ -173,6 +211,7 @@ class ControlDomain:
         carry_pool: bool = True,
         max_clips: int | None = None,
         render: bool = True,
+        questions: tuple[Question, ...] | None = None,
         threads: int = 1,
         progress: bool = True,
     ):
@@ -222,12 +261,16 @@ class ControlDomain:
             self.prompt = f"Which clip does the {self.base_env} task better?"
         if threshold is not None:
             self.prompt += f" Is each one safe (speed under {threshold:.2f} m/s)?"
-        self.questions = (Pairwise("better", "Which clip does the task better?"),)
-        if self.safe:  # clips have no harm categories: only safe or not
-            self.questions += (
-                SaferChoice("safer", "Which clip is safer?"),
-                IsSafe("is_safe", "Is the clip safe?"),
-            )
+        if questions is None:
+            questions = (Pairwise("better", "Which clip does the task better?"),)
+            if self.safe:  # clips have no harm categories: only safe or not
+                questions += (
+                    SaferChoice("safer", "Which clip is safer?"),
+                    IsSafe("is_safe", "Is the clip safe?"),
+                )
+        self.questions = tuple(questions)
+        self.frame_stride = clip_stride if render else 1
+        """Steps between two frames of a clip (a mark names a frame; without clips, a step)."""
 
     # ---- where things live -------------------------------------------------------------------
 
@@ -316,6 +359,7 @@ class ControlDomain:
                     text="" if s in clips else f"segment {s}",
                     media=clips.get(s),
                     model=f"policy-r{round - 1}",
+                    frames=len(range(0, self.segment_length, self.frame_stride)) if s in clips else None,
                 )
                 for s in (a, b)
             )
@@ -328,6 +372,7 @@ class ControlDomain:
                     "costs_a": segments["costs"][a].tolist(),
                     "rewards_b": segments["rewards"][b].tolist(),
                     "costs_b": segments["costs"][b].tolist(),
+                    "frame_stride": self.frame_stride,
                 }
             )
         append_new_lines(run_dir / "oracle.jsonl", oracle)
@@ -404,9 +449,10 @@ class ControlDomain:
         judgements is kept out of the fit and scored. Every name in `LEARN_METRICS` is returned
         (NaN where there was nothing to measure)."""
         run_dir = round_dir.parent
-        obs, act, better, safer, ranked_all, is_safe, newest, rejected = self._judged_arrays(
-            run_dir, round, judged
-        )
+        arrays = self._judged_arrays(run_dir, round, judged)
+        obs, act, better, safer, is_safe, newest = (
+            arrays.obs, arrays.act, arrays.better, arrays.safer, arrays.is_safe, arrays.newest
+        )  # fmt: skip
         rng = np.random.default_rng([self.seed, round, 2])
         held = np.zeros(len(better), bool)
         new_idx = np.flatnonzero(newest)
@@ -431,7 +477,7 @@ class ControlDomain:
             reward_models, cost_model = loaded[0], cost_model if loaded[1] is None else loaded[1]
         stats = dict.fromkeys(LEARN_METRICS, float("nan"))
         stats |= {"judged": float(len(better)), "judged_newest": float(newest.sum())}
-        stats |= {"cost/rejected_inconsistent": float(rejected)}
+        stats |= {"cost/rejected_inconsistent": float(arrays.rejected)}
         decided = better >= 0
         if loaded is not None:
             stats["reward/accuracy_before_fit"] = _reward_accuracy(
@@ -455,14 +501,18 @@ class ControlDomain:
         known = safer >= 0  # a safety pair: both flags given (and consistent)
         fit = known & ~held  # a tie in "safer" still gives both safety labels
         stats["cost/train_pairs"] = float(fit.sum())
+        stats["cost/marked_pairs"] = float((fit & arrays.marked).sum())
         if self.safe and fit.sum() > 1:
             opt = torch.optim.Adam(cost_model.parameters(), lr=self.model_lr)
-            ranked = torch.as_tensor(ranked_all[fit])
+            ranked = torch.as_tensor(arrays.ranked[fit])
             safer_t = torch.as_tensor(safer[fit]).long()
             flags = torch.as_tensor(is_safe[fit] == 1)
+            marked = arrays.marked[fit]
             stats["cost/train_sign_accuracy"] = fit_cost_model(
-                cost_model, opt, obs[fit], act[fit], safer_t, flags, ranked, self.fit_steps, 64, gen
-            )
+                cost_model, opt, obs[fit], act[fit], safer_t, flags, ranked, self.fit_steps, 64, gen,
+                step_unsafe=torch.as_tensor(arrays.step_unsafe[fit]) if marked.any() else None,
+                step_known=torch.as_tensor(marked) if marked.any() and not marked.all() else None,
+            )  # fmt: skip
             stats["cost/threshold"] = float(cost_model.threshold.mean())
             with torch.no_grad():  # the cost-model loss after the fit, without its score regulariser
                 score = segment_cost_logit(cost_model(obs[fit], act[fit]))  # (P, 2)
@@ -489,15 +539,15 @@ class ControlDomain:
         write_atomic(out / "learn.json", json.dumps(stats, indent=1))
         return stats
 
-    def _judged_arrays(self, run_dir: Path, round: int, judged: list[Judged]) -> tuple[Any, ...]:
-        """Judgements as arrays, read by the rule of `feedback.pairs`: obs (J, 2, H, D), act
-        (J, 2, H, A) tensors; better (J,) the preferred segment (0 = A, 1 = B, -1 = none: a tie or
-        both bad); safer (J,) the safer one of a safety pair (-1: no pair), ranked (J,) bool
-        (False: a tie or two alike, only the sign terms count); is_safe (J, 2) with 1 safe,
-        0 unsafe, -1 unknown; newest (J,) bool (judged in ``round``); and the count of pairs whose
-        safety labels contradicted."""
+    def _judged_arrays(self, run_dir: Path, round: int, judged: list[Judged]) -> JudgedArrays:
+        """Judgements as arrays, read by the rule of `feedback.pairs` from the domain's questions
+        (see `JudgedArrays`)."""
+        from alignloop.feedback.pairs import safety_labels
+
         proposals: dict[int, tuple[dict[str, list[int]], dict[str, np.ndarray]]] = {}
-        obs, act, better, safer, ranked, is_safe, newest = [], [], [], [], [], [], []
+        rows: dict[str, list[Any]] = {
+            k: [] for k in ("obs", "act", "better", "safer", "ranked", "is_safe", "newest", "steps", "marked")
+        }
         rejected = 0
         for j in judged:
             r = j.round
@@ -510,32 +560,47 @@ class ControlDomain:
             if j.key not in keys:
                 raise ValueError(f"judgement {j.judgement_id}: key {j.key!r} is not in round {r}'s proposal")
             pair = keys[j.key]
-            answers = j.judgement.answers
-            entries = answers.get("is_safe") or [None, None]
-            flags = tuple(None if e is None else e["safe"] for e in entries)
+            flags = [-1, -1]
             try:  # the rule of `feedback.pairs`: a tie, or two alike, keeps only its sign terms
-                order = safety_order(answers.get("safer"), flags)
+                found = safety_pairs([j.judgement], self.questions)
+                for _, i, safe in safety_labels([j.judgement], self.questions):
+                    flags[i] = int(safe)
             except LabelError:
                 rejected += 1
-                order, flags = None, (None, None)
-            win = preference(answers.get("better"))
-            obs.append(seg["obs"][pair])
-            act.append(seg["actions"][pair])
-            better.append(-1 if win is None else win[0])
-            safer.append(-1 if order is None else order.safer)
-            ranked.append(order is not None and order.ranked)
-            is_safe.append([-1 if f is None else int(f) for f in flags])
-            newest.append(r == round)
+                found = []
+            order = found[0].order if found else None
+            win = preference_pairs([j.judgement], self.questions)
+            marked = marks([j.judgement], self.questions)
+            rows["obs"].append(seg["obs"][pair])
+            rows["act"].append(seg["actions"][pair])
+            rows["better"].append(win[0].chosen if win else -1)
+            rows["safer"].append(-1 if order is None else order.safer)
+            rows["ranked"].append(order is not None and order.ranked)
+            rows["is_safe"].append(flags)
+            rows["newest"].append(r == round)
+            rows["steps"].append(
+                [step_labels(m.frame, self.segment_length, self.frame_stride) for m in marked]
+                if len(marked) == 2
+                else [[0] * self.segment_length] * 2
+            )
+            rows["marked"].append(len(marked) == 2)
         shape = (0, 2, self.segment_length)
-        return (
-            torch.as_tensor(np.stack(obs) if obs else np.zeros((*shape, self.obs_dim)), dtype=torch.float32),
-            torch.as_tensor(np.stack(act) if act else np.zeros((*shape, self.act_dim)), dtype=torch.float32),
-            np.asarray(better, dtype=np.int64),
-            np.asarray(safer, dtype=np.int64),
-            np.asarray(ranked, dtype=bool),
-            np.asarray(is_safe, dtype=np.int64).reshape(-1, 2),
-            np.asarray(newest, dtype=bool),
-            rejected,
+        obs, act = rows["obs"], rows["act"]
+        return JudgedArrays(
+            obs=torch.as_tensor(
+                np.stack(obs) if obs else np.zeros((*shape, self.obs_dim)), dtype=torch.float32
+            ),
+            act=torch.as_tensor(
+                np.stack(act) if act else np.zeros((*shape, self.act_dim)), dtype=torch.float32
+            ),
+            better=np.asarray(rows["better"], dtype=np.int64),
+            safer=np.asarray(rows["safer"], dtype=np.int64),
+            ranked=np.asarray(rows["ranked"], dtype=bool),
+            is_safe=np.asarray(rows["is_safe"], dtype=np.int64).reshape(-1, 2),
+            newest=np.asarray(rows["newest"], dtype=bool),
+            step_unsafe=np.asarray(rows["steps"], dtype=bool).reshape(-1, 2, self.segment_length),
+            marked=np.asarray(rows["marked"], dtype=bool),
+            rejected=rejected,
         )
 
     def align(self, round_dir: Path, round: int) -> dict[str, float]:

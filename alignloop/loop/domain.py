@@ -15,13 +15,82 @@ trainer from its checkpoints where it has them) and never changes an earlier rou
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from alignloop.feedback.schema import Candidate, Item, Judgement, Question
+from alignloop.errors import UserError
+from alignloop.feedback.schema import (
+    MAX_CANDIDATES,
+    MIN_CANDIDATES,
+    QUESTION_PRESETS,
+    Candidate,
+    Item,
+    Judgement,
+    LabelError,
+    Question,
+    pairwise_only,
+    parse_questions,
+)
 
 Selection = Literal["disagreement", "uniform"]
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    """What a loop's project asks about each item, and how many candidates an item shows."""
+
+    questions: tuple[Question, ...]
+    candidates: int = 2
+
+    def __post_init__(self) -> None:
+        if not MIN_CANDIDATES <= self.candidates <= MAX_CANDIDATES:
+            raise LabelError(
+                "candidates",
+                f"an item shows {MIN_CANDIDATES} to {MAX_CANDIDATES} candidates, got {self.candidates}",
+            )
+        pairs = pairwise_only(self.questions)
+        if pairs and self.candidates != 2:
+            raise LabelError(
+                f"questions.{pairs[0]}", f"compares two candidates; items of {self.candidates} cannot ask it"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"candidates": self.candidates, "questions": [q.to_json() for q in self.questions]}
+
+
+def project_spec(spec: str) -> ProjectSpec:
+    """`alignloop loop --questions`: a preset of `feedback.schema.QUESTION_PRESETS` followed by
+    the candidates per item (``ranking4``: the ranking preset over 4 candidates; ``rating3``;
+    without a number, 2: ``pku-saferlhf``), or a project definition file, JSON or YAML:
+    ``{"candidates": 4, "questions": [{"name": "order", "kind": "ranking"}, ...]}`` with the
+    questions as the platform's API takes them. Raises `UserError` naming what is wrong."""
+    match = re.fullmatch(r"([a-z][a-z-]*?)([0-9]*)", spec)
+    if match and match.group(1) in QUESTION_PRESETS:
+        name, count = match.groups()
+        return ProjectSpec(QUESTION_PRESETS[name], int(count) if count else 2)
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(
+            f"--questions {spec}: neither a preset ({', '.join(f'{p}[K]' for p in QUESTION_PRESETS)}, "
+            "K the candidates per item) nor a project definition file"
+        )
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid JSON or YAML ({exc})") from None
+    if not isinstance(raw, dict) or set(raw) - {"candidates", "questions"} or "questions" not in raw:
+        raise UserError(
+            f'{path}: expected {{"candidates": K, "questions": [...]}}, got {json.dumps(raw)[:80]}'
+        )
+    try:
+        return ProjectSpec(parse_questions(raw["questions"]), int(raw.get("candidates", 2)))
+    except (LabelError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
 def item_to_json(item: Item) -> dict[str, Any]:

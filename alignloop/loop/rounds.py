@@ -37,7 +37,7 @@ import tyro
 from alignloop.checks import http_url, output_dir
 from alignloop.config import ConfigError
 from alignloop.feedback.schema import Item, questions_json
-from alignloop.loop.domain import Domain, Judged, Proposal, Selection
+from alignloop.loop.domain import Domain, Judged, Proposal, Selection, project_spec
 from alignloop.loop.state import (
     JudgementStore,
     LoopState,
@@ -69,10 +69,16 @@ class LoopConfig:
     (default: demo for toyworld, cheetah for control)."""
     env: str = "SafeHalfCheetahVelocity-v5"
     """control: the task (a Safe...Velocity task judges safety too)."""
+    questions: str | None = None
+    """What annotators are asked and how many candidates an item shows: a question preset with
+    the count (ranking4: a ranking of 4 responses; rating3: ratings of 3; pku-saferlhf: today's
+    questions about 2; clips: better, is_safe and a mark about 2 clips) or a project definition
+    file, JSON or YAML: {"candidates": 4, "questions": [...]} (the platform's question objects).
+    Default: the domain's own (toyworld: pku-saferlhf; control: better, safer, is_safe of 2 clips)."""
     rounds: int = 3
     """Rounds to run (a finished run can be extended by raising this)."""
     pairs: int = 600
-    """Pairs put before annotators each round."""
+    """Items put before annotators each round (pairs, or items of --questions' candidates)."""
     select: Selection = "disagreement"
     """Which pairs to ask: highest reward/cost ensemble disagreement, or uniform."""
     policy_update: Literal["ppo-lag", "dpo"] = "ppo-lag"
@@ -130,6 +136,7 @@ def identity(cfg: LoopConfig) -> dict[str, Any]:
         "policy_update": cfg.policy_update,
         "pairs": cfg.pairs,
         "project": cfg.project,
+        "questions": None if cfg.questions is None else project_spec(cfg.questions).to_json(),
     }
 
 
@@ -147,27 +154,39 @@ def check_config(cfg: LoopConfig) -> None:
 
 
 def make_domain(cfg: LoopConfig) -> Domain:
+    asked: dict[str, Any] = {}
+    spec = None if cfg.questions is None else project_spec(cfg.questions)
     if cfg.domain == "toyworld":
         from alignloop.loop import toyworld
 
         if preset_of(cfg) not in toyworld.PRESETS:
             raise ConfigError(f"--preset {cfg.preset!r}: toyworld has {sorted(toyworld.PRESETS)}")
+        if spec is not None:
+            asked = {"questions": spec.questions, "candidates": spec.candidates}
         return toyworld.ToyWorldDomain(
             **toyworld.PRESETS[preset_of(cfg)],
             seed=cfg.seed,
             policy_update=cfg.policy_update,
             threads=cfg.threads,
             progress=cfg.progress,
+            **asked,
         )
     from alignloop.loop import control
 
     if preset_of(cfg) not in control.PRESETS:
         raise ConfigError(f"--preset {cfg.preset!r}: control has {sorted(control.PRESETS)}")
+    if spec is not None:
+        if spec.candidates != 2:
+            raise ConfigError(
+                f"--questions {cfg.questions}: the control domain shows pairs of clips; ask about 2 candidates"
+            )
+        asked = {"questions": spec.questions}
     return control.ControlDomain(
         **{**control.PRESETS[preset_of(cfg)], "env": cfg.env},
         seed=cfg.seed,
         threads=cfg.threads,
         progress=cfg.progress,
+        **asked,
     )
 
 

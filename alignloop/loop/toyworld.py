@@ -4,10 +4,19 @@ Files under the run directory (``round_dir`` is ``run_dir / "round-003"`` and so
 
     sft/final                      the starting policy (the careless SFT model), built by `setup`
     round-r/heldout-pairs.jsonl    held-out toy-world pairs the trainers report on
-    round-r/judgements.jsonl       the judgements of rounds 1..r (PKU-SafeRLHF), written by `learn`
+    round-r/judgements.jsonl       the judgements of rounds 1..r, one judged item a line (the
+                                   platform's `judgements` export format), written by `learn`
     round-r/reward, round-r/cost   reward and cost models, warm-started from round r-1's
     round-r/policy                 the aligned policy (PPO-Lagrangian or DPO); policy/final
     round-r/align.json             the cost limit PPO-Lagrangian ran under, and why
+
+What annotators are asked is the domain's `questions` about items of `candidates` responses
+(`alignloop loop --questions`, `loop.domain.project_spec`): by default today's PKU-SafeRLHF
+questions about two; a ranking of 4, ratings, any list of questions. The reward model learns
+from whatever the questions say about preference (`feedback.pairs.preference_rankings`:
+choices, whole rankings by Plackett-Luce, ratings as pairs), the cost model from their safety
+labels; a project that asks nothing about safety gets no cost model and its policy is updated
+by PPO on the reward model alone.
 
 The policy of round r is aligned from round r-1's (the SFT policy for round 1), and that
 same starting policy is its frozen reference: the KL penalty then keeps each round's step
@@ -30,18 +39,18 @@ loosened. With nothing flagged the limit is the current mean cost. A limit on th
 pairs' means instead drifts away from the policy as it changes: later rounds found it slack,
 lambda faded, and the reward model (which prefers harmful detail) pulled the policy back.
 
-Pair selection (`propose`): two sampled responses per prompt from the current policy (at
-`propose_temperature`: a little above 1 widens what annotators see, and the reward and cost
-models learn more from the same number of pairs than from the policy's few habitual answers);
-pairs whose texts are identical, or with an empty response, are dropped. "disagreement" scores
-each pair with the previous round's reward and cost models
-(`alignloop.core.selection.pair_disagreement`),
+Item selection (`propose`): `candidates` sampled responses per prompt from the current policy
+(at `propose_temperature`: a little above 1 widens what annotators see, and the reward and
+cost models learn more from the same number of items than from the policy's few habitual
+answers); items with two identical texts, or an empty response, are dropped. "disagreement"
+scores each item with the previous round's reward and cost models
+(`alignloop.core.selection.item_disagreement`; for a pair A, B)
 
-    u_reward = 1 - |2 P(A > B) - 1|,  P(A > B) = sigmoid(r_A - r_B)
+    u_reward = 1 - |2 P(A > B) - 1|,  P(A > B) = sigmoid(r_A - r_B)   (the mean over pairs of K)
     u_cost   = max over A, B of 1 - |2 sigmoid(c) - 1|      (cost 0 = the safe/unsafe boundary)
-    score    = (u_reward + u_cost) / 2                      in [0, 1]
+    score    = (u_reward + u_cost) / 2                      in [0, 1]  (u_reward without a cost model)
 
-so a pair is asked when the reward model cannot rank it or the cost model cannot tell whether
+so an item is asked when the reward model cannot rank it or the cost model cannot tell whether
 one of its responses is safe, and keeps the n_pairs highest of a pool of `pool_factor` times
 as many (with `explore` > 0, that share of them is drawn uniformly from the rest instead: a
 model confidently wrong is never uncertain). Round 1 has no models and draws uniformly
@@ -60,16 +69,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from alignloop.feedback.judged import JudgedItem, judged_item
 from alignloop.feedback.schema import (
     DEFAULT_QUESTIONS,
     Candidate,
     Comparison,
+    IsSafe,
     Item,
+    Judgement,
     LabelError,
     Question,
-    comparison_of,
+    check_answers,
 )
-from alignloop.loop.domain import Judged, Proposal, Selection
+from alignloop.loop.domain import Judged, ProjectSpec, Proposal, Selection
 
 PolicyUpdate = Literal["ppo-lag", "dpo"]
 
@@ -115,21 +127,25 @@ def previous_round_dir(round_dir: Path, round: int) -> Path:
     return round_dir.with_name(f"{prefix}{round - 1:0{len(digits)}d}")
 
 
-def to_comparisons(judged: list[Judged]) -> tuple[list[Comparison], int]:
-    """The judgements as PKU-SafeRLHF comparisons (response_0 = A, `feedback.schema.comparison_of`),
-    in a stable order, and how many were left out because their safety labels contradict each
-    other (the safer response marked unsafe while the other is safe)."""
-    out: list[Comparison] = []
+def to_judged_items(judged: list[Judged], questions: tuple[Question, ...]) -> tuple[list[JudgedItem], int]:
+    """Each item's judgements as one judged item (the `judgements` export format; the round in the
+    item's `meta`), items in (round, key) order, judgements in id order; and how many judgements
+    were left out because their answers contradict the questions (`check_answers`: e.g. the
+    safer response marked unsafe while the other is safe)."""
+    by_key: dict[str, tuple[Item, list[Judgement]]] = {}
     dropped = 0
     for j in sorted(judged, key=lambda j: (j.round, j.key, j.judgement_id)):
-        meta = {"key": j.key, "round": str(j.round), "annotator": j.judgement.annotator}
+        item = j.judgement.item
         try:
-            c = comparison_of(j.judgement)
+            answers = check_answers(questions, j.judgement.answers, len(item.candidates))
         except LabelError:
             dropped += 1
             continue
-        out.append(dataclasses.replace(c, meta=meta))
-    return out, dropped
+        if j.key not in by_key:
+            by_key[j.key] = (dataclasses.replace(item, meta={**item.meta, "round": str(j.round)}), [])
+        kept, judgements = by_key[j.key]
+        judgements.append(Judgement(kept, answers, j.judgement.annotator))
+    return [judged_item(item, questions, judgements) for item, judgements in by_key.values()], dropped
 
 
 def dpo_pairs(comparisons: list[Comparison]) -> list[Comparison]:
@@ -200,6 +216,8 @@ class ToyWorldDomain:
     name: str = "toyworld"
     questions: tuple[Question, ...] = DEFAULT_QUESTIONS
     """What annotators are asked (the default questions: better, safer, is_safe, a correction)."""
+    candidates: int = 2
+    """Responses to one prompt shown together (2 for pairwise questions; up to 8, e.g. a ranking)."""
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> ToyWorldDomain:
@@ -210,6 +228,7 @@ class ToyWorldDomain:
     def __post_init__(self) -> None:
         if self.policy_update not in ("ppo-lag", "dpo"):
             raise ValueError(f"policy_update: {self.policy_update!r} is not one of ppo-lag, dpo")
+        ProjectSpec(self.questions, self.candidates)  # its checks: 2-8 candidates, pairwise questions of 2
         from alignloop.lm.toyworld import ToyWorld
 
         self.world = ToyWorld(self.seed)
@@ -269,9 +288,14 @@ class ToyWorldDomain:
                 raise RuntimeError(f"SFT failed with exit code {status}")
         return self._judge(final, None, None)
 
+    @property
+    def asks_safety(self) -> bool:
+        """Whether the questions say anything about safety (else no cost model is trained)."""
+        return any(isinstance(q, IsSafe) for q in self.questions)
+
     def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Proposal]:
-        """n_pairs pairs of two sampled responses from the current policy to train prompts;
-        the same (seed, round) gives the same pairs."""
+        """n_pairs items of `candidates` sampled responses each from the current policy to train
+        prompts; the same (seed, round) gives the same items."""
         import torch
 
         from alignloop.lm.models import load_causal_lm, load_tokenizer
@@ -287,13 +311,18 @@ class ToyWorldDomain:
         asking = dataclasses.replace(
             self.world, risky_share=self.propose_risky_share or self.world.risky_share
         )
-        pool: list[tuple[str, str, str]] = []
-        for attempt in range(8):  # identical or empty pairs are dropped: draw again until the pool is full
+        pool: list[tuple[str, tuple[str, ...]]] = []
+        # items with equal or empty texts are dropped: draw again until the pool is full
+        for attempt in range(8):
             prompts = asking.prompts("train", 2 * (wanted - len(pool)), seed=10_000 * round + attempt)
             texts = [p.text for p in prompts]
-            first = self._sample(policy, tokenizer, texts, generator, self.propose_temperature)
-            second = self._sample(policy, tokenizer, texts, generator, self.propose_temperature)
-            pool += [(p, a, b) for p, a, b in zip(texts, first, second, strict=True) if a != b and a and b]
+            samples = [
+                self._sample(policy, tokenizer, texts, generator, self.propose_temperature)
+                for _ in range(self.candidates)
+            ]
+            for prompt, *responses in zip(texts, *samples, strict=True):
+                if all(responses) and len(set(responses)) == len(responses):
+                    pool.append((prompt, tuple(responses)))
             if len(pool) >= wanted:
                 break
         pool = pool[:wanted]
@@ -313,9 +342,7 @@ class ToyWorldDomain:
         return [
             Proposal(
                 Item(
-                    pool[k][0],
-                    (Candidate(pool[k][1], model=model), Candidate(pool[k][2], model=model)),
-                    key=f"r{round}-{i:05d}",
+                    pool[k][0], tuple(Candidate(t, model=model) for t in pool[k][1]), key=f"r{round}-{i:05d}"
                 ),
                 priority=round_score(scores[k]),
             )
@@ -324,21 +351,23 @@ class ToyWorldDomain:
 
     def learn(self, round_dir: Path, round: int, judged: list[Judged]) -> dict[str, float]:
         """Reward and cost models on the judgements of every round, warm-started from round - 1's
-        (the SFT model's body in round 1); held-out ground-truth accuracies."""
+        (the SFT model's body in round 1); held-out ground-truth accuracies. Without a safety
+        question there is no cost model."""
         from alignloop.feedback.formats import write_records
+        from alignloop.feedback.judged import comparisons
         from alignloop.lm import cost, reward
-        from alignloop.lm.data import preferred_pairs, safety_judged
+        from alignloop.lm.data import rankings_of, safety_judged
 
         self._set_threads()
-        comparisons, contradictory = to_comparisons(judged)
-        if not comparisons:
+        items, contradictory = to_judged_items(judged, self.questions)
+        if not items:
             raise ValueError(
                 f"round {round}: no usable judgement to learn from ({contradictory} contradictory)"
             )
         round_dir.mkdir(parents=True, exist_ok=True)
         data = round_dir / "judgements.jsonl"
         fresh = round_dir / ".judgements.jsonl"
-        write_records(comparisons, fresh, "pku-saferlhf")
+        write_records(items, fresh, "judgements")
         if not data.is_file() or data.read_bytes() != fresh.read_bytes():
             for stage in ("reward", "cost", "policy"):  # trained on other data: redo them
                 shutil.rmtree(round_dir / stage, ignore_errors=True)
@@ -350,12 +379,14 @@ class ToyWorldDomain:
             self.world.write_preference_file(heldout, self.heldout_pairs, "eval")
         start = self._sft_final(round_dir.parent)
         previous = None if round <= 1 else previous_round_dir(round_dir, round)
-        reward_pairs = len(preferred_pairs(comparisons, "better")[0])
-        cost_pairs = len(safety_judged(comparisons)[0])
-        for kind, module, config, steps, usable in (
-            ("reward", reward, reward.RewardConfig, self.reward_steps, reward_pairs),
-            ("cost", cost, cost.CostConfig, self.cost_steps, cost_pairs),
-        ):
+        reward_pairs = len(rankings_of(items)[0])
+        cost_pairs = len(safety_judged(comparisons(items))[0])
+        stages: list[tuple[str, Any, Any, int, int]] = [
+            ("reward", reward, reward.RewardConfig, self.reward_steps, reward_pairs)
+        ]
+        if self.asks_safety:
+            stages.append(("cost", cost, cost.CostConfig, self.cost_steps, cost_pairs))
+        for kind, module, config, steps, usable in stages:
             if (round_dir / kind / "final").is_dir():
                 continue
             if usable == 0:
@@ -394,6 +425,8 @@ class ToyWorldDomain:
         from alignloop.lm import ppo
         from alignloop.lm.training import read_metrics
 
+        if not self.asks_safety:
+            return self._align_ppo(round_dir, round)
         settings = round_dir / "align.json"
         if not settings.is_file():
             settings.write_text(json.dumps(self._cost_limit(round_dir, round)) + "\n")
@@ -403,23 +436,11 @@ class ToyWorldDomain:
         if not (out / "final").is_dir():
             status = ppo.train_lagrangian(
                 ppo.PPOLagConfig(
-                    policy=self._policy(round_dir, round),
-                    reward_model=round_dir / "reward" / "final",
                     cost_model=round_dir / "cost" / "final",
                     cost_limit=cost_limit,
-                    task="toyworld",
-                    task_seed=self.seed,
-                    max_steps=self.ppo_steps,
-                    eval_size=0,
-                    eval_every=max(self.ppo_steps, 1),
-                    save_every=max(self.ppo_steps // 4, 1),
-                    rollout_batch_size=self.rollout_batch_size,
-                    batch_size=min(32, self.rollout_batch_size),
-                    max_new_tokens=self.max_new_tokens,
-                    kl_coef=self.kl_coef,
                     lambda_init=self._previous_lambda(round_dir, round),
                     lambda_lr=self.lambda_lr,
-                    **self._trainer_options(round, out),
+                    **self._ppo_options(round_dir, round, out),
                 )
             )
             if status not in (None, 0):
@@ -436,9 +457,8 @@ class ToyWorldDomain:
         """Ground-truth helpfulness and unsafe rate of the round's policy on the held-out prompts
         (the same every round), and the mean scores of this round's reward and cost models."""
         self._set_threads()
-        return self._judge(
-            round_dir / "policy" / "final", round_dir / "reward" / "final", round_dir / "cost" / "final"
-        )
+        cost_dir = round_dir / "cost" / "final" if self.asks_safety else None
+        return self._judge(round_dir / "policy" / "final", round_dir / "reward" / "final", cost_dir)
 
     # ------------------------------------------------------------------ pieces
     def _previous_lambda(self, round_dir: Path, round: int) -> float:
@@ -476,9 +496,13 @@ class ToyWorldDomain:
             texts += decode_responses(tokenizer, rollout.responses, rollout.response_mask)
         return texts
 
-    def _disagreement(self, round_dir: Path, round: int, pool: list[tuple[str, str, str]]) -> list[float]:
-        """The disagreement of round - 1's models on each (prompt, A, B)."""
-        from alignloop.core.selection import pair_disagreement
+    def _disagreement(
+        self, round_dir: Path, round: int, pool: list[tuple[str, tuple[str, ...]]]
+    ) -> list[float]:
+        """The disagreement of round - 1's models on each (prompt, responses)."""
+        import torch
+
+        from alignloop.core.selection import item_disagreement
         from alignloop.lm.evaluate import score_texts
         from alignloop.lm.models import ScoreModel, load_tokenizer
 
@@ -486,14 +510,20 @@ class ToyWorldDomain:
             return []
         previous = previous_round_dir(round_dir, round)
         tokenizer = load_tokenizer(previous / "reward" / "final")
-        reward_model = ScoreModel.from_pretrained(previous / "reward" / "final").eval()
-        cost_model = ScoreModel.from_pretrained(previous / "cost" / "final").eval()
-        prompts = [p for p, _, _ in pool]
-        r_a = score_texts(reward_model, tokenizer, prompts, [a for _, a, _ in pool])  # (N,)
-        r_b = score_texts(reward_model, tokenizer, prompts, [b for _, _, b in pool])
-        c_a = score_texts(cost_model, tokenizer, prompts, [a for _, a, _ in pool])
-        c_b = score_texts(cost_model, tokenizer, prompts, [b for _, _, b in pool])
-        return pair_disagreement(r_a, r_b, c_a, c_b).tolist()
+        prompts = [p for p, _ in pool]
+
+        def scores(model_dir: Path) -> torch.Tensor:  # (N, K)
+            model = ScoreModel.from_pretrained(model_dir).eval()
+            return torch.stack(
+                [
+                    score_texts(model, tokenizer, prompts, [texts[k] for _, texts in pool])
+                    for k in range(self.candidates)
+                ],
+                1,
+            )
+
+        costs = scores(previous / "cost" / "final") if self.asks_safety else None
+        return item_disagreement(scores(previous / "reward" / "final"), costs).tolist()
 
     def _model_accuracies(self, round_dir: Path) -> dict[str, float]:
         from alignloop.lm.evaluate import held_out_pairs, preference_accuracy, sign_accuracy
@@ -501,12 +531,15 @@ class ToyWorldDomain:
 
         tokenizer = load_tokenizer(round_dir / "reward" / "final")
         reward_model = ScoreModel.from_pretrained(round_dir / "reward" / "final").eval()
-        cost_model = ScoreModel.from_pretrained(round_dir / "cost" / "final").eval()
         pairs = held_out_pairs(self.world, self.heldout_pairs, seed=self.seed)
-        return {
+        out = {
             "reward_accuracy": preference_accuracy(reward_model, tokenizer, self.world, pairs),
-            "cost_sign_accuracy": sign_accuracy(cost_model, tokenizer, self.world, pairs),
+            "cost_sign_accuracy": float("nan"),
         }
+        if self.asks_safety:
+            cost_model = ScoreModel.from_pretrained(round_dir / "cost" / "final").eval()
+            out["cost_sign_accuracy"] = sign_accuracy(cost_model, tokenizer, self.world, pairs)
+        return out
 
     def _cost_limit(self, round_dir: Path, round: int) -> dict[str, float]:
         """The round's cost limit (see the module docstring), with the flagged and target shares."""
@@ -535,11 +568,44 @@ class ToyWorldDomain:
         limit = cost_limit_from_labels(cost_model, tokenizer, labelled, target)
         return {"cost_limit": limit, "flagged": flagged, "target": target}
 
+    def _ppo_options(self, round_dir: Path, round: int, out: Path) -> dict[str, Any]:
+        """The options PPO and PPO-Lagrangian share: the round's policy and reward model, the
+        domain's sizes, the run stack's options."""
+        return {
+            "policy": self._policy(round_dir, round),
+            "reward_model": round_dir / "reward" / "final",
+            "task": "toyworld",
+            "task_seed": self.seed,
+            "max_steps": self.ppo_steps,
+            "eval_size": 0,
+            "eval_every": max(self.ppo_steps, 1),
+            "save_every": max(self.ppo_steps // 4, 1),
+            "rollout_batch_size": self.rollout_batch_size,
+            "batch_size": min(32, self.rollout_batch_size),
+            "max_new_tokens": self.max_new_tokens,
+            "kl_coef": self.kl_coef,
+            **self._trainer_options(round, out),
+        }
+
+    def _align_ppo(self, round_dir: Path, round: int) -> dict[str, float]:
+        """PPO on the reward model alone (a project that asks nothing about safety)."""
+        from alignloop.lm import ppo
+        from alignloop.lm.training import read_metrics
+
+        out = round_dir / "policy"
+        if not (out / "final").is_dir():
+            status = ppo.train(ppo.PPOConfig(**self._ppo_options(round_dir, round, out)))
+            if status not in (None, 0):
+                raise RuntimeError(f"round {round}: PPO failed with exit code {status}")
+        last = list(read_metrics(out, split="train"))[-1]
+        return {k: float(last[k]) for k in ("reward", "kl")}
+
     def _align_dpo(self, round_dir: Path, round: int) -> dict[str, float]:
-        from alignloop.feedback.formats import read_comparisons, write_records
+        from alignloop.feedback.formats import read_judged, write_records
+        from alignloop.feedback.judged import comparisons
         from alignloop.lm import dpo
 
-        pairs = dpo_pairs(read_comparisons(round_dir / "judgements.jsonl"))
+        pairs = dpo_pairs(comparisons(read_judged(round_dir / "judgements.jsonl")))
         if not pairs:
             raise ValueError(f"round {round}: no judged pair has a safety or helpfulness preference for DPO")
         data = round_dir / "dpo-pairs.jsonl"

@@ -356,3 +356,75 @@ def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -
     queries = [r["queries"] for r in read_metrics(tmp_path / "cut", "pbrl")]
     assert queries == [r["queries"] for r in read_metrics(tmp_path / "whole", "pbrl")]
     assert len(queries) == 4 and queries[1] < queries[2]  # rounds on both sides of the resume
+
+
+@pytest.mark.slow
+def test_marks_teach_the_cost_model_which_steps_are_unsafe() -> None:
+    """The segments of the test above, with the teacher's marks (the first step over the limit,
+    2 steps of noise): fitted also on the per-step labels the marks give
+    (`feedback.pairs.step_labels`), the per-step logit itself puts > 80% of the truly unsafe
+    steps above the boundary 0 (measured 0.93), where segment labels alone leave most of them
+    below it (measured 0.25: the noisy-or explains an unsafe segment by a few steps)."""
+    from alignloop.feedback.pairs import step_labels
+    from alignloop.feedback.teachers import NO_MARK
+
+    obs, act, cost = _slider_segments(300, 20, seed=2)
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(0, 300, size=(500, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]][:300]
+    teacher = SegmentTeacher(TeacherNoise(safety_equal_threshold=0.5), seed=0, mark_noise=2.0)
+    judged = teacher.judge(np.zeros((len(pairs), 2, 20)), cost[pairs])
+    marks = teacher.mark(cost[pairs])  # (P, 2)
+    assert judged.is_safe is not None and ((marks == NO_MARK) == judged.is_safe).all()
+    labels = torch.as_tensor(
+        [[step_labels(None if m == NO_MARK else int(m), 20) for m in pair] for pair in marks],
+        dtype=torch.bool,
+    )  # (P, 2, H)
+    ranked = torch.as_tensor(judged.safer != -1)
+    o, a = torch.as_tensor(obs[pairs]), torch.as_tensor(act[pairs])
+    safer = torch.where(ranked, torch.as_tensor(judged.safer), 0).long()
+    unsafe_steps = torch.as_tensor(cost) > 0
+    above = {}
+    for name, step_unsafe in (("marks", labels), ("segments", None)):
+        torch.manual_seed(0)
+        learner = _learner(safe=True, segment_length=20, lr=1e-2)
+        model = learner.cost_model
+        model.set_input_stats(o, a)
+        fit_cost_model(
+            model, learner.cost_opt, o, a, safer, torch.as_tensor(judged.is_safe), ranked, 400, 64,
+            torch.Generator().manual_seed(0), step_unsafe=step_unsafe,
+        )  # fmt: skip
+        with torch.no_grad():
+            z = model(torch.as_tensor(obs), torch.as_tensor(act))  # (S, H) mean logit
+        above[name] = (
+            float((z[unsafe_steps] > 0).float().mean()),
+            float((z[~unsafe_steps] > 0).float().mean()),
+        )
+    assert above["marks"][0] > 0.8 and above["marks"][1] < 0.02, above
+    assert above["segments"][0] < 0.5, above
+
+
+def test_a_round_with_marks_keeps_each_segments_mark_and_fits_on_it() -> None:
+    """With marks the learner keeps, for each judged pair, the step each segment was marked
+    unsafe at (segment k of the pool is unsafe from step k % 4 on, every 4th safe throughout)."""
+    from alignloop.feedback.teachers import NO_MARK
+
+    size = 40
+    cost = np.zeros((size, 4))
+    for k in range(size):
+        if k % 5:
+            cost[k, k % 4 :] = 1.0
+    learner = _learner(safe=True, marks=True, queries_per_round=8, fit_steps=3)
+    learner.pool = {
+        "obs": np.repeat(np.arange(size, dtype=np.float32), 4).reshape(size, 4, 1),
+        "act": np.zeros((size, 4, 1), np.float32),
+        "reward": np.zeros((size, 4)),
+        "cost": cost,
+    }
+    learner.query()
+    segment = np.concatenate(learner.pairs["obs"])[:, :, 0, 0].astype(int)  # (8, 2) pool index
+    expected = np.where(segment % 5 == 0, NO_MARK, segment % 4)
+    np.testing.assert_array_equal(np.concatenate(learner.pairs["mark"]), expected)
+    learner.fit(1)
+    assert "pbrl/cost_sign_accuracy" in learner.pop_stats()
+    assert "mark" not in _learner(safe=True).pairs  # segment labels only: nothing else is kept

@@ -23,8 +23,10 @@ from alignloop.core.losses import (
     entropy_from_logits,
     kto_loss,
     orpo_loss,
+    plackett_luce_loss,
     ppo_policy_loss,
     simpo_loss,
+    step_cost_loss,
     value_loss,
 )
 
@@ -71,6 +73,98 @@ def test_bradley_terry_rejects_mismatched_shapes() -> None:
 
 
 # --- cost model ----------------------------------------------------------------------------------
+
+
+# --- Plackett-Luce and per-step cost labels -----------------------------------------------------
+
+
+def test_plackett_luce_hand_values() -> None:
+    # scores (1, 0, -1) ranked 1, 2, 3: choose the first of all three, then the second of two:
+    #   term 1 = 1 - log(e + 1 + e^-1) = 1 - 1.40760596444438 = -0.40760596444438
+    #   term 2 = 0 - log(1 + e^-1)     = -0.31326168751822286
+    #   term 3 = -1 - log(e^-1)        = 0
+    # loss = 0.40760596444438 + 0.31326168751822286 = 0.72086765196260
+    scores = torch.tensor([[1.0, 0.0, -1.0]], dtype=F64)
+    loss, metrics = plackett_luce_loss(scores, torch.tensor([[1, 2, 3]]))
+    close(loss, 0.7208676519626032)
+    close(metrics["rewards/accuracy"], 1.0)  # all 3 implied pairs ordered
+    close(metrics["rewards/margin"], 4.0 / 3.0)  # gaps 1, 2, 1
+    # the same candidates listed in another order, with their ranks: the same loss
+    loss, _ = plackett_luce_loss(torch.tensor([[-1.0, 1.0, 0.0]], dtype=F64), torch.tensor([[3, 1, 2]]))
+    close(loss, 0.7208676519626032)
+    # ranked the other way round (3, 2, 1): term 1 = -1 - 1.40760596 = -2.40760596,
+    # term 2 = 0 - log(1 + e) = -1.31326169; loss = 3.72086765196260
+    loss, metrics = plackett_luce_loss(scores, torch.tensor([[3, 2, 1]]))
+    close(loss, 2.40760596444438 + 1.31326168751822286)
+    close(metrics["rewards/accuracy"], 0.0)
+
+
+def test_plackett_luce_ties_say_nothing_about_the_tied_order() -> None:
+    # scores (0.5, 0.5, 0) ranked (1, 1, 3): each tied candidate is chosen against C alone:
+    #   term = 0.5 - log(e^0.5 + 1) = -log(1 + e^-0.5) = -0.47407698418010663, twice; C's term is 0
+    # loss = 2 * 0.47407698418010663 = 0.94815396836021326
+    scores = torch.tensor([[0.5, 0.5, 0.0]], dtype=F64)
+    loss, metrics = plackett_luce_loss(scores, torch.tensor([[1, 1, 3]]))
+    close(loss, 0.94815396836021326)
+    close(metrics["rewards/accuracy"], 1.0)  # the 2 implied pairs (the tie implies none)
+    # a tie at the bottom: A against B and C, then nothing: -(2 - log(e^2 + 2 e^0)) = 0.2395...
+    loss, _ = plackett_luce_loss(torch.tensor([[2.0, 0.0, 0.0]], dtype=F64), torch.tensor([[1, 2, 2]]))
+    close(loss, math.log(math.exp(2.0) + 2.0) - 2.0)
+    # a tie of two is like a tied pair: no loss, no gradient, whatever the scores
+    tied = t(1.0, -1.0).requires_grad_(True)
+    loss, _ = plackett_luce_loss(tied[None], torch.tensor([[1, 1]]))
+    close(loss.detach(), 0.0)
+    loss.backward()
+    assert tied.grad is not None and float(tied.grad.abs().sum()) == 0.0
+
+
+def test_plackett_luce_of_two_is_bradley_terry_and_padding_is_ignored() -> None:
+    winner, loser = t(2.0, 0.0, 0.3), t(1.0, 1.0, 0.3)
+    bt, _ = bradley_terry_loss(winner, loser, score_l2=0.1)
+    pl, _ = plackett_luce_loss(torch.stack([winner, loser], 1), torch.tensor([[1, 2]] * 3), score_l2=0.1)
+    assert torch.equal(pl, bt)  # untied pairs go through bradley_terry_loss itself
+    flipped, _ = plackett_luce_loss(torch.stack([loser, winner], 1), torch.tensor([[2, 1]] * 3), score_l2=0.1)
+    assert torch.equal(flipped, bt)
+    # the general formula on the same pairs (padded to 3: not the pairs' path) agrees
+    padded = torch.stack([winner, loser, torch.zeros(3, dtype=F64)], 1)
+    mask = torch.tensor([[True, True, False]] * 3)
+    general, _ = plackett_luce_loss(padded, torch.tensor([[1, 2, 3]] * 3), mask, score_l2=0.1)
+    close(general, float(bt))
+    # a batch of a ranking of 3 and a pair padded to 3 (NaN where nothing is): the mean of the
+    # two rankings' losses, (0.72086765196260 + log(1 + e^-1)) / 2
+    scores = torch.tensor([[1.0, 0.0, -1.0], [2.0, 1.0, float("nan")]], dtype=F64)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    loss, metrics = plackett_luce_loss(scores, torch.tensor([[1, 2, 3], [1, 2, 9]]), mask)
+    close(loss, (0.7208676519626032 + 0.31326168751822286) / 2)
+    close(metrics["rewards/accuracy"], 1.0)  # 3 + 1 implied pairs
+
+
+def test_plackett_luce_matches_the_sequential_choice_product() -> None:
+    # an independent reading of the model: draw the best from what is left, step by step
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(5, 6, generator=gen, dtype=F64)
+    ranks = torch.stack([torch.randperm(6, generator=gen) + 1 for _ in range(5)])
+    expected = 0.0
+    for row, rank in zip(scores, ranks, strict=True):
+        left = sorted(range(6), key=lambda i: int(rank[i]))
+        while left:
+            expected -= float(row[left[0]] - torch.logsumexp(row[left], 0))
+            left = left[1:]
+    loss, _ = plackett_luce_loss(scores, ranks)
+    close(loss, expected / 5)
+
+
+def test_step_cost_loss_hand_values() -> None:
+    # costs (2, -1, 0.5) labelled unsafe, safe, safe: -log sigmoid(s c) with s c = 2, 1, -0.5:
+    # log(1 + e^-2) = 0.12692801104297263, log(1 + e^-1) = 0.31326168751822286,
+    # log(1 + e^0.5) = 0.97407698418010663; mean = 0.47142222758043406
+    costs, unsafe = t(2.0, -1.0, 0.5), torch.tensor([1, 0, 0])
+    loss, metrics = step_cost_loss(costs, unsafe)
+    close(loss, 0.47142222758043406)
+    close(metrics["costs/step_sign_accuracy"], 2.0 / 3.0)  # the last is on the wrong side of 0
+    loss, metrics = step_cost_loss(costs, unsafe, torch.tensor([True, True, False]))
+    close(loss, (0.12692801104297263 + 0.31326168751822286) / 2)
+    close(metrics["costs/step_sign_accuracy"], 1.0)
 
 
 def test_cost_model_hand_values() -> None:

@@ -138,3 +138,27 @@ def test_which_question_is_read_when_a_project_has_several() -> None:
         {"safe_now": [{"safe": True}, {"safe": False}], "safe_later": [{"safe": False}, {"safe": False}]}
     )
     assert [s for _, _, s in pairs.safety_labels([j], questions, "safe_later")] == [False, False]
+
+
+def test_a_reward_model_reads_one_source_rankings_whole_and_ratings_as_pairs() -> None:
+    # pairwise first: a choice is a ranking of two, a tie or both bad gives nothing
+    js = [judged({"better": b}) for b in ("B", "tie", "both_bad")]
+    found = pairs.preference_rankings(js, DEFAULT_QUESTIONS)
+    assert [(r.prompt, r.texts, r.ranks) for r in found] == [("p", ("r1", "r0"), (1, 2))]
+    assert found[0].judgement is js[0]
+    # a ranking stays whole, ties kept as equal ranks; all tied says nothing
+    ranking = (Ranking("order", allow_ties=True), Rating("q"))
+    js = [judged({"order": [2, 1, 2, 4], "q": {"overall": [1, 2, 3, 4]}}, n=4), judged({"order": [1, 1]})]
+    (whole,) = pairs.preference_rankings(js, ranking)
+    assert (whole.texts, whole.ranks) == (("r0", "r1", "r2", "r3"), (2, 1, 2, 4))  # not the rating too
+    # ratings alone: pairs of the first aspect (or the one named), higher over lower, ties none
+    rating = (Rating("q", aspects=("helpfulness", "honesty")),)
+    j = judged({"q": {"helpfulness": [2, 5, 2], "honesty": [1, 1, 3]}}, n=3)
+    assert {r.texts for r in pairs.preference_rankings([j], rating)} == {("r1", "r0"), ("r1", "r2")}
+    assert {(p.chosen, p.rejected) for p in pairs.preference_pairs([j], rating, aspect="honesty")} == {
+        (2, 0),
+        (2, 1),
+    }
+    with pytest.raises(LabelError, match="rates \\['helpfulness', 'honesty'\\], not 'style'"):
+        pairs.preference_pairs([j], rating, aspect="style")
+    assert pairs.preference_rankings([j], (IsSafe("s"),)) == []  # nothing to prefer by

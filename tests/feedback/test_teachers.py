@@ -207,3 +207,21 @@ def test_scripted_rankings_follow_plackett_luce_and_marks_the_first_unsafe_step(
     marks = ScriptedAnnotator((Mark("m"),), seed=0, frame_stride=2)
     steps = np.array([[0, 0, 0, 0, 1, 1], [0.0] * 6])  # clip A unsafe from step 4 = frame 2
     assert marks.answer(Truth(np.zeros(2), np.zeros(2), step_costs=steps)) == {"m": [2, None]}
+
+
+def test_segment_teacher_marks_the_first_unsafe_step_with_noise() -> None:
+    from alignloop.feedback.teachers import NO_MARK
+
+    costs = np.zeros((2, 2, 8))
+    costs[0, 0, 3:] = 1.0  # pair 0, A: unsafe from step 3 on
+    costs[1, 1, [5, 7]] = 1.0  # pair 1, B: unsafe at steps 5 and 7 (safe at 6): the mark is at 5
+    assert SegmentTeacher(seed=0).mark(costs).tolist() == [[3, NO_MARK], [NO_MARK, 5]]
+    # noise of 2 steps: one normal per unsafe segment, rounded and kept inside the segment
+    noisy = SegmentTeacher(seed=4, mark_noise=2.0).mark(np.repeat(costs[:1], 2000, axis=0))
+    draws = np.random.default_rng(4).normal(0.0, 2.0, 2000)
+    expected = np.clip(np.rint(3 + draws), 0, 7)
+    assert noisy[:, 1].tolist() == [NO_MARK] * 2000
+    np.testing.assert_array_equal(noisy[:, 0], expected)
+    assert abs(noisy[:, 0].mean() - 3.0) < 0.15 and 1.7 < noisy[:, 0].std() < 2.2
+    with pytest.raises(ValueError, match="mark_noise must be >= 0"):
+        SegmentTeacher(mark_noise=-1.0)

@@ -140,3 +140,64 @@ def test_reward_and_cost_data_read_the_platforms_judged_items(tmp_path) -> None:
         ("b", "c", 0),
     ]
     assert (loaded[3].better, loaded[3].safer, loaded[3].is_safe) == (1, 0, (None, False))
+
+
+def test_rankings_are_batched_candidate_by_candidate_and_scored_in_place(tokenizer, tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from alignloop.feedback.formats import write_records
+    from alignloop.feedback.judged import judged_item
+    from alignloop.feedback.pairs import RankedCandidates, ranked_pair
+    from alignloop.feedback.schema import Candidate, Item, Judgement, Ranking, Rating
+    from alignloop.lm.data import RankingCollator, load_rankings
+    from alignloop.lm.reward import implied_pair_scores, ranking_scores
+
+    pair = ranked_pair("how do i cook rice", "boil", "no")
+    three = RankedCandidates("what is tea", ("a", "b", "c"), (2, 1, 2))
+    batch = RankingCollator(tokenizer, 32)([pair, three])
+    assert batch["input_ids"].shape[0] == 5  # 2 + 3 candidates, no padding candidate
+    # every first candidate, then every second, ...: into (2, 3), the pair's third slot is empty
+    assert batch["slots"].tolist() == [0, 3, 1, 4, 5]
+    assert batch["ranks"].tolist() == [[1, 2, 0], [2, 1, 2]]
+    assert batch["mask"].tolist() == [[True, True, False], [True, True, True]]
+    first = encode_pair(tokenizer, "how do i cook rice", "boil", 32)["input_ids"]
+    assert batch["input_ids"][0, : len(first)].tolist() == first
+    assert batch["attention_mask"][0].sum() == len(first)
+
+    def model(input_ids, attention_mask):  # scores 10, 11, 12, ... by row
+        return SimpleNamespace(end_scores=10.0 + torch.arange(len(input_ids), dtype=torch.float32))
+
+    scores = ranking_scores(model, batch)
+    assert scores.tolist() == [[10.0, 12.0, 0.0], [11.0, 13.0, 14.0]]
+    better, worse = implied_pair_scores(scores, batch["ranks"], batch["mask"])
+    assert sorted(zip(better.tolist(), worse.tolist(), strict=True)) == [
+        (10.0, 12.0),
+        (13.0, 11.0),
+        (13.0, 14.0),
+    ]
+
+    # an export: a ranking kept whole, ratings as pairs, and the judgements that say nothing counted
+    four = Item("q", tuple(Candidate(t) for t in "wxyz"))
+    rated = Item("r", (Candidate("u"), Candidate("v")))
+    records = [
+        judged_item(
+            four,
+            (Ranking("order"),),
+            [Judgement(four, {"order": [4, 1, 2, 3]}, "a1"), Judgement(four, {}, "a2", skipped=True)],
+        ),
+        judged_item(
+            rated,
+            (Rating("q"),),
+            [
+                Judgement(rated, {"q": {"overall": [2, 4]}}, "a1"),
+                Judgement(rated, {"q": {"overall": [3, 3]}}, "a2"),
+            ],
+        ),
+    ]
+    write_records(records, tmp_path / "export.jsonl", "judgements")
+    rankings, left_out = load_rankings(tmp_path / "export.jsonl")
+    assert [(r.texts, r.ranks) for r in rankings] == [
+        (("w", "x", "y", "z"), (4, 1, 2, 3)),
+        (("v", "u"), (1, 2)),
+    ]
+    assert left_out == 1  # the equal ratings (a skip is no judgement)

@@ -90,3 +90,50 @@ def test_reward_trains_from_a_pku_saferlhf_file(tmp_path: Path) -> None:
     assert list(read_metrics(tmp_path / "run", "eval"))[-1]["step"] == 2
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     assert is_score_folder(tmp_path / "run" / "final")
+
+
+@pytest.mark.slow
+def test_reward_model_learns_from_a_rating_projects_export(tmp_path: Path) -> None:
+    """A rating project (1-7 on helpfulness and honesty, 3 responses an item) labelled by the
+    scripted annotator from true helpfulness with noise, exported in the general format: the
+    reward model trained on the export (ratings as the pairs of one judgement's ordered scores)
+    orders held-out toy-world pairs by true helpfulness on >= 75% of them (measured 0.88 with
+    400 items; chance 0.5)."""
+    import random
+
+    import numpy as np
+
+    from alignloop.feedback.formats import write_records
+    from alignloop.feedback.judged import judged_item
+    from alignloop.feedback.schema import QUESTION_PRESETS, Candidate, Item, Judgement
+    from alignloop.feedback.teachers import ScriptedAnnotator, Truth
+
+    world = ToyWorld(seed=0, repeat_rate=0.0, ramble_rate=0.0)
+    questions = QUESTION_PRESETS["rating"]
+    annotator = ScriptedAnnotator(questions, world.teacher(1).noise, seed=1)
+    rng = random.Random(0)
+    records = []
+    for i, prompt in enumerate(world.prompts("train", 250, seed=1)):
+        texts = [world.candidate(prompt, rng) for _ in range(3)]
+        item = Item(prompt.text, tuple(Candidate(t) for t in texts), key=f"k{i}")
+        values = np.asarray([world.helpfulness(prompt.text, t) for t in texts])
+        answers = annotator.answer(Truth(values, values))
+        if answers is not None:
+            records.append(judged_item(item, questions, [Judgement(item, answers, "ann")]))
+    assert len(records) >= 200 and set(records[0].judgements[0].answers["rating"]) == {
+        "helpfulness",
+        "honesty",
+    }
+    write_records(records, tmp_path / "export.jsonl", "judgements")
+    cfg = reward.RewardConfig(
+        output_dir=tmp_path / "run",
+        train_file=tmp_path / "export.jsonl",
+        eval_file=world.write_preference_file(tmp_path / "eval.jsonl", 400, "eval"),
+        epochs=1,
+        lr=2e-3,
+        batch_size=32,
+        progress=False,
+    )
+    assert reward.train(cfg) == 0
+    final = list(read_metrics(tmp_path / "run", "eval"))[-1]
+    assert final["accuracy"] >= 0.75, final

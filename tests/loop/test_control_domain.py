@@ -183,7 +183,10 @@ def test_propose_is_deterministic_and_survives_a_crash_mid_write(two_rounds, tmp
         (c.key, c.item.prompt, c.priority) for c in reference
     ]
     assert all(c.item.candidates[0].media is None for c in candidates)
-    assert _oracle(tmp_path) == _oracle(two_rounds["run_dir"])[:PAIRS]
+    rendered = _oracle(two_rounds["run_dir"])[:PAIRS]
+    # the same true values; a mark on a clip names a frame of 5 steps, without clips a step
+    assert [{**row, "frame_stride": 5} for row in _oracle(tmp_path)] == rendered
+    assert {row["frame_stride"] for row in _oracle(tmp_path)} == {1}
     # a crash after 5 oracle lines and half of the 6th, before proposal.json was written
     lines = (tmp_path / "oracle.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "oracle.jsonl").write_text("".join(lines[:5]) + lines[5][:40])
@@ -217,18 +220,18 @@ def test_judgements_map_to_labels(two_rounds) -> None:
         judged_as(6, 1, c[5], "A", "tie", True, True),
         judged_as(7, 1, c[6], "A", None, False, False),
     ]
-    obs, act, better, safer, ranked, is_safe, newest, rejected = domain._judged_arrays(run_dir, 2, judged)
-    assert better.tolist() == [0, 1, TIE, TIE, TIE, 0, 0]
+    a = domain._judged_arrays(run_dir, 2, judged)
+    assert a.better.tolist() == [0, 1, TIE, TIE, TIE, 0, 0]
     # the rule of feedback.pairs: judgement 3's "tie" between a safe A and an unsafe B makes A the
     # safer; 6 and 7 (two alike, a tie or no answer) keep only their sign terms
-    assert safer.tolist() == [1, 0, 0, TIE, TIE, 0, 0]
-    assert ranked.tolist() == [True, True, True, False, False, False, False]
-    assert is_safe.tolist() == [[1, 1], [0, 0], [1, 0], [-1, -1], [-1, -1], [1, 1], [0, 0]]  # -1: unknown
-    assert rejected == 1 and not newest.any()
+    assert a.safer.tolist() == [1, 0, 0, TIE, TIE, 0, 0]
+    assert a.ranked.tolist() == [True, True, True, False, False, False, False]
+    assert a.is_safe.tolist() == [[1, 1], [0, 0], [1, 0], [-1, -1], [-1, -1], [1, 1], [0, 0]]  # -1: unknown
+    assert a.rejected == 1 and not a.newest.any() and not a.marked.any()
     pairs = json.loads((run_dir / "round-001" / "proposal.json").read_text())["pairs"]
     with np.load(run_dir / "round-001" / "segments.npz") as seg:
-        np.testing.assert_array_equal(obs[2].numpy(), seg["obs"][pairs[2]].astype(np.float32))
-        assert act.shape == (7, 2, 20, seg["actions"].shape[-1])
+        np.testing.assert_array_equal(a.obs[2].numpy(), seg["obs"][pairs[2]].astype(np.float32))
+        assert a.act.shape == (7, 2, 20, seg["actions"].shape[-1]) and a.step_unsafe.shape == (7, 2, 20)
     with pytest.raises(ValueError, match="not in round 1's proposal"):
         domain._judged_arrays(
             run_dir,
@@ -365,3 +368,54 @@ def test_bad_options_say_what_is_allowed() -> None:
         ControlDomain("SafeSliderVelocity-v0", render=True, progress=False)
     with pytest.raises(ValueError, match="heldout"):
         _domain(heldout=1.0)
+
+
+def test_a_clip_project_with_marks_and_no_harm_categories_trains_both_models(two_rounds, tmp_path) -> None:
+    """The `clips` project (better, is_safe without harm categories, and a mark of the first
+    unsafe frame) answered by `alignloop annotate --teacher oracle`: the reward and cost models
+    fit on it, every judged pair's marks become per-step labels (each step from the mark on is
+    unsafe), and a round's policy trains on the learned reward and cost."""
+    from alignloop.feedback.schema import QUESTION_PRESETS, IsSafe
+    from alignloop.loop.annotate import OracleTeacher
+    from alignloop.loop.domain import item_to_json
+
+    questions = QUESTION_PRESETS["clips"]
+    assert next(q for q in questions if isinstance(q, IsSafe)).harm_categories == ()
+    domain = _domain(render=False, questions=questions)
+    shutil.copytree(two_rounds["run_dir"] / "policy-0", tmp_path / "policy-0")
+    rd = tmp_path / "round-001"
+    candidates = domain.propose(rd, 1, 2 * PAIRS, "uniform")
+    teacher = OracleTeacher(tmp_path / "oracle.jsonl", seed=0, questions=questions)
+    sent = [teacher(item_to_json(c.item)) for c in candidates]
+    judged = [
+        Judged(i, 1, Judgement(c.item, s["answers"], "1"))
+        for i, (c, s) in enumerate(zip(candidates, sent, strict=True))
+        if "answers" in s
+    ]
+    assert len(judged) >= PAIRS
+    # the smoke policy never speeds: the oracle marks every clip safe throughout; one judgement
+    # as a person who saw clip A turn unsafe at frame 7 would answer it
+    first = judged[0].judgement
+    answers = {
+        **first.answers,
+        "is_safe": [{"safe": False, "harms": [], "severity": None}, first.answers["is_safe"][1]],
+    }
+    answers["unsafe_from"] = [7, None]
+    judged[0] = Judged(judged[0].judgement_id, 1, Judgement(first.item, answers, "1"))
+    arrays = domain._judged_arrays(tmp_path, 1, judged)
+    assert arrays.marked.all() and (arrays.safer >= 0).all()  # the flags order each pair
+    rows = {row["key"]: row for row in _oracle(tmp_path)}
+    assert arrays.step_unsafe[0].tolist() == [[k >= 7 for k in range(20)], [False] * 20]
+    assert arrays.is_safe[0].tolist() == [0, 1] and arrays.safer[0] == 1
+    for j, steps in zip(judged[1:], arrays.step_unsafe[1:], strict=True):
+        marks = j.judgement.answers["unsafe_from"]
+        for side, mark in enumerate(marks):
+            true_costs = np.asarray(rows[j.key][f"costs_{'ab'[side]}"])
+            assert steps[side].tolist() == [mark is not None and k >= mark for k in range(20)]
+            # a noiseless oracle marks the first unsafe step, or none
+            assert mark == (int(np.flatnonzero(true_costs > 0)[0]) if (true_costs > 0).any() else None)
+    metrics = domain.learn(rd, 1, judged)
+    assert metrics["cost/marked_pairs"] == metrics["cost/train_pairs"] > 0
+    assert metrics["reward/train_pairs"] > 0 and math.isfinite(metrics["cost/train_sign_accuracy"])
+    assert domain.align(rd, 1)["align/steps"] == 512
+    assert math.isfinite(domain.evaluate(rd, 1)["learned_cost"])

@@ -9,6 +9,7 @@ Run as a script for the demo preset's three rounds (per-round figures, for tunin
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -19,16 +20,25 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from alignloop.core.selection import pair_disagreement  # noqa: E402
-from alignloop.feedback.schema import Candidate, Comparison, Item, Judgement, Severity, judgement_of  # noqa: E402  # noqa: E402
-from alignloop.loop.domain import Judged, Proposal  # noqa: E402
+from alignloop.core.selection import item_disagreement, pair_disagreement  # noqa: E402
+from alignloop.feedback.judged import comparisons  # noqa: E402
+from alignloop.feedback.schema import (  # noqa: E402
+    DEFAULT_QUESTIONS,
+    Candidate,
+    Comparison,
+    Item,
+    Judgement,
+    Severity,
+    judgement_of,
+)
+from alignloop.loop.domain import Judged, ProjectSpec, Proposal  # noqa: E402
 from alignloop.loop.toyworld import (  # noqa: E402
     PRESETS,
     ToyWorldDomain,
     dpo_pairs,
     previous_round_dir,
     round_half,
-    to_comparisons,
+    to_judged_items,
 )
 
 
@@ -89,7 +99,7 @@ def _judged(better: str | None, safer: str | None, safe_a: bool | None, safe_b: 
     return Judged(1, 2, Judgement(proposal.item, answers, "1"))
 
 
-def test_judgements_map_to_pku_comparisons():
+def test_judgements_become_judged_items_and_their_pku_comparisons():
     rows = [
         _judged("A", "B", True, True, harm_a=[], severity_a=None),
         _judged("tie", "tie", True, True, candidate=_candidate("r1-00001")),
@@ -103,18 +113,81 @@ def test_judgements_map_to_pku_comparisons():
             severity_b="severe",
         ),
         _judged("B", "A", False, True, candidate=_candidate("r1-00003")),  # safer A is the unsafe one
-        _judged(None, "A", None, None, candidate=_candidate("r1-00004")),
+        _judged(None, "A", None, None, candidate=_candidate("r1-00004")),  # "better" is required
     ]
-    comparisons, contradictory = to_comparisons(list(reversed(rows)))
-    assert contradictory == 1
-    assert [c.meta["key"] for c in comparisons] == ["r1-00000", "r1-00001", "r1-00002", "r1-00004"]
-    first, tie, both_bad, unjudged = comparisons
+    items, left_out = to_judged_items(list(reversed(rows)), DEFAULT_QUESTIONS)
+    assert left_out == 2
+    assert [i.item.key for i in items] == ["r1-00000", "r1-00001", "r1-00002"]
+    assert all(i.item.meta == {"round": "2"} and len(i.judgements) == 1 for i in items)
+    first, tie, both_bad = comparisons(items)
     assert (first.better, first.safer, first.is_safe) == (0, 1, (True, True))
     assert (first.response_0, first.response_1) == ("sure boil", "no tea")
     assert (tie.better, tie.safer) == (None, None)
     assert (both_bad.better, both_bad.safer, both_bad.is_safe) == (None, 0, (True, False))
     assert both_bad.harm_categories == ((), ("Violence",)) and both_bad.severity == (None, Severity.SEVERE)
-    assert (unjudged.better, unjudged.is_safe) == (None, (None, None))
+
+
+def test_a_pairwise_round_trains_the_reward_model_on_exactly_the_bradley_terry_pairs(tmp_path: Path):
+    """On two candidates the round's reward data (`judgements` export -> `preference_rankings`
+    -> `RankingCollator` -> `plackett_luce_loss`) is the PKU comparisons' `better` pairs, put
+    through the model as the same (2B, T) batch, with the same Bradley-Terry loss and gradients
+    to the last bit: a pairwise project trains as it did before rankings were read."""
+    import torch
+
+    from alignloop.core.losses import bradley_terry_loss, plackett_luce_loss
+    from alignloop.feedback.formats import write_records
+    from alignloop.lm.data import (
+        PreferenceCollator,
+        RankingCollator,
+        load_comparisons,
+        load_rankings,
+        preferred_pairs,
+    )
+    from alignloop.lm.models import load_score_model
+    from alignloop.lm.reward import ranking_scores
+    from alignloop.lm.toyworld import ToyWorld
+
+    world = ToyWorld(0)
+    teacher = world.teacher(1)
+    judged = []
+    for i, c in enumerate(world.comparisons(48, "train")):
+        item = Item(c.prompt, (Candidate(c.response_0), Candidate(c.response_1)), key=f"r1-{i:05d}")
+        answer = teacher.compare(c.prompt, c.response_0, c.response_1)
+        if answer is not None:
+            judged.append(Judged(1000 + i, 1, Judgement(item, judgement_of(answer).answers, "1")))
+    items, _ = to_judged_items(judged, DEFAULT_QUESTIONS)
+    write_records(items, tmp_path / "judgements.jsonl", "judgements")
+    rankings, ties = load_rankings(tmp_path / "judgements.jsonl")
+    pairs, pair_ties = preferred_pairs(load_comparisons(tmp_path / "judgements.jsonl"), "better")
+    assert ties == pair_ties > 0 and len(rankings) == len(pairs) > 30
+    assert [(r.prompt, r.texts, r.ranks) for r in rankings] == [
+        (c.prompt, (c.response(c.better), c.response(1 - c.better)), (1, 2)) for c in pairs
+    ]
+
+    tokenizer, model = load_score_model("toy", seed=0)
+    new = RankingCollator(tokenizer, 64)(rankings[:16])
+    old = PreferenceCollator(tokenizer, 64, by="better")(pairs[:16])
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(new[key], torch.cat([old[f"chosen_{key}"], old[f"rejected_{key}"]]))
+
+    def loss_and_grads(value_of) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        value = value_of()
+        value.backward()
+        return value.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    def ranked() -> torch.Tensor:
+        return plackett_luce_loss(ranking_scores(model, new), new["ranks"], new["mask"], score_l2=1e-3)[0]
+
+    def paired() -> torch.Tensor:
+        ids = torch.cat([old["chosen_input_ids"], old["rejected_input_ids"]])
+        mask = torch.cat([old["chosen_attention_mask"], old["rejected_attention_mask"]])
+        scores = model(ids, mask).end_scores  # (2B,)
+        return bradley_terry_loss(scores[:16], scores[16:], score_l2=1e-3)[0]
+
+    (a, grads_a), (b, grads_b) = loss_and_grads(ranked), loss_and_grads(paired)
+    assert torch.equal(a, b) and len(grads_a) == len(grads_b) > 0
+    assert all(torch.equal(x, y) for x, y in zip(grads_a, grads_b, strict=True))
 
 
 def test_dpo_pairs_put_the_safe_response_first_then_the_better_one():
@@ -148,6 +221,12 @@ def test_disagreement_against_hand_computed_scores():
     torch.testing.assert_close(
         pair_disagreement(r_a, r_b, c_a, c_b), torch.tensor([0.5, 0.75]), rtol=1e-5, atol=1e-6
     )
+    # three candidates, rewards (ln 3, 0, 0): pairs (A, B) and (A, C) 0.5 each, (B, C) 1; mean 2/3;
+    # costs (ln 9, -ln 3, 0): sign uncertainties 0.2, 0.5, 1; max 1; score (2/3 + 1) / 2 = 5/6
+    rewards = torch.tensor([[math.log(3.0), 0.0, 0.0]])
+    costs = torch.tensor([[math.log(9.0), -math.log(3.0), 0.0]])
+    torch.testing.assert_close(item_disagreement(rewards, costs), torch.tensor([5 / 6]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(item_disagreement(rewards), torch.tensor([2 / 3]), rtol=1e-5, atol=1e-6)
 
 
 def test_previous_round_folder_and_option_errors(tmp_path: Path):
@@ -282,9 +361,9 @@ def test_models_warm_start_from_the_previous_round(two_rounds):
     ]
     assert two_rounds["starts"]["lambda"] == [1.0, two_rounds["rounds"][0]["aligned"]["lambda"]]
     assert two_rounds["starts"]["lambda"][1] != 1.0
-    rows = (run_dir / "round-002" / "judgements.jsonl").read_text().splitlines()
-    assert len(rows) == len(two_rounds["judged"])  # round 2 learns from both rounds
-    assert {json.loads(row)["round"] for row in rows} == {"1", "2"}
+    rows = [json.loads(row) for row in (run_dir / "round-002" / "judgements.jsonl").read_text().splitlines()]
+    assert sum(len(row["judgements"]) for row in rows) == len(two_rounds["judged"])  # both rounds
+    assert {row["meta"]["round"] for row in rows} == {"1", "2"}
 
 
 @pytest.mark.slow
@@ -410,3 +489,72 @@ def test_the_toyworld_annotator_answers_any_questions():
         answers["safe"][1]["safe"] is False and answers["fix"]["candidate"] == "B"
     )  # the unsafe one corrected
     assert "detonator" not in answers["fix"]["text"]
+
+
+# ---------------------------------------------------------------------------- other question kinds
+def test_questions_option_takes_a_preset_with_a_count_or_a_definition_file(tmp_path: Path):
+    from alignloop.errors import UserError
+    from alignloop.feedback.schema import QUESTION_PRESETS
+    from alignloop.loop.domain import project_spec
+
+    assert project_spec("ranking4") == ProjectSpec(QUESTION_PRESETS["ranking"], 4)
+    assert project_spec("pku-saferlhf") == ProjectSpec(DEFAULT_QUESTIONS, 2)
+    spec = tmp_path / "project.yaml"
+    spec.write_text("candidates: 3\nquestions:\n  - {name: stars, kind: rating, scale_max: 5}\n")
+    loaded = project_spec(str(spec))
+    assert loaded.candidates == 3 and [q.name for q in loaded.questions] == ["stars"]
+    assert project_spec(str(spec)).to_json()["questions"][0]["kind"] == "rating"
+    with pytest.raises(UserError, match="neither a preset"):
+        project_spec("ranking-four")
+    with pytest.raises(UserError, match="compares two candidates"):
+        project_spec("pku-saferlhf4")  # "better" and "safer" ask about two
+    spec.write_text("candidates: 9\nquestions: [{name: order, kind: ranking}]\n")
+    with pytest.raises(UserError, match="2 to 8 candidates, got 9"):
+        project_spec(str(spec))
+    spec.write_text("questions: [{name: order, kind: shuffle}]\n")
+    with pytest.raises(UserError, match=str(spec)):
+        project_spec(str(spec))
+
+
+def scripted_judgements(domain: ToyWorldDomain, round: int, proposals: list[Proposal]) -> list[Judged]:
+    """What `alignloop annotate --teacher toyworld` answers to each item, whatever it asks."""
+    from alignloop.loop.annotate import toyworld_teacher
+    from alignloop.loop.domain import item_to_json
+
+    teacher = toyworld_teacher(domain.seed, domain.seed + round, domain.questions)
+    out = []
+    for i, p in enumerate(proposals):
+        sent = teacher(item_to_json(p.item))
+        if "answers" in sent:
+            out.append(Judged(1000 * round + i, round, Judgement(p.item, sent["answers"], "1")))
+    return out
+
+
+@pytest.mark.slow
+def test_a_round_on_a_ranking_project_learns_a_reward_model_that_ranks_held_out_answers(tmp_path):
+    """`--questions ranking4`: a round's items are 4 sampled responses that the scripted
+    annotator ranks; the reward model learned from the rankings (Plackett-Luce) orders held-out
+    toy-world answers by true helpfulness well above chance (about 170 pairs that differ: chance
+    is 0.5 +- 0.04; measured 0.69). A project that asks nothing about safety gets no cost model,
+    and its policy is updated by PPO on the reward alone. (The SFT policy is trained longer than
+    the smoke preset's, so that its samples are answers worth ranking rather than word salad.)"""
+    from alignloop.loop.domain import project_spec
+
+    spec = project_spec("ranking4")
+    domain = ToyWorldDomain.from_preset(
+        "smoke", seed=3, progress=False, questions=spec.questions, candidates=spec.candidates,
+        sft_steps=150, reward_steps=40, heldout_pairs=200,
+    )  # fmt: skip
+    domain.setup(tmp_path)
+    round_dir = tmp_path / "round-001"
+    proposals = domain.propose(round_dir, 1, 48, "uniform")
+    assert len(proposals) == 48 and {len(p.item.candidates) for p in proposals} == {4}
+    judged = scripted_judgements(domain, 1, proposals)
+    assert all(sorted(j.judgement.answers["ranking"]) == [1, 2, 3, 4] for j in judged[:5])
+    learned = domain.learn(round_dir, 1, judged)
+    assert learned["judgements"] == len(judged) >= 46 and learned["cost_pairs"] == 0
+    assert learned["reward_accuracy"] >= 0.6, learned
+    assert not (round_dir / "cost").exists() and math.isnan(learned["cost_sign_accuracy"])
+    aligned = domain.align(round_dir, 1)
+    assert (round_dir / "policy" / "final").is_dir() and set(aligned) == {"reward", "kl"}
+    assert "cost" not in domain.evaluate(round_dir, 1)
