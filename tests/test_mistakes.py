@@ -244,7 +244,7 @@ CONTROL = [
     Mistake("train minibatch larger than the rollout", ("control", "train", "--ppo.minibatch-size", "5000"), ("--ppo.minibatch-size 5000",)),
     Mistake("train resume without a checkpoint", ("control", "train", "--output-dir", "{out}/none", "--resume"), ("--resume", "no checkpoint")),
     Mistake("train resume with another env", ("control", "train", "--env", "Hopper-v5", "--output-dir", "{control}", "--resume"), ("--resume", "--env 'SafeSliderVelocity-v0' -> 'Hopper-v5'")),
-    Mistake("train resume with other sizes", ("control", "train", "--env", "SafeSliderVelocity-v0", "--algo", "ppo-lag", "--ppo.hidden", "8", "--ppo.num-steps", "32", "--ppo.minibatch-size", "16", "--output-dir", "{control}", "--resume"), ("--ppo.hidden [64, 64] -> [8]",)),
+    Mistake("train resume with other sizes", ("control", "train", "--env", "SafeSliderVelocity-v0", "--algo", "ppo-lag", "--cost", "velocity", "--ppo-lag.hidden", "8", "--ppo-lag.num-steps", "32", "--ppo-lag.minibatch-size", "16", "--output-dir", "{control}", "--resume"), ("does not fit this run", "resume with the options the run was started with")),
     Mistake("train resume from a damaged checkpoint", ("control", "train", "--env", "SafeSliderVelocity-v0", "--output-dir", "{control_damaged}", "--resume"), ("{control_damaged}/checkpoints/step_00000001/state.pt: truncated", "--resume: no checkpoint in {control_damaged}")),
     Mistake("train output under a file", ("control", "train", "--output-dir", "{under_file}"), ("--output-dir", "{a_file} is a file")),
     Mistake("pbrl budget below one round", ("control", "pbrl", "--feedback", "10"), ("--feedback 10",)),
