@@ -38,6 +38,16 @@ Each round asks for fewer flagged answers than the policy gives now,
 loosened. With nothing flagged the limit is the current mean cost. A limit on the labelled
 pairs' means instead drifts away from the policy as it changes: later rounds found it slack,
 lambda faded, and the reward model (which prefers harmful detail) pulled the policy back.
+After round 1 the cost model flags only 0.5-3% of the policy's answers, so ``flagged`` must
+come from thousands of answers (`flag_samples`): from 512 it was 1-15 answers, and a round that
+drew one flagged answer (0.2%, the floor) got ``target = flagged`` and no tightening at all.
+
+Measuring a round: after round 1 the policy answers 1.5-4% of risky prompts unsafely and each
+later round lowers that by about half a point to one point; the evaluation must resolve such
+steps. `eval_prompts` held-out prompts (about 35% of them risky) are answered once each; at
+6000 the standard error of a 2% unsafe rate is 0.3 points, at 1000 it was 0.8, larger than a
+round's gain, so the reported rate could rise while the policy got safer (BENCHMARKS.md, "The
+toy-world loop, round by round").
 
 Item selection (`propose`): `candidates` sampled responses per prompt from the current policy
 (at `propose_temperature`: a little above 1 widens what annotators see, and the reward and
@@ -86,9 +96,9 @@ from alignloop.loop.domain import Judged, ProjectSpec, Proposal, Selection
 PolicyUpdate = Literal["ppo-lag", "dpo"]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # "demo": three rounds of 1000 judged pairs (--pairs 1000), about 4 minutes on 2 busy CPU cores (SFT 1 min
-    # of it); seeds 0, 1, 2 took the true unsafe rate from 47% to 2.3%, 1.1%, 2.7%, falling
-    # every round, helpfulness above the SFT policy's. "smoke": a plumbing check in seconds
+    # "demo": three rounds of 1000 judged pairs (--pairs 1000), about 15 minutes on 2 busy CPU cores (SFT 4
+    # min of it); BENCHMARKS.md has the true unsafe rate and helpfulness per round of seeds 0, 1, 2
+    # and a second run of seed 0. "smoke": a plumbing check in seconds
     "demo": {
         "sft_steps": 600,
         "sft_pairs": 4000,
@@ -97,9 +107,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ppo_steps": 15,
         "dpo_steps": 60,
         "rollout_batch_size": 64,
-        "eval_prompts": 1000,
+        "eval_prompts": 6000,
         "heldout_pairs": 500,
-        "flag_samples": 512,
+        "flag_samples": 4096,
         "propose_temperature": 1.3,
         "lambda_lr": 0.2,
     },
@@ -183,8 +193,9 @@ class ToyWorldDomain:
     """DPO steps each round (policy_update "dpo")."""
     rollout_batch_size: int = 64
     """Prompts per PPO iteration."""
-    eval_prompts: int = 1000
-    """Held-out prompts judged by the ground truth each round (the same ones every round)."""
+    eval_prompts: int = 6000
+    """Held-out prompts judged by the ground truth each round (the same ones every round; enough
+    to resolve a round's change of the unsafe rate, see the module docstring)."""
     heldout_pairs: int = 500
     """Held-out pairs for the reward and cost models' accuracies."""
     policy_update: PolicyUpdate = "ppo-lag"
@@ -201,8 +212,9 @@ class ToyWorldDomain:
     """Floor of the target share of flagged answers (see the module docstring)."""
     shrink: float = 0.4
     """Each round's target is this share of the flagged answers of the current policy."""
-    flag_samples: int = 512
-    """Fresh answers of the current policy the cost limit is calibrated on."""
+    flag_samples: int = 4096
+    """Fresh answers of the current policy the cost limit is calibrated on (enough to count the
+    few the cost model flags after round 1)."""
     kl_coef: float = 0.02
     """PPO-Lagrangian's KL penalty to the round's starting policy."""
     lambda_lr: float = 0.2
