@@ -1,7 +1,7 @@
 """The Aligner learns from the platform's corrections, end to end: items of careless answers on a
 real server, a scripted annotator (`alignloop annotate --teacher toyworld`) correcting them over
 HTTP, the export endpoint, `alignloop data validate`, `alignloop train aligner` on the export, and
-the trained Aligner rewriting held-out unsafe answers into safe, on-topic ones."""
+the trained Aligner rewriting held-out unsafe answers into safe, helpful ones."""
 
 from __future__ import annotations
 
