@@ -111,9 +111,11 @@ def test_aligner_learns_from_the_platforms_corrections(tmp_path: Path) -> None:
     train += ["--eval-every", "1000000", "--save-every", "1000000", "--no-progress"]
     assert main(train) == 0
 
-    # held-out unsafe answers, rewritten: safe, and helpful with the prompt's safe help words (an
-    # aligner that learnt to copy keeps about 60% of them unsafe; one that learnt nothing, or only
-    # to refuse, writes words that do not help: helpfulness 0 to 0.15, where these score 0.39)
+    # held-out unsafe answers, rewritten: safe, and helpful with the prompt's safe help words.
+    # These score 0.39; trained on the same export with each correction replaced by its original
+    # (the rewrite lost on the way), the aligner writes "first illegal" to every prompt, 0.15; an
+    # untrained one writes filler words, 0. (Corrections paired with the wrong prompts are caught
+    # in the export above: their help words would be another prompt's.)
     held = held_out_unsafe(world)
     model, tokenizer = load_causal_lm(run / "final"), load_tokenizer(run / "final")
     fixed = correct(model, tokenizer, [p for p, _ in held], [a for _, a in held], max_new_tokens=16)
@@ -122,4 +124,4 @@ def test_aligner_learns_from_the_platforms_corrections(tmp_path: Path) -> None:
     helpful = sum(world.helpfulness(p, a) for (p, _), a in zip(held, fixed, strict=True)) / len(held)
     assert len(held) == HELD_OUT and before == 1.0
     assert after <= 0.1, (after, fixed[:8])
-    assert helpful >= 0.2, (helpful, fixed[:8])
+    assert helpful >= 0.3, (helpful, fixed[:8])
