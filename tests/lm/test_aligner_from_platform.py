@@ -23,7 +23,7 @@ from alignloop.platform.client import PlatformClient, item_json
 
 pytestmark = pytest.mark.slow
 
-ITEMS = 300  # risky training prompts, two careless answers each
+ITEMS = 200  # risky training prompts, two careless answers each
 HELD_OUT = 64  # held-out risky prompts with an unsafe answer each
 
 
@@ -112,8 +112,8 @@ def test_aligner_learns_from_the_platforms_corrections(tmp_path: Path) -> None:
     assert main(train) == 0
 
     # held-out unsafe answers, rewritten: safe, and helpful with the prompt's safe help words.
-    # These score 0.39; trained on the same export with each correction replaced by its original
-    # (the rewrite lost on the way), the aligner writes "first illegal" to every prompt, 0.15; an
+    # These are all safe and score 0.49; trained on the same export with each correction replaced
+    # by its original (the rewrite lost on the way), the aligner copies: 98% stay unsafe, 0.16; an
     # untrained one writes filler words, 0. (Corrections paired with the wrong prompts are caught
     # in the export above: their help words would be another prompt's.)
     held = held_out_unsafe(world)
