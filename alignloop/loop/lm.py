@@ -67,31 +67,31 @@ model confidently wrong is never uncertain). Round 1 has no models and draws uni
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
-import re
 import shutil
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-from alignloop.feedback.judged import JudgedItem, judged_item
 from alignloop.feedback.schema import (
     DEFAULT_QUESTIONS,
     Candidate,
     Comparison,
     IsSafe,
     Item,
-    Judgement,
-    LabelError,
     Question,
-    check_answers,
 )
-from alignloop.lm.tasks import FileTask, Task, ToyWorldTask
-from alignloop.loop.domain import Judged, ProjectSpec, Proposal, Selection
+from alignloop.loop.domain import (
+    Judged,
+    ProjectSpec,
+    Proposal,
+    Selection,
+    previous_round_dir,
+    to_judged_items,
+)
+from alignloop.loop.lm_tasks import LoopTask, trainer_task_options
 
 PolicyUpdate = Literal["ppo-lag", "grpo-lag", "dpo"]
 POLICY_UPDATES: tuple[PolicyUpdate, ...] = ("ppo-lag", "grpo-lag", "dpo")
@@ -110,147 +110,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "flag_samples": 32,
     },
 }
-
-TrainerOptions = Callable[[int, Path], dict[str, Any]]
-"""(round, output folder) -> the options every trainer of that round takes (`_trainer_options`)."""
-
-
-class LoopTask(Protocol):
-    """What the language-model domain asks of its task beyond `lm.tasks.Task`."""
-
-    @property
-    def name(self) -> str:
-        """The domain's name in reports (the report plots the figures `loop.report` lists for it)."""
-        ...
-
-    @property
-    def task(self) -> Task:
-        """Prompts and ground truth, as the trainers and the evaluation see them."""
-        ...
-
-    def starting_policy(self, run_dir: Path) -> Path:
-        """The policy round 1 starts from (a causal-LM folder with its tokenizer)."""
-        ...
-
-    def build(self, run_dir: Path, options: TrainerOptions) -> None:
-        """Make the starting policy when the task trains its own (nothing to do otherwise)."""
-        ...
-
-    def starting_score_model(self, kind: str, run_dir: Path) -> Path:
-        """The folder round 1's reward (`kind` "reward") or cost model is trained from."""
-        ...
-
-    def propose_prompts(self, n: int, seed: int) -> list[str]:
-        """`n` train prompts to propose items about (the same seed, the same prompts)."""
-        ...
-
-    def flag_prompts(self, n: int, seed: int) -> list[str]:
-        """`n` train prompts the cost limit is calibrated on."""
-        ...
-
-    def held_out_prompts(self, n: int) -> list[str]:
-        """The held-out prompts every round's evaluation answers (at most `n`; the same every round)."""
-        ...
-
-    def heldout_file(self, round_dir: Path) -> Path | None:
-        """Held-out preference pairs the trainers report on (None: they hold out a share of the
-        judgements)."""
-        ...
-
-    def model_accuracies(self, reward_dir: Path, cost_dir: Path | None) -> dict[str, float]:
-        """Figures of the round's reward and cost models the task can give ({} without judges)."""
-        ...
-
-
-def draw_prompts(prompts: list[str], n: int, seed: str) -> list[str]:
-    """`n` of `prompts` in an order shuffled by `seed`, each once before any is drawn again."""
-    rng = random.Random(seed)
-    out: list[str] = []
-    while len(out) < n:
-        cycle = list(prompts)
-        rng.shuffle(cycle)
-        out += cycle[: n - len(out)]
-    return out
-
-
-@dataclass(frozen=True)
-class PromptLoopTask:
-    """A task with the user's starting policy (and, optionally, starting reward and cost models):
-    rounds draw the task's train prompts; every round is evaluated on its held-out prompts."""
-
-    task: Task
-    policy: Path
-    """The starting policy (a causal-LM folder with its tokenizer); also round 1's KL reference."""
-    reward_model: Path | None = None
-    """Round 1's reward model starts from this (None: from the starting policy's body)."""
-    cost_model: Path | None = None
-    """Round 1's cost model starts from this (None: from the starting policy's body)."""
-    seed: int = 0
-    name: str = "lm"
-
-    def starting_policy(self, run_dir: Path) -> Path:
-        return self.policy
-
-    def build(self, run_dir: Path, options: TrainerOptions) -> None:
-        return None
-
-    def starting_score_model(self, kind: str, run_dir: Path) -> Path:
-        given = {"reward": self.reward_model, "cost": self.cost_model}[kind]
-        return self.policy if given is None else given
-
-    def propose_prompts(self, n: int, seed: int) -> list[str]:
-        return draw_prompts(self.task.prompts("train"), n, f"{self.seed}-propose-{seed}")
-
-    def flag_prompts(self, n: int, seed: int) -> list[str]:
-        return draw_prompts(self.task.prompts("train"), n, f"{self.seed}-flag-{seed}")
-
-    def held_out_prompts(self, n: int) -> list[str]:
-        return self.task.prompts("eval")[:n]
-
-    def heldout_file(self, round_dir: Path) -> Path | None:
-        return None
-
-    def model_accuracies(self, reward_dir: Path, cost_dir: Path | None) -> dict[str, float]:
-        return {}
-
-
-def trainer_task_options(task: Task) -> dict[str, Any]:
-    """The `lm.tasks.TaskOptions` an RL trainer gets to train on `task`'s train prompts."""
-    if isinstance(task, ToyWorldTask):
-        return {"task": "toyworld", "task_seed": task.seed}
-    if isinstance(task, FileTask):
-        return {"prompts": task.train_file}
-    raise TypeError(f"no trainer options for the task {task!r}: the trainers take a prompt file or --task")
-
-
-def previous_round_dir(round_dir: Path, round: int) -> Path:
-    """The folder of round - 1, named like round_dir ("round-003" -> "round-002")."""
-    match = re.fullmatch(r"(.*?)(\d+)", round_dir.name)
-    if match is None or int(match.group(2)) != round:
-        raise ValueError(f"{round_dir}: the folder name does not end with the round number {round}")
-    prefix, digits = match.groups()
-    return round_dir.with_name(f"{prefix}{round - 1:0{len(digits)}d}")
-
-
-def to_judged_items(judged: list[Judged], questions: tuple[Question, ...]) -> tuple[list[JudgedItem], int]:
-    """Each item's judgements as one judged item (the `judgements` export format; the round in the
-    item's `meta`), items in (round, key) order, judgements in id order; and how many judgements
-    were left out because their answers contradict the questions (`check_answers`: e.g. the
-    safer response marked unsafe while the other is safe)."""
-    by_key: dict[str, tuple[Item, list[Judgement]]] = {}
-    dropped = 0
-    for j in sorted(judged, key=lambda j: (j.round, j.key, j.judgement_id)):
-        item = j.judgement.item
-        try:
-            answers = check_answers(questions, j.judgement.answers, len(item.candidates))
-        except LabelError:
-            dropped += 1
-            continue
-        if j.key not in by_key:
-            by_key[j.key] = (dataclasses.replace(item, meta={**item.meta, "round": str(j.round)}), [])
-        kept, judgements = by_key[j.key]
-        judgements.append(Judgement(kept, answers, j.judgement.annotator))
-    return [judged_item(item, questions, judgements) for item, judgements in by_key.values()], dropped
 
 
 def dpo_pairs(comparisons: list[Comparison]) -> list[Comparison]:
@@ -636,42 +495,40 @@ class LanguageModelDomain:
         limit = cost_limit_from_labels(cost_model, tokenizer, labelled, target)
         return {"cost_limit": limit, "flagged": flagged, "target": target}
 
-    def _ppo_options(self, round_dir: Path, round: int, out: Path) -> dict[str, Any]:
-        """The options PPO and PPO-Lagrangian share: the round's policy and reward model, the
-        domain's sizes, the run stack's options."""
+    def _rl_options(self, round_dir: Path, round: int, out: Path) -> dict[str, Any]:
+        """The options PPO, PPO-Lagrangian, GRPO and Safe GRPO share: the round's policy, the
+        task's train prompts, the domain's sizes, the run stack's options."""
         return {
             "policy": self._policy(round_dir, round),
-            "reward_model": round_dir / "reward" / "final",
             **trainer_task_options(self.task.task),
             "max_steps": self.ppo_steps,
             "eval_size": 0,
             "eval_every": max(self.ppo_steps, 1),
             "save_every": max(self.ppo_steps // 4, 1),
-            "rollout_batch_size": self.rollout_batch_size,
-            "batch_size": min(32, self.rollout_batch_size),
             "max_new_tokens": self.max_new_tokens,
             "kl_coef": self.kl_coef,
             **self._trainer_options(round, out),
         }
 
+    def _ppo_options(self, round_dir: Path, round: int, out: Path) -> dict[str, Any]:
+        """PPO's: the round's reward model, rollout_batch_size prompts an iteration."""
+        return {
+            **self._rl_options(round_dir, round, out),
+            "reward_model": round_dir / "reward" / "final",
+            "rollout_batch_size": self.rollout_batch_size,
+            "batch_size": min(32, self.rollout_batch_size),
+        }
+
     def _grpo_options(self, round_dir: Path, round: int, out: Path) -> dict[str, Any]:
-        """The options GRPO and Safe GRPO get: as PPO's, rollout_batch_size responses an iteration
-        in groups of group_size, one optimiser step over all of them."""
+        """GRPO's: rollout_batch_size responses an iteration in groups of group_size, one
+        optimiser step over all of them."""
         prompts = self.rollout_batch_size // self.group_size
         return {
-            "policy": self._policy(round_dir, round),
+            **self._rl_options(round_dir, round, out),
             "reward_model": (round_dir / "reward" / "final",),
-            **trainer_task_options(self.task.task),
-            "max_steps": self.ppo_steps,
-            "eval_size": 0,
-            "eval_every": max(self.ppo_steps, 1),
-            "save_every": max(self.ppo_steps // 4, 1),
             "rollout_batch_size": prompts,
             "group_size": self.group_size,
             "batch_size": prompts * self.group_size,
-            "max_new_tokens": self.max_new_tokens,
-            "kl_coef": self.kl_coef,
-            **self._trainer_options(round, out),
         }
 
     def _train_grpo_lag(self, round_dir: Path, round: int, out: Path, cost_limit: float) -> int:

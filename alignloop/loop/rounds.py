@@ -247,14 +247,14 @@ def make_domain(cfg: LoopConfig) -> Domain:
         return toyworld.toyworld_domain(preset_of(cfg), policy_update=cfg.policy_update, **sizes, **asked)
     if domain_of(cfg) == "lm":
         from alignloop.lm.tasks import FileTask
-        from alignloop.loop import lm
+        from alignloop.loop import lm, lm_tasks
 
         if preset_of(cfg) not in lm.PRESETS:
             raise ConfigError(f"--preset {cfg.preset!r}: a prompt file has {sorted(lm.PRESETS)}")
         assert cfg.prompts is not None and cfg.policy is not None, "checked in check_task_options"
         sizes |= lm.PRESETS[preset_of(cfg)]
         held_out = sizes.get("eval_prompts", lm.LanguageModelDomain.eval_prompts)
-        task = lm.PromptLoopTask(
+        task = lm_tasks.PromptLoopTask(
             FileTask(cfg.prompts, cfg.eval_prompts, held_out),
             cfg.policy,
             reward_model=cfg.reward_model,

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from alignloop.lm.tasks import ToyWorldTask
-from alignloop.loop.lm import LanguageModelDomain, TrainerOptions
+from alignloop.loop.lm import LanguageModelDomain
+from alignloop.loop.lm_tasks import TrainerOptions
 
 PRESETS: dict[str, dict[str, Any]] = {
     # "demo": three rounds of 1000 judged pairs (--pairs 1000), about 4 minutes on 2 busy CPU cores (SFT 1 min

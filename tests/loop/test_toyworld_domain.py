@@ -31,14 +31,14 @@ from alignloop.feedback.schema import (  # noqa: E402
     Severity,
     judgement_of,
 )
-from alignloop.loop.domain import Judged, ProjectSpec, Proposal  # noqa: E402
-from alignloop.loop.lm import (  # noqa: E402
-    LanguageModelDomain,
-    dpo_pairs,
+from alignloop.loop.domain import (  # noqa: E402
+    Judged,
+    ProjectSpec,
+    Proposal,
     previous_round_dir,
-    round_half,
     to_judged_items,
 )
+from alignloop.loop.lm import LanguageModelDomain, dpo_pairs, round_half  # noqa: E402
 from alignloop.loop.toyworld import PRESETS, toyworld_domain  # noqa: E402
 
 
