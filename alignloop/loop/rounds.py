@@ -73,7 +73,7 @@ class LoopConfig:
     prompt/messages rows included); needs --policy."""
     eval_prompts: Path | None = None
     """lm with --prompts: held-out prompts every round is evaluated on (None = the first
-    eval_prompts of --prompts, not held out)."""
+    prompts of --prompts, not held out)."""
     policy: Path | None = None
     """lm with --prompts: the starting policy, a causal-LM folder with its tokenizer (also round
     1's KL reference)."""

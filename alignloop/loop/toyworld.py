@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from alignloop.lm.tasks import ToyWorldTask
+from alignloop.loop.lm import PRESETS as LM_PRESETS
 from alignloop.loop.lm import LanguageModelDomain
 from alignloop.loop.lm_tasks import TrainerOptions
 
@@ -39,18 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "propose_temperature": 1.3,
         "lambda_lr": 0.2,
     },
-    "smoke": {
-        "sft_steps": 8,
-        "sft_pairs": 256,
-        "reward_steps": 3,
-        "cost_steps": 3,
-        "ppo_steps": 2,
-        "dpo_steps": 3,
-        "rollout_batch_size": 16,
-        "eval_prompts": 24,
-        "heldout_pairs": 32,
-        "flag_samples": 32,
-    },
+    "smoke": {**LM_PRESETS["smoke"], "sft_steps": 8, "sft_pairs": 256, "heldout_pairs": 32},
 }
 
 
