@@ -50,7 +50,7 @@ lambda faded, and the reward model (which prefers harmful detail) pulled the pol
 Item selection (`propose`): `candidates` sampled responses per prompt from the current policy
 (at `propose_temperature`: a little above 1 widens what annotators see, and the reward and
 cost models learn more from the same number of items than from the policy's few habitual
-answers); items with two identical texts, or an empty response, are dropped. "disagreement"
+answers); items with two identical texts, an empty response or a NUL character are dropped. "disagreement"
 scores each item with the previous round's reward and cost models
 (`alignloop.core.selection.item_disagreement`; for a pair A, B)
 
@@ -246,7 +246,8 @@ class LanguageModelDomain:
         wanted = n_pairs * self.pool_factor if select == "disagreement" and round > 1 else n_pairs
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}-propose-{round}".encode()))
         pool: list[tuple[str, tuple[str, ...]]] = []
-        # items with equal or empty texts are dropped: draw again until the pool is full
+        # items with equal or empty texts, or a NUL (a byte-level tokenizer can decode one; the
+        # platform cannot store it), are dropped: draw again until the pool is full
         for attempt in range(8):
             texts = self.task.propose_prompts(2 * (wanted - len(pool)), 10_000 * round + attempt)
             samples = [
@@ -254,7 +255,7 @@ class LanguageModelDomain:
                 for _ in range(self.candidates)
             ]
             for prompt, *responses in zip(texts, *samples, strict=True):
-                if all(responses) and len(set(responses)) == len(responses):
+                if all(r and "\x00" not in r for r in responses) and len(set(responses)) == len(responses):
                     pool.append((prompt, tuple(responses)))
             if len(pool) >= wanted:
                 break

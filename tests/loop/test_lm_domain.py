@@ -87,6 +87,7 @@ def test_a_round_on_a_prompt_file_with_a_bpe_policy(tmp_path: Path) -> None:
     train_prompts = set(questions(40, seed=1))
     assert len(proposals) == 12 and all(p.item.prompt in train_prompts for p in proposals)
     assert all(p.item.text(0) != p.item.text(1) for p in proposals)
+    assert not any("\x00" in p.item.text(k) for p in proposals for k in (0, 1))  # the platform refuses NUL
 
     texts = [(p.item.prompt, p.item.text(k)) for p in proposals for k in (0, 1)]
     teacher_cost = centred_cost_model(
