@@ -196,7 +196,8 @@ class Judged:
 
 
 class Domain(Protocol):
-    """A kind of policy the loop can align (the toy-world language model, a MuJoCo controller)."""
+    """A kind of policy the loop can align (a language model on a task, `loop.lm`; a MuJoCo
+    controller, `loop.control`)."""
 
     name: str
     questions: tuple[Question, ...]

@@ -11,7 +11,7 @@ Each round:
              (or the timeout: it then exits and a restart keeps waiting); judgements are pulled
              as they arrive into run_dir/judgements.jsonl;
 4. learn     reward and cost models, warm-started, on the judgements of every round so far;
-5. align     the policy (PPO-Lagrangian by default, or DPO);
+5. align     the policy (PPO-Lagrangian by default; language models: Safe GRPO or DPO);
 6. evaluate  the round's figures, added to report.json / report.md / rounds.png.
 
 The judgements may come from people in the browser or from `alignloop annotate` (scripted
@@ -20,6 +20,7 @@ with the same options, it goes on from the last phase it finished (`alignloop.lo
 
     alignloop loop --config loop.yaml          # a platform you run, people you invited
     alignloop loop --demo toyworld             # three rounds with scripted annotators
+    alignloop loop --prompts p.jsonl --policy runs/sft/final --url ...   # your prompts and policy
 """
 
 from __future__ import annotations
