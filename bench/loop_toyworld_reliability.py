@@ -15,6 +15,8 @@ over round to <= 5% with helpfulness >= the SFT policy's, on every run.
     python bench/loop_toyworld_reliability.py --collect s0=runs/a s1=runs/b   # finished runs
     python bench/loop_toyworld_reliability.py --collect s0=runs/a --reevaluate 6000 --name before
 
+(`--reevaluate` rewrites each round's evaluation.json in the run folder with the larger one.)
+
 Raw figures: bench/results/loop_toyworld_reliability.json (`--name` changes the stem, e.g. to
 keep a run of another commit beside this one); the table is printed and written beside it as
 .md, the plot as .png. Run folders: runs/loop-reliability/<name>/<run>.
@@ -85,9 +87,9 @@ def record(label: str, seed: int, run_dir: Path, reevaluate: int = 0) -> dict:
     report = json.loads((run_dir / "report.json").read_text())
     out = {"label": label, "seed": seed, "rounds": report["rounds"], "acceptance": report["acceptance"]}
     if reevaluate:
-        from alignloop.loop.toyworld import ToyWorldDomain
+        from alignloop.loop.toyworld import toyworld_domain
 
-        domain = ToyWorldDomain.from_preset("demo", seed=seed, eval_prompts=reevaluate, progress=False)
+        domain = toyworld_domain("demo", seed=seed, eval_prompts=reevaluate, progress=False)
         judged = [domain.setup(run_dir)]  # the SFT policy exists: setup only judges it
         for row in report["rounds"][1:]:
             r = int(row["round"])
