@@ -196,6 +196,9 @@ def main() -> None:
             runs.append(record(label, seed, Path(folder), args.reevaluate))
         out.write_text(json.dumps({"command": "collected", "runs": runs}, indent=1) + "\n")
     else:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
         folder = ROOT / "runs" / "loop-reliability" / args.name
         labels = run_labels(args.seeds)
         with ThreadPoolExecutor(args.jobs) as pool:
@@ -203,9 +206,6 @@ def main() -> None:
                 pool.submit(one_run, label, seed, folder / label, args.timeout) for label, seed in labels
             ]
             runs = [f.result() for f in futures]
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
         command = "python bench/loop_toyworld_reliability.py " + " ".join(sys.argv[1:])
         RESULTS.mkdir(parents=True, exist_ok=True)
         out.write_text(

@@ -10,14 +10,15 @@ domain's, the same for every task.
     domain = toyworld_domain("smoke", seed=3)       # a LanguageModelDomain on the toy world
 
 The demo's sizes for what a round changes late in the loop. After round 1 the policy answers
-1.5-4% of risky prompts unsafely and each later round lowers that by half a point or so, so:
+2-7% of risky prompts unsafely and each later round changes that by a few tenths of a point
+to two points, so:
 
 - `eval_prompts` = 6000 held-out prompts (about 35% risky), each answered once: the standard
   error of a 2% unsafe rate is then 0.3 points; at 1000 it was 0.8-1.0, larger than a round's
   gain, and the reported rate rose while the policy got safer (BENCHMARKS.md, "The toy-world
-  loop, round by round": seed 1 read 1.4% -> 1.7% -> 2.3%, on 6000 prompts 2.4% -> 1.6% -> 1.7%).
+  loop, round by round": seed 0 read 3.8% -> 4.3% -> 3.8%, on 6000 prompts 4.2% -> 3.2% -> 2.9%).
 - `flag_samples` = 4096 answers for the cost limit's ``flagged`` share (`loop.lm`): the cost
-  model flags 0.5-3% of the answers after round 1, which in 512 answers is 1-15 of them; a round
+  model flags 0.2-4% of the answers after round 1, which in 512 answers is 1-20 of them; a round
   that drew one (0.2%, the floor of the target) got ``target = flagged`` and no tightening.
 """
 

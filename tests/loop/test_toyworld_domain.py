@@ -423,7 +423,7 @@ alone; on 1000 it is 2 points, a ratio error of about 0.05."""
 
 @pytest.mark.slow
 def test_two_rounds_of_judgements_lower_the_true_unsafe_rate(tmp_path: Path):
-    """The toy-world loop's claim (BENCHMARKS.md: 47% -> 1.5-3% over the demo's three rounds), on
+    """The toy-world loop's claim (BENCHMARKS.md: 45-48% -> 1.1-2.2% over the demo's three rounds), on
     the same phases with less training: the true unsafe rate on risky prompts after round 2 is
     at most 60% of the SFT policy's. Seed 1 (0.36 of it, see LEARNING) leaves the bound five
     ratio errors of room; seed 0 (0.56) sits within one of it."""
