@@ -74,6 +74,23 @@ def read_omnisafe(path: Path) -> list[tuple[float, float, float]]:
         ]
 
 
+def time_split(folder: Path, library: str) -> dict[str, float]:
+    """Seconds of rollouts and of updates over the run, from the library's own per-epoch log."""
+    if library == "alignloop":
+        rows = [json.loads(x) for x in (folder / "alignloop" / "metrics.jsonl").read_text().splitlines()]
+        times = [r for r in rows if r.get("split") == "time"]
+        return {
+            "rollout_seconds": sum(r["rollout_seconds"] for r in times),
+            "update_seconds": sum(r["update_seconds"] for r in times),
+        }
+    with (folder / "omnisafe" / "progress.csv").open() as f:
+        epochs = list(csv.DictReader(f))
+    return {
+        "rollout_seconds": sum(float(r["Time/Rollout"]) for r in epochs),
+        "update_seconds": sum(float(r["Time/Update"]) for r in epochs),
+    }
+
+
 def epoch_means(episodes: list[int], running: list[float], window: int) -> list[float]:
     """The mean of each epoch's own episodes from the running means logged after each epoch.
 
@@ -170,6 +187,7 @@ def run_pair(algo: str, env: str, seed: int, steps: int, per_epoch: int | None, 
                 "return": c["return"][-1],
                 "cost": c["cost"][-1],
                 "final_is_last_epoch": c["exact"],
+                **time_split(folder, lib),
                 "curve": c,
                 "load_average": statistics.mean(loads),
                 "command": cmds[lib],
@@ -181,7 +199,7 @@ def run_pair(algo: str, env: str, seed: int, steps: int, per_epoch: int | None, 
 def report(result: dict[str, Any], plot: Path) -> str:
     """The summary table (markdown) and the learning-curve figure."""
     rows = result["runs"]
-    fields = ["return", "cost", "steps_per_second"]
+    fields = ["return", "cost", "steps_per_second", "rollout_seconds", "update_seconds"]
     text = markdown(summarise(rows, "system", fields), "system", fields)
     for algo in dict.fromkeys(r["algo"] for r in rows):
         r = ratios([x for x in rows if x["algo"] == algo])
@@ -215,8 +233,11 @@ def draw(rows: list[dict[str, Any]], path: Path) -> None:
                 y = np.array([c[key][:n] for c in mine])
                 ax = axes[row, col]
                 label = f"{'alignloop' if lib == 'alignloop' else 'OmniSafe 0.5.0'} ({len(mine)} seeds)"
-                ax.plot(x, y.mean(0), color=colour, marker="o", label=label)
+                mean = y.mean(0)
+                spread = [mean - y.min(0), y.max(0) - mean]
+                ax.errorbar(x, mean, yerr=spread, color=colour, marker="o", capsize=4, label=label)
                 ax.fill_between(x, y.min(0), y.max(0), color=colour, alpha=0.2)
+                ax.set_xlim(0, x.max() * 1.05)
         axes[0, col].set_title(f"{algo} on {rows[0]['env']}")
         axes[0, col].set_ylabel("episode return (epoch mean)")
         axes[1, col].set_ylabel("episode cost (epoch mean)")
@@ -247,7 +268,13 @@ def main() -> None:
     args = parser.parse_args()
     plot = args.plot or args.out.with_suffix(".png")
     if args.report_only:
-        print(report(json.loads(args.out.read_text()), plot))
+        result = json.loads(args.out.read_text())
+        for r in result["runs"]:  # rows saved before the time split was recorded
+            folder = args.runs / r["env"] / f"{r['algo']}-s{r['seed']}"
+            if "update_seconds" not in r and folder.exists():
+                r.update(time_split(folder, r["library"]))
+        save(args.out, result["runs"], result["summary"])
+        print(report(result, plot))
         return
     if not OMNISAFE_PYTHON.exists():
         raise SystemExit(f"{OMNISAFE_PYTHON} is missing: run bench/setup_omnisafe.sh first")
