@@ -51,7 +51,7 @@ typecheck: setup
 	$(BIN)/mypy alignloop
 
 pytest: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=30
 
 test: setup lint typecheck pytest
 

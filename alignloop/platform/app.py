@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from swagger_ui_bundle import swagger_ui_path
 
-from alignloop.platform.api.routes import released
+from alignloop.platform.api.routes import ReleaseClock, released
 from alignloop.platform.api.routes import router as api_router
 from alignloop.platform.auth import TokenCache
 from alignloop.platform.crud import PlatformError
@@ -206,6 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     )
     app.state.memory = Memory()
+    app.state.release_clock = ReleaseClock()
     app.state.token_cache = TokenCache[User](settings.token_cache_s)
     app.state.throttle = Throttle(
         per_account=settings.login_failures_per_account,
@@ -252,7 +253,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         FastLane,
         state=app.state,
         max_body=settings.max_body_bytes,
-        on_stored=lambda project_id: released(app.state.sessionmaker, project_id),
+        on_stored=lambda project_id: released(app.state, project_id),
     )
     app.add_middleware(SecurityHeaders)  # outermost: every answer carries them, the fast lane's too
     return app

@@ -84,3 +84,23 @@ def test_concurrent_annotators_fill_each_item_exactly_k_times(db_url: str) -> No
         assert all(item.taken == K and item.done == K for item in items)
     finally:
         engine.dispose()
+
+
+def test_stale_locks_are_expired_on_each_apps_own_clock(tmp_path):
+    """Two apps in one process (two servers, or two tests' databases) each expire their project 1's
+    stale locks at once: one app's release does not hold the other's back for a second."""
+    from alignloop.platform.api.routes import ReleaseClock
+    from alignloop.platform.app import create_app
+    from alignloop.platform.settings import Settings
+
+    first, second = (
+        create_app(Settings(db=f"sqlite:///{tmp_path / name}.db", media_dir=tmp_path / name))
+        for name in ("first", "second")
+    )
+    assert first.state.release_clock is not second.state.release_clock
+    assert first.state.release_clock.due(1)
+    assert not first.state.release_clock.due(1)  # throttled within its second
+    assert second.state.release_clock.due(1)
+    assert first.state.release_clock.due(2)  # per project
+    clock = ReleaseClock(every_s=0.0)
+    assert clock.due(1) and clock.due(1)

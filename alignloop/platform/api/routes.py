@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import State
 
 from alignloop.feedback.schema import LabelError
 from alignloop.platform import auth, crud, export, hotpath, media, stats
@@ -240,16 +241,28 @@ def get_media(name: str, user: AnyUserDep, settings: SettingsDep) -> FileRespons
 
 
 RELEASE_EVERY_S = 1.0
-_last_release: dict[int, float] = {}
 
 
-def release_due(project_id: int) -> bool:
-    """Expire stale locks at most once a second per project and process (it is a write)."""
-    now = time.monotonic()
-    if now - _last_release.get(project_id, -RELEASE_EVERY_S) < RELEASE_EVERY_S:
-        return False
-    _last_release[project_id] = now
-    return True
+class ReleaseClock:
+    """When each project's stale locks were last expired, by this app (one per app, so that two
+    apps in one process, or a test's fresh database, do not wait on each other's clock)."""
+
+    def __init__(self, every_s: float = RELEASE_EVERY_S) -> None:
+        self.every_s = every_s
+        self._last: dict[int, float] = {}
+
+    def due(self, project_id: int) -> bool:
+        """Expire stale locks at most once every `every_s` per project (it is a write)."""
+        now = time.monotonic()
+        if now - self._last.get(project_id, -self.every_s) < self.every_s:
+            return False
+        self._last[project_id] = now
+        return True
+
+
+def release_due(request: Request, project_id: int) -> bool:
+    clock: ReleaseClock = request.app.state.release_clock
+    return clock.due(project_id)
 
 
 def _assignment_out(request: Request, assignment: Assignment, project: Project) -> AssignmentOut:
@@ -274,7 +287,11 @@ def next_assignment(
     project = crud.get_project(session, project_id=project_id)
     try:
         assignment = crud.next_assignment(
-            session, project=project, annotator=user, lock_s=settings.lock_s, release=release_due(project_id)
+            session,
+            project=project,
+            annotator=user,
+            lock_s=settings.lock_s,
+            release=release_due(request, project_id),
         )
         session.commit()
     except IntegrityError as exc:  # the same annotator asked twice at once; the other request won
@@ -320,10 +337,11 @@ def _release_expired(factory: sessionmaker[Session], project_id: int) -> None:
         session.commit()
 
 
-async def released(factory: sessionmaker[Session], project_id: int) -> None:
+async def released(state: State, project_id: int) -> None:
     """Expire the project's stale locks when it is time (after a short-path submission)."""
-    if release_due(project_id):
-        await run_in_threadpool(_release_expired, factory, project_id)
+    clock: ReleaseClock = state.release_clock
+    if clock.due(project_id):
+        await run_in_threadpool(_release_expired, state.sessionmaker, project_id)
 
 
 def _submit_and_next_general(
@@ -336,7 +354,11 @@ def _submit_and_next_general(
         project = crud.get_project(session, project_id=judgement.project_id)
         try:
             assignment = crud.next_assignment(
-                session, project=project, annotator=user, lock_s=lock_s, release=release_due(project.id)
+                session,
+                project=project,
+                annotator=user,
+                lock_s=lock_s,
+                release=release_due(request, project.id),
             )
             session.commit()
         except IntegrityError:  # a parallel request of the same annotator took one at the same time
@@ -380,7 +402,7 @@ async def submit_and_next(
     except LabelError as exc:
         raise HTTPException(422, str(exc)) from None
     if short is not None:
-        await released(request.app.state.sessionmaker, short[1])
+        await released(request.app.state, short[1])
         return Response(short[0], status_code=201, media_type="application/json")
     answer, status = await run_in_threadpool(
         _submit_and_next_general, request, user, assignment_id, body, settings.lock_s
