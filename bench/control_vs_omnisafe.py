@@ -190,7 +190,7 @@ def run_pair(algo: str, env: str, seed: int, steps: int, per_epoch: int | None, 
                 **time_split(folder, lib),
                 "curve": c,
                 "load_average": statistics.mean(loads),
-                "command": cmds[lib],
+                "command": [x.replace(f"{BENCH.parent}/", "") for x in cmds[lib]],
             }
         )
     return rows
