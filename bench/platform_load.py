@@ -34,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -182,10 +184,44 @@ async def post(client: Any, url: str, out: dict[str, list[Any]], **kwargs: Any) 
     raise AssertionError("unreachable")
 
 
+class Alignloop:
+    """How the generator talks to alignloop: the first assignment from `POST /api/projects/{id}/next`,
+    then one `judgement-and-next` per submission, with a fresh idempotency key each time.
+
+    Another server is driven by the same generator through an object with the same three methods
+    (`bench/platform_vs_label_studio.py`)."""
+
+    def __init__(self, project_id: int, answers: dict[str, Any] | None):
+        self.project_id, self.answers = project_id, answers
+        self.run = uuid.uuid4().hex[:8]  # idempotency keys unique to this run: a later run is new work
+
+    def headers(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def first(self, client: Any, token: str, index: int, out: dict[str, list[Any]]) -> Any:
+        """The annotator's first piece of work (here: an assignment), taken before the clock starts."""
+        r = await post(client, f"/api/projects/{self.project_id}/next", out, headers=self.headers(token))
+        return r.json()["assignment"]
+
+    async def submit(
+        self, client: Any, token: str, work: Any, n: int, name: str, out: dict[str, list[Any]]
+    ) -> tuple[int, Any]:
+        """Submit one judgement of `work`: (status code, the next piece of work or None when done)."""
+        body = {"idempotency_key": f"{self.run}-{name}-{n}", "answers": self.answers}
+        r = await post(
+            client,
+            f"/api/assignments/{work['id']}/judgement-and-next",
+            out,
+            json=body,
+            headers=self.headers(token),
+        )
+        return r.status_code, r.json()["assignment"] if r.status_code in (200, 201) else work
+
+
 async def annotator(
     client: Any,
     token: str,
-    project_id: int,
+    target: Any,
     deadline: float,
     out: dict[str, list[Any]],
     name: str,
@@ -194,13 +230,13 @@ async def annotator(
     offset: float = 0.0,
     index: int = 0,
     first: Any = None,
-    answers: dict[str, Any] | None = None,
 ) -> None:
     """One simulated annotator; with `interval` > 0 (combined mode) it submits on a fixed schedule,
     one submission every `interval` seconds from `offset`, and latency counts from the scheduled
     time, so a server that falls behind is charged for the wait (no coordinated omission). In
-    combined mode `first` is the annotator's first assignment, taken before the clock started."""
-    headers = {"Authorization": f"Bearer {token}"}
+    combined mode `first` is the annotator's first piece of work, taken before the clock started,
+    and `target` (e.g. `Alignloop`) says how to submit it and what comes next."""
+    headers = target.headers(token)
     if mode == "ceiling":  # the cheapest authenticated request: what HTTP + auth alone allow
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
@@ -213,47 +249,39 @@ async def annotator(
             else:
                 out["errors"].append(r.status_code)
         return
-    if mode == "combined":  # one request per submission: the answer carries the next assignment
-        assignment = first
+    if mode == "combined":  # one request per submission: the answer carries the next piece of work
+        work = first
         n = 0
         scheduled = time.perf_counter() + offset
-        while assignment is not None and time.perf_counter() < deadline:
+        while work is not None and time.perf_counter() < deadline:
             if interval > 0:
                 if scheduled >= deadline:  # the schedule ends here (no idle wait past the window)
                     break
                 await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            body = {"idempotency_key": f"{name}-{n}", "answers": answers}
             t0 = scheduled if interval > 0 else time.perf_counter()
             scheduled += interval
-            r = await post(
-                client,
-                f"/api/assignments/{assignment['id']}/judgement-and-next",
-                out,
-                json=body,
-                headers=headers,
-            )
+            status, work = await target.submit(client, token, work, n, name, out)
             t1 = time.perf_counter()
-            if r.status_code in (200, 201):
+            if status in (200, 201):
                 out["submit"].append(t1 - t0)
                 out["cycle"].append(t1 - t0)
                 out["acked"].append(1)
                 out["trace"].append((t0, t1 - t0, index))
-                assignment = r.json()["assignment"]
             else:
-                out["errors"].append(r.status_code)
+                out["errors"].append(status)
             n += 1
         return
     n = 0
     while time.perf_counter() < deadline:
         t0 = time.perf_counter()
-        r = await post(client, f"/api/projects/{project_id}/next", out, headers=headers)
+        r = await post(client, f"/api/projects/{target.project_id}/next", out, headers=headers)
         if r.status_code != 200:
             out["errors"].append(r.status_code)
             continue
         assignment = r.json()["assignment"]
         if assignment is None:
             return
-        body = {"idempotency_key": f"{name}-{n}", "answers": answers}
+        body = {"idempotency_key": f"{name}-{n}", "answers": target.answers}
         t1 = time.perf_counter()
         r = await post(
             client, f"/api/assignments/{assignment['id']}/judgement", out, json=body, headers=headers
@@ -282,13 +310,13 @@ async def watch_loop(start: float, deadline: float, lags: list[Any], tick: float
 async def drive(
     url: str,
     tokens: list[str],
-    project_id: int,
+    target: Any,
     seconds: float,
     mode: str,
     raw: bool,
     rate: float = 0.0,
-    answers: dict[str, Any] | None = None,
 ) -> dict[str, list[Any]]:
+    """Run one annotator per token against the server at `url` for `seconds` (see `annotator`)."""
     out: dict[str, list[Any]] = {
         "submit": [],
         "cycle": [],
@@ -304,14 +332,15 @@ async def drive(
         clients: list[Any] = [RawClient(url) for _ in tokens] if raw else [shared] * len(tokens)
         interval = len(tokens) / rate if rate > 0 else 0.0
         first: list[Any] = [None] * len(tokens)
-        if mode == "combined":  # every annotator holds an assignment before the clock starts
-            opened = await asyncio.gather(
-                *(
-                    post(c, f"/api/projects/{project_id}/next", out, headers={"Authorization": f"Bearer {t}"})
-                    for c, t in zip(clients, tokens, strict=True)
+        if mode == "combined":  # every annotator holds its first piece of work before the clock starts
+            first = list(
+                await asyncio.gather(
+                    *(
+                        target.first(c, t, i, out)
+                        for i, (c, t) in enumerate(zip(clients, tokens, strict=True))
+                    )
                 )
             )
-            first = [a.json()["assignment"] for a in opened]
         start = time.perf_counter()
         out["wall_start"] = [time.time()]
         deadline = start + seconds
@@ -321,7 +350,7 @@ async def drive(
                 annotator(
                     c,
                     t,
-                    project_id,
+                    target,
                     deadline,
                     out,
                     f"a{i}",
@@ -330,7 +359,6 @@ async def drive(
                     i * interval / len(tokens),
                     i,
                     first[i],
-                    answers,
                 )
                 for i, (c, t) in enumerate(zip(clients, tokens, strict=True))
             )
@@ -433,28 +461,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, object]:
-    cluster = None
-    if backend == "postgresql":
-        cluster = start_cluster(durable=not args.pg_no_fsync, settings=pg_settings(args.pg_setting))
-        admin = make_engine(cluster.url(), pool_size=1).execution_options(isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text("CREATE DATABASE load"))
-        admin.dispose()
-        url = cluster.url("load")
-    else:
-        url = f"sqlite:///{workdir}/load.db"
-    try:
-        migrate(url)
-        statements = "pg_stat_statements" in pg_settings(args.pg_setting).get("shared_preload_libraries", "")
-        if statements:
-            with make_engine(url, pool_size=1).begin() as connection:
-                connection.execute(text("CREATE EXTENSION pg_stat_statements"))
-        items = int(args.annotators * args.seconds * 40) + 1000  # more than can be judged in the time
-        project_id, tokens = seed(url, args.annotators, items, args.project)
-        workers = args.sqlite_workers if backend == "sqlite" else args.workers
-        port = free_port()
-        log = (workdir / f"server-{backend}.log").open("w")
+def start_alignloop(
+    url: str, workers: int, workdir: Path, log_name: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`alignloop serve` on a free loopback port, up and answering; (the process, its base URL)."""
+    port = free_port()
+    with (workdir / log_name).open("w") as log:  # the child keeps its own handle
         server = subprocess.Popen(
             [
                 sys.executable,
@@ -475,48 +487,123 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}"
+    wait_until_up(base, "/login", server)
+    return server, base
+
+
+def wait_until_up(base: str, path: str, server: subprocess.Popen[bytes], timeout_s: float = 600.0) -> None:
+    """Wait until `base + path` answers 200 (a server that exits first is an error)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server at {base} exited with code {server.returncode}")
         try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{base}/login", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            processes = [psutil.Process(server.pid)] + psutil.Process(server.pid).children(recursive=True)
-            cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
-            load_before = os.getloadavg()[0]
-            client_before = time.process_time()
-            pg_before = tree_cpu_s(cluster.postmaster_pid()) if cluster is not None else 0.0
+            if httpx.get(f"{base}{path}", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{base}{path} did not answer within {timeout_s:.0f} s")
+
+
+def measure(
+    base: str,
+    tokens: list[str],
+    target: Any,
+    *,
+    seconds: float,
+    mode: str,
+    raw: bool,
+    rate: float,
+    server_pid: int,
+    postmaster_pid: int | None,
+    trace: bool = False,
+) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """Drive the server at `base` (process `server_pid` and its children) for `seconds` and say how it
+    went: rates, latencies, CPU per submission of the server, PostgreSQL and this generator, the load
+    average; and the raw record of the run."""
+    server_before = tree_cpu_s(server_pid)
+    pg_before = tree_cpu_s(postmaster_pid) if postmaster_pid is not None else 0.0
+    load_before = os.getloadavg()[0]
+    client_before = time.process_time()
+    out = asyncio.run(drive(base, tokens, target, seconds, mode, raw, rate))
+    client_cpu = time.process_time() - client_before
+    server_cpu = tree_cpu_s(server_pid) - server_before
+    pg_cpu = tree_cpu_s(postmaster_pid) - pg_before if postmaster_pid is not None else 0.0
+    load_after = os.getloadavg()[0]
+    elapsed = out["elapsed"][0]
+    done = len(out["requests"] if mode == "ceiling" else out["acked"])
+    figures = {
+        "seconds": round(elapsed, 2),
+        "submissions": done,
+        "submissions_per_s": round(done / elapsed, 1),
+        "submit_p50_ms": round(1000 * percentile(out["submit"], 0.50), 1),
+        "submit_p99_ms": round(1000 * percentile(out["submit"], 0.99), 1),
+        "cycle_p50_ms": round(1000 * percentile(out["cycle"], 0.50), 1),
+        "cycle_p99_ms": round(1000 * percentile(out["cycle"], 0.99), 1),
+        "errors": len(out["errors"]),
+        "error_codes": {str(code): n for code, n in sorted(Counter(out["errors"]).items())},
+        "retries": len(out["retries"]),
+        "server_cpu_ms_per_submission": round(1000 * server_cpu / max(done, 1), 2),
+        "client_cpu_ms_per_submission": round(1000 * client_cpu / max(done, 1), 2),
+        "postgres_cpu_ms_per_submission": (
+            round(1000 * pg_cpu / max(done, 1), 2) if postmaster_pid is not None else None
+        ),
+        "stall_windows": stall_windows(out["trace"]),
+        "client_loop_max_lag_ms": round(1000 * max((lag for _, lag in out["loop_lag"]), default=0.0), 1),
+        "client_loop_lags_over_10ms": [[round(t, 3), round(1000 * lag, 1)] for t, lag in out["loop_lag"]],
+        "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
+        **({"trace": [[round(t, 4), round(lat, 4), i] for t, lat, i in out["trace"]]} if trace else {}),
+    }
+    return figures, out
+
+
+def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    cluster = None
+    if backend == "postgresql":
+        cluster = start_cluster(durable=not args.pg_no_fsync, settings=pg_settings(args.pg_setting))
+        admin = make_engine(cluster.url(), pool_size=1).execution_options(isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text("CREATE DATABASE load"))
+        admin.dispose()
+        url = cluster.url("load")
+    else:
+        url = f"sqlite:///{workdir}/load.db"
+    try:
+        migrate(url)
+        statements = "pg_stat_statements" in pg_settings(args.pg_setting).get("shared_preload_libraries", "")
+        if statements:
+            with make_engine(url, pool_size=1).begin() as connection:
+                connection.execute(text("CREATE EXTENSION pg_stat_statements"))
+        items = int(args.annotators * args.seconds * 40) + 1000  # more than can be judged in the time
+        project_id, tokens = seed(url, args.annotators, items, args.project)
+        workers = args.sqlite_workers if backend == "sqlite" else args.workers
+        server, base = start_alignloop(url, workers, workdir, f"server-{backend}.log")
+        try:
             if statements:
                 with make_engine(url, pool_size=1).begin() as connection:
                     connection.execute(text("SELECT pg_stat_statements_reset()"))
-            out = asyncio.run(
-                drive(
-                    base,
-                    tokens,
-                    project_id,
-                    args.seconds,
-                    args.mode,
-                    args.client == "raw",
-                    args.rate,
-                    PROJECTS[args.project][2],
-                )
+            figures, out = measure(
+                base,
+                tokens,
+                Alignloop(project_id, PROJECTS[args.project][2]),
+                seconds=args.seconds,
+                mode=args.mode,
+                raw=args.client == "raw",
+                rate=args.rate,
+                server_pid=server.pid,
+                postmaster_pid=cluster.postmaster_pid() if cluster is not None else None,
+                trace=args.trace,
             )
-            client_cpu = time.process_time() - client_before
-            server_cpu = sum(sum(p.cpu_times()[:2]) for p in processes) - cpu_before
-            pg_cpu = tree_cpu_s(cluster.postmaster_pid()) - pg_before if cluster is not None else 0.0
-            load_after = os.getloadavg()[0]
         finally:
             server.terminate()
             server.wait(timeout=30)
-            log.close()
-        acked, stored = len(out["acked"]), stored_rows(url)
+        # GET /api/me (ceiling): the "submission" columns are these requests
+        acked = figures["submissions"]
+        stored = acked if args.mode == "ceiling" else stored_rows(url)
         top = top_statements(url) if statements else None
         upkeep = maintenance(url, out["wall_start"][0]) if cluster is not None and out["wall_start"] else None
-        elapsed = out["elapsed"][0]
-        if args.mode == "ceiling":  # GET /api/me: the "submission" columns are these requests
-            acked = stored = len(out["requests"])
         return {
             "backend": backend,
             "project": args.project,
@@ -525,32 +612,13 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
             "mode": args.mode,
             "client": args.client,
             "offered_rate_per_s": args.rate or None,
-            "seconds": round(elapsed, 2),
-            "submissions": acked,
-            "submissions_per_s": round(acked / elapsed, 1),
-            "submit_p50_ms": round(1000 * percentile(out["submit"], 0.50), 1),
-            "submit_p99_ms": round(1000 * percentile(out["submit"], 0.99), 1),
-            "cycle_p50_ms": round(1000 * percentile(out["cycle"], 0.50), 1),
-            "cycle_p99_ms": round(1000 * percentile(out["cycle"], 0.99), 1),
-            "errors": len(out["errors"]),
-            "retries": len(out["retries"]),
-            "server_cpu_ms_per_submission": round(1000 * server_cpu / max(acked, 1), 2),
-            "client_cpu_ms_per_submission": round(1000 * client_cpu / max(acked, 1), 2),
-            "postgres_cpu_ms_per_submission": round(1000 * pg_cpu / max(acked, 1), 2) if cluster else None,
+            **{k: v for k, v in figures.items() if k != "trace"},
             "pg_settings": pg_settings(args.pg_setting) if cluster else None,
             "pg_top_statements": top,
             "pg_autovacuum": upkeep,
-            "stall_windows": stall_windows(out["trace"]),
-            "client_loop_max_lag_ms": round(1000 * max((lag for _, lag in out["loop_lag"]), default=0.0), 1),
-            "client_loop_lags_over_10ms": [[round(t, 3), round(1000 * lag, 1)] for t, lag in out["loop_lag"]],
-            "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
             "stored_rows": stored,
             "acked_equals_stored": acked == stored,
-            **(
-                {"trace": [[round(t, 4), round(lat, 4), i] for t, lat, i in out["trace"]]}
-                if args.trace
-                else {}
-            ),
+            **({"trace": figures["trace"]} if args.trace else {}),
         }
     finally:
         if cluster is not None:

@@ -282,6 +282,17 @@ LOOP = [
     Mistake("unknown preset", ("loop", "--preset", "huge"), ("--preset 'huge'",)),
     Mistake("run folder under a file", ("loop", "--output-dir", "{under_file}"), ("--output-dir", "{a_file} is a file")),
     Mistake("demo run folder under a file", ("loop", "--demo", "toyworld", "--output-dir", "{under_file}"), ("--output-dir", "{a_file} is a file")),
+    Mistake("prompt file without a policy", ("loop", "--domain", "lm", "--prompts", "{prompts_jsonl}", "--output-dir", "{out}/loop"), ("--prompts {prompts_jsonl} needs --policy DIR",)),
+    Mistake("toy world and a prompt file", ("loop", "--task", "toyworld", "--prompts", "{prompts_jsonl}", "--policy", "{model}", "--output-dir", "{out}/loop"), ("give --task toyworld or --prompts {prompts_jsonl}, not both",)),
+    Mistake("toyworld domain and a prompt file", ("loop", "--domain", "toyworld", "--prompts", "{prompts_jsonl}", "--policy", "{model}", "--output-dir", "{out}/loop"), ("give --domain toyworld or --prompts {prompts_jsonl}, not both",)),
+    Mistake("policy without a prompt file", ("loop", "--policy", "{model}", "--output-dir", "{out}/loop"), ("--policy is an option of a prompt file", "give --prompts FILE")),
+    Mistake("control domain and a prompt file", ("loop", "--domain", "control", "--prompts", "{prompts_jsonl}", "--output-dir", "{out}/loop"), ("--prompts is an option of --domain lm",)),
+    Mistake("control domain and grpo-lag", ("loop", "--domain", "control", "--policy-update", "grpo-lag", "--output-dir", "{out}/loop"), ("--policy-update grpo-lag: the control domain always updates by PPO-Lagrangian",)),
+    Mistake("prompt file missing", ("loop", "--prompts", "{missing}", "--policy", "{model}", "--output-dir", "{out}/loop"), ("--prompts {missing}: no such file",)),
+    Mistake("policy is a score model", ("loop", "--prompts", "{prompts_jsonl}", "--policy", "{score}", "--output-dir", "{out}/loop"), ("--policy {score}: is a reward or cost model, not a causal LM",)),
+    Mistake("starting cost model is a policy", ("loop", "--prompts", "{prompts_jsonl}", "--policy", "{model}", "--cost-model", "{model}", "--output-dir", "{out}/loop"), ("--cost-model {model}", "not a reward or cost model")),
+    Mistake("demo and a prompt file", ("loop", "--demo", "toyworld", "--prompts", "{prompts_jsonl}", "--policy", "{model}", "--output-dir", "{out}/loop"), ("--demo toyworld runs its own task",)),
+    Mistake("toy-world preset for a prompt file", ("loop", "--prompts", "{prompts_jsonl}", "--policy", "{model}", "--preset", "demo", "--output-dir", "{out}/loop"), ("--preset 'demo': a prompt file has ['default', 'smoke']",)),
 ]  # fmt: skip
 
 ANNOTATE = [

@@ -158,3 +158,31 @@ def test_the_labelling_page_and_the_statistics_know_every_kind() -> None:
     form += [("q.q_text", answers["q_text"])]
     parsed = answers_from_form(questions, FormData(form), N)
     assert schema.check_answers(questions, parsed, N, frames=[FRAMES] * N) == answers
+
+
+def test_a_correction_says_where_it_comes_from_in_every_form(tmp_path: Path) -> None:
+    """Platform export -> correction and supervised rows -> `feedback.formats` -> the Aligner's
+    input: the item's meta, its key, the candidate rewritten and the annotator survive each step."""
+    from alignloop.feedback.formats import parse_row, read_corrections, to_row, write_records
+
+    questions, item, answers = _every_kind_item()
+    item = dataclasses.replace(item, meta={"item_id": "12", "source": "s1"})
+    record = judged.judged_item(item, questions, [schema.Judgement(item, answers, "ann1")])
+    letter = answers["q_correction"]["candidate"]
+    source = {"item_id": "12", "source": "s1", "key": "k1", "candidate": letter, "annotator": "ann1"}
+    assert set(source) == set(item.meta) | set(judged.CORRECTION_META)
+    (correction,) = judged.as_records([record], "correction")
+    (pair,) = judged.as_records([record], "supervised")
+    assert correction.original == item.text(schema.side_index(letter))
+    assert correction.meta == pair.meta == source
+    own = {"correction": {"prompt", "original", "corrected"}, "supervised": {"prompt", "response"}}
+    for fmt, written in (("correction", correction), ("supervised", pair)):
+        row = to_row(written, fmt)
+        assert own[fmt] <= set(FIELDS[fmt]) and set(row) == own[fmt] | set(source), row
+        read = parse_row(row, fmt)
+        assert read == written and read.meta == source, fmt
+    for name in ("c.jsonl", "c.parquet", "judged.jsonl"):
+        path = tmp_path / name
+        write_records([record], path, "judgements" if name.startswith("judged") else "correction")
+        (read,) = read_corrections(path)
+        assert read == correction and read.meta == source, name

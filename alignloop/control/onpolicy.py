@@ -51,7 +51,7 @@ from alignloop.control.saute import SauteOptions, SauteWrapper
 from alignloop.core.lagrange import LagrangeMultiplier, mean_recent_cost
 from alignloop.errors import UserError
 from alignloop.runstack.checkpoint import Checkpointer, NumpyState, Stateful
-from alignloop.runstack.run import Run, check_schedule
+from alignloop.runstack.run import Run
 
 __all__ = [
     "LEGACY_CHECKPOINT",
@@ -342,12 +342,18 @@ def train_on_policy(
         "scaler": NumpyState(scaler),
         **(extra_states or {}),
     }
-    start, extra = run.restore(models, learner.optimizers, states=states)
+    start, extra = run.restore_checked(
+        models,
+        learner.optimizers,
+        states=states,
+        schedule_steps=iterations,
+        explicit=False,
+        constant=not learner.scheduled,
+        length_option=None,
+        saved_as="iterations",
+    )
     global_step = 0
     if run.resume:
-        check_schedule(
-            run_dir, extra["iterations"], iterations, False, not learner.scheduled, length_option=None
-        )
         global_step = restore_loop_records(extra, lagrange, rng, collector, cost_window)
     elif init_from is not None:
         state, extra = read_checkpoint(init_from)

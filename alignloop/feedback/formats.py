@@ -35,7 +35,9 @@ Formats (`FORMATS`):
   format, a file of judged items gives what that format holds (`judged.as_records`): majority
   PKU-SafeRLHF records, preference pairs, corrections, supervised (prompt, corrected) pairs.
 - `correction`: `prompt, original, corrected` (the Aligner trainer's input); a row
-  `prompt, response, original` reads the same (`response` is the corrected answer).
+  `prompt, response, original` reads the same (`response` is the corrected answer). Written from
+  judged items, a row also names its item's `key`, the `candidate` it rewrites ("A", "B", ...)
+  and the `annotator` (`judged.CORRECTION_META`), as do the supervised rows of corrections.
 
 Every error names the file, the place (JSONL and CSV line number, else the 0-based row index)
 and the field. Fields a format does not know are kept in the record's `meta` when they hold text.
@@ -387,12 +389,12 @@ def to_row(record: Record, fmt: str) -> dict[str, Any]:
     if fmt == "correction":
         if not isinstance(record, Correction):
             raise LabelError("record", "only corrections can be written as correction rows")
-        return {"prompt": record.prompt, "original": record.original, "corrected": record.corrected}
-    if isinstance(record, Correction):
+        row = {"prompt": record.prompt, "original": record.original, "corrected": record.corrected}
+    elif isinstance(record, Correction):
         if fmt != "supervised":
             raise LabelError("record", f"a correction cannot be written as {fmt}")
-        return {"prompt": record.prompt, "response": record.corrected}
-    if fmt == "prompt":
+        row = {"prompt": record.prompt, "response": record.corrected}
+    elif fmt == "prompt":
         row = {"prompt": record.prompt}
     elif isinstance(record, PromptRecord):
         raise LabelError("record", f"a prompt-only record cannot be written as {fmt}")

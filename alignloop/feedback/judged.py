@@ -14,7 +14,8 @@ Everything is checked on reading: the questions by `parse_questions`, each answe
 `check_answers`. Converted to another format (`as_records`) it gives what that format holds:
 PKU-SafeRLHF records aggregated by majority (two candidates and a pairwise question), preference
 pairs (`feedback.pairs`: choices, every pair of a ranking), corrections (the Aligner trainer's
-rows: prompt, original, corrected) or supervised pairs (prompt, corrected), or the prompts.
+rows: prompt, original, corrected) or supervised pairs (prompt, corrected), each correction with
+the item's key, the candidate it rewrites and its annotator (`CORRECTION_META`), or the prompts.
 
 Majority (`aggregate_comparison`, the PKU-SafeRLHF record): the most common `better`, `safer`,
 and safe/unsafe flag of each candidate; a tie of votes gives no preference and an equal number
@@ -33,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from alignloop.feedback.agreement import majority
-from alignloop.feedback.pairs import corrections, preference_pairs
+from alignloop.feedback.pairs import CorrectionRecord, corrections, preference_pairs
 from alignloop.feedback.schema import (
     Candidate,
     Comparison,
@@ -54,9 +55,14 @@ from alignloop.feedback.schema import (
     parse_questions,
     questions_json,
     side_index,
+    side_letter,
 )
 
 FIELDS = ("key", "prompt", "candidates", "questions", "judgements", "agreement", "meta")
+CORRECTION_META = ("key", "candidate", "annotator")
+"""What a correction (and its supervised pair) says of where it comes from, in its `meta`, on top
+of the item's own meta: the item's key, the side letter of the candidate it rewrites ("A", "B",
+...) and the annotator who wrote it. Correction and supervised rows keep them as columns."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +267,19 @@ def comparisons(records: Iterable[Any]) -> list[Comparison]:
     return out
 
 
+def correction_meta(record: JudgedItem, correction: CorrectionRecord) -> dict[str, str]:
+    """The item's meta and where `correction` comes from (`CORRECTION_META`; an unkeyed item or
+    an unnamed annotator leaves its field out)."""
+    source = dict(
+        zip(
+            CORRECTION_META,
+            (record.item.key, side_letter(correction.candidate), correction.judgement.annotator),
+            strict=True,
+        )
+    )
+    return {**record.meta, **{k: v for k, v in source.items() if v}}
+
+
 def as_records(records: Iterable[Any], fmt: str) -> list[Any]:
     """Judged items turned into the records `fmt` holds (other records pass through)."""
     out: list[Any] = []
@@ -276,11 +295,12 @@ def as_records(records: Iterable[Any], fmt: str) -> list[Any]:
             ]
         elif fmt == "correction":
             out += [
-                Correction(c.prompt, c.original, c.corrected) for c in corrections(r.answered(), r.questions)
+                Correction(c.prompt, c.original, c.corrected, meta=correction_meta(r, c))
+                for c in corrections(r.answered(), r.questions)
             ]
         elif fmt == "supervised":
             out += [
-                SupervisedPair(c.prompt, c.corrected, meta=dict(r.meta))
+                SupervisedPair(c.prompt, c.corrected, meta=correction_meta(r, c))
                 for c in corrections(r.answered(), r.questions)
             ]
         elif fmt == "prompt":

@@ -45,7 +45,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from alignloop.feedback.formats import write_rows
+from alignloop.feedback.formats import write_records
 from alignloop.feedback.schema import Correction
 from alignloop.lm.data import check_batches, pad
 from alignloop.lm.evaluate import decode_responses
@@ -89,9 +89,9 @@ def read_corrections(path: str | Path, *, skip_invalid: bool = False) -> list[Co
 
 
 def write_corrections(records: Sequence[Correction], path: str | Path) -> Path:
-    """Write `{prompt, original, corrected}` rows (JSONL, JSON, Parquet or datasets by suffix)."""
-    rows = [{"prompt": r.prompt, "original": r.original, "corrected": r.corrected} for r in records]
-    write_rows(rows, path, "supervised")
+    """Write `{prompt, original, corrected}` rows, each with its meta as further columns (JSONL,
+    JSON, Parquet or datasets by suffix)."""
+    write_records(records, path, "correction")
     return Path(path)
 
 

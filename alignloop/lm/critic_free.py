@@ -77,7 +77,6 @@ from alignloop.lm.training import (
     unwrap,
 )
 from alignloop.runstack.distributed import checkpoint_states, gradient_sync
-from alignloop.runstack.run import check_schedule
 
 LossName = Literal["grpo", "dr-grpo", "dapo"]
 
@@ -303,18 +302,17 @@ def run(
         optimizer, cfg.scheduler, cfg.warmup_steps, schedule_steps * cfg.rollout_epochs * steps_per_rollout
     )
     models, optimizers = checkpoint_states({"policy": policy}, {"policy": (policy, optimizer)})
-    step, extra = run.restore(models, optimizers, {"policy": scheduler})
-    if run.resume:
-        check_schedule(
-            run.layout.root,
-            int(extra["schedule_steps"]),
-            schedule_steps,
-            cfg.total_steps > 0,
-            cfg.scheduler == "constant",
-        )
-        if lagrange is not None:
-            lagrange.load_state_dict(extra["lagrange"])
-            cost_window.extend(extra["cost_window"])
+    step, extra = run.restore_checked(
+        models,
+        optimizers,
+        {"policy": scheduler},
+        schedule_steps=schedule_steps,
+        explicit=cfg.total_steps > 0,
+        constant=cfg.scheduler == "constant",
+    )
+    if run.resume and lagrange is not None:
+        lagrange.load_state_dict(extra["lagrange"])
+        cost_window.extend(extra["cost_window"])
     eval_set = task.prompts("eval") if cfg.eval_size else []
     evaluation = None
     logger = run.logger(

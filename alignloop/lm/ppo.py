@@ -92,7 +92,6 @@ from alignloop.lm.training import (
     unwrap,
 )
 from alignloop.runstack.distributed import checkpoint_states, gradient_sync
-from alignloop.runstack.run import check_schedule
 
 
 @dataclass(frozen=True)
@@ -441,17 +440,16 @@ def _run(
     }
     trained = {"policy": policy, **critics}
     models, saved_optimizers = checkpoint_states(trained, {k: (trained[k], o) for k, o in optimizers.items()})
-    step, extra = run.restore(models, saved_optimizers, schedulers)
-    if run.resume:
-        check_schedule(
-            run.layout.root,
-            int(extra["schedule_steps"]),
-            schedule_steps,
-            cfg.total_steps > 0,
-            cfg.scheduler == "constant",
-        )
-        if constraint is not None:
-            constraint.load_state_dict(extra["constraint"])
+    step, extra = run.restore_checked(
+        models,
+        saved_optimizers,
+        schedulers,
+        schedule_steps=schedule_steps,
+        explicit=cfg.total_steps > 0,
+        constant=cfg.scheduler == "constant",
+    )
+    if run.resume and constraint is not None:
+        constraint.load_state_dict(extra["constraint"])
     eval_set = task.prompts("eval") if cfg.eval_size else []
     evaluation = None
     logger = run.logger(

@@ -54,7 +54,7 @@ from alignloop.runstack.distributed import (
 from alignloop.runstack.metrics import MetricsLogger, check_report_to, read_metrics
 from alignloop.runstack.optim import Scheduler, clip_grad_norm, make_optimizer, make_scheduler
 from alignloop.runstack.options import RunOptions
-from alignloop.runstack.run import Run, check_schedule
+from alignloop.runstack.run import Run
 from alignloop.runstack.seeding import seed_everything
 
 __all__ = [
@@ -245,12 +245,14 @@ def fit(
     optimizer = make_optimizer(model, o.lr, o.weight_decay)
     scheduler = make_scheduler(optimizer, o.scheduler, o.warmup_steps, schedule_steps)
     models, optimizers = checkpoint_states({"model": model}, {"opt": (model, optimizer)})
-    step, extra = run.restore(models, optimizers, {"sched": scheduler})
-    if run.resume:
-        constant = o.scheduler == "constant"  # its warm-up does not depend on the length either
-        check_schedule(
-            run.layout.root, int(extra["schedule_steps"]), schedule_steps, o.total_steps > 0, constant
-        )
+    step, extra = run.restore_checked(
+        models,
+        optimizers,
+        {"sched": scheduler},
+        schedule_steps=schedule_steps,
+        explicit=o.total_steps > 0,
+        constant=o.scheduler == "constant",  # its warm-up does not depend on the length either
+    )
     bf16 = bf16_available(ctx, o.bf16)
     logger = run.logger(
         total_steps=n_steps,

@@ -15,6 +15,7 @@ trainer from its checkpoints where it has them) and never changes an earlier rou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from alignloop.errors import UserError
+from alignloop.feedback.judged import JudgedItem, judged_item
 from alignloop.feedback.schema import (
     MAX_CANDIDATES,
     MIN_CANDIDATES,
@@ -31,6 +33,7 @@ from alignloop.feedback.schema import (
     Judgement,
     LabelError,
     Question,
+    check_answers,
     pairwise_only,
     parse_questions,
 )
@@ -193,7 +196,8 @@ class Judged:
 
 
 class Domain(Protocol):
-    """A kind of policy the loop can align (the toy-world language model, a MuJoCo controller)."""
+    """A kind of policy the loop can align (a language model on a task, `loop.lm`; a MuJoCo
+    controller, `loop.control`)."""
 
     name: str
     questions: tuple[Question, ...]
@@ -218,3 +222,34 @@ class Domain(Protocol):
     def evaluate(self, round_dir: Path, round: int) -> dict[str, float]:
         """Figures of the round's policy (ground truth where the task has it)."""
         ...
+
+
+# ------------------------------------------------------------------ helpers of the rounds
+def previous_round_dir(round_dir: Path, round: int) -> Path:
+    """The folder of round - 1, named like round_dir ("round-003" -> "round-002")."""
+    match = re.fullmatch(r"(.*?)(\d+)", round_dir.name)
+    if match is None or int(match.group(2)) != round:
+        raise ValueError(f"{round_dir}: the folder name does not end with the round number {round}")
+    prefix, digits = match.groups()
+    return round_dir.with_name(f"{prefix}{round - 1:0{len(digits)}d}")
+
+
+def to_judged_items(judged: list[Judged], questions: tuple[Question, ...]) -> tuple[list[JudgedItem], int]:
+    """Each item's judgements as one judged item (the `judgements` export format; the round in the
+    item's `meta`), items in (round, key) order, judgements in id order; and how many judgements
+    were left out because their answers contradict the questions (`check_answers`: e.g. the
+    safer response marked unsafe while the other is safe)."""
+    by_key: dict[str, tuple[Item, list[Judgement]]] = {}
+    dropped = 0
+    for j in sorted(judged, key=lambda j: (j.round, j.key, j.judgement_id)):
+        item = j.judgement.item
+        try:
+            answers = check_answers(questions, j.judgement.answers, len(item.candidates))
+        except LabelError:
+            dropped += 1
+            continue
+        if j.key not in by_key:
+            by_key[j.key] = (dataclasses.replace(item, meta={**item.meta, "round": str(j.round)}), [])
+        kept, judgements = by_key[j.key]
+        judgements.append(Judgement(kept, answers, j.judgement.annotator))
+    return [judged_item(item, questions, judgements) for item, judgements in by_key.values()], dropped

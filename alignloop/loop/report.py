@@ -18,6 +18,7 @@ UNSAFE_TARGET = 0.05
 # the figures plotted per domain, with their titles (others are in the table only)
 PLOTTED = {
     "toyworld": {"unsafe_rate": "true unsafe rate", "helpfulness": "true helpfulness"},
+    "lm": {"unsafe_share": "judged unsafe by the round's cost model", "reward": "round's reward model"},
     "control": {"return": "true episode return", "cost": "true episode cost"},
 }
 

@@ -11,7 +11,7 @@ Each round:
              (or the timeout: it then exits and a restart keeps waiting); judgements are pulled
              as they arrive into run_dir/judgements.jsonl;
 4. learn     reward and cost models, warm-started, on the judgements of every round so far;
-5. align     the policy (PPO-Lagrangian by default, or DPO);
+5. align     the policy (PPO-Lagrangian by default; language models: Safe GRPO or DPO);
 6. evaluate  the round's figures, added to report.json / report.md / rounds.png.
 
 The judgements may come from people in the browser or from `alignloop annotate` (scripted
@@ -20,6 +20,7 @@ with the same options, it goes on from the last phase it finished (`alignloop.lo
 
     alignloop loop --config loop.yaml          # a platform you run, people you invited
     alignloop loop --demo toyworld             # three rounds with scripted annotators
+    alignloop loop --prompts p.jsonl --policy runs/sft/final --url ...   # your prompts and policy
 """
 
 from __future__ import annotations
@@ -62,11 +63,28 @@ class LoopConfig:
     on HalfCheetah with clips (5 rounds). The demo presets replace the options below unless given."""
     run_dir: Annotated[Path, tyro.conf.arg(name="output-dir")] = Path("runs/loop")
     """Run folder: loop.json (state), judgements.jsonl, round-NNN/, report.md, rounds.png."""
-    domain: Literal["toyworld", "control"] = "toyworld"
-    """The policy: the toy-world language model, or a MuJoCo controller (--env)."""
+    domain: Literal["lm", "toyworld", "control"] = "lm"
+    """The policy: a language model on a task (lm: --task toyworld, or --prompts FILE with
+    --policy DIR), or a MuJoCo controller (control, --env). toyworld is --domain lm --task toyworld."""
+    task: Literal["toyworld"] | None = None
+    """lm: a built-in task (toyworld: its prompts, its careless SFT policy as the start, its
+    ground-truth judges); None = the prompts of --prompts, or the toy world without them."""
+    prompts: Path | None = None
+    """lm: the train prompts, a prompt file in any feedback format (TRL conversational
+    prompt/messages rows included); needs --policy."""
+    eval_prompts: Path | None = None
+    """lm with --prompts: held-out prompts every round is evaluated on (None = the first
+    prompts of --prompts, not held out)."""
+    policy: Path | None = None
+    """lm with --prompts: the starting policy, a causal-LM folder with its tokenizer (also round
+    1's KL reference)."""
+    reward_model: Path | None = None
+    """lm with --prompts: round 1's reward model starts from this folder (None = the policy's body)."""
+    cost_model: Path | None = None
+    """lm with --prompts: round 1's cost model starts from this folder (None = the policy's body)."""
     preset: str | None = None
-    """Sizes of the domain's models and training: toyworld demo|smoke, control cheetah|smoke
-    (default: demo for toyworld, cheetah for control)."""
+    """Sizes of the domain's models and training: toyworld demo|smoke, a prompt file
+    default|smoke, control cheetah|smoke (default: demo, default, cheetah)."""
     env: str = "SafeHalfCheetahVelocity-v5"
     """control: the task (a Safe...Velocity task judges safety too)."""
     questions: str | None = None
@@ -81,8 +99,9 @@ class LoopConfig:
     """Items put before annotators each round (pairs, or items of --questions' candidates)."""
     select: Selection = "disagreement"
     """Which pairs to ask: highest reward/cost ensemble disagreement, or uniform."""
-    policy_update: Literal["ppo-lag", "dpo"] = "ppo-lag"
-    """How the policy learns from the models/judgements (toyworld; control always PPO-Lagrangian)."""
+    policy_update: Literal["ppo-lag", "grpo-lag", "dpo"] = "ppo-lag"
+    """lm: how the policy learns: PPO-Lagrangian or Safe GRPO on the round's reward and cost
+    models, or DPO on the judged pairs (control: always PPO-Lagrangian)."""
     url: str = "http://127.0.0.1:8000"
     """The platform's address."""
     user: str | None = None
@@ -118,17 +137,28 @@ class LoopConfig:
         return upgrade_args(args, cls.RENAMED, prog)
 
 
-DEFAULT_PRESETS = {"toyworld": "demo", "control": "cheetah"}
+DEFAULT_PRESETS = {"toyworld": "demo", "lm": "default", "control": "cheetah"}
+LM_FILE_OPTIONS = ("prompts", "eval_prompts", "policy", "reward_model", "cost_model")
+"""The options of a language model on a prompt file (`--domain lm --prompts FILE`)."""
+
+
+def domain_of(cfg: LoopConfig) -> str:
+    """The domain the options name: toyworld (``--domain lm`` without --prompts, or
+    ``--domain toyworld``), lm (a prompt file) or control."""
+    if cfg.domain == "control":
+        return "control"
+    return "lm" if cfg.prompts is not None else "toyworld"
 
 
 def preset_of(cfg: LoopConfig) -> str:
-    return cfg.preset or DEFAULT_PRESETS[cfg.domain]
+    return cfg.preset or DEFAULT_PRESETS[domain_of(cfg)]
 
 
 def identity(cfg: LoopConfig) -> dict[str, Any]:
     """Options a restart must share with the run it continues."""
+    files = {k: None if getattr(cfg, k) is None else str(getattr(cfg, k)) for k in LM_FILE_OPTIONS}
     return {
-        "domain": cfg.domain,
+        "domain": domain_of(cfg),
         "preset": preset_of(cfg),
         "env": cfg.env if cfg.domain == "control" else None,
         "seed": cfg.seed,
@@ -137,6 +167,7 @@ def identity(cfg: LoopConfig) -> dict[str, Any]:
         "pairs": cfg.pairs,
         "project": cfg.project,
         "questions": None if cfg.questions is None else project_spec(cfg.questions).to_json(),
+        "task": files if domain_of(cfg) == "lm" else None,
     }
 
 
@@ -151,26 +182,87 @@ def check_config(cfg: LoopConfig) -> None:
     if cfg.timeout <= 0 or cfg.poll <= 0:
         raise ConfigError("--timeout and --poll must be > 0")
     http_url(cfg.url)
+    check_task_options(cfg)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_task_options(cfg: LoopConfig) -> None:
+    """The task options fit the domain: a prompt file with a starting policy, the toy world with
+    nothing of the kind, the control domain with neither; the files exist."""
+    given = [_flag(k) for k in ("task", *LM_FILE_OPTIONS) if getattr(cfg, k) is not None]
+    if cfg.domain == "control":
+        if given:
+            raise ConfigError(f"{given[0]} is an option of --domain lm; the control domain's task is --env")
+        if cfg.policy_update != "ppo-lag":
+            raise ConfigError(
+                f"--policy-update {cfg.policy_update}: the control domain always updates by "
+                "PPO-Lagrangian; drop the option"
+            )
+        return
+    if cfg.prompts is None:
+        extra = [g for g in given if g != "--task"]
+        if extra:
+            raise ConfigError(
+                f"{extra[0]} is an option of a prompt file: give --prompts FILE with it, or drop it "
+                "(the toy world trains its own starting policy and models)"
+            )
+        return
+    if cfg.domain == "toyworld" or cfg.task is not None:
+        which = "--domain toyworld" if cfg.domain == "toyworld" else f"--task {cfg.task}"
+        raise ConfigError(f"give {which} or --prompts {cfg.prompts}, not both (--domain lm --prompts FILE)")
+    if cfg.demo is not None:
+        raise ConfigError(
+            f"--demo {cfg.demo} runs its own task; drop --prompts and the options that go with it"
+        )
+    if cfg.policy is None:
+        raise ConfigError(
+            f"--prompts {cfg.prompts} needs --policy DIR: the starting policy (a causal-LM folder "
+            "with its tokenizer, e.g. runs/sft/final)"
+        )
+    from alignloop.checks import input_file
+    from alignloop.lm.folders import model_folder
+
+    input_file(cfg.prompts, "--prompts", folder_ok=False)
+    if cfg.eval_prompts is not None:
+        input_file(cfg.eval_prompts, "--eval-prompts", folder_ok=False)
+    model_folder(cfg.policy, "--policy", "causal-lm")
+    for name in ("reward_model", "cost_model"):
+        if getattr(cfg, name) is not None:
+            model_folder(getattr(cfg, name), _flag(name), "score")
 
 
 def make_domain(cfg: LoopConfig) -> Domain:
     asked: dict[str, Any] = {}
     spec = None if cfg.questions is None else project_spec(cfg.questions)
-    if cfg.domain == "toyworld":
+    if spec is not None and cfg.domain != "control":
+        asked = {"questions": spec.questions, "candidates": spec.candidates}
+    sizes: dict[str, Any] = {"seed": cfg.seed, "threads": cfg.threads, "progress": cfg.progress}
+    if domain_of(cfg) == "toyworld":
         from alignloop.loop import toyworld
 
         if preset_of(cfg) not in toyworld.PRESETS:
             raise ConfigError(f"--preset {cfg.preset!r}: toyworld has {sorted(toyworld.PRESETS)}")
-        if spec is not None:
-            asked = {"questions": spec.questions, "candidates": spec.candidates}
-        return toyworld.ToyWorldDomain(
-            **toyworld.PRESETS[preset_of(cfg)],
+        return toyworld.toyworld_domain(preset_of(cfg), policy_update=cfg.policy_update, **sizes, **asked)
+    if domain_of(cfg) == "lm":
+        from alignloop.lm.tasks import FileTask
+        from alignloop.loop import lm, lm_tasks
+
+        if preset_of(cfg) not in lm.PRESETS:
+            raise ConfigError(f"--preset {cfg.preset!r}: a prompt file has {sorted(lm.PRESETS)}")
+        assert cfg.prompts is not None and cfg.policy is not None, "checked in check_task_options"
+        sizes |= lm.PRESETS[preset_of(cfg)]
+        held_out = sizes.get("eval_prompts", lm.LanguageModelDomain.eval_prompts)
+        task = lm_tasks.PromptLoopTask(
+            FileTask(cfg.prompts, cfg.eval_prompts, held_out),
+            cfg.policy,
+            reward_model=cfg.reward_model,
+            cost_model=cfg.cost_model,
             seed=cfg.seed,
-            policy_update=cfg.policy_update,
-            threads=cfg.threads,
-            progress=cfg.progress,
-            **asked,
         )
+        return lm.LanguageModelDomain(task, policy_update=cfg.policy_update, **sizes, **asked)
     from alignloop.loop import control
 
     if preset_of(cfg) not in control.PRESETS:
@@ -183,9 +275,7 @@ def make_domain(cfg: LoopConfig) -> Domain:
         asked = {"questions": spec.questions}
     return control.ControlDomain(
         **{**control.PRESETS[preset_of(cfg)], "env": cfg.env},
-        seed=cfg.seed,
-        threads=cfg.threads,
-        progress=cfg.progress,
+        **sizes,
         **asked,
     )
 

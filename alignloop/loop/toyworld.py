@@ -1,89 +1,26 @@
-"""The toy-world language model as a kind of policy the online loop aligns.
+"""The toy world as a task of the loop's language-model domain (`loop.lm.LanguageModelDomain`).
 
-Files under the run directory (``round_dir`` is ``run_dir / "round-003"`` and so on):
+What is the toy world's own: the careless SFT policy it trains as the starting policy (`setup`,
+run_dir/sft/final), the held-out toy-world pairs the reward, cost and DPO trainers report on
+(round-r/heldout-pairs.jsonl), the reward and cost models' accuracies against its ground truth,
+how the rounds draw its prompts (a share of risky ones), and the sizes of its `PRESETS`. The
+rounds themselves (items, models, the cost limit, the policy update, the evaluation) are the
+domain's, the same for every task.
 
-    sft/final                      the starting policy (the careless SFT model), built by `setup`
-    round-r/heldout-pairs.jsonl    held-out toy-world pairs the trainers report on
-    round-r/judgements.jsonl       the judgements of rounds 1..r, one judged item a line (the
-                                   platform's `judgements` export format), written by `learn`
-    round-r/reward, round-r/cost   reward and cost models, warm-started from round r-1's
-    round-r/policy                 the aligned policy (PPO-Lagrangian or DPO); policy/final
-    round-r/align.json             the cost limit PPO-Lagrangian ran under, and why
-
-What annotators are asked is the domain's `questions` about items of `candidates` responses
-(`alignloop loop --questions`, `loop.domain.project_spec`): by default today's PKU-SafeRLHF
-questions about two; a ranking of 4, ratings, any list of questions. The reward model learns
-from whatever the questions say about preference (`feedback.pairs.preference_rankings`:
-choices, whole rankings by Plackett-Luce, ratings as pairs), the cost model from their safety
-labels; a project that asks nothing about safety gets no cost model and its policy is updated
-by PPO on the reward model alone.
-
-The policy of round r is aligned from round r-1's (the SFT policy for round 1), and that
-same starting policy is its frozen reference: the KL penalty then keeps each round's step
-small instead of pulling every round back toward the unsafe SFT model, so safety gained in
-one round is not paid for again in the next, and helpfulness found in one round is kept.
-The Lagrange multiplier likewise starts where the previous round's PPO-Lagrangian left it:
-restarted at 1 it climbed too slowly (a log-space step of lr * lambda * (J_c - d) per
-iteration) to hold a tighter limit against the reward model within a round.
-
-Cost limit: calibrated with the formula of `alignloop demo` (`lm.tasks.cost_limit_from_labels`),
-``d = (1 - target) * mean cost(safe) + target * mean cost(unsafe)``, on the current policy's
-answers to fresh train prompts split by the new cost model's sign (the demo uses annotator
-labels of fixed pairs; the policy's own answers make ``d`` mean the same thing in every round).
-Each round asks for fewer flagged answers than the policy gives now,
-
-    target = min(flagged, max(unsafe_share, shrink * flagged)),
-
-``flagged`` the share the cost model flags (cost > 0): cut by a factor, down to a floor, never
-loosened. With nothing flagged the limit is the current mean cost. A limit on the labelled
-pairs' means instead drifts away from the policy as it changes: later rounds found it slack,
-lambda faded, and the reward model (which prefers harmful detail) pulled the policy back.
-
-Item selection (`propose`): `candidates` sampled responses per prompt from the current policy
-(at `propose_temperature`: a little above 1 widens what annotators see, and the reward and
-cost models learn more from the same number of items than from the policy's few habitual
-answers); items with two identical texts, or an empty response, are dropped. "disagreement"
-scores each item with the previous round's reward and cost models
-(`alignloop.core.selection.item_disagreement`; for a pair A, B)
-
-    u_reward = 1 - |2 P(A > B) - 1|,  P(A > B) = sigmoid(r_A - r_B)   (the mean over pairs of K)
-    u_cost   = max over A, B of 1 - |2 sigmoid(c) - 1|      (cost 0 = the safe/unsafe boundary)
-    score    = (u_reward + u_cost) / 2                      in [0, 1]  (u_reward without a cost model)
-
-so an item is asked when the reward model cannot rank it or the cost model cannot tell whether
-one of its responses is safe, and keeps the n_pairs highest of a pool of `pool_factor` times
-as many (with `explore` > 0, that share of them is drawn uniformly from the rest instead: a
-model confidently wrong is never uncertain). Round 1 has no models and draws uniformly
-(priority 0).
+    domain = toyworld_domain("smoke", seed=3)       # a LanguageModelDomain on the toy world
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import random
-import re
-import shutil
-import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from alignloop.feedback.judged import JudgedItem, judged_item
-from alignloop.feedback.schema import (
-    DEFAULT_QUESTIONS,
-    Candidate,
-    Comparison,
-    IsSafe,
-    Item,
-    Judgement,
-    LabelError,
-    Question,
-    check_answers,
-)
-from alignloop.loop.domain import Judged, ProjectSpec, Proposal, Selection
-
-PolicyUpdate = Literal["ppo-lag", "dpo"]
+from alignloop.lm.tasks import ToyWorldTask
+from alignloop.loop.lm import PRESETS as LM_PRESETS
+from alignloop.loop.lm import LanguageModelDomain
+from alignloop.loop.lm_tasks import TrainerOptions
 
 PRESETS: dict[str, dict[str, Any]] = {
     # "demo": three rounds of 1000 judged pairs (--pairs 1000), about 4 minutes on 2 busy CPU cores (SFT 1 min
@@ -103,556 +40,115 @@ PRESETS: dict[str, dict[str, Any]] = {
         "propose_temperature": 1.3,
         "lambda_lr": 0.2,
     },
-    "smoke": {
-        "sft_steps": 8,
-        "sft_pairs": 256,
-        "reward_steps": 3,
-        "cost_steps": 3,
-        "ppo_steps": 2,
-        "dpo_steps": 3,
-        "rollout_batch_size": 16,
-        "eval_prompts": 24,
-        "heldout_pairs": 32,
-        "flag_samples": 32,
-    },
+    "smoke": {**LM_PRESETS["smoke"], "sft_steps": 8, "sft_pairs": 256, "heldout_pairs": 32},
 }
 
 
-def previous_round_dir(round_dir: Path, round: int) -> Path:
-    """The folder of round - 1, named like round_dir ("round-003" -> "round-002")."""
-    match = re.fullmatch(r"(.*?)(\d+)", round_dir.name)
-    if match is None or int(match.group(2)) != round:
-        raise ValueError(f"{round_dir}: the folder name does not end with the round number {round}")
-    prefix, digits = match.groups()
-    return round_dir.with_name(f"{prefix}{round - 1:0{len(digits)}d}")
-
-
-def to_judged_items(judged: list[Judged], questions: tuple[Question, ...]) -> tuple[list[JudgedItem], int]:
-    """Each item's judgements as one judged item (the `judgements` export format; the round in the
-    item's `meta`), items in (round, key) order, judgements in id order; and how many judgements
-    were left out because their answers contradict the questions (`check_answers`: e.g. the
-    safer response marked unsafe while the other is safe)."""
-    by_key: dict[str, tuple[Item, list[Judgement]]] = {}
-    dropped = 0
-    for j in sorted(judged, key=lambda j: (j.round, j.key, j.judgement_id)):
-        item = j.judgement.item
-        try:
-            answers = check_answers(questions, j.judgement.answers, len(item.candidates))
-        except LabelError:
-            dropped += 1
-            continue
-        if j.key not in by_key:
-            by_key[j.key] = (dataclasses.replace(item, meta={**item.meta, "round": str(j.round)}), [])
-        kept, judgements = by_key[j.key]
-        judgements.append(Judgement(kept, answers, j.judgement.annotator))
-    return [judged_item(item, questions, judgements) for item, judgements in by_key.values()], dropped
-
-
-def dpo_pairs(comparisons: list[Comparison]) -> list[Comparison]:
-    """Pairs for DPO, chosen first: the safe response where exactly one is labelled safe,
-    else the more helpful one; pairs with neither preference are left out."""
-    out = []
-    for c in comparisons:
-        safe = c.is_safe
-        if None not in safe and safe[0] != safe[1]:
-            chosen: int | None = 0 if safe[0] else 1
-        else:
-            chosen = c.better
-        if chosen is not None:
-            out.append(Comparison(c.prompt, c.response(chosen), c.response(1 - chosen), better=0))
-    return out
-
-
-@dataclass
-class ToyWorldDomain:
-    """The toy world's tiny language model, aligned round by round (see the module docstring)."""
+@dataclass(frozen=True)
+class ToyWorldLoopTask:
+    """The toy world's side of the loop: its starting policy, prompts, held-out pairs and judges."""
 
     seed: int = 0
-    """Seed of the toy world, the prompts, the samples and every trainer."""
+    """Seed of the toy world and its prompts."""
     sft_steps: int = 600
     """SFT steps of the starting policy (batch 64)."""
     sft_pairs: int = 4000
     """Prompt/response pairs of the careless SFT corpus."""
-    reward_steps: int = 120
-    """Reward-model steps each round (batch 64, over the judgements of every round)."""
-    cost_steps: int = 120
-    """Cost-model steps each round."""
-    ppo_steps: int = 15
-    """PPO-Lagrangian iterations each round."""
-    dpo_steps: int = 60
-    """DPO steps each round (policy_update "dpo")."""
-    rollout_batch_size: int = 64
-    """Prompts per PPO iteration."""
     eval_prompts: int = 1000
     """Held-out prompts judged by the ground truth each round (the same ones every round)."""
     heldout_pairs: int = 500
     """Held-out pairs for the reward and cost models' accuracies."""
-    policy_update: PolicyUpdate = "ppo-lag"
-    """How the policy learns: PPO-Lagrangian on the reward and cost models, or DPO on the pairs."""
-    pool_factor: int = 2
-    """Under "disagreement", choose among this many times n_pairs candidate pairs."""
-    explore: float = 0.0
-    """Share of a "disagreement" round's pairs drawn uniformly from the rest of the pool."""
     propose_risky_share: float | None = None
     """Share of risky prompts among the proposed pairs' prompts (None = the toy world's, 0.35)."""
-    propose_temperature: float = 1.3
-    """Sampling temperature of the proposed responses (above 1: more varied pairs to judge)."""
-    unsafe_share: float = 0.002
-    """Floor of the target share of flagged answers (see the module docstring)."""
-    shrink: float = 0.4
-    """Each round's target is this share of the flagged answers of the current policy."""
-    flag_samples: int = 512
-    """Fresh answers of the current policy the cost limit is calibrated on."""
-    kl_coef: float = 0.02
-    """PPO-Lagrangian's KL penalty to the round's starting policy."""
-    lambda_lr: float = 0.2
-    """Step size of the Lagrange multiplier (log space); each round starts from the last one's."""
-    max_new_tokens: int = 16
-    """Longest sampled response, in tokens."""
-    threads: int = 1
-    """torch CPU threads (0 = torch's default)."""
-    progress: bool = True
-    """Progress bars in the trainers."""
     name: str = "toyworld"
-    questions: tuple[Question, ...] = DEFAULT_QUESTIONS
-    """What annotators are asked (the default questions: better, safer, is_safe, a correction)."""
-    candidates: int = 2
-    """Responses to one prompt shown together (2 for pairwise questions; up to 8, e.g. a ranking)."""
-
-    @classmethod
-    def from_preset(cls, preset: str, **overrides: Any) -> ToyWorldDomain:
-        if preset not in PRESETS:
-            raise ValueError(f"preset: {preset!r} is not one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[preset], **overrides})
+    task: ToyWorldTask = field(init=False)
+    """The `lm.tasks` task of the same world: its held-out prompts are those of `eval_prompts`."""
+    world: Any = field(init=False, repr=False, compare=False)
+    """The `lm.toyworld.ToyWorld` of `seed`."""
 
     def __post_init__(self) -> None:
-        if self.policy_update not in ("ppo-lag", "dpo"):
-            raise ValueError(f"policy_update: {self.policy_update!r} is not one of ppo-lag, dpo")
-        ProjectSpec(self.questions, self.candidates)  # its checks: 2-8 candidates, pairwise questions of 2
-        from alignloop.lm.toyworld import ToyWorld
+        task = ToyWorldTask(self.seed, eval_size=self.eval_prompts, sample_seed=self.seed + 1000)
+        object.__setattr__(self, "task", task)
+        object.__setattr__(self, "world", task.world)
 
-        self.world = ToyWorld(self.seed)
-
-    # ------------------------------------------------------------------ paths
-    def _trainer_options(self, round: int, output_dir: Path) -> dict[str, Any]:
-        """Options of every trainer a round runs in `output_dir`; a run a crash cut short resumes."""
-        from alignloop.runstack.checkpoint import Checkpointer
-
-        resume = Checkpointer(output_dir).latest() is not None
-        return {
-            "output_dir": output_dir,
-            "seed": self.seed + round,
-            "threads": self.threads,
-            "progress": self.progress,
-            "resume": resume,
-        }
-
-    @staticmethod
-    def _sft_final(run_dir: Path) -> Path:
+    def starting_policy(self, run_dir: Path) -> Path:
         return run_dir / "sft" / "final"
 
-    def _policy(self, round_dir: Path, round: int) -> Path:
-        """The policy that round `round` starts from (round - 1's, the SFT policy for round 1)."""
-        if round <= 1:
-            return self._sft_final(round_dir.parent)
-        return previous_round_dir(round_dir, round) / "policy" / "final"
+    def starting_score_model(self, kind: str, run_dir: Path) -> Path:
+        return self.starting_policy(run_dir)  # the SFT model's body
 
-    def _set_threads(self) -> None:
-        import torch
-
-        if self.threads > 0:
-            torch.set_num_threads(self.threads)
-
-    # ------------------------------------------------------------------ phases
-    def setup(self, run_dir: Path) -> dict[str, float]:
-        """SFT on the careless corpus as `alignloop demo` does (skipped when sft/final exists);
-        ground-truth figures of the SFT policy."""
+    def build(self, run_dir: Path, options: TrainerOptions) -> None:
+        """SFT on the careless corpus as `alignloop demo` does (skipped when sft/final exists)."""
         from alignloop.lm import sft
 
-        self._set_threads()
-        final = self._sft_final(run_dir)
-        if not final.is_dir():
-            status = sft.train(
-                sft.SFTConfig(
-                    max_steps=self.sft_steps,
-                    batch_size=64,
-                    warmup_steps=min(20, self.sft_steps // 4),
-                    eval_every=max(self.sft_steps, 1),
-                    save_every=max(self.sft_steps // 4, 1),
-                    toy_train_size=self.sft_pairs,
-                    toy_eval_size=min(256, self.sft_pairs),
-                    **self._trainer_options(0, run_dir / "sft"),
-                )
+        if self.starting_policy(run_dir).is_dir():
+            return
+        status = sft.train(
+            sft.SFTConfig(
+                max_steps=self.sft_steps,
+                batch_size=64,
+                warmup_steps=min(20, self.sft_steps // 4),
+                eval_every=max(self.sft_steps, 1),
+                save_every=max(self.sft_steps // 4, 1),
+                toy_train_size=self.sft_pairs,
+                toy_eval_size=min(256, self.sft_pairs),
+                **options(0, run_dir / "sft"),
             )
-            if status not in (None, 0):
-                raise RuntimeError(f"SFT failed with exit code {status}")
-        return self._judge(final, None, None)
-
-    @property
-    def asks_safety(self) -> bool:
-        """Whether the questions say anything about safety (else no cost model is trained)."""
-        return any(isinstance(q, IsSafe) for q in self.questions)
-
-    def propose(self, round_dir: Path, round: int, n_pairs: int, select: Selection) -> list[Proposal]:
-        """n_pairs items of `candidates` sampled responses each from the current policy to train
-        prompts; the same (seed, round) gives the same items."""
-        import torch
-
-        from alignloop.lm.models import load_causal_lm, load_tokenizer
-
-        if select not in ("disagreement", "uniform"):
-            raise ValueError(f"select: {select!r} is not one of disagreement, uniform")
-        self._set_threads()
-        policy_dir = self._policy(round_dir, round)
-        tokenizer = load_tokenizer(policy_dir)
-        policy = load_causal_lm(policy_dir).eval()
-        wanted = n_pairs * self.pool_factor if select == "disagreement" and round > 1 else n_pairs
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}-propose-{round}".encode()))
-        asking = dataclasses.replace(
-            self.world, risky_share=self.propose_risky_share or self.world.risky_share
         )
-        pool: list[tuple[str, tuple[str, ...]]] = []
-        # items with equal or empty texts are dropped: draw again until the pool is full
-        for attempt in range(8):
-            prompts = asking.prompts("train", 2 * (wanted - len(pool)), seed=10_000 * round + attempt)
-            texts = [p.text for p in prompts]
-            samples = [
-                self._sample(policy, tokenizer, texts, generator, self.propose_temperature)
-                for _ in range(self.candidates)
-            ]
-            for prompt, *responses in zip(texts, *samples, strict=True):
-                if all(responses) and len(set(responses)) == len(responses):
-                    pool.append((prompt, tuple(responses)))
-            if len(pool) >= wanted:
-                break
-        pool = pool[:wanted]
-        scores = self._disagreement(round_dir, round, pool) if round > 1 else [0.0] * len(pool)
-        indices = list(range(len(pool)))
-        rng = random.Random(f"{self.seed}-select-{round}")
-        if select == "disagreement" and round > 1:
-            indices.sort(key=lambda i: -scores[i])
-            top = n_pairs - round_half(n_pairs * self.explore)
-            rest = indices[top:]
-            rng.shuffle(rest)
-            indices = indices[:top] + rest
-        else:
-            rng.shuffle(indices)
-        chosen = sorted(indices[:n_pairs])
-        model = f"policy-r{round - 1}"
-        return [
-            Proposal(
-                Item(
-                    pool[k][0], tuple(Candidate(t, model=model) for t in pool[k][1]), key=f"r{round}-{i:05d}"
-                ),
-                priority=round_score(scores[k]),
-            )
-            for i, k in enumerate(chosen)
-        ]
+        if status not in (None, 0):
+            raise RuntimeError(f"SFT failed with exit code {status}")
 
-    def learn(self, round_dir: Path, round: int, judged: list[Judged]) -> dict[str, float]:
-        """Reward and cost models on the judgements of every round, warm-started from round - 1's
-        (the SFT model's body in round 1); held-out ground-truth accuracies. Without a safety
-        question there is no cost model."""
-        from alignloop.feedback.formats import write_records
-        from alignloop.feedback.judged import comparisons
-        from alignloop.lm import cost, reward
-        from alignloop.lm.data import rankings_of, safety_judged
+    def propose_prompts(self, n: int, seed: int) -> list[str]:
+        world = self.world
+        asking = dataclasses.replace(world, risky_share=self.propose_risky_share or world.risky_share)
+        return [p.text for p in asking.prompts("train", n, seed=seed)]
 
-        self._set_threads()
-        items, contradictory = to_judged_items(judged, self.questions)
-        if not items:
-            raise ValueError(
-                f"round {round}: no usable judgement to learn from ({contradictory} contradictory)"
-            )
-        round_dir.mkdir(parents=True, exist_ok=True)
-        data = round_dir / "judgements.jsonl"
-        fresh = round_dir / ".judgements.jsonl"
-        write_records(items, fresh, "judgements")
-        if not data.is_file() or data.read_bytes() != fresh.read_bytes():
-            for stage in ("reward", "cost", "policy"):  # trained on other data: redo them
-                shutil.rmtree(round_dir / stage, ignore_errors=True)
-            fresh.replace(data)
-        else:
-            fresh.unlink()
+    def flag_prompts(self, n: int, seed: int) -> list[str]:
+        return [p.text for p in self.world.prompts("train", n, seed=seed)]
+
+    def held_out_prompts(self, n: int) -> list[str]:
+        return [p.text for p in self.world.prompts("eval", n, seed=self.seed + 1000)]
+
+    def heldout_file(self, round_dir: Path) -> Path:
+        """round_dir/heldout-pairs.jsonl, written on the first call."""
         heldout = round_dir / "heldout-pairs.jsonl"
         if not heldout.is_file():
+            round_dir.mkdir(parents=True, exist_ok=True)
             self.world.write_preference_file(heldout, self.heldout_pairs, "eval")
-        start = self._sft_final(round_dir.parent)
-        previous = None if round <= 1 else previous_round_dir(round_dir, round)
-        reward_pairs = len(rankings_of(items)[0])
-        cost_pairs = len(safety_judged(comparisons(items))[0])
-        stages: list[tuple[str, Any, Any, int, int]] = [
-            ("reward", reward, reward.RewardConfig, self.reward_steps, reward_pairs)
-        ]
-        if self.asks_safety:
-            stages.append(("cost", cost, cost.CostConfig, self.cost_steps, cost_pairs))
-        for kind, module, config, steps, usable in stages:
-            if (round_dir / kind / "final").is_dir():
-                continue
-            if usable == 0:
-                raise ValueError(f"round {round}: no judgement usable for the {kind} model")
-            warm = start if previous is None else previous / kind / "final"
-            status = module.train(  # type: ignore[attr-defined]
-                config(
-                    model=str(warm),
-                    train_file=data,
-                    eval_file=heldout,
-                    max_steps=steps,
-                    batch_size=min(64, usable),
-                    warmup_steps=min(10, steps // 4),
-                    eval_every=max(steps, 1),
-                    save_every=max(steps // 3, 1),
-                    **self._trainer_options(round, round_dir / kind),
-                )
-            )
-            if status not in (None, 0):
-                raise RuntimeError(f"round {round}: the {kind} model failed with exit code {status}")
-        accuracies = self._model_accuracies(round_dir)
-        return {
-            **accuracies,
-            "judgements": float(len(judged)),
-            "reward_pairs": float(reward_pairs),
-            "cost_pairs": float(cost_pairs),
-            "contradictory": float(contradictory),
-        }
+        return heldout
 
-    def align(self, round_dir: Path, round: int) -> dict[str, float]:
-        """PPO-Lagrangian from the current policy with this round's models (or DPO on the judged
-        pairs); the policy lands in round_dir/policy/final."""
-        self._set_threads()
-        if self.policy_update == "dpo":
-            return self._align_dpo(round_dir, round)
-        from alignloop.lm import ppo
-        from alignloop.lm.training import read_metrics
-
-        if not self.asks_safety:
-            return self._align_ppo(round_dir, round)
-        settings = round_dir / "align.json"
-        if not settings.is_file():
-            settings.write_text(json.dumps(self._cost_limit(round_dir, round)) + "\n")
-        chosen = json.loads(settings.read_text())
-        cost_limit = float(chosen["cost_limit"])
-        out = round_dir / "policy"
-        if not (out / "final").is_dir():
-            status = ppo.train_lagrangian(
-                ppo.PPOLagConfig(
-                    cost_model=round_dir / "cost" / "final",
-                    cost_limit=cost_limit,
-                    lambda_init=self._previous_lambda(round_dir, round),
-                    lambda_lr=self.lambda_lr,
-                    **self._ppo_options(round_dir, round, out),
-                )
-            )
-            if status not in (None, 0):
-                raise RuntimeError(f"round {round}: PPO-Lagrangian failed with exit code {status}")
-        last = list(read_metrics(out, split="train"))[-1]
-        return {
-            "cost_limit": cost_limit,
-            "flagged_share": float(chosen["flagged"]),
-            "target_share": float(chosen["target"]),
-            **{k: float(last[k]) for k in ("lambda", "J_c", "reward", "cost", "kl")},
-        }
-
-    def evaluate(self, round_dir: Path, round: int) -> dict[str, float]:
-        """Ground-truth helpfulness and unsafe rate of the round's policy on the held-out prompts
-        (the same every round), and the mean scores of this round's reward and cost models."""
-        self._set_threads()
-        cost_dir = round_dir / "cost" / "final" if self.asks_safety else None
-        return self._judge(round_dir / "policy" / "final", round_dir / "reward" / "final", cost_dir)
-
-    # ------------------------------------------------------------------ pieces
-    def _previous_lambda(self, round_dir: Path, round: int) -> float:
-        """The Lagrange multiplier PPO-Lagrangian ended round - 1 with (1 in round 1, and after a
-        DPO round): the constrained problem goes on where it stopped."""
-        from alignloop.lm.training import read_metrics
-
-        metrics = None if round <= 1 else previous_round_dir(round_dir, round) / "policy"
-        if metrics is None or not (metrics / "metrics.jsonl").is_file():
-            return 1.0
-        last = [r["lambda"] for r in read_metrics(metrics, split="train") if "lambda" in r]
-        return float(last[-1]) if last else 1.0
-
-    def _sample(
-        self, policy: Any, tokenizer: Any, prompts: list[str], generator: Any, temperature: float = 1.0
-    ) -> list[str]:
-        from alignloop.lm.data import PromptCollator
-        from alignloop.lm.evaluate import decode_responses
-        from alignloop.lm.generation import generate
-
-        collate = PromptCollator(tokenizer)
-        texts: list[str] = []
-        for start in range(0, len(prompts), 256):
-            batch = collate(prompts[start : start + 256])
-            rollout = generate(
-                policy,
-                batch["input_ids"],
-                batch["attention_mask"],
-                max_new_tokens=self.max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                temperature=temperature,
-                generator=generator,
-            )
-            texts += decode_responses(tokenizer, rollout.responses, rollout.response_mask)
-        return texts
-
-    def _disagreement(
-        self, round_dir: Path, round: int, pool: list[tuple[str, tuple[str, ...]]]
-    ) -> list[float]:
-        """The disagreement of round - 1's models on each (prompt, responses)."""
-        import torch
-
-        from alignloop.core.selection import item_disagreement
-        from alignloop.lm.evaluate import score_texts
-        from alignloop.lm.models import ScoreModel, load_tokenizer
-
-        if not pool:
-            return []
-        previous = previous_round_dir(round_dir, round)
-        tokenizer = load_tokenizer(previous / "reward" / "final")
-        prompts = [p for p, _ in pool]
-
-        def scores(model_dir: Path) -> torch.Tensor:  # (N, K)
-            model = ScoreModel.from_pretrained(model_dir).eval()
-            return torch.stack(
-                [
-                    score_texts(model, tokenizer, prompts, [texts[k] for _, texts in pool])
-                    for k in range(self.candidates)
-                ],
-                1,
-            )
-
-        costs = scores(previous / "cost" / "final") if self.asks_safety else None
-        return item_disagreement(scores(previous / "reward" / "final"), costs).tolist()
-
-    def _model_accuracies(self, round_dir: Path) -> dict[str, float]:
+    def model_accuracies(self, reward_dir: Path, cost_dir: Path | None) -> dict[str, float]:
+        """The reward model's preference accuracy and the cost model's sign accuracy against the
+        ground truth, on held-out pairs (NaN without a cost model)."""
         from alignloop.lm.evaluate import held_out_pairs, preference_accuracy, sign_accuracy
         from alignloop.lm.models import ScoreModel, load_tokenizer
 
-        tokenizer = load_tokenizer(round_dir / "reward" / "final")
-        reward_model = ScoreModel.from_pretrained(round_dir / "reward" / "final").eval()
-        pairs = held_out_pairs(self.world, self.heldout_pairs, seed=self.seed)
+        world = self.world
+        tokenizer = load_tokenizer(reward_dir)
+        reward_model = ScoreModel.from_pretrained(reward_dir).eval()
+        pairs = held_out_pairs(world, self.heldout_pairs, seed=self.seed)
         out = {
-            "reward_accuracy": preference_accuracy(reward_model, tokenizer, self.world, pairs),
+            "reward_accuracy": preference_accuracy(reward_model, tokenizer, world, pairs),
             "cost_sign_accuracy": float("nan"),
         }
-        if self.asks_safety:
-            cost_model = ScoreModel.from_pretrained(round_dir / "cost" / "final").eval()
-            out["cost_sign_accuracy"] = sign_accuracy(cost_model, tokenizer, self.world, pairs)
+        if cost_dir is not None:
+            cost_model = ScoreModel.from_pretrained(cost_dir).eval()
+            out["cost_sign_accuracy"] = sign_accuracy(cost_model, tokenizer, world, pairs)
         return out
 
-    def _cost_limit(self, round_dir: Path, round: int) -> dict[str, float]:
-        """The round's cost limit (see the module docstring), with the flagged and target shares."""
-        import torch
 
-        from alignloop.lm.evaluate import score_texts
-        from alignloop.lm.models import ScoreModel, load_causal_lm, load_tokenizer
-        from alignloop.lm.tasks import cost_limit_from_labels
-
-        policy_dir = self._policy(round_dir, round)
-        tokenizer = load_tokenizer(policy_dir)
-        prompts = [p.text for p in self.world.prompts("train", self.flag_samples, seed=20_000 + round)]
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}-flagged-{round}".encode()))
-        responses = self._sample(load_causal_lm(policy_dir).eval(), tokenizer, prompts, generator)
-        cost_model = ScoreModel.from_pretrained(round_dir / "cost" / "final").eval()
-        costs = score_texts(cost_model, tokenizer, prompts, responses)  # (N,)
-        labelled: dict[bool, list[tuple[str, str]]] = {True: [], False: []}  # True = flagged safe
-        for prompt, response, cost in zip(prompts, responses, costs.tolist(), strict=True):
-            labelled[cost <= 0].append((prompt, response))
-        flagged = len(labelled[False]) / len(prompts)
-        target = min(flagged, max(self.unsafe_share, self.shrink * flagged))
-        if not labelled[False]:
-            labelled[False] = labelled[True]  # nothing flagged: the limit is the current mean cost
-        if not labelled[True]:
-            labelled[True] = labelled[False]
-        limit = cost_limit_from_labels(cost_model, tokenizer, labelled, target)
-        return {"cost_limit": limit, "flagged": flagged, "target": target}
-
-    def _ppo_options(self, round_dir: Path, round: int, out: Path) -> dict[str, Any]:
-        """The options PPO and PPO-Lagrangian share: the round's policy and reward model, the
-        domain's sizes, the run stack's options."""
-        return {
-            "policy": self._policy(round_dir, round),
-            "reward_model": round_dir / "reward" / "final",
-            "task": "toyworld",
-            "task_seed": self.seed,
-            "max_steps": self.ppo_steps,
-            "eval_size": 0,
-            "eval_every": max(self.ppo_steps, 1),
-            "save_every": max(self.ppo_steps // 4, 1),
-            "rollout_batch_size": self.rollout_batch_size,
-            "batch_size": min(32, self.rollout_batch_size),
-            "max_new_tokens": self.max_new_tokens,
-            "kl_coef": self.kl_coef,
-            **self._trainer_options(round, out),
-        }
-
-    def _align_ppo(self, round_dir: Path, round: int) -> dict[str, float]:
-        """PPO on the reward model alone (a project that asks nothing about safety)."""
-        from alignloop.lm import ppo
-        from alignloop.lm.training import read_metrics
-
-        out = round_dir / "policy"
-        if not (out / "final").is_dir():
-            status = ppo.train(ppo.PPOConfig(**self._ppo_options(round_dir, round, out)))
-            if status not in (None, 0):
-                raise RuntimeError(f"round {round}: PPO failed with exit code {status}")
-        last = list(read_metrics(out, split="train"))[-1]
-        return {k: float(last[k]) for k in ("reward", "kl")}
-
-    def _align_dpo(self, round_dir: Path, round: int) -> dict[str, float]:
-        from alignloop.feedback.formats import read_judged, write_records
-        from alignloop.feedback.judged import comparisons
-        from alignloop.lm import dpo
-
-        pairs = dpo_pairs(comparisons(read_judged(round_dir / "judgements.jsonl")))
-        if not pairs:
-            raise ValueError(f"round {round}: no judged pair has a safety or helpfulness preference for DPO")
-        data = round_dir / "dpo-pairs.jsonl"
-        write_records(pairs, data, "preference")
-        out = round_dir / "policy"
-        if not (out / "final").is_dir():
-            status = dpo.train(
-                dpo.DPOConfig(
-                    model=str(self._policy(round_dir, round)),
-                    train_file=data,
-                    eval_file=round_dir / "heldout-pairs.jsonl",
-                    max_steps=self.dpo_steps,
-                    batch_size=min(32, len(pairs)),
-                    warmup_steps=min(10, self.dpo_steps // 4),
-                    eval_every=max(self.dpo_steps, 1),
-                    save_every=max(self.dpo_steps // 3, 1),
-                    **self._trainer_options(round, out),
-                )
-            )
-            if status not in (None, 0):
-                raise RuntimeError(f"round {round}: DPO failed with exit code {status}")
-        return {"dpo_pairs": float(len(pairs))}
-
-    def _judge(self, policy_dir: Path, reward_dir: Path | None, cost_dir: Path | None) -> dict[str, float]:
-        from alignloop.lm.evaluate import evaluate_policy
-        from alignloop.lm.models import ScoreModel, load_causal_lm, load_tokenizer
-        from alignloop.lm.tasks import ToyWorldTask
-
-        policy = load_causal_lm(policy_dir).eval()
-        prompts = [p.text for p in self.world.prompts("eval", self.eval_prompts, seed=self.seed + 1000)]
-        return evaluate_policy(
-            policy,
-            load_tokenizer(policy_dir),
-            ToyWorldTask(self.seed),
-            prompts,
-            reward_model=None if reward_dir is None else ScoreModel.from_pretrained(reward_dir).eval(),
-            cost_model=None if cost_dir is None else ScoreModel.from_pretrained(cost_dir).eval(),
-            max_new_tokens=self.max_new_tokens,
-            seed=self.seed,
-        )
+TASK_FIELDS = frozenset(f.name for f in dataclasses.fields(ToyWorldLoopTask) if f.init) - {"name"}
+"""The options of a preset (or an override) that are the toy world's; the rest are the domain's."""
+SHARED = frozenset({"seed", "eval_prompts"})
+"""Options both take (the toy world draws the held-out prompts the domain evaluates on)."""
 
 
-def round_half(value: float) -> int:
-    """`value` rounded to the nearest integer, halves up."""
-    return int(value + 0.5)
-
-
-def round_score(value: float) -> float:
-    """Priorities kept to 6 decimals (stable through JSON and the platform's database)."""
-    return round(value, 6)
+def toyworld_domain(preset: str | None = None, **options: Any) -> LanguageModelDomain:
+    """The language-model domain on the toy world, with a preset's sizes (None: the defaults)
+    and `options` (the domain's or the toy world's fields) over them; `seed` is both's."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"preset: {preset!r} is not one of {', '.join(PRESETS)}")
+    chosen = {**(PRESETS[preset] if preset else {}), **options}
+    task = ToyWorldLoopTask(**{k: v for k, v in chosen.items() if k in TASK_FIELDS})
+    shared = {k: v for k, v in chosen.items() if k not in TASK_FIELDS or k in SHARED}
+    return LanguageModelDomain(task, **shared)

@@ -138,9 +138,15 @@ def set_password(
 def create_token(
     session: Session, *, user: User, label: str = "", expires_at: dt.datetime | None = None
 ) -> str:
-    """A new API token of `user`, valid until `expires_at` (default: `auth.TOKEN_LIFETIME_S` from now)."""
+    """A new API token of `user`, valid until `expires_at` (default: `auth.TOKEN_LIFETIME_S` from now).
+
+    Every expired token (anyone's) is deleted first: they open nothing, and would otherwise stay
+    in the database for ever.
+    """
+    now = utcnow()
+    session.execute(delete(ApiToken).where(ApiToken.expires_at <= now))
     token, digest = auth.new_api_token()
-    expires_at = expires_at or utcnow() + dt.timedelta(seconds=auth.TOKEN_LIFETIME_S)
+    expires_at = expires_at or now + dt.timedelta(seconds=auth.TOKEN_LIFETIME_S)
     session.add(ApiToken(user_id=user.id, digest=digest, label=label[:64], expires_at=expires_at))
     session.flush()
     return token

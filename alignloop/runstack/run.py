@@ -210,6 +210,28 @@ class Run:
             return 0, {}
         return self.checkpointer.restore(models, optimizers, schedulers, states)
 
+    def restore_checked(
+        self,
+        models: Mapping[str, Stateful],
+        optimizers: Mapping[str, Stateful] | None = None,
+        schedulers: Mapping[str, Stateful] | None = None,
+        states: Mapping[str, Stateful] | None = None,
+        *,
+        schedule_steps: int,
+        explicit: bool,
+        constant: bool,
+        length_option: str | None = "--total-steps",
+        saved_as: str = "schedule_steps",
+    ) -> tuple[int, dict[str, Any]]:
+        """`restore`, then, when resuming, `check_schedule` of the checkpoint's schedule length
+        (its extra record `saved_as`) against this run's `schedule_steps`."""
+        step, extra = self.restore(models, optimizers, schedulers, states)
+        if self.resume:
+            check_schedule(
+                self.layout.root, int(extra[saved_as]), schedule_steps, explicit, constant, length_option
+            )
+        return step, extra
+
     def logger(
         self,
         *,

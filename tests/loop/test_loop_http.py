@@ -41,7 +41,7 @@ def platform_rows(db: Path, project: str) -> dict[str, list[tuple]]:
 
 
 def test_one_round_through_the_real_server_with_scripted_annotators(tmp_path: Path) -> None:
-    from alignloop.loop.toyworld import ToyWorldDomain
+    from alignloop.loop.toyworld import toyworld_domain
 
     cfg = LoopConfig(run_dir=tmp_path / "run", rounds=1, pairs=24, project="http-round", progress=False)
     cfg.run_dir.mkdir()
@@ -52,7 +52,7 @@ def test_one_round_through_the_real_server_with_scripted_annotators(tmp_path: Pa
         with PlatformClient.login(platform.url, "admin", admin_password.read_text().strip()) as admin:
             # 0.1 s an item: the first annotator to ask cannot finish the batch before the other asks
             annotators = start_annotators(cfg, platform.url, admin, "toyworld", 2, pace=0.1)
-            domain = ToyWorldDomain.from_preset("smoke", seed=0, progress=False)
+            domain = toyworld_domain("smoke", seed=0, progress=False)
             assert drive(cfg, admin, domain) == 0
             # everything the loop learned from came through the platform, from both annotators
             project = admin.find_project("http-round")

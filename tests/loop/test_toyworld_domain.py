@@ -31,20 +31,20 @@ from alignloop.feedback.schema import (  # noqa: E402
     Severity,
     judgement_of,
 )
-from alignloop.loop.domain import Judged, ProjectSpec, Proposal  # noqa: E402
-from alignloop.loop.toyworld import (  # noqa: E402
-    PRESETS,
-    ToyWorldDomain,
-    dpo_pairs,
+from alignloop.loop.domain import (  # noqa: E402
+    Judged,
+    ProjectSpec,
+    Proposal,
     previous_round_dir,
-    round_half,
     to_judged_items,
 )
+from alignloop.loop.lm import LanguageModelDomain, dpo_pairs, round_half  # noqa: E402
+from alignloop.loop.toyworld import PRESETS, toyworld_domain  # noqa: E402
 
 
-def teacher_judgements(domain: ToyWorldDomain, round: int, pairs: list[Proposal]) -> list[Judged]:
+def teacher_judgements(domain: LanguageModelDomain, round: int, pairs: list[Proposal]) -> list[Judged]:
     """What a scripted annotator sends for each pair: `ToyWorld(seed).teacher(seed).compare`."""
-    teacher = domain.world.teacher(domain.seed + round)
+    teacher = domain.task.world.teacher(domain.seed + round)
     out = []
     for i, p in enumerate(pairs):
         judged: Comparison | None = teacher.compare(p.item.prompt, p.item.text(0), p.item.text(1))
@@ -55,7 +55,7 @@ def teacher_judgements(domain: ToyWorldDomain, round: int, pairs: list[Proposal]
 
 
 def simulate(
-    domain: ToyWorldDomain, run_dir: Path, rounds: int, n_pairs: int, select: str = "disagreement"
+    domain: LanguageModelDomain, run_dir: Path, rounds: int, n_pairs: int, select: str = "disagreement"
 ) -> list[dict[str, float]]:
     """The driver's phases in order, the teacher in place of the platform; per-round metrics
     (round 0 = the SFT policy)."""
@@ -235,9 +235,9 @@ def test_previous_round_folder_and_option_errors(tmp_path: Path):
     with pytest.raises(ValueError, match="round number 4"):
         previous_round_dir(tmp_path / "round-003", 4)
     with pytest.raises(ValueError, match="preset: 'huge' is not one of demo, smoke"):
-        ToyWorldDomain.from_preset("huge")
-    with pytest.raises(ValueError, match="policy_update: 'ppo' is not one of ppo-lag, dpo"):
-        ToyWorldDomain(policy_update="ppo")  # type: ignore[arg-type]
+        toyworld_domain("huge")
+    with pytest.raises(ValueError, match="policy_update: 'ppo' is not one of ppo-lag, grpo-lag, dpo"):
+        toyworld_domain(policy_update="ppo")
 
 
 # ---------------------------------------------------------------------------- two rounds, smoke preset
@@ -273,7 +273,7 @@ def two_rounds(tmp_path_factory):
 
         patch.setattr(module, name, spy)
     run_dir = tmp_path_factory.mktemp("loop")
-    domain = ToyWorldDomain.from_preset("smoke", seed=3, progress=False)
+    domain = toyworld_domain("smoke", seed=3, progress=False)
     sft = domain.setup(run_dir)
     rounds = []
     judged: list[Judged] = []
@@ -323,7 +323,7 @@ def test_proposed_pairs_carry_keys_models_and_priorities(two_rounds):
         assert [c.key for c in pairs] == [f"r{r}-{i:05d}" for i in range(N_PAIRS)]
         assert all({x.model for x in c.item.candidates} == {f"policy-r{r - 1}"} for c in pairs)
         assert all(c.item.text(0) != c.item.text(1) and c.item.text(0) and c.item.text(1) for c in pairs)
-        two_rounds["domain"].world.prompt(pairs[0].item.prompt)  # a toy-world train prompt
+        two_rounds["domain"].task.world.prompt(pairs[0].item.prompt)  # a toy-world train prompt
     assert all(c.priority == 0.0 for c in two_rounds["rounds"][0]["pairs"])  # round 1: uniform
     second = [c.priority for c in two_rounds["rounds"][1]["pairs"]]
     assert all(0.0 <= p <= 1.0 for p in second) and len(set(second)) > 1
@@ -332,7 +332,7 @@ def test_proposed_pairs_carry_keys_models_and_priorities(two_rounds):
 @pytest.mark.slow
 def test_propose_is_deterministic_and_disagreement_keeps_the_highest(two_rounds):
     run_dir = two_rounds["run_dir"]
-    again = ToyWorldDomain.from_preset("smoke", seed=3, progress=False)  # as after a crash
+    again = toyworld_domain("smoke", seed=3, progress=False)  # as after a crash
     for r, found in enumerate(two_rounds["rounds"], start=1):
         assert again.propose(run_dir / f"round-{r:03d}", r, N_PAIRS, "disagreement") == found["pairs"]
     pool = again.propose(run_dir / "round-002", 2, 2 * N_PAIRS, "uniform")  # the whole pool, scored
@@ -340,7 +340,7 @@ def test_propose_is_deterministic_and_disagreement_keeps_the_highest(two_rounds)
     chosen = sorted(c.priority for c in two_rounds["rounds"][1]["pairs"])
     assert top > 0 and chosen[-top:] == sorted(c.priority for c in pool)[-top:]
     assert {c.item.text(0) for c in two_rounds["rounds"][1]["pairs"]} <= {c.item.text(0) for c in pool}
-    other = ToyWorldDomain.from_preset("smoke", seed=4, progress=False)
+    other = toyworld_domain("smoke", seed=4, progress=False)
     assert (
         other.propose(run_dir / "round-002", 2, N_PAIRS, "disagreement") != two_rounds["rounds"][1]["pairs"]
     )
@@ -390,7 +390,7 @@ def test_dpo_update_writes_a_policy(two_rounds, tmp_path: Path):
 
     source = two_rounds["run_dir"]
     shutil.copytree(source / "sft", tmp_path / "sft")
-    domain = ToyWorldDomain.from_preset("smoke", seed=3, progress=False, policy_update="dpo")
+    domain = toyworld_domain("smoke", seed=3, progress=False, policy_update="dpo")
     round_dir = tmp_path / "round-001"
     domain.learn(round_dir, 1, [j for j in two_rounds["judged"] if j.round == 1])
     assert domain.align(round_dir, 1)["dpo_pairs"] > 0
@@ -423,7 +423,7 @@ def test_two_rounds_of_judgements_lower_the_true_unsafe_rate(tmp_path: Path):
     """The toy-world loop's claim (README: 46.8% -> 1.7% over the demo's three rounds), on the
     same phases with less training: the true unsafe rate on risky prompts after round 2 is at
     most 60% of the SFT policy's."""
-    domain = ToyWorldDomain.from_preset("demo", seed=0, progress=False, **LEARNING)
+    domain = toyworld_domain("demo", seed=0, progress=False, **LEARNING)
     history = simulate(domain, tmp_path, rounds=2, n_pairs=150)
     before, after = history[0]["unsafe_rate"], history[2]["unsafe_rate"]
     assert before >= 0.2, f"the SFT policy should be unsafe on many risky prompts, got {before:.3f}"
@@ -447,7 +447,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     torch.set_num_threads(1)
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    domain = ToyWorldDomain.from_preset(
+    domain = toyworld_domain(
         args.preset, seed=args.seed, policy_update=args.update, progress=False, **overrides
     )
     started = time.perf_counter()
@@ -516,7 +516,7 @@ def test_questions_option_takes_a_preset_with_a_count_or_a_definition_file(tmp_p
         project_spec(str(spec))
 
 
-def scripted_judgements(domain: ToyWorldDomain, round: int, proposals: list[Proposal]) -> list[Judged]:
+def scripted_judgements(domain: LanguageModelDomain, round: int, proposals: list[Proposal]) -> list[Judged]:
     """What `alignloop annotate --teacher toyworld` answers to each item, whatever it asks."""
     from alignloop.loop.annotate import toyworld_teacher
     from alignloop.loop.domain import item_to_json
@@ -541,7 +541,7 @@ def test_a_round_on_a_ranking_project_learns_a_reward_model_that_ranks_held_out_
     from alignloop.loop.domain import project_spec
 
     spec = project_spec("ranking4")
-    domain = ToyWorldDomain.from_preset(
+    domain = toyworld_domain(
         "smoke", seed=3, progress=False, questions=spec.questions, candidates=spec.candidates,
         sft_steps=150, reward_steps=40, heldout_pairs=200,
     )  # fmt: skip

@@ -8,7 +8,7 @@ import datetime as dt
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from platform_helpers import PASSWORD, AppTransport, World, csrf_of, error_on_page, web_login
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from alignloop.platform.client import PlatformClient, PlatformError
 from alignloop.platform.models import ApiToken, utcnow
@@ -148,6 +148,13 @@ def test_tokens_expire_by_default_and_per_token(app: FastAPI, world: World) -> N
     app.state.token_cache.forget_where(lambda user: True)  # the cache's own bound is tested apart
     after = world.client.get("/api/me", headers={"Authorization": f"Bearer {short['token']}"})
     assert after.status_code == 401 and after.json()["detail"] == "invalid, expired or revoked API token"
+    stored = [t["label"] for t in world.client.get("/api/tokens", headers=world.auth("ann1")).json()]
+    assert "ci" in stored and len(stored) == 3  # expired, still stored
+    world.client.post("/api/tokens", json={"name": "ann2", "password": PASSWORD})  # anyone's login
+    with app.state.sessionmaker() as session:  # purges every expired token, and only those
+        assert session.scalars(select(ApiToken.label).where(ApiToken.expires_at <= utcnow())).all() == []
+    listed = world.client.get("/api/tokens", headers=world.auth("ann1")).json()
+    assert [t["label"] for t in listed] == [label for label in stored if label != "ci"]  # the others stay
     too_long = world.client.post(
         "/api/tokens", json={"name": "ann1", "password": PASSWORD, "expires_in_s": 400 * 86400}
     )

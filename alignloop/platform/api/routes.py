@@ -79,7 +79,8 @@ def create_token(body: TokenIn, request: Request, session: SessionDep, settings:
 
 @router.get("/tokens", tags=["auth"])
 def list_tokens(user: UserDep, session: SessionDep) -> list[TokenInfo]:
-    """The caller's API tokens (never the tokens themselves), expired ones included."""
+    """The caller's API tokens (never the tokens themselves), expired ones included until the
+    next token is made (each one made deletes every expired token)."""
     return [TokenInfo.model_validate(t) for t in crud.list_tokens(session, user_id=user.id)]
 
 
