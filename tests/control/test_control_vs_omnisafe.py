@@ -1,0 +1,60 @@
+"""The pure helpers of bench/control_vs_omnisafe.py: both libraries' logs read into the same
+per-epoch means, and the per-pair speed ratios (the benchmark itself runs in bench/ only)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+
+def _bench() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "bench" / "control_vs_omnisafe.py"
+    spec = importlib.util.spec_from_file_location("control_vs_omnisafe_bench", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_both_logs_give_the_mean_of_each_epochs_own_episodes(tmp_path: Path) -> None:
+    bench = _bench()
+    # 20 episodes of costs 10 in epoch 1, 20 of cost 40 in epoch 2, 20 of cost 0 in epoch 3.
+    # Running means over all: 10, (20*10 + 20*40)/40 = 25, (1000 + 0)/60 = 16.67.
+    # alignloop's window (100) holds all 60, so epoch 3's own mean is (60*16.67 - 40*25)/20 = 0;
+    # OmniSafe's window (50) no longer does after epoch 3: its logged window mean stands.
+    running = [10.0, 25.0, 1000.0 / 60]
+    metrics = tmp_path / "metrics.jsonl"
+    lines = []
+    for step, cost in enumerate(running, start=1):
+        lines.append({"step": step, "split": "train", "lambda": 0.0})
+        lines.append({"step": step, "split": "episode", "return": 2 * cost, "cost": cost, "length": 1000})
+        lines.append({"step": step, "split": "time", "env_steps": 20000.0 * step})
+    metrics.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    progress = tmp_path / "progress.csv"
+    progress.write_text(
+        "Metrics/EpRet,Metrics/EpCost,TotalEnvSteps,Time/Total\n"
+        + "".join(f"{2 * c},{c},{20000.0 * (i + 1)},1.0\n" for i, c in enumerate(running))
+    )
+    ours = bench.curve(bench.read_alignloop(metrics), bench.WINDOW["alignloop"])
+    theirs = bench.curve(bench.read_omnisafe(progress), bench.WINDOW["omnisafe"])
+    assert ours["steps"] == theirs["steps"] == [20000.0, 40000.0, 60000.0]
+    assert ours["cost"] == pytest.approx([10.0, 40.0, 0.0], abs=1e-9)
+    assert ours["return"] == pytest.approx([20.0, 80.0, 0.0], abs=1e-9)
+    assert ours["exact"] and not theirs["exact"]
+    assert theirs["cost"] == pytest.approx([10.0, 40.0, 1000.0 / 60], abs=1e-9)
+
+
+def test_speed_ratios_pair_the_runs_of_one_algorithm_and_seed() -> None:
+    bench = _bench()
+    rows = [
+        {"algo": "cpo", "seed": 0, "library": "alignloop", "steps_per_second": 300.0},
+        {"algo": "cpo", "seed": 1, "library": "omnisafe", "steps_per_second": 50.0},
+        {"algo": "cpo", "seed": 0, "library": "omnisafe", "steps_per_second": 100.0},
+        {"algo": "cpo", "seed": 1, "library": "alignloop", "steps_per_second": 200.0},
+        {"algo": "cpo", "seed": 2, "library": "alignloop", "steps_per_second": 9.0},  # unpaired
+    ]
+    assert bench.ratios(rows) == pytest.approx([3.0, 4.0])
