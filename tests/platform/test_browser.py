@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_helpers import ARGS, ARTIFACTS, CHROMIUM, log_in, require_chromium
+from browser_helpers import ARGS, ARTIFACTS, CHROMIUM, log_in, require_chromium, wait_until
 from liveserver import LiveServer
 from PIL import Image, ImageDraw
 from sqlalchemy import select
@@ -142,7 +142,7 @@ def test_one_item_of_every_question_kind_labelled_by_keyboard(tmp_path: Path) ->
 
             # clips: B better; A safe, B unsafe; B becomes unsafe at a stepped frame, A never does
             open_item("clips")
-            page.wait_for_function("document.querySelectorAll('canvas.strip[data-ready]').length === 2")
+            wait_until(page, "document.querySelectorAll('canvas.strip[data-ready]').length === 2")
             _keys(page, "2", "1", "2", "2", "n", "2", " ")  # pick clip B and pause it
             page.wait_for_timeout(150)
             _keys(page, "ArrowRight", "ArrowRight", "ArrowLeft")

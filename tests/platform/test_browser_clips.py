@@ -9,7 +9,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-from browser_helpers import ARGS, ARTIFACTS, CHROMIUM, log_in, require_chromium
+from browser_helpers import ARGS, ARTIFACTS, CHROMIUM, log_in, require_chromium, wait_until
 from liveserver import LiveServer, seed
 from PIL import Image
 from sqlalchemy import select
@@ -89,9 +89,10 @@ def test_annotator_judges_two_playing_clips(tmp_path: Path) -> None:
             page.wait_for_selector("#label-form")
             assert page.locator("#candidate-a h2").inner_text() == "Clip A"
             shown = [page.locator(f"#candidate-{side} img") for side in "ab"]
-            page.wait_for_function(
+            wait_until(
+                page,
                 "['a', 'b'].every(s => { const i = document.querySelector(`#candidate-${s} img`);"
-                " return i && i.complete && i.naturalWidth > 0; })"
+                " return i && i.complete && i.naturalWidth > 0; })",
             )
             for side, clip in zip("ab", shown, strict=True):
                 assert clip.get_attribute("src") == f"/api/media/{names[side]}"
