@@ -6,8 +6,8 @@ critic-free grpo, rloo, reinforce-pp, remax and grpo-lag) runs under
 the whole batch ends; ddp and fsdp-grad-op are checked for some of them. Under fsdp each
 trainer of `ALL` is also stopped at its checkpoint after 2 of 3 steps and resumed, and must end
 exactly where the uninterrupted run ends (the critic-free trainers share one loop, which Safe
-GRPO, with lambda's state, stands for); DPO, PPO-Lagrangian and Safe GRPO are killed (SIGKILL of
-the whole launch) after their first checkpoint and resumed in the next launch, and must end
+GRPO, with lambda's state, stands for); and every one of the 12 trainers is killed (SIGKILL of
+the whole launch) after its first checkpoint and resumed in the next launch, and must end
 exactly where an uninterrupted two-process run ends.
 
 A launch costs seconds of Python start-up, so the runs are grouped: one launch
@@ -55,10 +55,11 @@ ALL = ("sft", "reward", "cost", "dpo", "aligner", "ppo", "ppo-lag", "grpo-lag")
 DDP = ("sft", "reward", "cost", "dpo", "ppo")
 CRITIC_FREE = ("grpo", "rloo", "reinforce-pp", "remax")  # fsdp against one process only
 GRAD_OP = ("sft", "ppo-lag")
+# Long enough that a run is still going when the test sees its first checkpoint (a supervised
+# step takes milliseconds, an RL step a rollout).
 KILLED = {
-    "dpo": {"max_steps": 40, "save_every": 2},
-    "ppo-lag": {"max_steps": 8, "save_every": 2},
-    "grpo-lag": {"max_steps": 8, "save_every": 2},
+    **{t: {"max_steps": 40, "save_every": 2} for t in ("sft", "reward", "cost", "dpo", "aligner")},
+    **{t: {"max_steps": 8, "save_every": 2} for t in ("ppo", "ppo-lag", *CRITIC_FREE, "grpo-lag")},
 }
 
 
@@ -226,8 +227,8 @@ def test_ddp_and_fsdp_grad_op_match_one_process(runs: Path, trainer: str, strate
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_killed_runs_resume_exactly(runs: Path, models: Path):
-    """DPO, then PPO-Lagrangian, then Safe GRPO: each launch is SIGKILLed after the run's first checkpoint (the
-    next run starts only once the previous one has resumed and finished)."""
+    """Every trainer in turn: each launch is SIGKILLed after the run's first checkpoint (the next
+    run starts only once the previous one has resumed and finished)."""
     trainers = list(KILLED)
     plans = [[] for _ in range(len(trainers) + 1)]
     for i, trainer in enumerate(trainers):
