@@ -19,7 +19,7 @@ from typing import Any
 
 from alignloop.loop.rounds import LoopConfig, drive, make_domain
 from alignloop.platform.client import PlatformClient, PlatformError
-from alignloop.platform.process import ServerProcess, stop_process
+from alignloop.platform.process import ServerProcess, stop_process, tied_popen
 
 DEMOS: dict[str, dict[str, Any]] = {
     "toyworld": {
@@ -126,7 +126,7 @@ def start_annotators(
         if teacher == "oracle":
             command += ["--oracle", str(run_dir / "oracle.jsonl")]
         with (run_dir / "logs" / f"{name}.log").open("ab") as out:
-            processes.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT))
+            processes.append(tied_popen(command, stdout=out, stderr=subprocess.STDOUT))
     return processes
 
 

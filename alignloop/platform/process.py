@@ -4,10 +4,16 @@ server = ServerProcess("sqlite:///run/platform.db", Path("run"), args=["--create
 server.start()          # returns once the login page answers
 ...                     # talk to server.url
 server.stop()           # SIGTERM (SIGKILL after a grace period); server.kill() is SIGKILL at once
+
+Children started here (`tied_popen`: the server, and the loop demo's scripted annotators) are
+tied to their parent on Linux: the kernel sends them SIGTERM when the process that started
+them dies, however it dies (SIGKILL, SIGTERM, a crash), so a killed loop leaves no server or
+annotator running behind it. Elsewhere they are stopped only by `stop`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -15,10 +21,31 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from alignloop.platform.pgcluster import free_port
+
+_PR_SET_PDEATHSIG = 1
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _tie_to(parent: int) -> None:
+    """In the child, between fork and exec: SIGTERM when `parent` dies (and at once if it
+    already has, the race between the fork and this call)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def tied_popen(command: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen` of a child that ends when this process does (Linux; see the module
+    docstring). Call it from the thread that lives as long as the child should: the kernel ties
+    the child to the thread that started it."""
+    parent = os.getpid()
+    return subprocess.Popen(command, preexec_fn=lambda: _tie_to(parent), **kwargs)
 
 
 class ServerProcess:
@@ -39,7 +66,7 @@ class ServerProcess:
         ]  # fmt: skip
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = tied_popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
             )
         deadline = time.monotonic() + timeout
