@@ -35,6 +35,7 @@ __all__ = [
     "LAMBDA_FLOOR",
     "LagrangeMultiplier",
     "PIDState",
+    "floored_cost",
     "lagrangian_advantage",
     "log_space_update",
     "mean_recent_cost",
@@ -280,6 +281,22 @@ def lagrangian_advantage(adv_r: Tensor, adv_c: Tensor, lam: float | Tensor) -> T
     if lam_t.numel() != 1 or not bool(torch.isfinite(lam_t)) or float(lam_t) < 0:
         raise ValueError(f"lam must be a finite scalar >= 0; got {lam}")
     return (adv_r - lam_t * adv_c) / (1.0 + lam_t)
+
+
+def floored_cost(cost: Tensor, floor: float | None) -> Tensor:
+    """``max(cost, floor)`` elementwise (``cost`` unchanged when ``floor`` is None): the cost a
+    constraint on the mean holds down when only costs above ``floor`` should count.
+
+    A limit on the mean cost ``E[c] <= d`` can be met by making the many clearly safe responses
+    (``c`` far below 0, the safe/unsafe boundary) look safer still while the few unsafe ones
+    stay; on ``E[max(c, floor)]`` with ``floor`` at or a little below the boundary a response
+    under the floor contributes the same whatever it is, so only the unsafe-looking ones move
+    the constraint (a hinge on the cost). ``floor`` must be finite."""
+    if floor is None:
+        return cost
+    if not math.isfinite(floor):
+        raise ValueError(f"cost floor must be a finite number, got {floor}")
+    return cost.clamp(min=floor)
 
 
 def mean_recent_cost(costs: Iterable[float]) -> float:

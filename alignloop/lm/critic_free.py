@@ -41,6 +41,7 @@ rollout are aligned on response tokens, ``(N, R)`` with ``N`` = prompts x ``grou
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -52,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from alignloop.core.advantages import informative_groups, kl_k1, kl_penalised_scores
-from alignloop.core.lagrange import LagrangeMultiplier
+from alignloop.core.lagrange import LagrangeMultiplier, floored_cost
 from alignloop.core.losses import GRPO_LOSSES, GRPOLoss, LossTotals
 from alignloop.errors import UserError
 from alignloop.lm.data import PromptCollator
@@ -185,6 +186,7 @@ class Constraint:
     lagrange: dict[str, Any]  # LagrangeMultiplier arguments
     window: int
     violation_threshold: float | None  # None: the summed cost; else 1[summed cost > threshold]
+    floor: float | None = None  # the summed cost is max(cost, floor) (mean cost only)
 
 
 # ------------------------------------------------------------------------ the loop
@@ -259,6 +261,13 @@ def run(
     check_sources(cfg.reward_model, cfg.reward_function, "reward")
     if constraint is not None:
         check_sources(constraint.models, constraint.functions, "cost")
+        if constraint.floor is not None and (
+            constraint.violation_threshold is not None or not math.isfinite(constraint.floor)
+        ):
+            raise UserError(
+                f"--cost-floor {constraint.floor}: give a finite floor, and only without --violation-threshold "
+                "(an indicator cost has nothing below it to raise)"
+            )
     run = start_run(cfg, command)
     ctx = run.ctx
     _check_shapes(cfg, ctx, minimum_group)
@@ -382,7 +391,7 @@ def run(
                 scored.greedy_reward = greedy
                 metrics["greedy_reward"] = greedy.mean().item()
             if summed is not None and lagrange is not None and constraint is not None:
-                cost = summed  # (N,) what the constraint holds down
+                cost = floored_cost(summed, constraint.floor)  # (N,) what the constraint holds down
                 if constraint.violation_threshold is not None:
                     cost = (summed > constraint.violation_threshold).to(summed.dtype)  # 1 = a violation
                 scored.cost = cost.view(-1, group)

@@ -101,6 +101,9 @@ class GRPOLagConfig(GRPOConfig):
     """None: constrain the mean cost. A number: constrain the violation rate, the indicator
     costs of arXiv 2602.05863: a response costs 1 when its summed cost is above this (0 is a
     cost model's safe/unsafe boundary; below 0 leaves a margin), else 0."""
+    cost_floor: float | None = None
+    """Without --violation-threshold: summed costs below this are raised to it (None = none), so
+    only unsafe-looking responses move the mean cost (`core.lagrange.floored_cost`)."""
     advantage_mix: Literal["constrained", "naive"] = "constrained"
     """constrained: (Z_R - lambda Z_C) / (1 + lambda) from separately standardised reward and cost
     (arXiv 2602.05863); naive: standardise R - lambda C within the group."""
@@ -190,6 +193,7 @@ def train_lagrangian(cfg: GRPOLagConfig) -> int:
         },
         window=cfg.cost_window,
         violation_threshold=cfg.violation_threshold,
+        floor=cfg.cost_floor,
     )
     return run(
         cfg,

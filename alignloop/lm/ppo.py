@@ -41,6 +41,7 @@ under ``--strategy ddp``, ``fsdp`` or ``fsdp-grad-op``; the run stack checkpoint
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -163,6 +164,11 @@ class CostModelConfig(PPOConfig):
 
     cost_model: Path = Path("runs/cost/final")
     """Cost model folder (`alignloop train cost`); Safe RLHF also initialises the cost critic from it."""
+    cost_floor: float | None = None
+    """End costs below this are raised to it (None = none): with a floor at or a little below 0,
+    the safe/unsafe boundary, only unsafe-looking responses move the cost, and safe ones made
+    safer no longer pay for unsafe ones (`core.lagrange.floored_cost`); the cost limit is in
+    the same floored units."""
 
 
 @dataclass(frozen=True)
@@ -392,11 +398,17 @@ def _run(
     description: str,
     *,
     cost_model_path: Path | None = None,
+    cost_floor: float | None = None,
     constraint: Constraint | None = None,
     shaping_lambda: float | None = None,
 ) -> int:
     """The loop of the module docstring. Safe RLHF passes its `constraint` (and the cost model,
-    which also initialises the cost critic); shaping passes the cost model and its fixed lambda."""
+    which also initialises the cost critic); shaping passes the cost model and its fixed lambda;
+    both pass their `cost_floor`."""
+    if cost_floor is not None and not math.isfinite(cost_floor):
+        raise UserError(
+            f"--cost-floor: {cost_floor} is not a finite number; give one, e.g. 0, or leave it out"
+        )
     check_inputs(
         cfg.output_dir,
         files={"--prompts": cfg.prompts, "--eval-prompts": cfg.eval_prompts},
@@ -492,6 +504,7 @@ def _run(
                 score_clip=cfg.score_clip,
                 missing_eos_penalty=cfg.missing_eos_penalty,
                 eos_token_id=tokenizer.eos_token_id,
+                cost_floor=cost_floor,
             )
             rollout, scores = gather_rollout(rollout, scores, ctx)  # every process: the whole batch
             lam = j_c = None
@@ -588,7 +601,14 @@ def train_lagrangian(cfg: PPOLagConfig) -> int:
         delay=cfg.lambda_delay,
     )
     constraint = Constraint(multiplier, cfg.cost_limit, cfg.cost_window)
-    return _run(cfg, "train ppo-lag", "PPO-Lagrangian", cost_model_path=cfg.cost_model, constraint=constraint)
+    return _run(
+        cfg,
+        "train ppo-lag",
+        "PPO-Lagrangian",
+        cost_model_path=cfg.cost_model,
+        cost_floor=cfg.cost_floor,
+        constraint=constraint,
+    )
 
 
 def train_shaping(cfg: ShapingConfig) -> int:
@@ -598,5 +618,6 @@ def train_shaping(cfg: ShapingConfig) -> int:
         "train reward-shaping",
         "reward shaping",
         cost_model_path=cfg.cost_model,
+        cost_floor=cfg.cost_floor,
         shaping_lambda=cfg.shaping_lambda,
     )

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from alignloop.core.advantages import kl_k1
+from alignloop.core.lagrange import floored_cost
 from alignloop.errors import UserError
 from alignloop.lm.generation import Rollout, generate
 from alignloop.lm.models import ScoreModel, position_ids_from_mask, token_logprobs
@@ -97,7 +98,7 @@ class Scores:
 
     kl: Tensor  # (B, R) log pi_old - log ref on response tokens, 0 elsewhere
     end_reward: Tensor  # (B,) clipped, less the missing-end penalty
-    end_cost: Tensor | None  # (B,) clipped; None without a cost model
+    end_cost: Tensor | None  # (B,) clipped (and floored); None without a cost model
     reward_values: Tensor  # (B, R)
     cost_values: Tensor | None  # (B, R) Safe RLHF only
 
@@ -115,8 +116,10 @@ def score_rollout(
     score_clip: float,
     missing_eos_penalty: float,
     eos_token_id: int,
+    cost_floor: float | None = None,
 ) -> Scores:
-    """Score a rollout with the reference, the reward and cost models and the critics."""
+    """Score a rollout with the reference, the reward and cost models and the critics; end
+    costs below ``cost_floor`` are raised to it (`core.lagrange.floored_cost`)."""
     seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_length
     mask = rollout.response_mask  # (B, R) True = response token
     ref_logits = reference(
@@ -128,7 +131,9 @@ def score_rollout(
     ended = (rollout.responses == eos_token_id).any(-1)  # (B,) True = the response has an end token
     end_reward = end_reward - missing_eos_penalty * (~ended).to(end_reward.dtype)
     end_cost = (
-        None if cost_model is None else cost_model(seqs, attn).end_scores.clamp(-score_clip, score_clip)
+        None
+        if cost_model is None
+        else floored_cost(cost_model(seqs, attn).end_scores.clamp(-score_clip, score_clip), cost_floor)
     )
     return Scores(
         kl,

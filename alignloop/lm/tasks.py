@@ -315,7 +315,12 @@ def train_prompts(task: Task, minimum: int) -> list[str]:
 
 
 def cost_limit_from_labels(
-    cost_model: Any, tokenizer: Any, labelled: dict[bool, list[tuple[str, str]]], unsafe_share: float
+    cost_model: Any,
+    tokenizer: Any,
+    labelled: dict[bool, list[tuple[str, str]]],
+    unsafe_share: float,
+    *,
+    floor: float | None = None,
 ) -> float:
     """A cost limit in the cost model's own units: the expected cost of answers that are unsafe
     with probability ``unsafe_share``,
@@ -324,7 +329,10 @@ def cost_limit_from_labels(
 
     over (prompt, response) pairs of any task keyed by their safety label (True = safe), both
     lists non-empty. With the limit at 0, the boundary, the many benign prompts keep the mean
-    cost far below it whatever the policy does on risky ones, and lambda decays to 0."""
+    cost far below it whatever the policy does on risky ones, and lambda decays to 0. With a
+    ``floor`` the costs are the floored ones a trainer with that ``cost_floor`` holds down
+    (`core.lagrange.floored_cost`)."""
+    from alignloop.core.lagrange import floored_cost
     from alignloop.lm.evaluate import score_texts
 
     if not 0.0 <= unsafe_share < 1.0:
@@ -334,7 +342,11 @@ def cost_limit_from_labels(
             "too few responses labelled safe and unsafe to calibrate the cost limit on; pass --cost-limit"
         )
     means = {
-        safe: float(score_texts(cost_model, tokenizer, [p for p, _ in rows], [r for _, r in rows]).mean())
+        safe: float(
+            floored_cost(
+                score_texts(cost_model, tokenizer, [p for p, _ in rows], [r for _, r in rows]), floor
+            ).mean()
+        )
         for safe, rows in labelled.items()
     }
     return (1.0 - unsafe_share) * means[True] + unsafe_share * means[False]

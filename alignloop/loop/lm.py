@@ -46,6 +46,9 @@ Each round asks for fewer flagged answers than the policy gives now,
 loosened. With nothing flagged the limit is the current mean cost. A limit on the labelled
 pairs' means instead drifts away from the policy as it changes: later rounds found it slack,
 lambda faded, and the reward model (which prefers harmful detail) pulled the policy back.
+With `cost_floor` the costs of the limit and of the constraint are ``max(c, cost_floor)``
+(`core.lagrange.floored_cost`): on the plain mean, answers that are already safe can be made to
+look safer still while the share of flagged ones rises, and the limit still holds.
 
 Item selection (`propose`): `candidates` sampled responses per prompt from the current policy
 (at `propose_temperature`: a little above 1 widens what annotators see, and the reward and
@@ -168,6 +171,9 @@ class LanguageModelDomain:
     """The KL penalty to the round's starting policy (PPO: in the reward; GRPO: a k3 loss term)."""
     lambda_lr: float = 0.2
     """Step size of the Lagrange multiplier (log space); each round starts from the last one's."""
+    cost_floor: float | None = None
+    """Costs below this count as this in the constraint and its limit (None = none): only
+    unsafe-looking answers then move the mean cost (see the module docstring)."""
     max_new_tokens: int = 16
     """Longest sampled response, in tokens."""
     threads: int = 1
@@ -379,6 +385,7 @@ class LanguageModelDomain:
                         cost_limit=cost_limit,
                         lambda_init=self._previous_lambda(round_dir, round),
                         lambda_lr=self.lambda_lr,
+                        cost_floor=self.cost_floor,
                         **self._ppo_options(round_dir, round, out),
                     )
                 )
@@ -493,7 +500,7 @@ class LanguageModelDomain:
             labelled[False] = labelled[True]  # nothing flagged: the limit is the current mean cost
         if not labelled[True]:
             labelled[True] = labelled[False]
-        limit = cost_limit_from_labels(cost_model, tokenizer, labelled, target)
+        limit = cost_limit_from_labels(cost_model, tokenizer, labelled, target, floor=self.cost_floor)
         return {"cost_limit": limit, "flagged": flagged, "target": target}
 
     def _rl_options(self, round_dir: Path, round: int, out: Path) -> dict[str, Any]:
@@ -541,6 +548,7 @@ class LanguageModelDomain:
                 cost_limit=cost_limit,
                 lambda_init=self._previous_lambda(round_dir, round),
                 lambda_lr=self.lambda_lr,
+                cost_floor=self.cost_floor,
                 **self._grpo_options(round_dir, round, out),
             )
         )

@@ -16,6 +16,7 @@ from alignloop.core.lagrange import (
     LAMBDA_FLOOR,
     LagrangeMultiplier,
     PIDState,
+    floored_cost,
     lagrangian_advantage,
     log_space_update,
     mean_recent_cost,
@@ -181,6 +182,19 @@ def test_mean_recent_cost() -> None:
         mean_recent_cost([1.0, math.inf])
     with pytest.raises(ValueError, match=r"costs\[0\] is nan"):
         mean_recent_cost([math.nan])
+
+
+def test_floored_cost_by_hand() -> None:
+    cost = torch.tensor([-4.0, -0.5, 0.0, 2.5])
+    # max(c, -1): [-1, -0.5, 0, 2.5]; mean 0.25 where the plain mean is -0.5
+    torch.testing.assert_close(floored_cost(cost, -1.0), torch.tensor([-1.0, -0.5, 0.0, 2.5]))
+    assert floored_cost(cost, -1.0).mean().item() == approx(0.25) and cost.mean().item() == approx(-0.5)
+    # a safe response made safer (-4 -> -6) leaves the floored mean where it was
+    safer = torch.tensor([-6.0, -0.5, 0.0, 2.5])
+    assert floored_cost(safer, -1.0).mean().item() == approx(0.25)
+    assert floored_cost(cost, None) is cost
+    with pytest.raises(ValueError, match="finite"):
+        floored_cost(cost, math.inf)
 
 
 @pytest.mark.parametrize("method", LAGRANGE_METHODS)

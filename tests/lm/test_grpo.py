@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,23 @@ def test_violation_threshold_constrains_the_unsafe_share(tiny_models: Path, tmp_
         assert record["cost"] == pytest.approx(record["unsafe_share"]) and 0 < record["cost"] < 1
         assert record[f"cost/{HARM}"] == pytest.approx(2 * record["cost"] - 1)  # the raw +-1 mean
         assert record["cost_score"] == pytest.approx(record[f"cost/{HARM}"])
+
+
+def test_cost_floor_raises_safe_costs_to_the_floor(tiny_models: Path, tmp_path: Path):
+    """The harm function's -1 (safe) and +1 (unsafe) floored at 0 are the indicator costs: the
+    logged cost is the share judged unsafe, as under --violation-threshold 0."""
+    cfg = GRPOLagConfig(
+        **_options(tiny_models, tmp_path / "lag", max_steps=1),
+        cost_model=(),
+        cost_function=(HARM,),
+        cost_floor=0.0,
+        cost_limit=0.05,
+    )
+    assert train_lagrangian(cfg) == 0
+    (record,) = _train_metrics(tmp_path / "lag")
+    assert record["cost"] == pytest.approx(record["unsafe_share"]) and 0 < record["cost"] < 1
+    with pytest.raises(UserError, match="only without --violation-threshold"):
+        train_lagrangian(replace(cfg, output_dir=tmp_path / "both", violation_threshold=0.0))
 
 
 def _lag_options(tiny_models: Path, out: Path, **overrides) -> dict:

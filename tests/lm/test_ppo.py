@@ -120,6 +120,28 @@ def test_rewards_costs_kl_and_advantages_are_assembled_as_safe_rlhf_says():
         shaped.rewards, torch.tensor([[-0.05, 0.025, -0.1], [-0.02, -5.04, 0.0]]), **close
     )
 
+    # a cost floor of 1 raises row 0's end cost 0.5 to 1 and leaves row 1's 2
+    floored = score_rollout(
+        rollout,
+        reference=Fixed(logits=torch.zeros(2, 5, 4)),
+        reward_model=Fixed(end_scores=torch.tensor([3.0, -1.0])),
+        cost_model=Fixed(end_scores=torch.tensor([0.5, 2.0])),
+        reward_critic=Fixed(scores=critic_scores["reward"]),
+        cost_critic=Fixed(scores=critic_scores["cost"]),
+        temperature=1.0,
+        score_clip=10.0,
+        missing_eos_penalty=2.0,
+        eos_token_id=1,
+        cost_floor=1.0,
+    )
+    assert floored.end_cost is not None
+    torch.testing.assert_close(floored.end_cost, torch.tensor([1.0, 2.0]))
+
+
+def test_a_cost_floor_that_is_not_finite_is_refused(tmp_path: Path):
+    with pytest.raises(UserError, match="--cost-floor: inf is not a finite number"):
+        train_lagrangian(PPOLagConfig(output_dir=tmp_path / "out", cost_floor=float("inf")))
+
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:

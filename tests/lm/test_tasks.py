@@ -102,6 +102,18 @@ def test_make_task_refuses_both_and_defaults_to_the_toy_world(tmp_path: Path) ->
         make_task(None, tmp_path / "missing.jsonl", None).prompts("train")
 
 
+def test_cost_limit_from_labels_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Safe answers cost -4 and -2, unsafe ones 1 and 3 (the stub scores the response text):
+    d = 0.9 * -3 + 0.1 * 2 = -2.5; floored at -1 the safe mean is -1 and d = 0.9 * -1 + 0.1 * 2 = -0.7."""
+    import alignloop.lm.evaluate as evaluate
+    from alignloop.lm.tasks import cost_limit_from_labels
+
+    monkeypatch.setattr(evaluate, "score_texts", lambda model, tok, p, r: torch.tensor([float(x) for x in r]))
+    labelled = {True: [("q", "-4"), ("q", "-2")], False: [("q", "1"), ("q", "3")]}
+    assert cost_limit_from_labels(None, None, labelled, 0.1) == pytest.approx(-2.5)
+    assert cost_limit_from_labels(None, None, labelled, 0.1, floor=-1.0) == pytest.approx(-0.7)
+
+
 def test_old_spellings_still_work_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from alignloop.config import parse
     from alignloop.lm.grpo import GRPOLagConfig
