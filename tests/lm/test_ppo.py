@@ -231,6 +231,21 @@ def test_lambda_rises_above_the_cost_limit_and_falls_below(
     assert (tmp_path / "lag" / "final" / "config.json").is_file()
 
 
+def test_cost_floor_reaches_the_constraint(tiny_models: Path, tmp_path: Path):
+    """A floor above every cost (the untrained cost model's are near 0, clipped to 10) makes each
+    end cost the floor: J_c is 12, and lambda rises against a limit of 11."""
+    cfg = PPOLagConfig(
+        **_rl_options(tiny_models, tmp_path / "lag", max_steps=2),
+        cost_model=tiny_models / "cost",
+        cost_floor=12.0,
+        cost_limit=11.0,
+    )
+    assert train_lagrangian(cfg) == 0
+    records = _train_metrics(tmp_path / "lag")
+    assert [r["cost"] for r in records] == [12.0, 12.0] and [r["J_c"] for r in records] == [12.0, 12.0]
+    assert 1.0 < records[0]["lambda"] < records[1]["lambda"]
+
+
 def test_resume_continues_exactly(tiny_models: Path, tmp_path: Path):
     full = PPOLagConfig(
         **_rl_options(tiny_models, tmp_path / "full", max_steps=4), cost_model=tiny_models / "cost"
