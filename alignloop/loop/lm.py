@@ -30,9 +30,13 @@ The policy of round r is aligned from round r-1's (the starting policy for round
 same starting policy is its frozen reference: the KL penalty then keeps each round's step
 small instead of pulling every round back toward the starting policy, so safety gained in
 one round is not paid for again in the next, and helpfulness found in one round is kept.
-The Lagrange multiplier likewise starts where the previous round's left it: restarted at 1 it
-climbed too slowly (a log-space step of lr * lambda * (J_c - d) per iteration) to hold a
-tighter limit against the reward model within a round.
+The Lagrange multiplier likewise goes on from the previous round: restarted at 1 it climbed
+too slowly (a log-space step of lr * lambda * (J_c - d) per iteration) to hold a tighter limit
+against the reward model within a round. It starts from the largest value the previous round
+reached, not its last: once a round's policy is safe its last iterations let lambda fall (to
+0.4-0.7 after round 1 in the toy world), and the next round, against a sharper reward model,
+began from there and let the unsafe rate rise (BENCHMARKS.md, "The toy-world loop, round by
+round").
 
 Cost limit: calibrated with the formula of `alignloop demo` (`lm.tasks.cost_limit_from_labels`),
 ``d = (1 - target) * mean cost(safe) + target * mean cost(unsafe)``, on the current policy's
@@ -170,7 +174,10 @@ class LanguageModelDomain:
     kl_coef: float = 0.02
     """The KL penalty to the round's starting policy (PPO: in the reward; GRPO: a k3 loss term)."""
     lambda_lr: float = 0.2
-    """Step size of the Lagrange multiplier (log space); each round starts from the last one's."""
+    """Step size of the Lagrange multiplier (log space); each round starts from the largest the
+    last one reached."""
+    lambda_max: float = 5.0
+    """Upper bound on the Lagrange multiplier."""
     cost_floor: float | None = None
     """Costs below this count as this in the constraint and its limit (None = none): only
     unsafe-looking answers then move the mean cost (see the module docstring)."""
@@ -386,6 +393,7 @@ class LanguageModelDomain:
                         lambda_init=self._previous_lambda(round_dir, round),
                         lambda_lr=self.lambda_lr,
                         cost_floor=self.cost_floor,
+                        lambda_max=self.lambda_max,
                         **self._ppo_options(round_dir, round, out),
                     )
                 )
@@ -413,15 +421,15 @@ class LanguageModelDomain:
 
     # ------------------------------------------------------------------ pieces
     def _previous_lambda(self, round_dir: Path, round: int) -> float:
-        """The Lagrange multiplier PPO-Lagrangian ended round - 1 with (1 in round 1, and after a
-        DPO round): the constrained problem goes on where it stopped."""
+        """The largest Lagrange multiplier PPO-Lagrangian (or Safe GRPO) reached in round - 1 (1
+        in round 1, and after a DPO round): see the module docstring."""
         from alignloop.lm.training import read_metrics
 
         metrics = None if round <= 1 else previous_round_dir(round_dir, round) / "policy"
         if metrics is None or not (metrics / "metrics.jsonl").is_file():
             return 1.0
-        last = [r["lambda"] for r in read_metrics(metrics, split="train") if "lambda" in r]
-        return float(last[-1]) if last else 1.0
+        seen = [r["lambda"] for r in read_metrics(metrics, split="train") if "lambda" in r]
+        return float(max(seen)) if seen else 1.0
 
     def _sample(
         self, policy: Any, tokenizer: Any, prompts: list[str], generator: Any, temperature: float = 1.0
@@ -549,6 +557,7 @@ class LanguageModelDomain:
                 lambda_init=self._previous_lambda(round_dir, round),
                 lambda_lr=self.lambda_lr,
                 cost_floor=self.cost_floor,
+                lambda_max=self.lambda_max,
                 **self._grpo_options(round_dir, round, out),
             )
         )

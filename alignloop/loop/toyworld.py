@@ -38,7 +38,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # "demo": three rounds of 1000 judged pairs (--pairs 1000), about 15 minutes on 2 busy CPU cores (SFT 4
     # min of it); BENCHMARKS.md has the true unsafe rate and helpfulness per round of seeds 0, 1, 2
     # and a second run of seed 0 ("The toy-world loop, round by round"). Its eval_prompts and
-    # flag_samples: see the module docstring. "smoke": a plumbing check in seconds
+    # flag_samples: see the module docstring. lambda_lr, lambda_max and cost_floor: the one
+    # setting of those measured there under which the unsafe rate fell every round on all four
+    # runs (cost floor -1: only answers near or past the boundary count in the constraint).
+    # "smoke": a plumbing check in seconds
     "demo": {
         "sft_steps": 600,
         "sft_pairs": 4000,
@@ -51,7 +54,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "heldout_pairs": 500,
         "flag_samples": 4096,
         "propose_temperature": 1.3,
-        "lambda_lr": 0.2,
+        "lambda_lr": 1.0,
+        "lambda_max": 20.0,
+        "cost_floor": -1.0,
     },
     "smoke": {**LM_PRESETS["smoke"], "sft_steps": 8, "sft_pairs": 256, "heldout_pairs": 32},
 }

@@ -359,8 +359,11 @@ def test_models_warm_start_from_the_previous_round(two_rounds):
         str(run_dir / "sft" / "final"),
         str(run_dir / "round-001" / "policy" / "final"),
     ]
-    assert two_rounds["starts"]["lambda"] == [1.0, two_rounds["rounds"][0]["aligned"]["lambda"]]
-    assert two_rounds["starts"]["lambda"][1] != 1.0
+    # round 2's multiplier starts from the largest round 1 reached, not its last
+    metrics = (run_dir / "round-001" / "policy" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(row) for row in metrics]
+    reached = [r["lambda"] for r in records if r["split"] == "train"]
+    assert two_rounds["starts"]["lambda"] == [1.0, max(reached)] and max(reached) != 1.0
     rows = [json.loads(row) for row in (run_dir / "round-002" / "judgements.jsonl").read_text().splitlines()]
     assert sum(len(row["judgements"]) for row in rows) == len(two_rounds["judged"])  # both rounds
     assert {row["meta"]["round"] for row in rows} == {"1", "2"}
