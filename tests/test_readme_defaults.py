@@ -45,6 +45,11 @@ def test_demo_defaults() -> None:
     toy = demo_config(LoopConfig(demo="toyworld"))
     assert (toy.pairs, toy.rounds, DEMOS["toyworld"]["annotators"]) == (1000, 3, 3)
     assert toy.run_dir == Path("runs/loop-toyworld")
+    # "costs floored at -1 ..., with λ's step 1.0 and ceiling 20"
+    from alignloop.loop.toyworld import PRESETS as TOY_PRESETS
+
+    demo = TOY_PRESETS["demo"]
+    assert (demo["cost_floor"], demo["lambda_lr"], demo["lambda_max"]) == (-1.0, 1.0, 20.0)
     # "The cheetah demo renders 20 clips a round and asks 120 pairs about them, for 5 rounds"
     cheetah = demo_config(LoopConfig(demo="cheetah"))
     assert (cheetah.pairs, cheetah.rounds, cheetah.domain, cheetah.env) == (
