@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from alignloop.control.onpolicy import Learner, UpdateContext
 from alignloop.control.rollouts import (
@@ -46,6 +46,7 @@ from alignloop.control.rollouts import (
     standardized_reward_advantage,
 )
 from alignloop.core.trust_region import (
+    assign_flat,
     backtracking_line_search,
     conjugate_gradient,
     cpo_step,
@@ -186,7 +187,7 @@ def search_step(
 
     @torch.no_grad()
     def accept(step: Tensor) -> bool:
-        vector_to_parameters(lin.theta + step, lin.params)
+        assign_flat(lin.theta + step, lin.params)
         reward_sur, cost_sur = _surrogates(agent, batch, adv_r, adv_c)
         kl = float(agent.actor.kl(lin.old, agent.actor.dist_params(batch.obs)).mean())
         gain, cost_change = float(reward_sur) - lin.reward_surrogate, float(cost_sur) - lin.cost_surrogate
@@ -203,7 +204,7 @@ def search_step(
     step, tries = backtracking_line_search(
         full_step, accept, shrink=s.line_search_shrink, max_steps=s.line_search_steps
     )
-    vector_to_parameters(lin.theta + step, lin.params)
+    assign_flat(lin.theta + step, lin.params)
     return tries, {"line_search_tries": float(tries), "step_norm": float(step.norm()), **found}
 
 

@@ -31,6 +31,7 @@ from torch import Tensor
 
 __all__ = [
     "CPOStep",
+    "assign_flat",
     "backtracking_line_search",
     "conjugate_gradient",
     "cpo_dual",
@@ -78,6 +79,25 @@ def flat_grad(
     return torch.cat(
         [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)]
     )
+
+
+@torch.no_grad()
+def assign_flat(vector: Tensor, params: Sequence[Tensor]) -> None:
+    """Copy a flat vector ``(P,)`` into `params` in place, in their order (the inverse of
+    `flat_grad`'s layout).
+
+    Each parameter keeps its own storage. torch's ``vector_to_parameters`` instead rebinds every
+    parameter to a view of the vector, at whatever offset it falls: the CPU's matrix kernels can
+    round differently for such a parameter than for a freshly allocated one, so a run resumed
+    from a checkpoint (fresh parameters) drifted from the uninterrupted run (views) in the last
+    bits, and then apart."""
+    total = sum(p.numel() for p in params)
+    if vector.numel() != total:
+        raise ValueError(f"vector has {vector.numel()} elements, the parameters {total}")
+    offset = 0
+    for p in params:
+        p.copy_(vector[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
 
 
 def fisher_vector_product(

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from alignloop.core.trust_region import (
+    assign_flat,
     backtracking_line_search,
     conjugate_gradient,
     cpo_dual,
@@ -66,6 +67,20 @@ def test_kl_between_categoricals_by_hand_and_against_torch() -> None:
 
 
 # --------------------------------------------------------------------------- conjugate gradient
+
+
+def test_assign_flat_copies_in_place_in_order() -> None:
+    """[1..6] into a (2, 2) weight and a (2,) bias: [[1, 2], [3, 4]] and [5, 6], each parameter
+    in its own storage still (a resumed run's parameters are fresh allocations, and a view into
+    the vector rounds differently in the CPU's kernels)."""
+    weight, bias = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))
+    where = (weight.data_ptr(), bias.data_ptr())
+    assign_flat(torch.arange(1.0, 7.0), [weight, bias])
+    assert torch.equal(weight.data, torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    assert torch.equal(bias.data, torch.tensor([5.0, 6.0]))
+    assert (weight.data_ptr(), bias.data_ptr()) == where
+    with pytest.raises(ValueError, match="7 elements, the parameters 6"):
+        assign_flat(torch.zeros(7), [weight, bias])
 
 
 def test_conjugate_gradient_by_hand() -> None:
