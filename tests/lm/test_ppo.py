@@ -84,18 +84,23 @@ def test_rewards_costs_kl_and_advantages_are_assembled_as_safe_rlhf_says():
         "reward": torch.tensor([[9.0, 0.1, 0.2, 0.3, 9.0], [9.0, 0.4, 0.5, 0.6, 9.0]]),
         "cost": torch.tensor([[9.0, 0.0, 0.1, -0.1, 9.0], [9.0, 0.3, -0.2, 5.0, 9.0]]),
     }
-    scores = score_rollout(
-        rollout,
-        reference=Fixed(logits=torch.zeros(2, 5, 4)),
-        reward_model=Fixed(end_scores=torch.tensor([3.0, -1.0])),
-        cost_model=Fixed(end_scores=torch.tensor([0.5, 2.0])),
-        reward_critic=Fixed(scores=critic_scores["reward"]),
-        cost_critic=Fixed(scores=critic_scores["cost"]),
-        temperature=1.0,
-        score_clip=10.0,
-        missing_eos_penalty=2.0,
-        eos_token_id=1,
-    )
+
+    def scored(**extra):
+        return score_rollout(
+            rollout,
+            reference=Fixed(logits=torch.zeros(2, 5, 4)),
+            reward_model=Fixed(end_scores=torch.tensor([3.0, -1.0])),
+            cost_model=Fixed(end_scores=torch.tensor([0.5, 2.0])),
+            reward_critic=Fixed(scores=critic_scores["reward"]),
+            cost_critic=Fixed(scores=critic_scores["cost"]),
+            temperature=1.0,
+            score_clip=10.0,
+            missing_eos_penalty=2.0,
+            eos_token_id=1,
+            **extra,
+        )
+
+    scores = scored()
     exp, metrics = assemble_experience(
         rollout, scores, kl_coef=0.1, gamma=1.0, gae_lambda=1.0, lam=0.5, whiten=False
     )
@@ -121,19 +126,7 @@ def test_rewards_costs_kl_and_advantages_are_assembled_as_safe_rlhf_says():
     )
 
     # a cost floor of 1 raises row 0's end cost 0.5 to 1 and leaves row 1's 2
-    floored = score_rollout(
-        rollout,
-        reference=Fixed(logits=torch.zeros(2, 5, 4)),
-        reward_model=Fixed(end_scores=torch.tensor([3.0, -1.0])),
-        cost_model=Fixed(end_scores=torch.tensor([0.5, 2.0])),
-        reward_critic=Fixed(scores=critic_scores["reward"]),
-        cost_critic=Fixed(scores=critic_scores["cost"]),
-        temperature=1.0,
-        score_clip=10.0,
-        missing_eos_penalty=2.0,
-        eos_token_id=1,
-        cost_floor=1.0,
-    )
+    floored = scored(cost_floor=1.0)
     assert floored.end_cost is not None
     torch.testing.assert_close(floored.end_cost, torch.tensor([1.0, 2.0]))
 
