@@ -11,7 +11,8 @@ seed and cost limit (25). Measured per run:
   the ratio alignloop / OmniSafe per pair and its median over the pairs;
 - final return and cost: the mean undiscounted return and cost of the episodes of the last epoch
   (20,000 steps: 20 episodes of 1,000 steps). Both libraries log, per epoch, the running mean of
-  their most recent episodes (alignloop's last 100, OmniSafe's last 50); while that window still
+  their most recent episodes (the last 50 in both: OmniSafe's logger window, which alignloop's
+  defaults for these algorithms copy as their J_c window); while that window still
   holds every episode so far, the mean of epoch k's episodes follows exactly from two successive
   running means (`epoch_means`); past it the logged window mean is used and the row says so;
 - learning curves (those per-epoch means against env steps), mean and min-max over seeds, in
@@ -45,9 +46,9 @@ BENCH = Path(__file__).resolve().parent
 OMNISAFE_PYTHON = BENCH / ".venv-omnisafe" / "bin" / "python"
 OMNISAFE_NAME = {"ppo-lag": "PPOLag", "cpo": "CPO"}
 """alignloop's ``--algo`` and OmniSafe's algorithm of the same name and settings."""
-WINDOW = {"alignloop": 100, "omnisafe": 50}
-"""Episodes in each library's logged running mean (alignloop's cost_window; OmniSafe's
-``register_key('Metrics/EpRet', window_length=50)``)."""
+OMNISAFE_WINDOW = 50
+"""Episodes in OmniSafe's logged running mean (``register_key('Metrics/EpRet', window_length=50)``);
+alignloop's is its run's ``cost_window`` (`alignloop_window`), 50 by default for both algorithms."""
 EPISODE_STEPS = 1000
 COST_LIMIT = 25.0
 
@@ -63,6 +64,13 @@ def read_alignloop(path: Path) -> list[tuple[float, float, float]]:
         elif row.get("split") == "time":
             steps[row["step"]] = row["env_steps"]
     return [(steps[i], *returns[i]) for i in sorted(returns) if i in steps]
+
+
+def alignloop_window(run_dir: Path, algo: str) -> int:
+    """Episodes in an alignloop run's logged running mean: its settings group's ``cost_window``,
+    as its ``run.json`` records it."""
+    config = json.loads((run_dir / "run.json").read_text())["config"]
+    return int(config[algo.replace("-", "_")]["cost_window"])
 
 
 def read_omnisafe(path: Path) -> list[tuple[float, float, float]]:
@@ -172,7 +180,8 @@ def run_pair(algo: str, env: str, seed: int, steps: int, per_epoch: int | None, 
             if lib == "alignloop"
             else read_omnisafe(folder / "omnisafe" / "progress.csv")
         )
-        c = curve(logged, WINDOW[lib])
+        window = alignloop_window(folder / "alignloop", algo) if lib == "alignloop" else OMNISAFE_WINDOW
+        c = curve(logged, window)
         done = c["steps"][-1]
         rows.append(
             {

@@ -75,6 +75,25 @@ def test_demo_defaults() -> None:
 def test_control_defaults() -> None:
     # "lambda moved by the mean cost of the last 100 episodes"
     assert PPOSettings().cost_window == 100
+    # "`cost-window`: 50 for `ppo-lag`, `cpo`, `pcpo`, `focops` and `cup`, OmniSafe's window;
+    # 100 for `ppo`, 10 for `sac-lag`"; "CPO's is OmniSafe's per-episode `J_c - d` unless
+    # `--cpo.violation-per-step`"; PCPO's is per step
+    from alignloop.control.train import TrainConfig
+
+    t = TrainConfig()
+    windows = {
+        g: getattr(t, g).cost_window for g in ("ppo_lag", "cpo", "pcpo", "focops", "cup", "ppo", "sac_lag")
+    }
+    assert windows == {
+        "ppo_lag": 50,
+        "cpo": 50,
+        "pcpo": 50,
+        "focops": 50,
+        "cup": 50,
+        "ppo": 100,
+        "sac_lag": 10,
+    }
+    assert (t.cpo.violation_per_step, t.pcpo.violation_per_step) == (False, True)
     p = PbrlConfig()
     # "segments of 50 steps", "a Bradley-Terry reward ensemble of 3", "an ensemble of 3
     # (--cost-ensemble)", "half of each round's pairs (--cost-queries)"

@@ -7,10 +7,14 @@ the trust region and the cost:
 1. ``g = grad mean(ratio * A_r)``, ``b = grad mean(ratio * A_c)`` at ratio 1 (A_r standardised,
    A_c centred), ``x_g = H^-1 g`` and ``x_b = H^-1 b`` by conjugate gradient on the Fisher of the
    mean KL over the rollout's states (`alignloop.core.trust_region`);
-2. the violation ``c = (J_c - d) / L``: the mean episode cost of the recent episodes over the
-   limit, divided by the mean episode length ``L`` so it is in the per-step units of ``b^T x``
-   (the authors' code, safety-starter-agents, does the same; OmniSafe 0.5.0 leaves it per
-   episode);
+2. the violation ``c = J_c - d``: the mean episode cost of the recent episodes over the limit,
+   per episode as OmniSafe 0.5.0 has it. Against the surrogate's per-step change ``b^T x`` that
+   is a large margin: a policy over the limit by more than the trust region can undo gets the
+   recovery step, one under it the reward's step. ``--cpo.violation-per-step`` divides it by the
+   mean episode length ``L`` into the surrogate's own units, as the authors' code
+   (safety-starter-agents) does; on SafetyPointGoal1 that version's predicted cost decreases
+   did not hold in the next rollouts and its cost stayed over the limit (BENCHMARKS.md,
+   "Control against OmniSafe");
 3. the step of `alignloop.core.trust_region.cpo_step`: TRPO's when the constraint does not bind,
    the dual's ``(x_g - nu x_b) / lambda`` when it does, the recovery step ``-sqrt(2 delta / s) x_b``
    when no feasible policy lies in the trust region;
@@ -89,6 +93,9 @@ class CPOSettings(CriticFitSettings):
     """Steps of the backtracking line search (OmniSafe's CPO, 20)."""
     line_search_shrink: float = 0.8
     """Each backtracking step shrinks the step by this (OmniSafe and the paper's code, 0.8)."""
+    violation_per_step: bool = False
+    """Divide the violation J_c - d by the mean episode length (the authors' code); off: per
+    episode (OmniSafe's). Module docstring, step 2."""
 
 
 def fit_critic_epochs(
@@ -110,9 +117,11 @@ def fit_critic_epochs(
     return {key: value / count for key, value in sums.items()}
 
 
-def violation(ctx: UpdateContext) -> float:
-    """``c = (J_c - d) / L`` (module docstring, step 2)."""
-    return (ctx.mean_cost - ctx.cost_limit) / max(ctx.mean_length, 1.0)
+def violation(ctx: UpdateContext, s: CPOSettings) -> float:
+    """``c = J_c - d``, or ``(J_c - d) / L`` with ``s.violation_per_step`` (module docstring,
+    step 2)."""
+    c = ctx.mean_cost - ctx.cost_limit
+    return c / max(ctx.mean_length, 1.0) if s.violation_per_step else c
 
 
 @dataclass
@@ -216,7 +225,7 @@ def cpo_learner(agent: Agent, s: CPOSettings) -> Learner:
         batch = Batch.of(ro)
         adv_r, adv_c = standardized_reward_advantage(adv), centered_cost_advantage(adv)
         lin = linearise(agent, batch, adv_r, adv_c, s)
-        c = violation(ctx)
+        c = violation(ctx, s)
         step = cpo_step(lin.x_g, lin.x_b, lin.q, lin.r, lin.s, c, float(lin.b @ lin.b), s.target_kl)
         _, metrics = search_step(agent, batch, adv_r, adv_c, lin, step.direction, c, step.case > 1, s)
         metrics.update(case=float(step.case), cpo_lambda=step.lam, cpo_nu=step.nu, violation=c)

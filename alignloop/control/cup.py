@@ -26,6 +26,7 @@ from torch import nn
 from alignloop.control.onpolicy import Learner, UpdateContext
 from alignloop.control.ppo import PPOSettings, ppo_update
 from alignloop.control.rollouts import (
+    OMNISAFE_COST_WINDOW,
     Agent,
     Batch,
     Rollout,
@@ -59,6 +60,8 @@ class CUPSettings(PPOSettings):
     """Initial lambda (OmniSafe, 0.001)."""
     lagrange_max: float | None = 2.0
     """Upper bound on lambda (OmniSafe's CUP, 2)."""
+    cost_window: int = OMNISAFE_COST_WINDOW
+    """J_c is the mean cost of this many most recent episodes (OmniSafe's, 50)."""
 
 
 def cup_learner(agent: Agent, s: CUPSettings) -> Learner:

@@ -41,6 +41,7 @@ from alignloop.control.onpolicy import (
     train_on_policy,
 )
 from alignloop.control.rollouts import (
+    OMNISAFE_COST_WINDOW,
     Agent,
     Batch,
     LagrangeSettings,
@@ -105,6 +106,7 @@ PPO_LAG_DEFAULTS = PPOSettings(
     target_kl=0.02,  # kl_early_stop at 0.02
     norm_reward=False,  # reward_normalize: False
     lagrange_init=0.001,  # lagrangian_multiplier_init
+    cost_window=OMNISAFE_COST_WINDOW,  # J_c over its logger's last 50 episodes
 )
 """PPO-Lagrangian's reference settings: OmniSafe 0.5.0's PPOLag.yaml for the navigation tasks
 (cost limit 25, gamma 0.99, GAE 0.95, 64 x 64 tanh networks and observation normalisation are

@@ -32,6 +32,7 @@ __all__ = [
     "Agent",
     "Batch",
     "Collector",
+    "OMNISAFE_COST_WINDOW",
     "ConstraintSettings",
     "CriticFitSettings",
     "LagrangeSettings",
@@ -59,7 +60,13 @@ class ConstraintSettings:
     cost_limit: float = 25.0
     """Limit on the mean episode cost (25: Safety-Gymnasium's and OmniSafe's navigation benchmarks)."""
     cost_window: int = 100
-    """J_c is the mean cost of this many most recent episodes (OmniSafe's window_lens, 100)."""
+    """J_c is the mean cost of this many most recent episodes (100, as Stable-Baselines3 logs its
+    episodes; the OmniSafe family's defaults use `OMNISAFE_COST_WINDOW`)."""
+
+
+OMNISAFE_COST_WINDOW = 50
+"""OmniSafe 0.5.0's on-policy algorithms take J_c as the mean of the last 50 episodes (its
+logger's ``Metrics/EpCost`` window; the ``window_lens: 100`` of its configs is not that window)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,8 @@ class CriticFitSettings(OnPolicySettings):
     """Weight of the critics' squared parameters in their loss (OmniSafe's critic_norm_coef, 0.001)."""
     max_grad_norm: float = 40.0
     """Clip of each network's gradient norm (OmniSafe's max_grad_norm)."""
+    cost_window: int = OMNISAFE_COST_WINDOW
+    """J_c is the mean cost of this many most recent episodes (OmniSafe's, 50)."""
 
 
 Sample = Callable[[Tensor], tuple[Tensor, Tensor]]

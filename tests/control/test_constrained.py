@@ -373,3 +373,23 @@ def test_saute_wrapper_tracks_the_budget_and_replaces_the_reward() -> None:
     assert all(rewards[i] == -1.0 for i in spent)
     assert all(rewards[i] == task[i] for i in range(40) if i not in spent)
     assert math.isclose(env.budget, 9.5)
+
+
+def test_cpo_violation_is_per_episode_unless_asked_per_step() -> None:
+    # J_c 60 over a limit of 25 in 1000-step episodes: c = 35 per episode (OmniSafe's, CPO's
+    # default) or 35 / 1000 = 0.035 per step (the authors' code; PCPO's default).
+    from alignloop.control.cpo import CPOSettings, violation
+    from alignloop.control.onpolicy import UpdateContext
+    from alignloop.control.pcpo import PCPOSettings
+
+    ctx = UpdateContext(
+        lam=0.0,
+        mean_cost=60.0,
+        mean_length=1000.0,
+        cost_limit=25.0,
+        progress=0.0,
+        rng=np.random.default_rng(0),
+    )
+    assert violation(ctx, CPOSettings()) == pytest.approx(35.0)
+    assert violation(ctx, CPOSettings(violation_per_step=True)) == pytest.approx(0.035)
+    assert violation(ctx, PCPOSettings()) == pytest.approx(0.035)

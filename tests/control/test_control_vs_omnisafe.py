@@ -3,6 +3,7 @@ per-epoch means, and the per-pair speed ratios (the benchmark itself runs in ben
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -39,8 +40,8 @@ def test_both_logs_give_the_mean_of_each_epochs_own_episodes(tmp_path: Path) -> 
         "Metrics/EpRet,Metrics/EpCost,TotalEnvSteps,Time/Total\n"
         + "".join(f"{2 * c},{c},{20000.0 * (i + 1)},1.0\n" for i, c in enumerate(running))
     )
-    ours = bench.curve(bench.read_alignloop(metrics), bench.WINDOW["alignloop"])
-    theirs = bench.curve(bench.read_omnisafe(progress), bench.WINDOW["omnisafe"])
+    ours = bench.curve(bench.read_alignloop(metrics), 100)
+    theirs = bench.curve(bench.read_omnisafe(progress), bench.OMNISAFE_WINDOW)
     assert ours["steps"] == theirs["steps"] == [20000.0, 40000.0, 60000.0]
     assert ours["cost"] == pytest.approx([10.0, 40.0, 0.0], abs=1e-9)
     assert ours["return"] == pytest.approx([20.0, 80.0, 0.0], abs=1e-9)
@@ -58,3 +59,26 @@ def test_speed_ratios_pair_the_runs_of_one_algorithm_and_seed() -> None:
         {"algo": "cpo", "seed": 2, "library": "alignloop", "steps_per_second": 9.0},  # unpaired
     ]
     assert bench.ratios(rows) == pytest.approx([3.0, 4.0])
+
+
+@pytest.mark.parametrize(("algo", "window"), [("ppo-lag", 50), ("cpo", 50)])
+def test_the_alignloop_window_is_read_from_the_run_it_describes(
+    tmp_path: Path, algo: str, window: int
+) -> None:
+    # A real (tiny) run: its run.json records the default J_c window of the algorithm's group,
+    # OmniSafe's 50, which is what the curves must be rebuilt with.
+    from alignloop.control.train import TrainConfig, train
+
+    group = algo.replace("-", "_")
+    settings = {"num_steps": 200, "minibatch_size": 100}
+    cfg = TrainConfig(
+        env="SafeSliderVelocity-v0",
+        algo=algo,
+        total_env_steps=200,
+        output_dir=tmp_path / "run",
+        save_every=0,
+        progress=False,
+        **{group: dataclasses.replace(getattr(TrainConfig(), group), **settings)},
+    )
+    assert train(cfg) == 0
+    assert _bench().alignloop_window(tmp_path / "run", algo) == window
