@@ -24,6 +24,7 @@ Results are saved after every finished pair, so a cut-short run keeps what finis
     python bench/control_vs_omnisafe.py --steps 40000 --seeds 0 1 2
     python bench/control_vs_omnisafe.py --steps 4000 --steps-per-epoch 2000 --seeds 0  # smoke
     python bench/control_vs_omnisafe.py --report-only   # table and plot from the saved JSON
+    python bench/control_vs_omnisafe.py --merge a.json b.json --out both.json   # one table and plot
 """
 
 from __future__ import annotations
@@ -274,8 +275,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/control_vs_omnisafe.json"))
     parser.add_argument("--plot", type=Path, default=None, help="default: --out with .png")
     parser.add_argument("--report-only", action="store_true", help="table and plot of --out")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="results of separate runs (say one per algorithm) into --out",
+    )
     args = parser.parse_args()
     plot = args.plot or args.out.with_suffix(".png")
+    if args.merge:
+        rows = [r for path in args.merge for r in json.loads(path.read_text())["runs"]]
+        save(args.out, rows, summarise(rows, "system", ["return", "cost", "steps_per_second"]))
+        print(report(json.loads(args.out.read_text()), plot))
+        return
     if args.report_only:
         result = json.loads(args.out.read_text())
         for r in result["runs"]:  # rows saved before the time split was recorded
