@@ -9,12 +9,12 @@ Each round (files under ``run_dir/round-NNN``, the previous round's beside it):
   MuJoCo state (qpos, qvel); the episodes are cut into segments of
   ``segment_length`` steps and joined by the previous round's (``segments.npz``); pairs are
   chosen, among at most ``max_clips`` of them, uniformly or by the previous reward ensemble's
-  disagreement (`alignloop.control.pbrl.SELECTIONS`); each segment shown is rendered once to a
+  disagreement (`alignloop.control.segment_models.SELECTIONS`); each segment shown is rendered once to a
   looping GIF (``clips/``), and the true per-step values of every pair go to
   ``run_dir/oracle.jsonl`` for a scripted annotator; the platform never sees them;
 - learn: the reward ensemble (Bradley-Terry over summed per-step rewards) and the cost model
   (an ensemble; Safe RLHF cost loss on noisy-or segment scores, steps counted against fitted
-  thresholds) of `alignloop.control.pbrl` are fitted on
+  thresholds) of `alignloop.control.segment_models` are fitted on
   the judgements of every round, warm-started from the previous round's models (``models/``);
 - align: PPO-Lagrangian (`alignloop.control.ppo.train_policy`) continues from the previous
   policy, its observation statistics and its Lagrange multiplier, for ``steps_per_round``
@@ -42,7 +42,8 @@ from alignloop.config import ConfigError
 from alignloop.control.envs import VELOCITY_THRESHOLDS, make_env, resolve_env
 from alignloop.control.evaluate import load_policy
 from alignloop.control.nets import CostModel, StepModel
-from alignloop.control.pbrl import (
+from alignloop.control.ppo import PPOSettings, has_checkpoint, read_checkpoint, train_policy
+from alignloop.control.segment_models import (
     SELECTIONS,
     fit_cost_model,
     fit_reward_models,
@@ -50,7 +51,6 @@ from alignloop.control.pbrl import (
     new_models,
     segment_cost_logit,
 )
-from alignloop.control.ppo import PPOSettings, has_checkpoint, read_checkpoint, train_policy
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
 from alignloop.feedback.pairs import marks, preference_pairs, safety_pairs, step_labels
 from alignloop.feedback.schema import (

@@ -15,18 +15,16 @@ import torch
 
 from alignloop.control.envs import make_env
 from alignloop.control.nets import StepModel
-from alignloop.control.pbrl import (
+from alignloop.control.pbrl import PbrlConfig, PreferenceLearner, train
+from alignloop.control.ppo import PPOSettings, read_checkpoint
+from alignloop.control.rollouts import Rollout
+from alignloop.control.segment_models import (
     SELECTIONS,
-    PbrlConfig,
-    PreferenceLearner,
     count_threshold,
     fit_cost_model,
     fit_reward_models,
     segment_cost_logit,
-    train,
 )
-from alignloop.control.ppo import PPOSettings, read_checkpoint
-from alignloop.control.rollouts import Rollout
 from alignloop.feedback.teachers import SegmentTeacher, TeacherNoise
 from alignloop.runstack.metrics import read_metrics
 

@@ -15,7 +15,7 @@ import torch
 import alignloop.loop.control as control
 from alignloop.control.envs import make_env
 from alignloop.control.evaluate import load_policy
-from alignloop.control.pbrl import label_steps
+from alignloop.control.segment_models import label_steps
 from alignloop.feedback.schema import Candidate, Item, Judgement
 from alignloop.feedback.teachers import TIE, SegmentTeacher
 from alignloop.loop.control import PRESETS, ControlDomain
