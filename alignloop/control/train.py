@@ -307,9 +307,15 @@ def check_config(cfg: TrainConfig, run_dir: Path) -> tuple[Algorithm, Any, Saute
                 if getattr(current, f.name) != getattr(default, f.name)
             ]
             flags = ", ".join(f"--{_flag(group)}.{_flag(name)}" for name in changed)
+            own = {f.name for f in dataclasses.fields(getattr(cfg, algo.group))}
+            fix = (
+                f"spell them --{_flag(algo.group)}.{_flag(changed[0])} ..."
+                if changed[0] in own
+                else f"--algo {cfg.algo} has no {_flag(changed[0])} option (--help lists its options)"
+            )
             raise UserError(
                 f"{flags}: options of --algo {group.replace('_', '-')}, but --algo {cfg.algo} reads "
-                f"--{_flag(algo.group)}.*; spell them --{_flag(algo.group)}.{_flag(changed[0])} ..."
+                f"--{_flag(algo.group)}.*; {fix}"
             )
     s = getattr(cfg, algo.group)
     flag, resume_dir = _flag(algo.group), run_dir if cfg.resume else None

@@ -286,6 +286,9 @@ def test_bad_input_fails_before_training_with_one_message(tmp_path: Path, capsys
     assert "--saute needs a safety budget > 0: --ppo.cost-limit is 0.0" in err
     err = _refused(["--algo", "ppo-lag", "--env", SLIDER, "--ppo.cost-limit", "5"], capsys, tmp_path)
     assert "--ppo.cost-limit: options of --algo ppo, but --algo ppo-lag reads --ppo-lag.*" in err
+    assert "spell them --ppo-lag.cost-limit" in err
+    err = _refused(["--algo", "ppo-lag", "--env", SLIDER, "--cpo.violation-per-step"], capsys, tmp_path)
+    assert "--algo ppo-lag has no violation-per-step option" in err and "spell them" not in err
     err = _refused(["--algo", "cpo", "--env", SLIDER, "--lagrange", "pid"], capsys, tmp_path)
     assert "--lagrange: --algo cpo has no Lagrange multiplier" in err
     err = _refused(["--algo", "cpo", "--env", SLIDER, "--resume"], capsys, tmp_path)
