@@ -3,12 +3,16 @@
 The constrained problem ``max_pi J_r(pi) s.t. J_c(pi) <= d`` is solved through its Lagrangian
 ``J_r - lambda (J_c - d)`` with ``lambda >= 0``: the policy ascends on ``J_r - lambda J_c`` (see
 `lagrangian_advantage`) while ``lambda`` ascends on ``lambda (J_c - d)``, growing while the
-constraint is violated and shrinking while it holds. Three update rules are offered, each a pure
+constraint is violated and shrinking while it holds. Four update rules are offered, each a pure
 function on floats; `LagrangeMultiplier` only holds their state:
 
 - ``"log"``: gradient ascent on log lambda, as Safe RLHF (Dai et al. 2023, "Safe RLHF: Safe
   Reinforcement Learning from Human Feedback", sec. 3.3 and its PPO-Lagrangian trainer);
-- ``"projected"``: projected gradient ascent on lambda itself, as OmniSafe's ``Lagrange``;
+- ``"projected"``: projected gradient ascent on lambda itself, a step proportional to the
+  violation;
+- ``"adam"``: the same ascent taken by Adam and projected onto ``lambda >= 0``, as OmniSafe's
+  ``Lagrange`` (``lambda_optimizer: Adam``): a step of about ``lr`` whatever the size of the
+  violation;
 - ``"pid"``: the PID Lagrangian of Stooke et al. 2020, "Responsive Safety in Reinforcement
   Learning by PID Lagrangian Methods", Algorithm 2.
 
@@ -23,18 +27,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "LAGRANGE_METHODS",
+    "AdamState",
+    "LagrangeMethod",
     "LAMBDA_CEILING",
     "LAMBDA_FLOOR",
     "LagrangeMultiplier",
     "PIDState",
+    "adam_update",
     "floored_cost",
     "lagrangian_advantage",
     "log_space_update",
@@ -43,7 +50,10 @@ __all__ = [
     "projected_update",
 ]
 
-LAGRANGE_METHODS = ("log", "projected", "pid")
+LagrangeMethod = Literal["log", "projected", "pid", "adam"]
+"""The name of an update rule (the type of every config's ``lagrange_method``)."""
+
+LAGRANGE_METHODS: tuple[str, ...] = get_args(LagrangeMethod)
 """The update rules `LagrangeMultiplier` accepts as ``method``."""
 
 LAMBDA_CEILING = 1e8
@@ -89,12 +99,63 @@ def log_space_update(
 def projected_update(
     lam: float, mean_cost: float, cost_limit: float, lr: float, *, max_value: float | None = None
 ) -> float:
-    """One projected gradient-ascent step on lambda (as OmniSafe); returns the new lambda:
+    """One projected gradient-ascent step on lambda; returns the new lambda:
 
     lambda <- clamp(lambda + lr * (J_c - d), 0, min(max_value, LAMBDA_CEILING))
     """
     new_lam = lam + lr * (mean_cost - cost_limit)
     return min(max(new_lam, 0.0), _upper_bound(max_value))
+
+
+ADAM_BETAS = (0.9, 0.999)
+"""Adam's moment decays for the "adam" rule (PyTorch's defaults, which OmniSafe uses)."""
+ADAM_EPS = 1e-8
+"""Adam's denominator guard for the "adam" rule (PyTorch's default)."""
+_ADAM_MAX_GRAD = 1e150
+"""The violation is clipped to this size before Adam squares it, so its second moment stays finite."""
+
+
+@dataclass(frozen=True)
+class AdamState:
+    """Adam's moments of the "adam" rule between updates."""
+
+    m: float = 0.0
+    """First moment of the gradient ``-(J_c - d)``."""
+    v: float = 0.0
+    """Second moment of that gradient."""
+    steps: int = 0
+    """Updates taken (for the bias corrections)."""
+
+
+def adam_update(
+    lam: float,
+    state: AdamState,
+    mean_cost: float,
+    cost_limit: float,
+    lr: float,
+    *,
+    max_value: float | None = None,
+) -> tuple[float, AdamState]:
+    """One Adam step on the loss ``-lambda (J_c - d)``, then the projection; returns
+    ``(lambda, new_state)``. With ``g = -(J_c - d)`` and ``(b1, b2) = ADAM_BETAS``:
+
+        m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2,   k = steps + 1
+        lambda <- clamp(lambda - lr * (m / (1 - b1^k)) / (sqrt(v / (1 - b2^k)) + ADAM_EPS),
+                        0, min(max_value, LAMBDA_CEILING))
+
+    exactly ``torch.optim.Adam`` on a one-element parameter followed by OmniSafe's clamp. The
+    first step is ``lr`` towards the violation (``g / |g|``); later ones stay near ``lr`` while
+    the sign holds, whatever the violation's size. Before it is squared, ``g`` is clipped to
+    ``±1e150`` so that ``v`` stays finite.
+    """
+    b1, b2 = ADAM_BETAS
+    g = -min(max(mean_cost - cost_limit, -_ADAM_MAX_GRAD), _ADAM_MAX_GRAD)
+    steps = state.steps + 1
+    m = b1 * state.m + (1 - b1) * g
+    v = b2 * state.v + (1 - b2) * g * g
+    step = lr * (m / (1 - b1**steps)) / (math.sqrt(v / (1 - b2**steps)) + ADAM_EPS)
+    new_lam = min(max(lam - step, 0.0), _upper_bound(max_value))
+    return new_lam, AdamState(m=m, v=v, steps=steps)
 
 
 @dataclass(frozen=True)
@@ -144,10 +205,10 @@ class LagrangeMultiplier:
 
     Args:
         method: the update rule, one of ``LAGRANGE_METHODS``: "log" (Safe RLHF,
-            `log_space_update`), "projected" (OmniSafe, `projected_update`) or "pid"
-            (Stooke et al. 2020, `pid_update`).
+            `log_space_update`), "projected" (`projected_update`), "pid" (Stooke et al. 2020,
+            `pid_update`) or "adam" (OmniSafe, `adam_update`).
         init: initial lambda (> 0 for "log", >= 0 otherwise).
-        lr: step size of the "log" and "projected" rules.
+        lr: step size of the "log", "projected" and "adam" rules.
         max_value: optional upper bound on lambda.
         delay: number of initial calls to `update` that leave lambda unchanged (Safe RLHF's
             ``lambda_update_delay_steps``: a warm-up while the critics settle).
@@ -199,6 +260,7 @@ class LagrangeMultiplier:
         self._log_lam = math.log(init) if method == "log" else 0.0
         self._lam = init
         self._pid = PIDState(integral=init)
+        self._adam = AdamState()
 
     @property
     def value(self) -> float:
@@ -225,6 +287,10 @@ class LagrangeMultiplier:
             )
         elif self.method == "projected":
             self._lam = projected_update(self._lam, mean_cost, cost_limit, self.lr, max_value=self.max_value)
+        elif self.method == "adam":
+            self._lam, self._adam = adam_update(
+                self._lam, self._adam, mean_cost, cost_limit, self.lr, max_value=self.max_value
+            )
         else:
             self._lam, self._pid = pid_update(
                 self._pid,
@@ -246,10 +312,12 @@ class LagrangeMultiplier:
             "integral": self._pid.integral,
             "prev_cost": self._pid.prev_cost,
             "num_updates": self.num_updates,
+            "adam": asdict(self._adam),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned; the method must match this multiplier's."""
+        """Restore what `state_dict` returned; the method must match this multiplier's. (A state
+        saved before the "adam" rule existed has no Adam moments; only that rule needs them.)"""
         missing = {"method", "log_lambda", "lambda", "integral", "prev_cost", "num_updates"} - state.keys()
         if missing:
             raise ValueError(f"Lagrange multiplier state lacks {', '.join(sorted(missing))}")
@@ -265,6 +333,11 @@ class LagrangeMultiplier:
             integral=float(state["integral"]), prev_cost=None if prev is None else float(prev)
         )
         self.num_updates = int(state["num_updates"])
+        if self.method == "adam":
+            if "adam" not in state:
+                raise ValueError("Lagrange multiplier state lacks adam (the moments of the adam rule)")
+            adam = state["adam"]
+            self._adam = AdamState(m=float(adam["m"]), v=float(adam["v"]), steps=int(adam["steps"]))
 
     def __repr__(self) -> str:
         return f"LagrangeMultiplier(method={self.method!r}, value={self.value:.6g})"

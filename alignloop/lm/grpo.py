@@ -31,6 +31,7 @@ from alignloop.core.advantages import (
     remax_advantages,
     rloo_advantages,
 )
+from alignloop.core.lagrange import LagrangeMethod
 from alignloop.lm.critic_free import Advantage, Constraint, CriticFreeConfig, Scored, implied, run
 
 
@@ -115,7 +116,7 @@ class GRPOLagConfig(GRPOConfig):
     """Upper bound on the multiplier."""
     lambda_delay: int = 0
     """Iterations before the multiplier starts to move."""
-    lambda_method: Literal["log", "projected", "pid"] = "log"
+    lambda_method: LagrangeMethod = "log"
     """Multiplier update rule."""
     cost_window: int = 2
     """J_c is the mean cost of the responses of this many recent iterations."""

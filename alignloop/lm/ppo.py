@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from alignloop.core.advantages import gae, kl_shaped_rewards, masked_mean, masked_whiten
-from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage, mean_recent_cost
+from alignloop.core.lagrange import LagrangeMethod, LagrangeMultiplier, lagrangian_advantage, mean_recent_cost
 from alignloop.core.losses import entropy_from_logits, ppo_policy_loss, value_loss
 from alignloop.errors import UserError
 from alignloop.lm.data import PromptCollator
@@ -187,7 +187,7 @@ class PPOLagConfig(CostModelConfig):
     """Upper bound on the multiplier."""
     lambda_delay: int = 0
     """Iterations before the multiplier starts to move."""
-    lambda_method: Literal["log", "projected", "pid"] = "log"
+    lambda_method: LagrangeMethod = "log"
     """Multiplier update rule."""
     cost_window: int = 128
     """J_c is the mean end cost of this many recent responses (of all processes)."""

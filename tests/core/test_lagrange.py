@@ -14,8 +14,10 @@ from alignloop.core.lagrange import (
     LAGRANGE_METHODS,
     LAMBDA_CEILING,
     LAMBDA_FLOOR,
+    AdamState,
     LagrangeMultiplier,
     PIDState,
+    adam_update,
     floored_cost,
     lagrangian_advantage,
     log_space_update,
@@ -117,6 +119,44 @@ def test_multiplier_projected_and_pid_by_hand() -> None:
     assert [pid.update(c, 1.0) for c in (3.0, 4.0, 0.0)] == [approx(2.2), approx(3.2), approx(0.9)]
 
 
+def test_adam_update_by_hand() -> None:
+    # lambda = 0.001, J_c = 30, d = 25, lr = 0.035: g = -5, m = -0.5, v = 0.001 * 25 = 0.025;
+    #   m_hat = -5, v_hat = 25: step = 0.035 * -5 / (5 + 1e-8) -> lambda = 0.001 + 0.035 = 0.036
+    lam, state = adam_update(0.001, AdamState(), 30.0, 25.0, 0.035)
+    assert lam == approx(0.036)
+    assert (state.m, state.v, state.steps) == (approx(-0.5), approx(0.025), 1)
+    # J_c = 20: g = 5, m = 0.9 * -0.5 + 0.1 * 5 = 0.05, v = 0.999 * 0.025 + 0.001 * 25 = 0.049975;
+    #   m_hat = 0.05 / 0.19 = 0.2631579, v_hat = 0.049975 / 0.001999 = 25:
+    #   lambda = 0.036 - 0.035 * 0.2631579 / 5 = 0.0341579
+    lam, state = adam_update(lam, state, 20.0, 25.0, 0.035)
+    assert lam == approx(0.036 - 0.035 * (0.05 / 0.19) / 5) and state.steps == 2
+    # the step's size does not follow the violation's: 1000 over the limit moves lambda by lr too
+    assert adam_update(0.5, AdamState(), 1025.0, 25.0, 0.035)[0] == approx(0.535)
+    # projected onto [0, max_value]
+    assert adam_update(0.01, AdamState(), 0.0, 25.0, 0.035)[0] == 0.0
+    assert adam_update(4.99, AdamState(), 30.0, 25.0, 0.035, max_value=5.0)[0] == 5.0
+
+
+def test_adam_rule_matches_torch_adam_and_a_clamp() -> None:
+    # OmniSafe's Lagrange: torch.optim.Adam on the loss -lambda (J_c - d), then clamp_(0, upper)
+    param = torch.nn.Parameter(torch.tensor(0.2, dtype=torch.float64))
+    opt = torch.optim.Adam([param], lr=0.05)
+    lag = LagrangeMultiplier("adam", init=0.2, lr=0.05, max_value=3.0)
+    for cost in (31.0, 40.0, 22.0, 26.0, 10.0, 5.0, 12.0, 60.0, 24.0, 25.0, 80.0):
+        opt.zero_grad()
+        (-param * (cost - 25.0)).backward()
+        opt.step()
+        param.data.clamp_(0.0, 3.0)
+        assert lag.update(cost, 25.0) == pytest.approx(param.item(), rel=1e-12, abs=1e-15)
+
+
+def test_adam_rule_with_huge_costs() -> None:
+    lag = LagrangeMultiplier("adam", init=1.0, lr=0.1)
+    assert lag.update(1e30, 0.0) == approx(1.1)  # Adam's step is lr whatever the violation
+    assert 1.1 < lag.update(1e300, 0.0) <= 1.2 + 1e-9  # v stays finite (g clipped)
+    assert math.isfinite(lag.update(-1e300, 0.0)) and lag.value >= 0
+
+
 def test_delay_skips_initial_updates() -> None:
     lag = LagrangeMultiplier("log", init=1.0, lr=0.1, delay=2)
     assert lag.update(0.5, 0.0) == 1.0
@@ -147,7 +187,7 @@ def test_finite_with_cost_limit_zero(method: str) -> None:
     assert [still.update(0.0, 0.0) for _ in range(3)] == [1.0, 1.0, 1.0]
 
 
-@pytest.mark.parametrize("method", LAGRANGE_METHODS)
+@pytest.mark.parametrize("method", [m for m in LAGRANGE_METHODS if m != "adam"])
 def test_finite_with_huge_costs(method: str) -> None:
     lag = LagrangeMultiplier(method, init=1.0, lr=0.1, kp=1.0, kd=1.0)
     assert lag.update(1e30, 0.0) == LAMBDA_CEILING  # clamped, not inf
@@ -218,11 +258,17 @@ def test_load_state_dict_checks() -> None:
     del state["integral"]
     with pytest.raises(ValueError, match="lacks integral"):
         LagrangeMultiplier("log").load_state_dict(state)
+    # a state saved before the adam rule existed loads for the other rules, not for adam
+    old = LagrangeMultiplier("projected").state_dict()
+    del old["adam"]
+    LagrangeMultiplier("projected").load_state_dict(old)
+    with pytest.raises(ValueError, match="lacks adam"):
+        LagrangeMultiplier("adam").load_state_dict(dict(old, method="adam"))
 
 
 def test_bad_options_are_errors() -> None:
-    with pytest.raises(ValueError, match="method must be one of log, projected, pid"):
-        LagrangeMultiplier("adam")
+    with pytest.raises(ValueError, match="method must be one of log, projected, pid, adam"):
+        LagrangeMultiplier("sgd")
     with pytest.raises(ValueError, match="init must be > 0 for method 'log'"):
         LagrangeMultiplier("log", init=0.0)
     with pytest.raises(ValueError, match="init must be >= 0"):
