@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -20,27 +21,63 @@ from torch import Tensor, nn
 from alignloop.core.offpolicy import squashed_gaussian_logprob
 from alignloop.core.trust_region import kl_categorical, kl_diag_gaussian
 
-__all__ = ["ACTORS", "MLP", "Actor", "Critic", "CostModel", "QEnsemble", "SquashedGaussianActor", "StepModel"]
+__all__ = [
+    "ACTORS",
+    "INITS",
+    "MLP",
+    "NetInit",
+    "Actor",
+    "Critic",
+    "CostModel",
+    "QEnsemble",
+    "SquashedGaussianActor",
+    "StepModel",
+]
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def orthogonal_init(linears: list[nn.Linear], out_gain: float) -> None:
+    """Orthogonal weights (gain sqrt 2 for hidden layers, ``out_gain`` for the last) and zero
+    biases, as in the PPO baselines."""
+    for i, layer in enumerate(linears):
+        nn.init.orthogonal_(layer.weight, gain=out_gain if i == len(linears) - 1 else math.sqrt(2))
+        nn.init.zeros_(layer.bias)
+
+
+def pytorch_init(linears: list[nn.Linear], out_gain: float) -> None:
+    """``nn.Linear``'s own initialisation, left as constructed (``kaiming_uniform`` weights with
+    ``a = sqrt 5``, uniform biases), as OmniSafe's networks; ``out_gain`` does not apply."""
+
+
+NetInit = Literal["orthogonal", "pytorch"]
+"""The name of a network initialisation (a config's ``init``)."""
+
+INITS: dict[str, Callable[[list[nn.Linear], float], None]] = {
+    "orthogonal": orthogonal_init,
+    "pytorch": pytorch_init,
+}
+"""``init(linears, out_gain)`` by name: how `MLP` initialises its layers."""
+
+
 class MLP(nn.Module):
-    """Linear layers with an activation between them; orthogonal init (gain sqrt 2 for hidden
-    layers, ``out_gain`` for the last) and zero biases, as in the PPO baselines.
+    """Linear layers with an activation between them, initialised by ``INITS[init]`` (by
+    default orthogonally, as in the PPO baselines).
 
     ``forward`` applies the layers' weights with ``F.linear`` directly instead of calling each
     layer as a module: the rollout runs these nets once per environment step, where per-module
     call overhead would cost as much as the arithmetic."""
 
-    def __init__(self, sizes: list[int], activation: str = "tanh", out_gain: float = 1.0):
+    def __init__(
+        self, sizes: list[int], activation: str = "tanh", out_gain: float = 1.0, init: NetInit = "orthogonal"
+    ):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         linears = [nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)]
-        for i, layer in enumerate(linears):
-            nn.init.orthogonal_(layer.weight, gain=out_gain if i == len(linears) - 1 else math.sqrt(2))
-            nn.init.zeros_(layer.bias)
+        INITS[init](linears, out_gain)
         self.layers = nn.ModuleList(linears)
         self.activation = activation
         self._act = _ACTIVATIONS[activation]
@@ -70,7 +107,13 @@ class Actor(nn.Module):
     """pi(a | s): a diagonal Gaussian with a state-independent log std for Box actions, a
     categorical for Discrete actions."""
 
-    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: tuple[int, ...] = (64, 64)):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_space: gym.Space,
+        hidden: tuple[int, ...] = (64, 64),
+        init: NetInit = "orthogonal",
+    ):
         super().__init__()
         if isinstance(action_space, gym.spaces.Box):
             self.discrete = False
@@ -81,7 +124,7 @@ class Actor(nn.Module):
             out = int(action_space.n)
         else:
             raise ValueError(f"action space {action_space} is not supported; use Box or Discrete")
-        self.net = MLP([obs_dim, *hidden, out], out_gain=0.01)
+        self.net = MLP([obs_dim, *hidden, out], out_gain=0.01, init=init)
 
     def sample(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Draw actions for ``obs`` (B, obs_dim); returns ``(actions, logprobs (B,))``. Box
@@ -138,9 +181,9 @@ class Actor(nn.Module):
 class Critic(nn.Module):
     """V(s): one value per observation, ``(B, obs_dim) -> (B,)``."""
 
-    def __init__(self, obs_dim: int, hidden: tuple[int, ...] = (64, 64)):
+    def __init__(self, obs_dim: int, hidden: tuple[int, ...] = (64, 64), init: NetInit = "orthogonal"):
         super().__init__()
-        self.net = MLP([obs_dim, *hidden, 1], out_gain=1.0)
+        self.net = MLP([obs_dim, *hidden, 1], out_gain=1.0, init=init)
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs).squeeze(-1)

@@ -325,9 +325,9 @@ def train_on_policy(
         max_episode_steps=s.max_episode_steps,
         wrap=saute_wrap(saute),
     )
-    collector = Collector(envs, s.norm_obs, s.cost_window)
+    collector = Collector(envs, s.norm_obs, s.cost_window, norm_per_step=s.norm_obs_per_step)
     collector.task_reward = saute is not None
-    agent = Agent(collector.obs_dim, envs.single_action_space, s.hidden)
+    agent = Agent(collector.obs_dim, envs.single_action_space, s.hidden, s.init)
     learner = make_learner(agent, s)
     scaler = ReturnScaler(s.num_envs, s.gamma)
     lagrange = (

@@ -110,8 +110,11 @@ PPO_LAG_DEFAULTS = PPOSettings(
 )
 """PPO-Lagrangian's reference settings: OmniSafe 0.5.0's PPOLag.yaml for the navigation tasks
 (cost limit 25, gamma 0.99, GAE 0.95, 64 x 64 tanh networks and observation normalisation are
-also PPOSettings' own defaults). Its multiplier is moved by Adam (rate 0.035); here by the
-projected rule of ``lagrange_lr`` (0.01 per unit of J_c - d per iteration)."""
+also PPOSettings' own defaults). Three of its choices are options here, not defaults: its
+multiplier is moved by Adam at rate 0.035 (``--ppo-lag.lagrange-method adam --ppo-lag.lagrange-lr
+0.035``; here by the projected rule of ``lagrange_lr``, 0.01 per unit of J_c - d per
+iteration), its networks keep nn.Linear's initialisation (``init="pytorch"``) and its
+observation statistics move every step (``norm_obs_per_step``)."""
 
 
 def ppo_update(

@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from alignloop.control.envs import ObsNormalizer, step_costs, step_info
-from alignloop.control.nets import Actor, Critic
+from alignloop.control.nets import Actor, Critic, NetInit
 from alignloop.core.advantages import gae, masked_whiten
-from alignloop.core.lagrange import LagrangeMultiplier, lagrangian_advantage
+from alignloop.core.lagrange import LagrangeMethod, LagrangeMultiplier, lagrangian_advantage
 from alignloop.core.losses import value_loss
 
 __all__ = [
@@ -73,12 +73,14 @@ logger's ``Metrics/EpCost`` window; the ``window_lens: 100`` of its configs is n
 class LagrangeSettings(ConstraintSettings):
     """The Lagrange multiplier of the constraint (`alignloop.core.lagrange`)."""
 
-    lagrange_method: Literal["log", "projected", "pid"] = "projected"
-    """Update rule of lambda: log (Safe RLHF), projected (gradient ascent), pid (Stooke et al. 2020)."""
+    lagrange_method: LagrangeMethod = "projected"
+    """Update rule of lambda: log (Safe RLHF), projected (gradient ascent), pid (Stooke et al.
+    2020), adam (gradient ascent by Adam, as OmniSafe)."""
     lagrange_init: float = 0.0
     """Initial lambda (> 0 for the log rule)."""
     lagrange_lr: float = 0.01
-    """Step size of lambda per iteration, per unit of J_c - cost_limit (the pid rule's K_I)."""
+    """Step size of lambda per iteration: per unit of J_c - cost_limit for projected (the pid
+    rule's K_I), Adam's rate for adam (about the step itself)."""
     lagrange_max: float | None = 100.0
     """Upper bound on lambda (None: unbounded)."""
     lagrange_kp: float = 0.1
@@ -116,8 +118,15 @@ class OnPolicySettings(ConstraintSettings):
     """GAE lambda (of both streams)."""
     hidden: tuple[int, ...] = (64, 64)
     """Hidden layer sizes of the actor and the critics."""
+    init: NetInit = "orthogonal"
+    """Initialisation of the actor and the critics: orthogonal (the PPO baselines; the actor's
+    last layer at gain 0.01, so the first policy's mean action is near 0) or pytorch
+    (nn.Linear's own, as OmniSafe: a state-dependent first mean action of order 0.1-1)."""
     norm_obs: bool = True
     """Normalise observations with running statistics (saved in the checkpoint)."""
+    norm_obs_per_step: bool = False
+    """Fold each step's observations into those statistics before the policy sees them (as
+    OmniSafe) instead of once after each rollout."""
     norm_reward: bool = True
     """Divide rewards by the running std of the discounted return (costs are never scaled)."""
     max_episode_steps: int | None = None
@@ -153,11 +162,13 @@ Values = Callable[[Tensor], tuple[np.ndarray, np.ndarray]]
 class Agent(nn.Module):
     """The actor and the two critics (reward and cost)."""
 
-    def __init__(self, obs_dim: int, action_space: Any, hidden: tuple[int, ...]):
+    def __init__(
+        self, obs_dim: int, action_space: Any, hidden: tuple[int, ...], init: NetInit = "orthogonal"
+    ):
         super().__init__()
-        self.actor = Actor(obs_dim, action_space, hidden)
-        self.critic_r = Critic(obs_dim, hidden)
-        self.critic_c = Critic(obs_dim, hidden)
+        self.actor = Actor(obs_dim, action_space, hidden, init)
+        self.critic_r = Critic(obs_dim, hidden, init)
+        self.critic_c = Critic(obs_dim, hidden, init)
 
     def values(self, with_cost: bool) -> Values:
         """Both critics as the collector's `Values` (the cost critic's as zeros without a cost)."""
@@ -191,16 +202,19 @@ class Rollout:
 class Collector:
     """Steps a vector env with the current policy; keeps the normaliser and episode records.
 
-    The observation statistics are folded in once per rollout, after it (the first rollout
-    sees mean 0, variance 1): within a rollout the policy, the stored observations and the
-    critics' bootstrap values all use the same normalisation, and the step loop stays free of
-    statistics updates."""
+    By default the observation statistics are folded in once per rollout, after it (the first
+    rollout sees mean 0, variance 1): within a rollout the policy, the stored observations and
+    the critics' bootstrap values all use the same normalisation, and the step loop stays free
+    of statistics updates. With ``norm_per_step`` each step's observations are folded in before
+    the policy sees them (OmniSafe's rule): the stored observations are each what the policy
+    saw, normalised by the statistics of their own step."""
 
-    def __init__(self, envs: Any, norm_obs: bool, cost_window: int):
+    def __init__(self, envs: Any, norm_obs: bool, cost_window: int, *, norm_per_step: bool = False):
         self.envs = envs
         self.obs_dim = int(np.prod(envs.single_observation_space.shape))
         self.obs_norm = ObsNormalizer((self.obs_dim,))
         self.norm_obs = norm_obs
+        self.norm_per_step = norm_obs and norm_per_step
         space = envs.single_action_space
         self.discrete = not hasattr(space, "low")
         self.low = None if self.discrete else space.low
@@ -247,6 +261,8 @@ class Collector:
         next_raw = ro.next_raw_obs = np.zeros((num_steps, n, d))
         final_values: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         for t in range(num_steps):
+            if self.norm_per_step:
+                self.obs_norm.update(self.obs)
             obs_n = self.normalize(self.obs)
             obs_t = torch.from_numpy(obs_n)
             actions, logp = sample(obs_t)
@@ -285,7 +301,7 @@ class Collector:
         ro.next_values_c = np.concatenate([ro.values_c[1:], last_c[None]])
         for t, cut, v_r, v_c in final_values:
             ro.next_values_r[t, cut], ro.next_values_c[t, cut] = v_r, v_c
-        if self.norm_obs:  # statistics move between rollouts, never within one
+        if self.norm_obs and not self.norm_per_step:  # once per rollout, after it
             self.obs_norm.update(ro.raw_obs.reshape(-1, d))
         return ro
 

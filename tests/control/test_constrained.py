@@ -165,6 +165,11 @@ TINY = dict(num_steps=100, minibatch_size=50, epochs=2, cost_limit=5.0)
 TINY_SAC = dict(hidden=(16, 16), batch_size=32, learning_starts=100, update_every=25, iteration_steps=100)
 RESUMABLE: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     "ppo-lag-pid": ("ppo-lag", dict(TINY, lagrange_method="pid"), []),
+    "ppo-lag-omnisafe": (  # OmniSafe's multiplier, initialisation and normaliser rule
+        "ppo-lag",
+        dict(TINY, lagrange_method="adam", lagrange_lr=0.035, init="pytorch"),
+        ["--ppo-lag.norm-obs-per-step"],
+    ),
     "cpo": ("cpo", TINY, []),
     "pcpo": ("pcpo", dict(TINY, projection="l2"), []),
     "focops": ("focops", TINY, []),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import gymnasium as gym
 import numpy as np
@@ -16,8 +17,8 @@ import pytest
 import torch
 
 from alignloop.config import parse
-from alignloop.control.envs import make_vec_env
-from alignloop.control.nets import Actor
+from alignloop.control.envs import ObsNormalizer, make_vec_env
+from alignloop.control.nets import INITS, MLP, Actor, NetInit
 from alignloop.control.ppo import PPOSettings, has_checkpoint, read_checkpoint, train_policy
 from alignloop.control.rollouts import Agent, Collector, Rollout, lagrangian_mix, rollout_advantages
 from alignloop.control.train import TrainConfig, train
@@ -83,6 +84,51 @@ def test_truncation_bootstraps_from_the_final_observation() -> None:
     inside = ~ro.truncated[:-1]
     np.testing.assert_array_equal(ro.next_values_r[:-1][inside], ro.values_r[1:][inside])
     np.testing.assert_array_equal(ro.next_raw_obs[:-1][inside], ro.raw_obs[1:][inside])
+
+
+def test_per_step_normalisation_folds_each_step_in_before_the_policy_sees_it() -> None:
+    """``norm_per_step`` (OmniSafe's rule): the observation stored at step t is what the policy
+    saw, normalised by the statistics of steps 0..t; by default the first rollout is seen
+    through mean 0 / variance 1 and the statistics move after it. Both fold in every step."""
+    rollouts = {}
+    for per_step in (False, True):
+        torch.manual_seed(0)
+        envs = make_vec_env("alignloop/Slider-v0", 2, max_episode_steps=5)
+        collector = Collector(envs, norm_obs=True, cost_window=10, norm_per_step=per_step)
+        agent = Agent(1, envs.single_action_space, (8,))
+        collector.reset([0, 1])
+        rollouts[per_step] = ro = collector.collect(agent.actor.sample, 7, agent.values(with_cost=False))
+        envs.close()
+        assert collector.obs_norm.mean == pytest.approx(ro.raw_obs.reshape(-1).mean(), rel=1e-6)
+        assert collector.obs_norm.var == pytest.approx(ro.raw_obs.reshape(-1).var(), rel=1e-5)
+    by_step = ObsNormalizer((1,))
+    for t in range(7):
+        by_step.update(rollouts[True].raw_obs[t])
+        np.testing.assert_allclose(
+            rollouts[True].obs[t], by_step.normalize(rollouts[True].raw_obs[t]), rtol=1e-6
+        )
+    np.testing.assert_allclose(rollouts[False].obs, rollouts[False].raw_obs, rtol=1e-6)  # mean 0, var 1
+    assert not np.allclose(rollouts[True].obs, rollouts[True].raw_obs)
+
+
+def test_network_initialisations() -> None:
+    """orthogonal: orthonormal weights at gain sqrt 2 (hidden) and ``out_gain`` (last), zero
+    biases; pytorch: the layers exactly as ``nn.Linear`` built them (OmniSafe's)."""
+    torch.manual_seed(3)
+    net = MLP([5, 8, 2], out_gain=0.5)
+    hidden, last = net.layers[0], net.last
+    torch.testing.assert_close(hidden.weight.T @ hidden.weight, 2.0 * torch.eye(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(last.weight @ last.weight.T, 0.25 * torch.eye(2), atol=1e-6, rtol=0)
+    assert not any(layer.bias.any() for layer in net.layers)
+    torch.manual_seed(3)
+    net = MLP([5, 8, 2], out_gain=0.5, init="pytorch")
+    torch.manual_seed(3)
+    for layer, ref in zip(net.layers, [torch.nn.Linear(5, 8), torch.nn.Linear(8, 2)], strict=True):
+        torch.testing.assert_close(layer.weight, ref.weight, rtol=0, atol=0)
+        torch.testing.assert_close(layer.bias, ref.bias, rtol=0, atol=0)
+    assert get_args(NetInit) == tuple(INITS)  # the config's choices are the table's
+    with pytest.raises(ValueError, match="init must be one of orthogonal, pytorch"):
+        MLP([5, 2], init="xavier")  # type: ignore[arg-type]
 
 
 def test_rollout_advantages_stop_at_a_termination_and_bootstrap_a_truncation() -> None:
