@@ -25,6 +25,7 @@ episodes once 50 have ended) and lambda at the end; learning curves in one figur
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -70,18 +71,13 @@ def omnisafe_command(env: str, seed: int, steps: int, out: Path) -> list[str]:
     ]
 
 
-def omnisafe_log(out: Path) -> Path | None:
-    found = sorted(out.glob("**/progress.csv"))
-    return found[-1] if found else None
-
-
 def finished(job: dict[str, Any], steps: int) -> bool:
     if job["library"] == "alignloop":
         log = job["out"] / "metrics.jsonl"
         rows = read_alignloop(log) if log.exists() else []
     else:
-        log = omnisafe_log(job["out"])
-        rows = read_omnisafe(log) if log else []
+        log = job["out"] / "progress.csv"  # omnisafe_runner.py copies OmniSafe's log there
+        rows = read_omnisafe(log) if log.exists() else []
     return bool(rows) and rows[-1][0] >= steps
 
 
@@ -116,10 +112,10 @@ def result_row(job: dict[str, Any]) -> dict[str, Any]:
         lams = [json.loads(x).get("lambda") for x in (job["out"] / "metrics.jsonl").read_text().splitlines()]
         lam = [x for x in lams if x is not None][-1]
     else:
-        log = omnisafe_log(job["out"])
-        assert log is not None
+        log = job["out"] / "progress.csv"
         c = curve(read_omnisafe(log), OMNISAFE_WINDOW)
-        lam = None
+        with log.open() as f:
+            lam = float(list(csv.DictReader(f))[-1]["Metrics/LagrangeMultiplier"])
     return {
         "algo": job["variant"],  # the figure's column
         "library": job["library"],
