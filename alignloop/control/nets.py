@@ -289,7 +289,7 @@ class CostModel(nn.Module):
     """An ensemble of per-step logits ``z_k(s, a)`` that the step is unsafe, each member with
     the ``threshold`` above which it counts a step as one unsafe step, chosen after each fit so
     that counting steps reproduces the teacher's segment labels
-    (`alignloop.control.segment_models.count_threshold`). ``forward`` is the members' mean logit;
+    (`alignloop.core.segments.count_threshold`). ``forward`` is the members' mean logit;
     `step_costs` counts a step when any member does (pessimistic: the policy cannot settle
     where only one member is wrong). Members and thresholds are saved with it."""
 

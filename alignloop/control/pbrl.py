@@ -21,7 +21,7 @@ and PEBBLE, for the teacher model and query selection), run inside PPO's iterati
    (ties keep their sign terms). The noisy-or ranks steps well but its probabilities
    under-count unsafe steps, so the policy's per-step cost is a count instead: 1 where ``z_t``
    is above the threshold that best reproduces the teacher's labels when steps are counted
-   (`alignloop.control.segment_models.count_threshold`), 0 elsewhere, in the true cost's unit
+   (`alignloop.core.segments.count_threshold`), 0 elsewhere, in the true cost's unit
    (1 per unsafe step) and that of ``cost_limit``. With ``--marks`` the teacher also marks the
    step where each segment first becomes unsafe (the first step over the limit, with noise); by the rule of
    `alignloop.feedback.pairs.step_labels` every step from the mark on is unsafe and every step

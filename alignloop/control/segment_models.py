@@ -1,7 +1,8 @@
 """The learned models of segments that preference-based RL fits: a reward ensemble of per-step
 nets (Bradley-Terry on summed rewards), a cost model of per-step unsafe logits scored by a
 noisy-or over a segment (the Safe RLHF cost-model loss, optionally per-step labels from marks),
-the threshold that turns its logits into a per-step count, and the query-selection scores.
+the threshold that turns its logits into a per-step count (the math of both in
+`alignloop.core.segments`), and the query-selection scores.
 `alignloop.control.pbrl` (the training loop) and `alignloop.loop.control` (the human loop) both
 fit and use them; the module docstring of `alignloop.control.pbrl` explains the choices."""
 
@@ -12,31 +13,21 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from alignloop.control.nets import CostModel, StepModel
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss, step_cost_loss
+from alignloop.core.segments import count_threshold, segment_cost_logit
 from alignloop.core.selection import sign_uncertainty
 
 __all__ = [
     "SELECTIONS",
     "cost_sign_uncertainty",
-    "count_threshold",
     "fit_cost_model",
     "fit_reward_models",
     "label_steps",
     "new_models",
-    "segment_cost_logit",
 ]
-
-
-def segment_cost_logit(step_logits: Tensor) -> Tensor:
-    """``(..., H)`` per-step unsafe logits -> ``(...)`` log-odds that some step is unsafe
-    (noisy-or): with ``S = sum_t softplus(z_t) = -log prod_t (1 - sigmoid(z_t))``,
-    ``C = log(1 - e^-S) - log(e^-S) = S + log(-expm1(-S))``; S is floored at 1e-6."""
-    total = F.softplus(step_logits).sum(-1).clamp(min=1e-6)
-    return total + torch.log(-torch.expm1(-total))
 
 
 def _pair_probs(models: list[StepModel], obs: Tensor, actions: Tensor) -> Tensor:
@@ -154,49 +145,6 @@ def fit_cost_model(
                 z[last], is_safe[last], safer[last], ranked[last], labels, step_known=known
             )
         return float(((segment_cost_logit(step_logits.mean(0)) > 0) == ~is_safe).float().mean())
-
-
-def count_threshold(
-    step_logits: Tensor,
-    is_safe: Tensor,
-    safer: Tensor,
-    ranked: Tensor,
-    step_unsafe: Tensor | None = None,
-    candidates: int = 256,
-    *,
-    step_known: Tensor | None = None,
-) -> float:
-    """The per-step threshold b for which counting the steps with logit above b best
-    reproduces the teacher's labels of judged pairs: a segment is unsafe when its count is at
-    least 1; of a ranked pair the less safe has the larger count, and a tie has equal counts;
-    with per-step labels (from marks), a step is counted exactly when it is labelled unsafe.
-    step_logits (P, 2, H); is_safe (P, 2) bool; safer (P,) index; ranked (P,) bool;
-    step_unsafe (P, 2, H) bool or None, step_known (P,) bool: the pairs that have step labels
-    (None: all). The three agreements are shares, added with weight 1.
-
-    The noisy-or fit ranks steps well but its probabilities under-count: an unsafe segment is
-    explained by a few steps of moderate probability. Counting against a threshold fitted to
-    the labels keeps the cost in the constraint's unit, one per unsafe step. Candidates are
-    quantiles of the logits; among the best, the lowest (the most steps counted unsafe)."""
-    z = step_logits.detach().flatten(0, 1)  # (2P, H)
-    qs = torch.linspace(0.0, 1.0, candidates, dtype=z.dtype)
-    flat = z.flatten()
-    if flat.numel() > 1_000_000:  # quantile's input limit; a strided subsample is as good here
-        flat = flat[:: flat.numel() // 1_000_000 + 1]
-    bs = torch.quantile(flat, qs).unique()  # (K,) ascending
-    counts = (z.unsqueeze(0) > bs[:, None, None]).sum(-1).view(len(bs), -1, 2)  # (K, P, 2)
-    sign_ok = ((counts > 0) == ~is_safe).float().mean((1, 2))  # (K,)
-    rows = torch.arange(len(safer))
-    n_safer, n_other = counts[:, rows, safer], counts[:, rows, 1 - safer]  # (K, P)
-    order_ok = torch.where(ranked, n_other > n_safer, n_other == n_safer).float().mean(1)  # (K,)
-    agreement = sign_ok + order_ok  # (K,)
-    known = torch.ones(len(safer), dtype=torch.bool) if step_known is None else step_known
-    if step_unsafe is not None and bool(known.any()):
-        labels = step_unsafe[known].flatten(0, 1)  # (2P', H)
-        counted = z.view(-1, 2, z.shape[-1])[known].flatten(0, 1)  # (2P', H)
-        agreement = agreement + ((counted.unsqueeze(0) > bs[:, None, None]) == labels).float().mean((1, 2))
-    best = int(torch.nonzero(agreement >= agreement.max() - 1e-9)[0])  # the lowest of the best
-    return float(bs[best])
 
 
 def cost_sign_uncertainty(cost_model: CostModel, obs: Tensor, actions: Tensor) -> Tensor:

@@ -49,9 +49,9 @@ from alignloop.control.segment_models import (
     fit_reward_models,
     label_steps,
     new_models,
-    segment_cost_logit,
 )
 from alignloop.core.losses import bradley_terry_loss, cost_model_loss
+from alignloop.core.segments import segment_cost_logit
 from alignloop.feedback.pairs import marks, preference_pairs, safety_pairs, step_labels
 from alignloop.feedback.schema import (
     Candidate,
