@@ -233,6 +233,7 @@ def draw(rows: list[dict[str, Any]], path: Path) -> None:
     algos = list(dict.fromkeys(r["algo"] for r in rows))
     fig, axes = plt.subplots(2, len(algos), figsize=(5.5 * len(algos), 6.5), squeeze=False)
     for col, algo in enumerate(algos):
+        right = 0.0  # the longest run's last step, so a shorter (cut-short) run does not crop the axis
         for lib, colour in (("alignloop", "tab:blue"), ("omnisafe", "tab:orange")):
             mine = [r["curve"] for r in rows if r["algo"] == algo and r["library"] == lib]
             if not mine:
@@ -247,7 +248,8 @@ def draw(rows: list[dict[str, Any]], path: Path) -> None:
                 spread = [mean - y.min(0), y.max(0) - mean]
                 ax.errorbar(x, mean, yerr=spread, color=colour, marker="o", capsize=4, label=label)
                 ax.fill_between(x, y.min(0), y.max(0), color=colour, alpha=0.2)
-                ax.set_xlim(0, x.max() * 1.05)
+                right = max(right, float(x.max()))
+                ax.set_xlim(0, right * 1.05)
         axes[0, col].set_title(f"{algo} on {rows[0]['env']}")
         axes[0, col].set_ylabel("episode return (epoch mean)")
         axes[1, col].set_ylabel("episode cost (epoch mean)")

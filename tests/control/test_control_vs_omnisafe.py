@@ -82,3 +82,33 @@ def test_the_alignloop_window_is_read_from_the_run_it_describes(
     )
     assert train(cfg) == 0
     assert _bench().alignloop_window(tmp_path / "run", algo) == window
+
+
+def test_the_choices_bench_passes_flags_alignloop_parses_into_omnisafes_settings() -> None:
+    """bench/omnisafe_choices.py builds its alignloop runs from flags; each must reach the
+    setting the bench says it sets, so a renamed option fails here rather than at 10^6 steps."""
+    import tyro
+
+    from alignloop.control.train import TrainConfig
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "omnisafe_choices.py"
+    spec = importlib.util.spec_from_file_location("omnisafe_choices_bench", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for algo, group in (("ppo-lag", "ppo_lag"), ("cpo", "cpo")):
+        command = bench.alignloop_command(
+            algo, "SafetyPointGoal1-v0", 3, 1000, Path("/tmp/x"), bench.choices(algo)
+        )
+        args = command[command.index("train") + 1 :]
+        cfg = tyro.cli(TrainConfig, args=args)
+        settings = getattr(cfg, group)
+        assert (cfg.algo, cfg.seed, cfg.total_env_steps) == (algo, 3, 1000)
+        assert (settings.init, settings.norm_obs_per_step, settings.cost_limit, settings.threads) == (
+            "pytorch",
+            True,
+            25.0,
+            1,
+        )
+        if algo == "ppo-lag":
+            assert (settings.lagrange_method, settings.lagrange_lr) == ("adam", 0.035)
