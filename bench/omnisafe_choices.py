@@ -130,8 +130,10 @@ def result_row(job: dict[str, Any]) -> dict[str, Any] | None:
     lam = None
     if job["library"] == "alignloop":
         c = curve(rows, alignloop_window(job["out"], job["algo"]))
-        lams = [json.loads(x).get("lambda") for x in (job["out"] / "metrics.jsonl").read_text().splitlines()]
-        lam = next((x for x in reversed(lams) if x is not None), None)
+        if job["algo"] == "ppo-lag":  # CPO logs a lambda of 0: it has no multiplier
+            lines = (job["out"] / "metrics.jsonl").read_text().splitlines()
+            lams = [json.loads(x).get("lambda") for x in lines]
+            lam = next((x for x in reversed(lams) if x is not None), None)
     else:
         c = curve(rows, OMNISAFE_WINDOW)
         log = job["out"] / "progress.csv"
@@ -154,10 +156,22 @@ def result_row(job: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def at_steps(row: dict[str, Any], steps: float) -> tuple[float, float]:
+    """The run's (return, cost) at its last logged epoch at or before ``steps``."""
+    c = row["curve"]
+    i = max(k for k, x in enumerate(c["steps"]) if x <= steps)
+    return c["return"][i], c["cost"][i]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
+    """One row per run, then the median of each kind of run; when the runs stopped at different
+    steps (one still going, or cut short), each also at the steps every run reached."""
+    common = min(r["steps"] for r in rows)
+    ragged = any(r["steps"] != common for r in rows)
+    extra = f" return / cost at {common:,.0f} steps |" if ragged else ""
     lines = [
-        "| run | seed | env steps | final return | final cost (limit 25) | lambda at the end |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| run | seed | env steps | final return | final cost (limit 25) | lambda at the end |" + extra,
+        "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if ragged else ""),
     ]
 
     def name(r: dict[str, Any]) -> str:
@@ -170,13 +184,20 @@ def table(rows: list[dict[str, Any]]) -> str:
 
     for r in rows:
         lam = "" if r["lambda"] is None else f"{r['lambda']:.3f}"
-        lines.append(
+        line = (
             f"| {name(r)} | {r['seed']} | {r['steps']:,.0f} | {r['return']:.2f} | {r['cost']:.1f} | {lam} |"
         )
+        if ragged:
+            line += " {:.2f} / {:.1f} |".format(*at_steps(r, common))
+        lines.append(line)
     for run in dict.fromkeys(name(r) for r in rows):
         mine = [r for r in rows if name(r) == run]
         ret, cost = (statistics.median(r[k] for r in mine) for k in ("return", "cost"))
-        lines.append(f"| median, {run} | | | {ret:.2f} | {cost:.1f} | |")
+        line = f"| median, {run} | | | {ret:.2f} | {cost:.1f} | |"
+        if ragged:
+            ret, cost = (statistics.median(at_steps(r, common)[k] for r in mine) for k in (0, 1))
+            line += f" {ret:.2f} / {cost:.1f} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
