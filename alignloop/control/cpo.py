@@ -111,7 +111,7 @@ def fit_critic_epochs(
     count = 0
     for _ in range(s.epochs):
         for idx in minibatches(len(batch), s.minibatch_size, ctx.rng):
-            for key, value in fit_critics(agent, optimizer, batch, adv, idx, s).items():
+            for key, value in fit_critics(agent, optimizer, batch, adv, idx, s.max_grad_norm).items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             count += 1
     return {key: value / count for key, value in sums.items()}

@@ -83,7 +83,7 @@ def focops_learner(agent: Agent, s: FOCOPSSettings) -> Learner:
         for _ in range(s.epochs):
             epochs += 1
             for idx in minibatches(len(batch), s.minibatch_size, ctx.rng):
-                critic_losses = fit_critics(agent, critic_opt, batch, adv, idx, s)
+                critic_losses = fit_critics(agent, critic_opt, batch, adv, idx, s.max_grad_norm)
                 logp, _ = actor.evaluate(batch.obs[idx], batch.actions[idx])
                 kl = actor.kl(actor.dist_params(batch.obs[idx]), actor.rows(old, idx))  # KL(new || old)
                 loss, metrics = focops_loss(

@@ -48,6 +48,7 @@ from alignloop.control.rollouts import (
     OnPolicySettings,
     Rollout,
     RolloutAdvantages,
+    fit_critics,
     lagrangian_mix,
     minibatches,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "has_checkpoint",
     "ppo_learner",
     "ppo_update",
+    "ppo_update_apart",
     "read_checkpoint",
     "train_policy",
 ]
@@ -94,6 +96,14 @@ class PPOSettings(OnPolicySettings, LagrangeSettings):
     """Clip of the global gradient norm."""
     target_kl: float | None = None
     """Stop an iteration's epochs early once the approximate KL exceeds this."""
+    critics_apart: bool = False
+    """OmniSafe's update (`ppo_update_apart`): the critics fitted by their own Adam (with
+    ``critic_l2``, at the constant rate ``lr``) before the actor's step on each minibatch, each
+    network clipped on its own, and the early stop on the exact KL over the whole rollout after
+    each epoch. Off: one Adam over the sum of the losses (`ppo_update`)."""
+    critic_l2: float = 0.001
+    """With ``critics_apart``: weight of the critics' squared parameters (OmniSafe's
+    critic_norm_coef)."""
 
 
 PPO_LAG_DEFAULTS = PPOSettings(
@@ -114,7 +124,9 @@ also PPOSettings' own defaults). Three of its choices are options here, not defa
 multiplier is moved by Adam at rate 0.035 (``--ppo-lag.lagrange-method adam --ppo-lag.lagrange-lr
 0.035``; here by the projected rule of ``lagrange_lr``, 0.01 per unit of J_c - d per
 iteration), its networks keep nn.Linear's initialisation (``init="pytorch"``) and its
-observation statistics move every step (``norm_obs_per_step``)."""
+observation statistics move every step (``norm_obs_per_step``). A fourth is also an option:
+its actor and critics are stepped by separate optimisers, its early stop reads the exact KL
+after each epoch (``critics_apart``)."""
 
 
 def ppo_update(
@@ -167,9 +179,72 @@ def ppo_update(
     return {key: float(value) / count for key, value in sums.items()}
 
 
+def ppo_update_apart(
+    agent: Agent,
+    actor_opt: torch.optim.Optimizer,
+    critic_opt: torch.optim.Optimizer,
+    ro: Rollout,
+    adv: Tensor,
+    returns: RolloutAdvantages,
+    s: PPOSettings,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """OmniSafe 0.5.0's PPO update (``critics_apart``): ``s.epochs`` passes of minibatches; on
+    each, one step of both critics (`fit_critics`: their own Adam, each clipped to
+    ``max_grad_norm``), then one step of the clipped surrogate on the actor alone (its own Adam,
+    clipped on its own). After each epoch the mean exact KL(old || new) over the whole rollout
+    stops the update once above ``s.target_kl``; ``epochs_run`` and ``kl`` report it."""
+    b = Batch.of(ro)
+    with torch.no_grad():
+        old = agent.actor.dist_params(b.obs)
+        old = (old[0], old[1].clone())
+    actor_params = list(agent.actor.parameters())
+    sums: dict[str, Tensor] = {}
+    count, epochs_run, kl = 0, 0, torch.zeros(())
+    for _ in range(s.epochs):
+        for idx in minibatches(len(b), s.minibatch_size, rng):
+            metrics = fit_critics(agent, critic_opt, b, returns, idx, s.max_grad_norm)
+            logp, entropy = agent.actor.evaluate(b.obs[idx], b.actions[idx])
+            pg_loss, policy_metrics = ppo_policy_loss(logp, b.logprobs[idx], adv[idx], clip_eps=s.clip_eps)
+            actor_opt.zero_grad(set_to_none=True)
+            (pg_loss - s.ent_coef * entropy.mean()).backward()
+            nn.utils.clip_grad_norm_(actor_params, s.max_grad_norm, foreach=True)
+            actor_opt.step()
+            metrics.update(policy_metrics, policy_loss=pg_loss.detach(), entropy=entropy.mean().detach())
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, torch.zeros(())) + value
+            count += 1
+        epochs_run += 1
+        with torch.no_grad():
+            kl = agent.actor.kl(old, agent.actor.dist_params(b.obs)).mean()
+        if s.target_kl is not None and float(kl) > s.target_kl:
+            break
+    out = {key: float(value) / count for key, value in sums.items()}
+    return out | {"epochs_run": float(epochs_run), "kl": float(kl)}
+
+
+def _apart_learner(agent: Agent, s: PPOSettings, lagrangian: bool) -> Learner:
+    """`ppo_update_apart` with OmniSafe's optimisers: Adam on the actor (rate decayed with
+    ``anneal_lr``), Adam on both critics at the constant rate ``lr`` with the L2 term."""
+    actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=s.lr, fused=True)
+    critic_params = [*agent.critic_r.parameters(), *agent.critic_c.parameters()]
+    critic_opt = torch.optim.Adam(critic_params, lr=s.lr, weight_decay=2 * s.critic_l2, fused=True)
+
+    def update(ro: Rollout, adv: RolloutAdvantages, ctx: UpdateContext) -> dict[str, float]:
+        if s.anneal_lr:
+            actor_opt.param_groups[0]["lr"] = s.lr * (1.0 - ctx.progress)
+        mixed = lagrangian_mix(adv, ctx.lam)
+        return ppo_update_apart(agent, actor_opt, critic_opt, ro, mixed, adv, s, ctx.rng)
+
+    optimizers = {"actor": actor_opt, "critics": critic_opt}
+    return Learner(optimizers, update, lagrangian=lagrangian, scheduled=s.anneal_lr)
+
+
 def ppo_learner(agent: Agent, s: PPOSettings, *, lagrangian: bool) -> Learner:
     """PPO (``lagrangian=False``) or PPO-Lagrangian as the on-policy loop's `Learner`: one Adam
     over the actor and both critics, the rate decayed linearly with ``anneal_lr``."""
+    if s.critics_apart:
+        return _apart_learner(agent, s, lagrangian)
     optimizer = torch.optim.Adam(agent.parameters(), lr=s.lr, eps=1e-5, fused=True)
 
     def update(ro: Rollout, adv: RolloutAdvantages, ctx: UpdateContext) -> dict[str, float]:

@@ -414,7 +414,7 @@ def fit_critics(
     batch: Batch,
     adv: RolloutAdvantages,
     idx: Tensor,
-    s: CriticFitSettings,
+    max_grad_norm: float,
 ) -> dict[str, Tensor]:
     """One gradient step of both critics on the rows `idx` (the cost critic's only when the
     advantages have a cost stream): half the squared error to each one's returns, each network's
@@ -432,7 +432,7 @@ def fit_critics(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     for critic in (agent.critic_r, agent.critic_c):
-        nn.utils.clip_grad_norm_(critic.parameters(), s.max_grad_norm, foreach=True)
+        nn.utils.clip_grad_norm_(critic.parameters(), max_grad_norm, foreach=True)
     optimizer.step()
     return out
 

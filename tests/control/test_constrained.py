@@ -21,7 +21,7 @@ import torch
 from alignloop.cli import main
 from alignloop.config import parse
 from alignloop.control.evaluate import evaluate_policy
-from alignloop.control.onpolicy import has_checkpoint, read_checkpoint
+from alignloop.control.onpolicy import read_checkpoint
 from alignloop.control.saute import SauteOptions, SauteWrapper
 from alignloop.control.train import ALGORITHMS, TrainConfig, train
 from alignloop.runstack.checkpoint import Checkpointer
@@ -165,10 +165,10 @@ TINY = dict(num_steps=100, minibatch_size=50, epochs=2, cost_limit=5.0)
 TINY_SAC = dict(hidden=(16, 16), batch_size=32, learning_starts=100, update_every=25, iteration_steps=100)
 RESUMABLE: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     "ppo-lag-pid": ("ppo-lag", dict(TINY, lagrange_method="pid"), []),
-    "ppo-lag-omnisafe": (  # OmniSafe's multiplier, initialisation and normaliser rule
+    "ppo-lag-omnisafe": (  # OmniSafe's multiplier, initialisation, normaliser rule and update
         "ppo-lag",
         dict(TINY, lagrange_method="adam", lagrange_lr=0.035, init="pytorch"),
-        ["--ppo-lag.norm-obs-per-step"],
+        ["--ppo-lag.norm-obs-per-step", "--ppo-lag.critics-apart"],
     ),
     "cpo": ("cpo", TINY, []),
     "pcpo": ("pcpo", dict(TINY, projection="l2"), []),
@@ -212,7 +212,10 @@ def killed_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     alive = dict(procs)
     while alive and time.time() < deadline:
         for name, proc in list(alive.items()):
-            if has_checkpoint(root / name) or proc.poll() is not None:
+            # a checkpoint folder is renamed into place complete, so listing it is enough, and
+            # cheaper than has_checkpoint's hashing: under load the poll still kills each run
+            # soon after its first checkpoint
+            if RunLayout(root / name).checkpoint_dirs() or proc.poll() is not None:
                 proc.kill()
                 proc.wait()
                 del alive[name]

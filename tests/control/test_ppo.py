@@ -111,6 +111,48 @@ def test_per_step_normalisation_folds_each_step_in_before_the_policy_sees_it() -
     assert not np.allclose(rollouts[True].obs, rollouts[True].raw_obs)
 
 
+def test_critics_apart_steps_each_network_by_its_own_optimiser_and_stops_on_the_exact_kl() -> None:
+    """``critics_apart`` (OmniSafe's PPO update): the critics move by their own Adam and the
+    actor by its own, each clipped on its own; the early stop reads the exact mean KL over the
+    rollout after each epoch, so a target of 0 stops after one epoch and a loose one runs them
+    all; the reported KL is the actor's KL to the rollout's policy, worked out here again."""
+    from alignloop.control.ppo import ppo_learner, ppo_update_apart
+
+    torch.manual_seed(0)
+    envs = make_vec_env("alignloop/Slider-v0", 2, max_episode_steps=20)
+    collector = Collector(envs, norm_obs=True, cost_window=10)
+    agent = Agent(1, envs.single_action_space, (8,))
+    collector.reset([0, 1])
+    ro = collector.collect(agent.actor.sample, 16, agent.values(with_cost=True))
+    envs.close()
+    adv = rollout_advantages(ro, ro.rewards, ro.costs, gamma=0.99, gae_lambda=0.95)
+    obs = torch.from_numpy(ro.obs).reshape(32, -1)
+    old = tuple(x.detach().clone() for x in agent.actor.dist_params(obs))
+    start = {k: v.detach().clone() for k, v in agent.state_dict().items()}
+    s = PPOSettings(critics_apart=True, epochs=5, minibatch_size=8, target_kl=0.0)
+    learner = ppo_learner(agent, s, lagrangian=True)
+    assert set(learner.optimizers) == {"actor", "critics"}
+    actor_opt, critic_opt = learner.optimizers["actor"], learner.optimizers["critics"]
+    assert {id(p) for g in actor_opt.param_groups for p in g["params"]} == {
+        id(p) for p in agent.actor.parameters()
+    }
+    critics = [*agent.critic_r.parameters(), *agent.critic_c.parameters()]
+    assert {id(p) for g in critic_opt.param_groups for p in g["params"]} == {id(p) for p in critics}
+    assert critic_opt.param_groups[0]["weight_decay"] == pytest.approx(2 * s.critic_l2)
+    mixed = lagrangian_mix(adv, 0.5)
+    metrics = ppo_update_apart(agent, actor_opt, critic_opt, ro, mixed, adv, s, np.random.default_rng(0))
+    assert metrics["epochs_run"] == 1.0  # any movement is over a target of 0
+    with torch.no_grad():
+        kl = agent.actor.kl(old, agent.actor.dist_params(obs)).mean()
+    assert metrics["kl"] == pytest.approx(float(kl), rel=1e-6) and metrics["kl"] > 0
+    for name, value in agent.state_dict().items():  # every network moved
+        if name.startswith(("actor.", "critic_r.", "critic_c.")) and value.dtype.is_floating_point:
+            assert not torch.equal(value, start[name]), name
+    loose = PPOSettings(critics_apart=True, epochs=3, minibatch_size=8, target_kl=10.0)
+    metrics = ppo_update_apart(agent, actor_opt, critic_opt, ro, mixed, adv, loose, np.random.default_rng(0))
+    assert metrics["epochs_run"] == 3.0
+
+
 def test_network_initialisations() -> None:
     """orthogonal: orthonormal weights at gain sqrt 2 (hidden) and ``out_gain`` (last), zero
     biases; pytorch: the layers exactly as ``nn.Linear`` built them (OmniSafe's)."""
