@@ -7,7 +7,10 @@ settings except a few choices, which are options (`alignloop control train --hel
   --ppo-lag.lagrange-lr 0.035``) instead of the projected rule at 0.01 per unit of J_c - d;
 - nn.Linear's own initialisation (``--{algo}.init pytorch``) instead of the orthogonal one;
 - observation statistics folded in before every step (``--{algo}.norm-obs-per-step``) instead
-  of after each rollout.
+  of after each rollout;
+- (PPO-Lag) its update: actor and critics stepped by separate optimisers, the early stop on the
+  exact KL after each epoch (``--ppo-lag.critics-apart``; the "update" variant adds it to the
+  choices above; CPO always fits its critics apart).
 
 For each seed this runs alignloop with its defaults ("default"), alignloop with the choices
 ("OmniSafe's choices"; ``--variants`` picks) and, when `bench/setup_omnisafe.sh` has built its
@@ -61,8 +64,14 @@ def choices(algo: str) -> list[str]:
     return common
 
 
-VARIANTS = {"default": "default", "choices": "OmniSafe's choices"}
-"""``--variants`` name -> the table's and the figure's name."""
+VARIANTS = {"default": "default", "choices": "OmniSafe's choices", "update": "choices + OmniSafe's update"}
+"""``--variants`` name -> the table's and the figure's name ("update": PPO-Lag only)."""
+FLAGS = {
+    "default": lambda algo: [],
+    "choices": choices,
+    "update": lambda algo: [*choices(algo), f"--{algo}.critics-apart"],
+}
+"""``--variants`` name -> alignloop's flags for ``algo``."""
 
 
 def alignloop_command(algo: str, env: str, seed: int, steps: int, out: Path, extra: list[str]) -> list[str]:
@@ -209,7 +218,7 @@ def main() -> None:
     parser.add_argument("--env", default="SafetyPointGoal1-v0")
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["default", "choices"])
     parser.add_argument("--runs", type=Path, default=Path("runs/bench/omnisafe_choices"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/ppo_lag_omnisafe_choices.json"))
     parser.add_argument("--parallel", type=int, default=2, help="processes at a time")
@@ -221,6 +230,8 @@ def main() -> None:
         help="run nothing: the table and figure of the folders as they stand",
     )
     args = parser.parse_args()
+    if args.algo != "ppo-lag" and "update" in args.variants:
+        parser.error("--variants update is PPO-Lag's (CPO always fits its critics apart)")
     if not args.no_omnisafe and not args.report_only and not OMNISAFE_PYTHON.exists():
         raise SystemExit(
             f"{OMNISAFE_PYTHON} is missing: run bench/setup_omnisafe.sh first, or pass --no-omnisafe"
@@ -230,7 +241,7 @@ def main() -> None:
     for seed in args.seeds:
         for variant in args.variants:
             out = folder / f"alignloop-{variant}-s{seed}"
-            extra = [] if variant == "default" else choices(args.algo)
+            extra = FLAGS[variant](args.algo)
             jobs.append(
                 dict(
                     name=f"alignloop {args.algo} {variant} s{seed}",

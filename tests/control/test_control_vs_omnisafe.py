@@ -110,5 +110,17 @@ def test_the_choices_bench_passes_flags_alignloop_parses_into_omnisafes_settings
             25.0,
             1,
         )
-        if algo == "ppo-lag":
-            assert (settings.lagrange_method, settings.lagrange_lr) == ("adam", 0.035)
+        if algo == "ppo-lag":  # the three choices, not the update (the "update" variant's)
+            assert (settings.lagrange_method, settings.lagrange_lr, settings.critics_apart) == (
+                "adam",
+                0.035,
+                False,
+            )
+    command = bench.alignloop_command(
+        "ppo-lag", "SafetyPointGoal1-v0", 0, 1000, Path("/tmp/x"), bench.FLAGS["update"]("ppo-lag")
+    )
+    cfg = tyro.cli(TrainConfig, args=command[command.index("train") + 1 :])
+    assert (
+        cfg.ppo_lag.critics_apart and cfg.ppo_lag.init == "pytorch" and cfg.ppo_lag.lagrange_method == "adam"
+    )
+    assert bench.FLAGS["default"]("cpo") == [] and bench.FLAGS["choices"]("cpo") == bench.choices("cpo")
