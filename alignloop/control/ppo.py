@@ -236,7 +236,7 @@ def _apart_learner(agent: Agent, s: PPOSettings, lagrangian: bool) -> Learner:
         mixed = lagrangian_mix(adv, ctx.lam)
         return ppo_update_apart(agent, actor_opt, critic_opt, ro, mixed, adv, s, ctx.rng)
 
-    optimizers = {"actor": actor_opt, "critics": critic_opt}
+    optimizers: dict[str, torch.optim.Optimizer] = {"actor": actor_opt, "critics": critic_opt}
     return Learner(optimizers, update, lagrangian=lagrangian, scheduled=s.anneal_lr)
 
 
