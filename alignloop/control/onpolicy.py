@@ -120,7 +120,8 @@ of the rollout's true rewards and costs (preference-based RL passes its learned 
 def model_options(group: str) -> tuple[str, ...]:
     """Options that define what a control run trains (a resume must not change them), for the
     settings group `group` of the command (``"ppo"`` -> ``--ppo.hidden`` ...)."""
-    fields = ("hidden", "norm_obs", "num_envs", "max_episode_steps")
+    fields = ("hidden", "norm_obs", "num_envs", "max_episode_steps", "critics_apart")  # the last: PPO's
+    # optimisers (one, or the actor's and the critics'); a group without a field never differs
     return ("env", "cost", "algo", "saute", *(f"{group}.{name}" for name in fields))
 
 

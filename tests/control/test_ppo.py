@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -426,7 +427,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path
         assert torch.equal(a["models"]["agent"][key], b["models"]["agent"][key]), key
 
 
-def test_resuming_with_another_task_is_refused_naming_the_option(tmp_path: Path) -> None:
+def test_resuming_with_another_task_or_update_is_refused_naming_the_option(tmp_path: Path) -> None:
     from alignloop.errors import UserError
 
     s = PPOSettings(num_steps=100, minibatch_size=50, epochs=1)
@@ -435,6 +436,16 @@ def test_resuming_with_another_task_is_refused_naming_the_option(tmp_path: Path)
     assert record["command"] == "control train" and record["config"]["env"] == "SafeSliderVelocity-v0"
     with pytest.raises(UserError, match=r"--env 'SafeSliderVelocity-v0' -> 'alignloop/Slider-v0'"):
         train_policy(tmp_path, "alignloop/Slider-v0", None, False, 200, 0, s, resume=True, progress=False)
+    # the update's optimisers are part of the run: changing critics_apart is refused before
+    # run.json is rewritten, so the run still resumes with its own options
+    saved = (tmp_path / "run.json").read_text()
+    apart = dataclasses.replace(s, critics_apart=True)
+    with pytest.raises(UserError, match=r"--ppo\.critics-apart False -> True"):
+        train_policy(
+            tmp_path, "SafeSliderVelocity-v0", None, True, 200, 0, apart, resume=True, progress=False
+        )
+    assert (tmp_path / "run.json").read_text() == saved
+    train_policy(tmp_path, "SafeSliderVelocity-v0", None, True, 200, 0, s, resume=True, progress=False)
 
 
 def test_a_run_folder_of_the_older_layout_can_still_be_evaluated(tmp_path: Path) -> None:
