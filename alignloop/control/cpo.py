@@ -219,7 +219,7 @@ def search_step(
 
 def cpo_learner(agent: Agent, s: CPOSettings) -> Learner:
     """CPO as the on-policy loop's `Learner` (module docstring)."""
-    critic_opt = critic_optimizer(agent, s)
+    critic_opt = critic_optimizer(agent, s.critic_lr, s.critic_l2)
 
     def update(ro: Rollout, adv: RolloutAdvantages, ctx: UpdateContext) -> dict[str, float]:
         batch = Batch.of(ro)

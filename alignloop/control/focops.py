@@ -68,7 +68,7 @@ class FOCOPSSettings(CriticFitSettings, LagrangeSettings):
 
 def focops_learner(agent: Agent, s: FOCOPSSettings) -> Learner:
     """FOCOPS as the on-policy loop's `Learner` (module docstring)."""
-    critic_opt = critic_optimizer(agent, s)
+    critic_opt = critic_optimizer(agent, s.critic_lr, s.critic_l2)
     actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=s.lr, fused=True)
     actor = agent.actor
 

@@ -48,6 +48,7 @@ from alignloop.control.rollouts import (
     OnPolicySettings,
     Rollout,
     RolloutAdvantages,
+    critic_optimizer,
     fit_critics,
     lagrangian_mix,
     minibatches,
@@ -227,8 +228,7 @@ def _apart_learner(agent: Agent, s: PPOSettings, lagrangian: bool) -> Learner:
     """`ppo_update_apart` with OmniSafe's optimisers: Adam on the actor (rate decayed with
     ``anneal_lr``), Adam on both critics at the constant rate ``lr`` with the L2 term."""
     actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=s.lr, fused=True)
-    critic_params = [*agent.critic_r.parameters(), *agent.critic_c.parameters()]
-    critic_opt = torch.optim.Adam(critic_params, lr=s.lr, weight_decay=2 * s.critic_l2, fused=True)
+    critic_opt = critic_optimizer(agent, s.lr, s.critic_l2)
 
     def update(ro: Rollout, adv: RolloutAdvantages, ctx: UpdateContext) -> dict[str, float]:
         if s.anneal_lr:

@@ -401,11 +401,11 @@ def minibatches(size: int, minibatch_size: int, rng: np.random.Generator) -> lis
     return [perm[start : start + minibatch_size] for start in range(0, size, minibatch_size)]
 
 
-def critic_optimizer(agent: Agent, s: CriticFitSettings) -> torch.optim.Optimizer:
-    """Adam over both critics, the L2 term as its weight decay (``2 * critic_l2``: the gradient of
-    ``critic_l2 * |w|^2``)."""
+def critic_optimizer(agent: Agent, lr: float, l2: float) -> torch.optim.Optimizer:
+    """Adam over both critics, the L2 term as its weight decay (``2 * l2``: the gradient of
+    ``l2 * |w|^2``)."""
     params = [*agent.critic_r.parameters(), *agent.critic_c.parameters()]
-    return torch.optim.Adam(params, lr=s.critic_lr, weight_decay=2 * s.critic_l2, fused=True)
+    return torch.optim.Adam(params, lr=lr, weight_decay=2 * l2, fused=True)
 
 
 def fit_critics(
