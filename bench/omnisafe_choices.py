@@ -26,6 +26,7 @@ final return and cost by `control_vs_omnisafe.py`'s rule (the mean of the last 5
         --out bench/results/ppo_lag_omnisafe_choices.json
     python bench/omnisafe_choices.py --algo cpo --variants default ...   # CPO, its defaults only
     python bench/omnisafe_choices.py --no-omnisafe ...   # alignloop's runs only
+    python bench/omnisafe_choices.py --variants update --lambda-lr 0.1 ...   # both multipliers at 0.1
 """
 
 from __future__ import annotations
@@ -55,23 +56,26 @@ from control_vs_omnisafe import (  # noqa: E402
     read_omnisafe,
 )
 
+LAMBDA_LR = 0.035
+"""OmniSafe's PPOLag multiplier rate (its ``lambda_lr``); ``--lambda-lr`` sets another on both sides."""
 
-def choices(algo: str) -> list[str]:
+
+def choices(algo: str, lambda_lr: float = LAMBDA_LR) -> list[str]:
     """OmniSafe's remaining choices for ``algo`` as alignloop flags (module docstring)."""
     common = [f"--{algo}.init", "pytorch", f"--{algo}.norm-obs-per-step"]
     if algo == "ppo-lag":
-        return ["--ppo-lag.lagrange-method", "adam", "--ppo-lag.lagrange-lr", "0.035", *common]
+        return ["--ppo-lag.lagrange-method", "adam", "--ppo-lag.lagrange-lr", str(lambda_lr), *common]
     return common
 
 
 VARIANTS = {"default": "default", "choices": "OmniSafe's choices", "update": "choices + OmniSafe's update"}
 """``--variants`` name -> the table's and the figure's name ("update": PPO-Lag only)."""
 FLAGS = {
-    "default": lambda algo: [],
+    "default": lambda algo, lambda_lr=LAMBDA_LR: [],
     "choices": choices,
-    "update": lambda algo: [*choices(algo), f"--{algo}.critics-apart"],
+    "update": lambda algo, lambda_lr=LAMBDA_LR: [*choices(algo, lambda_lr), f"--{algo}.critics-apart"],
 }
-"""``--variants`` name -> alignloop's flags for ``algo``."""
+"""``--variants`` name -> alignloop's flags for ``algo`` (and PPO-Lag's Adam multiplier rate)."""
 
 
 def alignloop_command(algo: str, env: str, seed: int, steps: int, out: Path, extra: list[str]) -> list[str]:
@@ -82,11 +86,14 @@ def alignloop_command(algo: str, env: str, seed: int, steps: int, out: Path, ext
     ]
 
 
-def omnisafe_command(algo: str, env: str, seed: int, steps: int, out: Path) -> list[str]:
+def omnisafe_command(
+    algo: str, env: str, seed: int, steps: int, out: Path, lambda_lr: float = LAMBDA_LR
+) -> list[str]:
     runner = str(BENCH / "omnisafe_runner.py")
     name = OMNISAFE_NAME[algo]
+    rate = ["--lambda-lr", str(lambda_lr)] if lambda_lr != LAMBDA_LR else []
     return [str(OMNISAFE_PYTHON), runner, "--algo", name, "--env", env, "--seed", str(seed)] + [
-        *("--steps", str(steps), "--out", str(out))
+        *("--steps", str(steps), "--out", str(out), *rate)
     ]
 
 
@@ -106,6 +113,11 @@ def finished(job: dict[str, Any], steps: int) -> bool:
     return bool(rows) and rows[-1][0] >= steps
 
 
+def log_path(job: dict[str, Any]) -> Path:
+    """The run's console log, beside its folder (the folder's name may hold a dot: ``-lr0.1-``)."""
+    return job["out"].parent / f"{job['out'].name}.log"
+
+
 def run_jobs(jobs: list[dict[str, Any]], parallel: int) -> None:
     """Run the jobs' commands, `parallel` at a time; a failed one stops the benchmark with its log."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MUJOCO_GL="egl")
@@ -114,7 +126,7 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int) -> None:
         while waiting and len(running) < parallel:
             job = waiting.pop(0)
             job["out"].parent.mkdir(parents=True, exist_ok=True)
-            log = job["out"].with_suffix(".log").open("w")
+            log = log_path(job).open("w")
             running[id(job)] = (
                 job,
                 subprocess.Popen(job["command"], stdout=log, stderr=subprocess.STDOUT, env=env),
@@ -125,7 +137,7 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int) -> None:
                 continue
             del running[key]
             if proc.returncode != 0:
-                tail = job["out"].with_suffix(".log").read_text()[-3000:]
+                tail = log_path(job).read_text()[-3000:]
                 raise SystemExit(f"{job['name']} failed ({proc.returncode}):\n{tail}")
             print(f"finished {job['name']}", flush=True)
         time.sleep(2)
@@ -188,7 +200,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         return (
             f"alignloop {r['learner']}, {r['algo']}"
             if r["library"] == "alignloop"
-            else f"OmniSafe 0.5.0 {learner}"
+            else f"OmniSafe 0.5.0 {learner}{r['algo'].removeprefix('default')}"
         )
 
     for r in rows:
@@ -225,6 +237,13 @@ def main() -> None:
     parser.add_argument("--no-omnisafe", action="store_true", help="alignloop's runs only")
     parser.add_argument("--omnisafe-seeds", type=int, nargs="+", default=None, help="default: --seeds")
     parser.add_argument(
+        "--lambda-lr",
+        type=float,
+        default=LAMBDA_LR,
+        help="PPO-Lag's Adam multiplier rate on both sides (OmniSafe's lambda_lr; the choices' "
+        "--ppo-lag.lagrange-lr); runs at another rate than 0.035 get their own folders",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="run nothing: the table and figure of the folders as they stand",
@@ -232,6 +251,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.algo != "ppo-lag" and "update" in args.variants:
         parser.error("--variants update is PPO-Lag's (CPO always fits its critics apart)")
+    rate = "" if args.lambda_lr == LAMBDA_LR else f"-lr{args.lambda_lr:g}"
+    label = f", lambda_lr {args.lambda_lr:g}" if rate else ""  # in the table's and figure's names
+    if rate and (args.algo != "ppo-lag" or "default" in args.variants):
+        parser.error(
+            "--lambda-lr is the Adam rate of PPO-Lag's choices; drop it, or pass --algo ppo-lag "
+            "with --variants choices and/or update (the defaults use the projected rule)"
+        )
     if not args.no_omnisafe and not args.report_only and not OMNISAFE_PYTHON.exists():
         raise SystemExit(
             f"{OMNISAFE_PYTHON} is missing: run bench/setup_omnisafe.sh first, or pass --no-omnisafe"
@@ -240,14 +266,14 @@ def main() -> None:
     jobs = []
     for seed in args.seeds:
         for variant in args.variants:
-            out = folder / f"alignloop-{variant}-s{seed}"
-            extra = FLAGS[variant](args.algo)
+            out = folder / f"alignloop-{variant}{rate}-s{seed}"
+            extra = FLAGS[variant](args.algo, args.lambda_lr)
             jobs.append(
                 dict(
                     name=f"alignloop {args.algo} {variant} s{seed}",
                     library="alignloop",
                     algo=args.algo,
-                    variant=VARIANTS[variant],
+                    variant=VARIANTS[variant] + label,
                     seed=seed,
                     env=args.env,
                     out=out,
@@ -255,17 +281,17 @@ def main() -> None:
                 )
             )
         if not args.no_omnisafe and seed in (args.omnisafe_seeds or args.seeds):
-            out = folder / f"omnisafe-s{seed}"
+            out = folder / f"omnisafe{rate}-s{seed}"
             jobs.append(
                 dict(
-                    name=f"OmniSafe {OMNISAFE_NAME[args.algo]} s{seed}",
+                    name=f"OmniSafe {OMNISAFE_NAME[args.algo]}{rate} s{seed}",
                     library="omnisafe",
                     algo=args.algo,
-                    variant="default",
+                    variant="default" + label,
                     seed=seed,
                     env=args.env,
                     out=out,
-                    command=omnisafe_command(args.algo, args.env, seed, args.steps, out),
+                    command=omnisafe_command(args.algo, args.env, seed, args.steps, out, args.lambda_lr),
                 )
             )
     if not args.report_only:
@@ -274,7 +300,7 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"no run under {folder} has logged an epoch yet")
     # OmniSafe's runs appear in every column of the figure, beside each alignloop variant
-    shown = [VARIANTS[v] for v in args.variants]
+    shown = [VARIANTS[v] + label for v in args.variants]
     figure_rows = [dict(r, algo=f"{args.algo}, {r['algo']}") for r in rows if r["library"] == "alignloop"]
     figure_rows += [
         dict(r, algo=f"{args.algo}, {v}") for r in rows if r["library"] == "omnisafe" for v in shown

@@ -7,7 +7,8 @@ Used by `bench/control_vs_omnisafe.py` (never imports alignloop)::
 
 OmniSafe's own defaults for the task, except: ``total_steps`` (the run's length), one torch
 thread, the cost limit (25, already its default), the log folder, and ``steps_per_epoch``
-only when ``--steps-per-epoch`` is given (the bench then sets the same on alignloop's side).
+only when ``--steps-per-epoch`` is given (the bench then sets the same on alignloop's side), and
+PPOLag's multiplier rate (``lambda_lr``, 0.035) only when ``--lambda-lr`` is given.
 Its per-epoch ``progress.csv`` is copied to ``OUT/progress.csv``.
 """
 
@@ -18,7 +19,9 @@ import shutil
 from pathlib import Path
 
 
-def custom_cfgs(algo: str, seed: int, steps: int, out: Path, steps_per_epoch: int | None) -> dict:
+def custom_cfgs(
+    algo: str, seed: int, steps: int, out: Path, steps_per_epoch: int | None, lambda_lr: float | None = None
+) -> dict:
     """OmniSafe's ``custom_cfgs`` for one run (keys as in its ``configs/on-policy/*.yaml``)."""
     cfgs: dict = {
         "seed": seed,
@@ -27,6 +30,8 @@ def custom_cfgs(algo: str, seed: int, steps: int, out: Path, steps_per_epoch: in
     }
     if algo == "PPOLag":
         cfgs["lagrange_cfgs"] = {"cost_limit": 25.0}
+        if lambda_lr is not None:
+            cfgs["lagrange_cfgs"]["lambda_lr"] = lambda_lr
     else:
         cfgs["algo_cfgs"] = {"cost_limit": 25.0}
     if steps_per_epoch is not None:
@@ -42,12 +47,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--steps-per-epoch", type=int, default=None)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--lambda-lr", type=float, default=None, help="PPOLag's lambda_lr (default 0.035)")
     args = parser.parse_args()
+    if args.lambda_lr is not None and args.algo != "PPOLag":
+        parser.error("--lambda-lr is PPOLag's (CPO has no multiplier)")
 
     import omnisafe
 
     args.out.mkdir(parents=True, exist_ok=True)
-    cfgs = custom_cfgs(args.algo, args.seed, args.steps, args.out, args.steps_per_epoch)
+    cfgs = custom_cfgs(args.algo, args.seed, args.steps, args.out, args.steps_per_epoch, args.lambda_lr)
     agent = omnisafe.Agent(args.algo, args.env, custom_cfgs=cfgs)
     agent.learn()
     found = sorted((args.out / "omnisafe").rglob("progress.csv"))

@@ -124,3 +124,19 @@ def test_the_choices_bench_passes_flags_alignloop_parses_into_omnisafes_settings
         cfg.ppo_lag.critics_apart and cfg.ppo_lag.init == "pytorch" and cfg.ppo_lag.lagrange_method == "adam"
     )
     assert bench.FLAGS["default"]("cpo") == [] and bench.FLAGS["choices"]("cpo") == bench.choices("cpo")
+    # --lambda-lr sets the Adam rate on both sides: alignloop's flag, then OmniSafe's lambda_lr
+    command = bench.alignloop_command(
+        "ppo-lag", "SafetyPointGoal1-v0", 0, 1000, Path("/tmp/x"), bench.FLAGS["update"]("ppo-lag", 0.1)
+    )
+    cfg = tyro.cli(TrainConfig, args=command[command.index("train") + 1 :])
+    assert (cfg.ppo_lag.lagrange_method, cfg.ppo_lag.lagrange_lr) == ("adam", 0.1)
+    assert "--lambda-lr" not in bench.omnisafe_command("ppo-lag", "E", 0, 10, Path("/tmp/x"))
+    omnisafe = bench.omnisafe_command("ppo-lag", "E", 0, 10, Path("/tmp/x"), 0.1)
+    runner_spec = importlib.util.spec_from_file_location("omnisafe_runner_bench", omnisafe[1])
+    assert runner_spec is not None and runner_spec.loader is not None
+    runner = importlib.util.module_from_spec(runner_spec)
+    runner_spec.loader.exec_module(runner)
+    rate = float(omnisafe[omnisafe.index("--lambda-lr") + 1])
+    cfgs = runner.custom_cfgs("PPOLag", 0, 10, Path("/tmp/x"), None, rate)
+    assert cfgs["lagrange_cfgs"] == {"cost_limit": 25.0, "lambda_lr": 0.1}
+    assert "lambda_lr" not in runner.custom_cfgs("PPOLag", 0, 10, Path("/tmp/x"), None)["lagrange_cfgs"]
