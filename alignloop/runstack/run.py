@@ -11,7 +11,9 @@
   are removed (saying so), so they can never be mistaken for this run's.
 
 Then the resolved configuration is written to run.json (`RunLayout.config`), one format for
-every command: ``{"command", "alignloop", "config": {...}}``.
+every command: ``{"command", "alignloop", "config": {...}}``: at once for a fresh run, and for a
+resume only once its checkpoint has been restored (`Run.restore`), so a resume refused on the way
+leaves the run's run.json as it was and the next ``--resume`` is checked against the run's options.
 
 Extending a run (a larger ``--max-steps``) never restarts or silently stretches its
 learning-rate schedule: `check_schedule` refuses a resume whose schedule length differs from
@@ -143,6 +145,8 @@ class Run:
     ctx: DistributedContext
     checkpointer: Checkpointer
     resume: bool
+    pending: dict[str, Any] | None = None
+    """The run.json record a resume writes once its checkpoint is restored (None once written)."""
 
     @classmethod
     def start(
@@ -156,7 +160,7 @@ class Run:
         must_match: Sequence[str] = (),
         ctx: DistributedContext | None = None,
     ) -> Run:
-        """Apply the ``--resume`` rule (module docstring) and write run.json."""
+        """Apply the ``--resume`` rule (module docstring); write run.json now unless resuming."""
         ctx = ctx or init_distributed()
         layout = RunLayout(Path(output_dir))
         checkpointer = Checkpointer(layout.root, keep_checkpoints, ctx)
@@ -190,13 +194,25 @@ class Run:
                         file=sys.stderr,
                     )
         ctx.barrier()  # every process has read the old run.json before it is replaced
-        if ctx.is_main:
-            layout.root.mkdir(parents=True, exist_ok=True)
-            record = {"command": command, "alignloop": __version__, "config": current}
-            tmp = layout.config.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(record, indent=2) + "\n")
-            tmp.replace(layout.config)
-        return cls(layout, ctx, checkpointer, resume)
+        run = cls(
+            layout,
+            ctx,
+            checkpointer,
+            resume,
+            {"command": command, "alignloop": __version__, "config": current},
+        )
+        if not resume:
+            run.write_config()
+        return run
+
+    def write_config(self) -> None:
+        """Write the pending run.json record (main process; atomically), once."""
+        if self.pending is not None and self.ctx.is_main:
+            self.layout.root.mkdir(parents=True, exist_ok=True)
+            tmp = self.layout.config.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.pending, indent=2) + "\n")
+            tmp.replace(self.layout.config)
+        self.pending = None
 
     def restore(
         self,
@@ -205,10 +221,13 @@ class Run:
         schedulers: Mapping[str, Stateful] | None = None,
         states: Mapping[str, Stateful] | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        """Restore the newest intact checkpoint when resuming: (step, extra); (0, {}) otherwise."""
+        """Restore the newest intact checkpoint when resuming: (step, extra); (0, {}) otherwise.
+        A resume's run.json is written once the checkpoint is in (module docstring)."""
         if not self.resume:
             return 0, {}
-        return self.checkpointer.restore(models, optimizers, schedulers, states)
+        restored = self.checkpointer.restore(models, optimizers, schedulers, states)
+        self.write_config()
+        return restored
 
     def restore_checked(
         self,
@@ -224,12 +243,15 @@ class Run:
         saved_as: str = "schedule_steps",
     ) -> tuple[int, dict[str, Any]]:
         """`restore`, then, when resuming, `check_schedule` of the checkpoint's schedule length
-        (its extra record `saved_as`) against this run's `schedule_steps`."""
-        step, extra = self.restore(models, optimizers, schedulers, states)
-        if self.resume:
-            check_schedule(
-                self.layout.root, int(extra[saved_as]), schedule_steps, explicit, constant, length_option
-            )
+        (its extra record `saved_as`) against this run's `schedule_steps`; run.json is written
+        only once both have passed."""
+        if not self.resume:
+            return 0, {}
+        step, extra = self.checkpointer.restore(models, optimizers, schedulers, states)
+        check_schedule(
+            self.layout.root, int(extra[saved_as]), schedule_steps, explicit, constant, length_option
+        )
+        self.write_config()
         return step, extra
 
     def logger(

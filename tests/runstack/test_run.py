@@ -82,3 +82,28 @@ def test_the_schedule_length_is_kept_unless_total_steps_says(tmp_path: Path, cap
     assert "stretched from 8 to 16 steps" in capsys.readouterr().err
     with pytest.raises(ResumeError, match="decays over 8 steps .* resume with the run's length"):
         check_schedule(tmp_path, 8, 16, explicit=False, constant=False, length_option=None)  # control
+
+
+def test_a_refused_resume_leaves_run_json_as_it_was(tmp_path: Path):
+    """run.json is the run's record: a resume writes it only once the checkpoint is in, so a
+    resume refused on the way (a checkpoint that does not load, another schedule length) does not
+    leave its options there for the next --resume to be checked against."""
+    run = start(tmp_path, Config())
+    run.checkpointer.save(2, {"model": torch.nn.Linear(1, 1)}, extra={"schedule_steps": 8})
+    original = RunLayout(tmp_path).config.read_text()
+    tried = start(tmp_path, Config(seed=5, resume=True))
+    assert RunLayout(tmp_path).config.read_text() == original  # nothing written before the restore
+    with pytest.raises(CheckpointError):
+        tried.restore({"model": torch.nn.Linear(3, 3)})  # the shapes do not fit
+    assert RunLayout(tmp_path).config.read_text() == original
+    tried = start(tmp_path, Config(seed=5, resume=True))
+    with pytest.raises(ResumeError, match="pass --total-steps 8"):
+        tried.restore_checked(
+            {"model": torch.nn.Linear(1, 1)}, schedule_steps=16, explicit=False, constant=False
+        )
+    assert RunLayout(tmp_path).config.read_text() == original
+    resumed = start(tmp_path, Config(seed=5, resume=True))
+    step, _ = resumed.restore_checked(
+        {"model": torch.nn.Linear(1, 1)}, schedule_steps=8, explicit=False, constant=False
+    )
+    assert step == 2 and json.loads(RunLayout(tmp_path).config.read_text())["config"]["seed"] == 5
