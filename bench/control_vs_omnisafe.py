@@ -36,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -243,14 +244,16 @@ def draw(rows: list[dict[str, Any]], path: Path) -> None:
             for row, key in enumerate(("return", "cost")):
                 y = np.array([c[key][:n] for c in mine])
                 ax = axes[row, col]
-                label = f"{'alignloop' if lib == 'alignloop' else 'OmniSafe 0.5.0'} ({len(mine)} seeds)"
+                seeds = f"{len(mine)} seed{'s' if len(mine) > 1 else ''}"
+                label = f"{'alignloop' if lib == 'alignloop' else 'OmniSafe 0.5.0'} ({seeds})"
                 mean = y.mean(0)
                 spread = [mean - y.min(0), y.max(0) - mean]
                 ax.errorbar(x, mean, yerr=spread, color=colour, marker="o", capsize=4, label=label)
                 ax.fill_between(x, y.min(0), y.max(0), color=colour, alpha=0.2)
                 right = max(right, float(x.max()))
                 ax.set_xlim(0, right * 1.05)
-        axes[0, col].set_title(f"{algo} on {rows[0]['env']}")
+        # a variant's name can be long: wrapped, so the title stays inside its column
+        axes[0, col].set_title(textwrap.fill(f"{algo} on {rows[0]['env']}", 48), fontsize=10)
         axes[0, col].set_ylabel("episode return (epoch mean)")
         axes[1, col].set_ylabel("episode cost (epoch mean)")
         axes[1, col].axhline(COST_LIMIT, color="grey", linestyle="--", label="cost limit")
