@@ -111,7 +111,9 @@ def fit_critic_epochs(
     count = 0
     for _ in range(s.epochs):
         for idx in minibatches(len(batch), s.minibatch_size, ctx.rng):
-            for key, value in fit_critics(agent, optimizer, batch, adv, idx, s.max_grad_norm).items():
+            for key, value in fit_critics(
+                agent, optimizer, batch, adv, idx, s.critic_l2, s.max_grad_norm
+            ).items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             count += 1
     return {key: value / count for key, value in sums.items()}
@@ -219,7 +221,7 @@ def search_step(
 
 def cpo_learner(agent: Agent, s: CPOSettings) -> Learner:
     """CPO as the on-policy loop's `Learner` (module docstring)."""
-    critic_opt = critic_optimizer(agent, s.critic_lr, s.critic_l2)
+    critic_opt = critic_optimizer(agent, s.critic_lr)
 
     def update(ro: Rollout, adv: RolloutAdvantages, ctx: UpdateContext) -> dict[str, float]:
         batch = Batch.of(ro)

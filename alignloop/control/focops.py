@@ -68,7 +68,7 @@ class FOCOPSSettings(CriticFitSettings, LagrangeSettings):
 
 def focops_learner(agent: Agent, s: FOCOPSSettings) -> Learner:
     """FOCOPS as the on-policy loop's `Learner` (module docstring)."""
-    critic_opt = critic_optimizer(agent, s.critic_lr, s.critic_l2)
+    critic_opt = critic_optimizer(agent, s.critic_lr)
     actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=s.lr, fused=True)
     actor = agent.actor
 
@@ -83,7 +83,7 @@ def focops_learner(agent: Agent, s: FOCOPSSettings) -> Learner:
         for _ in range(s.epochs):
             epochs += 1
             for idx in minibatches(len(batch), s.minibatch_size, ctx.rng):
-                critic_losses = fit_critics(agent, critic_opt, batch, adv, idx, s.max_grad_norm)
+                critic_losses = fit_critics(agent, critic_opt, batch, adv, idx, s.critic_l2, s.max_grad_norm)
                 logp, _ = actor.evaluate(batch.obs[idx], batch.actions[idx])
                 kl = actor.kl(actor.dist_params(batch.obs[idx]), actor.rows(old, idx))  # KL(new || old)
                 loss, metrics = focops_loss(

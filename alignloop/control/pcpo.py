@@ -50,7 +50,7 @@ class PCPOSettings(CPOSettings):
 
 def pcpo_learner(agent: Agent, s: PCPOSettings) -> Learner:
     """PCPO as the on-policy loop's `Learner` (module docstring)."""
-    critic_opt = critic_optimizer(agent, s.critic_lr, s.critic_l2)
+    critic_opt = critic_optimizer(agent, s.critic_lr)
 
     def update(ro: Rollout, adv: RolloutAdvantages, ctx: UpdateContext) -> dict[str, float]:
         batch = Batch.of(ro)

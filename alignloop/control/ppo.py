@@ -204,7 +204,7 @@ def ppo_update_apart(
     count, epochs_run, kl = 0, 0, torch.zeros(())
     for _ in range(s.epochs):
         for idx in minibatches(len(b), s.minibatch_size, rng):
-            metrics = fit_critics(agent, critic_opt, b, returns, idx, s.max_grad_norm)
+            metrics = fit_critics(agent, critic_opt, b, returns, idx, s.critic_l2, s.max_grad_norm)
             logp, entropy = agent.actor.evaluate(b.obs[idx], b.actions[idx])
             pg_loss, policy_metrics = ppo_policy_loss(logp, b.logprobs[idx], adv[idx], clip_eps=s.clip_eps)
             actor_opt.zero_grad(set_to_none=True)
@@ -228,7 +228,7 @@ def _apart_learner(agent: Agent, s: PPOSettings, lagrangian: bool) -> Learner:
     """`ppo_update_apart` with OmniSafe's optimisers: Adam on the actor (rate decayed with
     ``anneal_lr``), Adam on both critics at the constant rate ``lr`` with the L2 term."""
     actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=s.lr, fused=True)
-    critic_opt = critic_optimizer(agent, s.lr, s.critic_l2)
+    critic_opt = critic_optimizer(agent, s.lr)
 
     def update(ro: Rollout, adv: RolloutAdvantages, ctx: UpdateContext) -> dict[str, float]:
         if s.anneal_lr:

@@ -401,11 +401,11 @@ def minibatches(size: int, minibatch_size: int, rng: np.random.Generator) -> lis
     return [perm[start : start + minibatch_size] for start in range(0, size, minibatch_size)]
 
 
-def critic_optimizer(agent: Agent, lr: float, l2: float) -> torch.optim.Optimizer:
-    """Adam over both critics, the L2 term as its weight decay (``2 * l2``: the gradient of
-    ``l2 * |w|^2``)."""
+def critic_optimizer(agent: Agent, lr: float) -> torch.optim.Optimizer:
+    """Adam over both critics, without weight decay: the L2 term is in `fit_critics`' loss.
+    (One Adam over both is two of OmniSafe's, one per critic: Adam's moments are per parameter.)"""
     params = [*agent.critic_r.parameters(), *agent.critic_c.parameters()]
-    return torch.optim.Adam(params, lr=lr, weight_decay=2 * l2, fused=True)
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 def fit_critics(
@@ -414,24 +414,28 @@ def fit_critics(
     batch: Batch,
     adv: RolloutAdvantages,
     idx: Tensor,
+    l2: float,
     max_grad_norm: float,
 ) -> dict[str, Tensor]:
     """One gradient step of both critics on the rows `idx` (the cost critic's only when the
-    advantages have a cost stream): half the squared error to each one's returns, each network's
-    gradient clipped to ``max_grad_norm``, then `critic_optimizer`'s step, whose weight decay is
-    OmniSafe's ``critic_norm_coef`` L2 term (added after the clipping here). Returns the detached
-    losses."""
+    advantages have a cost stream), OmniSafe 0.5.0's critic step: each critic's loss is the mean
+    squared error to its returns plus ``l2`` times the sum of its squared parameters (its
+    ``critic_norm_coef``), each network's gradient is clipped to ``max_grad_norm`` on its own,
+    then `critic_optimizer` steps. Returns the detached losses as `value_loss` reports them
+    (half the squared error, without the L2 term), so they read as every other value loss."""
     obs = batch.obs[idx]
-    loss_r, _ = value_loss(agent.critic_r(obs), batch.values_r[idx], adv.reward_returns[idx])
-    out = {"value_loss": loss_r.detach()}
-    loss = loss_r
+    streams = [(agent.critic_r, batch.values_r, adv.reward_returns, "value_loss")]
     if adv.cost_returns is not None:
-        loss_c, _ = value_loss(agent.critic_c(obs), batch.values_c[idx], adv.cost_returns[idx])
-        out["cost_value_loss"] = loss_c.detach()
-        loss = loss + loss_c
+        streams.append((agent.critic_c, batch.values_c, adv.cost_returns, "cost_value_loss"))
+    out: dict[str, Tensor] = {}
+    loss = torch.zeros(())
+    for critic, old_values, returns, name in streams:
+        half_mse, _ = value_loss(critic(obs), old_values[idx], returns[idx])
+        out[name] = half_mse.detach()
+        loss = loss + 2 * half_mse + l2 * sum(p.pow(2).sum() for p in critic.parameters())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    for critic in (agent.critic_r, agent.critic_c):
+    for critic, *_ in streams:
         nn.utils.clip_grad_norm_(critic.parameters(), max_grad_norm, foreach=True)
     optimizer.step()
     return out

@@ -21,7 +21,17 @@ from alignloop.config import parse
 from alignloop.control.envs import ObsNormalizer, make_vec_env
 from alignloop.control.nets import INITS, MLP, Actor, NetInit
 from alignloop.control.ppo import PPOSettings, has_checkpoint, read_checkpoint, train_policy
-from alignloop.control.rollouts import Agent, Collector, Rollout, lagrangian_mix, rollout_advantages
+from alignloop.control.rollouts import (
+    Agent,
+    Batch,
+    Collector,
+    Rollout,
+    RolloutAdvantages,
+    critic_optimizer,
+    fit_critics,
+    lagrangian_mix,
+    rollout_advantages,
+)
 from alignloop.control.train import TrainConfig, train
 from alignloop.errors import UserError
 from alignloop.runstack.checkpoint import Checkpointer
@@ -112,13 +122,8 @@ def test_per_step_normalisation_folds_each_step_in_before_the_policy_sees_it() -
     assert not np.allclose(rollouts[True].obs, rollouts[True].raw_obs)
 
 
-def test_critics_apart_steps_each_network_by_its_own_optimiser_and_stops_on_the_exact_kl() -> None:
-    """``critics_apart`` (OmniSafe's PPO update): the critics move by their own Adam and the
-    actor by its own, each clipped on its own; the early stop reads the exact mean KL over the
-    rollout after each epoch, so a target of 0 stops after one epoch and a loose one runs them
-    all; the reported KL is the actor's KL to the rollout's policy, worked out here again."""
-    from alignloop.control.ppo import ppo_learner, ppo_update_apart
-
+def _slider_rollout() -> tuple[Agent, Rollout, RolloutAdvantages]:
+    """A small agent (seeded) and one 16-step rollout of 2 slider envs with its advantages."""
     torch.manual_seed(0)
     envs = make_vec_env("alignloop/Slider-v0", 2, max_episode_steps=20)
     collector = Collector(envs, norm_obs=True, cost_window=10)
@@ -126,7 +131,17 @@ def test_critics_apart_steps_each_network_by_its_own_optimiser_and_stops_on_the_
     collector.reset([0, 1])
     ro = collector.collect(agent.actor.sample, 16, agent.values(with_cost=True))
     envs.close()
-    adv = rollout_advantages(ro, ro.rewards, ro.costs, gamma=0.99, gae_lambda=0.95)
+    return agent, ro, rollout_advantages(ro, ro.rewards, ro.costs, gamma=0.99, gae_lambda=0.95)
+
+
+def test_critics_apart_steps_each_network_by_its_own_optimiser_and_stops_on_the_exact_kl() -> None:
+    """``critics_apart`` (OmniSafe's PPO update): the critics move by their own Adam and the
+    actor by its own, each clipped on its own; the early stop reads the exact mean KL over the
+    rollout after each epoch, so a target of 0 stops after one epoch and a loose one runs them
+    all; the reported KL is the actor's KL to the rollout's policy, worked out here again."""
+    from alignloop.control.ppo import ppo_learner, ppo_update_apart
+
+    agent, ro, adv = _slider_rollout()
     obs = torch.from_numpy(ro.obs).reshape(32, -1)
     old = tuple(x.detach().clone() for x in agent.actor.dist_params(obs))
     start = {k: v.detach().clone() for k, v in agent.state_dict().items()}
@@ -139,7 +154,7 @@ def test_critics_apart_steps_each_network_by_its_own_optimiser_and_stops_on_the_
     }
     critics = [*agent.critic_r.parameters(), *agent.critic_c.parameters()]
     assert {id(p) for g in critic_opt.param_groups for p in g["params"]} == {id(p) for p in critics}
-    assert critic_opt.param_groups[0]["weight_decay"] == pytest.approx(2 * s.critic_l2)
+    assert critic_opt.param_groups[0]["weight_decay"] == 0.0  # the L2 term is in fit_critics' loss
     mixed = lagrangian_mix(adv, 0.5)
     metrics = ppo_update_apart(agent, actor_opt, critic_opt, ro, mixed, adv, s, np.random.default_rng(0))
     assert metrics["epochs_run"] == 1.0  # any movement is over a target of 0
@@ -152,6 +167,40 @@ def test_critics_apart_steps_each_network_by_its_own_optimiser_and_stops_on_the_
     loose = PPOSettings(critics_apart=True, epochs=3, minibatch_size=8, target_kl=10.0)
     metrics = ppo_update_apart(agent, actor_opt, critic_opt, ro, mixed, adv, loose, np.random.default_rng(0))
     assert metrics["epochs_run"] == 3.0
+
+
+@pytest.mark.parametrize("max_grad_norm", [1e6, 0.05], ids=["unclipped", "clipped"])
+def test_fit_critics_is_omnisafes_critic_step(max_grad_norm: float) -> None:
+    """Three steps of `fit_critics` move both critics exactly as OmniSafe 0.5.0's critic update
+    written out by hand: per critic its own Adam on mse + coef * sum of squared parameters,
+    that critic's gradient clipped alone, then its step."""
+    import copy
+
+    agent, ro, adv = _slider_rollout()
+    batch = Batch.of(ro)
+    lr, coef = 3e-3, 0.01
+    reference = [copy.deepcopy(agent.critic_r), copy.deepcopy(agent.critic_c)]
+    targets = [adv.reward_returns, adv.cost_returns]
+    reference_opts = [torch.optim.Adam(c.parameters(), lr=lr) for c in reference]
+    opt = critic_optimizer(agent, lr)
+    rows = [torch.arange(0, 16), torch.arange(16, 32), torch.arange(0, 32, 2)]
+    for idx in rows:
+        with torch.no_grad():
+            half_mse = 0.5 * (agent.critic_r(batch.obs[idx]) - adv.reward_returns[idx]).pow(2).mean()
+        losses = fit_critics(agent, opt, batch, adv, idx, coef, max_grad_norm)
+        assert float(losses["value_loss"]) == pytest.approx(float(half_mse), rel=1e-6)
+        assert set(losses) == {"value_loss", "cost_value_loss"}
+        for critic, critic_opt, target in zip(reference, reference_opts, targets, strict=True):
+            loss = torch.nn.functional.mse_loss(critic(batch.obs[idx]), target[idx])
+            for param in critic.parameters():
+                loss += param.pow(2).sum() * coef
+            critic_opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), max_grad_norm)
+            critic_opt.step()
+    for mine, theirs in zip((agent.critic_r, agent.critic_c), reference, strict=True):
+        for a, b in zip(mine.parameters(), theirs.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_network_initialisations() -> None:
