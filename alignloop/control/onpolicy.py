@@ -153,6 +153,44 @@ def read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return checkpointer.read_state(path), checkpointer.read_meta(path)["extra"]
 
 
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": _POSITIVE,
+    "critic_lr": _POSITIVE,
+    "max_grad_norm": _POSITIVE,
+    "clip_eps": _POSITIVE,
+    "temperature": _POSITIVE,
+    "kl_bound": _POSITIVE,
+    "alpha": _POSITIVE,
+    "critic_l2": _NON_NEGATIVE,
+    "vf_coef": _NON_NEGATIVE,
+    "ent_coef": _NON_NEGATIVE,
+    "target_kl": _NON_NEGATIVE,
+    "cg_damping": _NON_NEGATIVE,
+    "lagrange_lr": _NON_NEGATIVE,
+    "lagrange_init": _NON_NEGATIVE,
+    "lagrange_max": _NON_NEGATIVE,
+    "gamma": _UNIT,
+    "gae_lambda": _UNIT,
+    "line_search_shrink": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+"""The allowed values of each group's numeric options, whichever group has them (`check_setup`
+and `check_sac` refuse the rest, NaN included, before anything is built)."""
+
+
+def check_ranges(s: Any, group: str) -> None:
+    """`SetupError` for the first option of settings `s` outside its `RANGES` entry (an option
+    set to None is off, and allowed)."""
+    for f in dataclasses.fields(s):
+        if f.name in RANGES:
+            allowed, rule = RANGES[f.name]
+            value = getattr(s, f.name)
+            if value is not None and not allowed(value):  # None: the option is off
+                raise SetupError(f"--{group}.{f.name.replace('_', '-')} must be {rule}, got {value}")
+
+
 def check_task(env_id: str, cost: str | None, needs_cost: bool, algo: str) -> tuple[str, str | None]:
     """The task's ``(gymnasium id, cost)``; `SetupError` for an unknown one, or for one without
     a cost when `needs_cost` (the learner `algo` is constrained)."""
@@ -181,6 +219,7 @@ def check_setup(
     """Check a run's options before anything is built; returns ``(gymnasium id, cost)``.
     Raises `SetupError` (a ValueError) naming the option and what is allowed."""
     base_id, cost = check_task(env_id, cost, needs_cost, algo)
+    check_ranges(s, group)
     names = ["num_envs", "num_steps", *(n for n in ("minibatch_size", "epochs") if hasattr(s, n))]
     for name in names:
         if getattr(s, name) < 1:

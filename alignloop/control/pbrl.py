@@ -383,6 +383,8 @@ def check_config(cfg: PbrlConfig) -> str | None:
     for name in ("round_every", "ensemble", "cost_ensemble", "candidates", "fit_steps", "pool_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.model_lr > 0:
+        raise ValueError(f"--model-lr must be > 0, got {cfg.model_lr}")
     if cfg.teacher_mark_noise < 0:
         raise ValueError(f"--teacher-mark-noise must be >= 0, got {cfg.teacher_mark_noise}")
     if cfg.marks and cost is None:

@@ -39,6 +39,7 @@ from alignloop.control.envs import make_vec_env
 from alignloop.control.nets import QEnsemble, SquashedGaussianActor
 from alignloop.control.onpolicy import (
     SetupError,
+    check_ranges,
     loop_records,
     model_options,
     restore_loop_records,
@@ -108,6 +109,7 @@ class SACSettings(LagrangeSettings):
 
 def check_sac(s: SACSettings, group: str) -> None:
     """SAC's own options, before anything is built."""
+    check_ranges(s, group)
     for name in ("num_envs", "batch_size", "update_every", "iteration_steps"):
         if getattr(s, name) < 1:
             raise SetupError(f"--{group}.{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")

@@ -278,44 +278,6 @@ _GROUP_DEFAULTS: dict[str, Any] = {
 """Each settings group's defaults (what `check_config` compares unused groups against)."""
 
 
-_POSITIVE = (lambda v: v > 0, "> 0")
-_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
-_UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
-RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "lr": _POSITIVE,
-    "critic_lr": _POSITIVE,
-    "max_grad_norm": _POSITIVE,
-    "clip_eps": _POSITIVE,
-    "temperature": _POSITIVE,
-    "kl_bound": _POSITIVE,
-    "alpha": _POSITIVE,
-    "critic_l2": _NON_NEGATIVE,
-    "vf_coef": _NON_NEGATIVE,
-    "ent_coef": _NON_NEGATIVE,
-    "target_kl": _NON_NEGATIVE,
-    "cg_damping": _NON_NEGATIVE,
-    "lagrange_lr": _NON_NEGATIVE,
-    "lagrange_init": _NON_NEGATIVE,
-    "lagrange_max": _NON_NEGATIVE,
-    "gamma": _UNIT,
-    "gae_lambda": _UNIT,
-    "line_search_shrink": (lambda v: 0 < v < 1, "in (0, 1)"),
-}
-"""The allowed values of each group's numeric options, whichever group has them (`check_config`
-refuses the rest, NaN included, before anything is built)."""
-
-
-def check_ranges(s: Any, group: str) -> None:
-    """`SetupError` for the first option of settings `s` outside its `RANGES` entry (an option
-    set to None is off, and allowed)."""
-    for f in dataclasses.fields(s):
-        if f.name in RANGES:
-            allowed, rule = RANGES[f.name]
-            value = getattr(s, f.name)
-            if value is not None and not allowed(value):  # None: the option is off
-                raise SetupError(f"--{group}.{_flag(f.name)} must be {rule}, got {value}")
-
-
 def fill_run_dir(template: Path, **values: Any) -> Path:
     """A run folder template with its ``{name}`` fields filled in (a folder without fields is kept)."""
     try:
@@ -357,7 +319,6 @@ def check_config(cfg: TrainConfig, run_dir: Path) -> tuple[Algorithm, Any, Saute
             )
     s = getattr(cfg, algo.group)
     flag, resume_dir = _flag(algo.group), run_dir if cfg.resume else None
-    check_ranges(s, flag)
     if isinstance(s, OnPolicySettings):
         _, cost = check_setup(cfg.env, cfg.cost, algo.constrained, s, resume_dir, algo=cfg.algo, group=flag)
     else:
