@@ -157,8 +157,8 @@ _POSITIVE = (lambda v: v > 0, "> 0")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 _UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
 RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "lr": _POSITIVE,
-    "critic_lr": _POSITIVE,
+    "lr": _NON_NEGATIVE,  # 0 freezes the network (the loop's set-up pass does)
+    "critic_lr": _NON_NEGATIVE,
     "max_grad_norm": _POSITIVE,
     "clip_eps": _POSITIVE,
     "temperature": _POSITIVE,

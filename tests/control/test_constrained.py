@@ -307,10 +307,10 @@ def test_bad_input_fails_before_training_with_one_message(tmp_path: Path, capsys
     err = _refused(["--algo", "cpo", "--env", SLIDER, "--resume"], capsys, tmp_path)
     assert "--resume: no checkpoint" in err
     for option, value, rule in [
-        ("--cpo.critic-lr", "-1", "> 0, got -1.0"),
+        ("--cpo.critic-lr", "-1", ">= 0, got -1.0"),
         ("--ppo-lag.critic-l2", "-0.5", ">= 0, got -0.5"),
         ("--ppo-lag.gamma", "1.5", "in [0, 1], got 1.5"),
-        ("--ppo-lag.lr", "nan", "> 0, got nan"),
+        ("--ppo-lag.lr", "nan", ">= 0, got nan"),
         ("--pcpo.line-search-shrink", "1", "in (0, 1), got 1.0"),
     ]:
         algo = option[2:].split(".")[0]

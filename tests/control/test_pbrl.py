@@ -186,12 +186,12 @@ def test_budget_smaller_than_one_round_fails_before_training(tmp_path: Path, cap
     assert "--model-lr must be > 0, got -1.0" in capsys.readouterr().err
     cfg = PbrlConfig(
         env="alignloop/Slider-v0",
-        ppo=dataclasses.replace(PbrlConfig().ppo, lr=0.0),
+        ppo=dataclasses.replace(PbrlConfig().ppo, lr=-1.0),
         output_dir=tmp_path / "run",
         progress=False,
     )
     assert train(cfg) == 2
-    assert "--ppo.lr must be > 0, got 0.0" in capsys.readouterr().err
+    assert "--ppo.lr must be >= 0, got -1.0" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
