@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, text, update
+from sqlalchemy import Select, and_, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -423,16 +423,24 @@ def _pick_and_take(session: Session, *, project: Project, annotator_id: int, gol
     if not gold:
         chosen = chosen.where(~candidate.is_full, candidate.taken < project.overlap)
     chosen = chosen.order_by(candidate.priority.desc(), candidate.id).limit(1)
-    if session.get_bind().dialect.name == "postgresql":
-        chosen = chosen.with_for_update(skip_locked=True)
-    taken = (
-        update(Item)
-        .where(Item.id == chosen.scalar_subquery())
-        .values(taken=Item.taken + 1, is_full=and_(~Item.is_gold, Item.taken + 1 >= project.overlap))
-        .returning(Item)
-    )
-    options = {"synchronize_session": False, "populate_existing": True}
-    return session.scalars(taken, execution_options=options).first()
+
+    def take(query: Select[Any]) -> Item | None:
+        taken = (
+            update(Item)
+            .where(Item.id == query.scalar_subquery())
+            .values(taken=Item.taken + 1, is_full=and_(~Item.is_gold, Item.taken + 1 >= project.overlap))
+            .returning(Item)
+        )
+        options = {"synchronize_session": False, "populate_existing": True}
+        return session.scalars(taken, execution_options=options).first()
+
+    if session.get_bind().dialect.name != "postgresql":
+        return take(chosen)
+    # SKIP LOCKED spreads concurrent annotators over the items; but it also skips an item whose row
+    # another annotator's transaction holds (a submission counting it done), and when that is the
+    # last open slot the answer would read "nothing left". So an empty answer is asked once more,
+    # waiting for those locks.
+    return take(chosen.with_for_update(skip_locked=True)) or take(chosen.with_for_update())
 
 
 def open_assignment(session: Session, *, project_id: int, annotator_id: int) -> Assignment | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -83,6 +84,40 @@ def test_concurrent_annotators_fill_each_item_exactly_k_times(db_url: str) -> No
         assert len({(j.item_id, j.annotator_id) for j in judgements}) == len(judgements)
         assert all(item.taken == K and item.done == K for item in items)
     finally:
+        engine.dispose()
+
+
+def test_an_item_another_transaction_holds_is_waited_for_not_skipped(db_url: str) -> None:
+    """PostgreSQL's SKIP LOCKED passes over rows another transaction holds; when those are all
+    that is left, the annotator must wait for them, not be told the queue is empty (which let an
+    annotator stop one judgement short under load)."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SKIP LOCKED is PostgreSQL's; SQLite serialises writers")
+    engine = make_engine(db_url, pool_size=2)
+    factory = make_sessionmaker(engine)
+    holder = factory()
+    try:
+        project_id, user_ids = _setup(factory)
+        holder.execute(select(Item).where(Item.project_id == project_id).with_for_update()).all()
+        got: dict[str, int | None] = {}
+
+        def ask() -> None:
+            with factory() as session:
+                project, user = session.get(Project, project_id), session.get(User, user_ids[0])
+                assert project is not None and user is not None
+                assignment = crud.next_assignment(session, project=project, annotator=user, lock_s=600)
+                got["item"] = None if assignment is None else assignment.item_id
+                session.commit()
+
+        thread = threading.Thread(target=ask)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive(), got  # waiting on the held rows, not answering "nothing left"
+        holder.commit()
+        thread.join(timeout=30)
+        assert got.get("item") is not None, got
+    finally:
+        holder.close()
         engine.dispose()
 
 
