@@ -175,6 +175,8 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "gamma": _UNIT,
     "gae_lambda": _UNIT,
     "line_search_shrink": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "updates_per_step": _POSITIVE,
+    "tau": (lambda v: 0 < v <= 1, "in (0, 1]"),
 }
 """The allowed values of each group's numeric options, whichever group has them (`check_setup`
 and `check_sac` refuse the rest, NaN included, before anything is built)."""

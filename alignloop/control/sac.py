@@ -122,10 +122,6 @@ def check_sac(s: SACSettings, group: str) -> None:
         raise SetupError(
             f"--{group}.buffer-size {s.buffer_size} is smaller than --{group}.batch-size {s.batch_size}"
         )
-    if not s.updates_per_step > 0:
-        raise SetupError(f"--{group}.updates-per-step must be > 0, got {s.updates_per_step}")
-    if not 0 < s.tau <= 1:
-        raise SetupError(f"--{group}.tau must be in (0, 1], got {s.tau}")
 
 
 class SACAgent(nn.Module):
